@@ -1,0 +1,335 @@
+"""A Keras 3 layer over a TF Hub image feature-vector SavedModel.
+
+`hub.KerasLayer` is a Keras 2 (tf_keras) layer and trains a module all or
+nothing. `HubBackbone` is a Keras 3 layer: the module's own variables are its
+weights (wrapped, not copied), grouped into blocks that are frozen or trained
+one by one.
+"""
+
+import logging
+import os
+import re
+from typing import List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfhub_ft import blocks as blocks_lib
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 224
+
+# Kaggle Models handles: owner/model/framework/variation[/version].
+_KAGGLE_HANDLE = re.compile(
+    r"^[\w.-]+/[\w.-]+/(?:tensorflow2|tensorFlow2|TensorFlow2|tfjs|tflite)/"
+    r"[\w.-]+(?:/\d+)?$",
+    re.IGNORECASE,
+)
+
+
+class HubModuleError(ValueError):
+    """A handle that cannot be resolved, or a module of the wrong kind."""
+
+
+def resolve_handle(handle: str) -> str:
+    """Returns a local SavedModel folder for a hub handle.
+
+    Local folders are used as they are. tfhub.dev and Kaggle Models URLs,
+    and Kaggle handles ("google/mobilenet-v2/tensorFlow2/100-224-feature-
+    vector/2"), go through `tensorflow_hub`'s resolvers, so its cache
+    (TFHUB_CACHE_DIR) and its download format settings apply.
+
+    Raises:
+        TypeError: if `handle` is not a string or path.
+        HubModuleError: if it cannot be resolved; the message names the
+            handle and says how to work offline.
+    """
+    if isinstance(handle, os.PathLike):
+        handle = os.fspath(handle)
+    if not isinstance(handle, str) or not handle:
+        raise TypeError(
+            "Invalid value for `hub_handle`. Expected a TF Hub or Kaggle "
+            "Models URL or handle, or a local SavedModel folder. Received: "
+            f"hub_handle={handle!r}"
+        )
+    if os.path.isdir(handle):
+        return handle
+    is_remote = "://" in handle or _KAGGLE_HANDLE.match(handle)
+    if not is_remote:
+        raise HubModuleError(
+            f"The hub handle {handle!r} is neither a local folder nor a TF Hub "
+            "or Kaggle Models URL. Pass the folder of a TF2 SavedModel, a URL "
+            "such as https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/"
+            "feature_vector/5, or a Kaggle handle such as "
+            "google/mobilenet-v2/tensorFlow2/100-224-feature-vector/2."
+        )
+    if _KAGGLE_HANDLE.match(handle):
+        handle = "https://www.kaggle.com/models/" + handle
+    import tensorflow_hub  # Slow to import and needs tf_keras: only here.
+
+    try:
+        return tensorflow_hub.resolve(handle)
+    except Exception as error:  # urllib, HTTP and file errors all land here
+        cache = os.environ.get("TFHUB_CACHE_DIR", "the default cache folder")
+        raise HubModuleError(
+            f"Could not resolve the hub handle {handle!r}: {error}. To work "
+            "offline, download the module on a machine with network access "
+            "and pass its SavedModel folder as the handle, or copy the "
+            f"TF Hub cache there and set TFHUB_CACHE_DIR (now: {cache})."
+        ) from error
+
+
+def load_feature_vector_module(path: str):
+    """Loads a TF2 SavedModel in the hub image feature-vector convention.
+
+    Raises:
+        HubModuleError: for a TF1 hub module, a folder without a SavedModel,
+            or a module without `__call__(images, training)`.
+    """
+    if os.path.exists(os.path.join(path, "tfhub_module.pb")):
+        raise HubModuleError(
+            f"The hub module at {path!r} is in the TF1 hub format "
+            "(tfhub_module.pb), which TF2 and Keras 3 cannot fine-tune. Use "
+            "the TF2 SavedModel version of the model (on tfhub.dev and Kaggle "
+            "Models these are the 'TF2' feature_vector handles)."
+        )
+    if not tf.saved_model.contains_saved_model(path):
+        raise HubModuleError(
+            f"No SavedModel in {path!r} (no saved_model.pb). Pass the folder "
+            "that holds saved_model.pb and variables/."
+        )
+    module = tf.saved_model.load(path)
+    if not callable(module) or not hasattr(module, "variables"):
+        raise HubModuleError(
+            f"The SavedModel at {path!r} has no `__call__` and `variables`: "
+            "it is not in the TF Hub reusable SavedModel format. Image "
+            "feature vectors from tfhub.dev and Kaggle Models have both."
+        )
+    return module
+
+
+def declared_image_size(module) -> Optional[int]:
+    """Returns the square input size a module's call signature fixes, if any."""
+    for function in getattr(module.__call__, "concrete_functions", []):
+        args = function.structured_input_signature[0]
+        if args and isinstance(args[0], tf.TensorSpec):
+            shape = args[0].shape
+            if shape.rank == 4 and shape[1] and shape[1] == shape[2]:
+                return int(shape[1])
+    return None
+
+
+def trace_positions(module, variables) -> List[float]:
+    """Where the module's call graph first uses each variable.
+
+    The restored call function is inlined (grappler) and each variable gets
+    the depth, in ops from the images, of the first computation that reads
+    it. Blocks are then ordered as data flows through them, whatever the
+    order of the module's variable list.
+
+    Returns:
+        One float per variable; `inf` where the graph does not read it.
+    """
+    from tensorflow.python.framework import convert_to_constants
+
+    function = _inference_function(module)
+    graph_def = convert_to_constants._run_inline_graph_optimization(
+        function, lower_control_flow=False, aggressive_inlining=True
+    )
+    nodes = {node.name: node for node in graph_def.node}
+    image_input = function.graph.inputs[0].name.split(":")[0]
+    capture_names = [t.name.split(":")[0] for t in function.graph.internal_captures]
+    handle_ids = {id(t): n for t, n in zip(function.captured_inputs, capture_names)}
+
+    consumers = {}
+    for node in graph_def.node:
+        for source in node.input:
+            consumers.setdefault(source.split(":")[0].lstrip("^"), []).append(node.name)
+    depth = {image_input: 0}
+    # Longest path from the images, in topological order (Kahn).
+    indegree = {n: sum(1 for s in nodes[n].input if s.split(":")[0].lstrip("^") in nodes)
+                for n in nodes}
+    ready = [n for n, d in indegree.items() if d == 0]
+    while ready:
+        name = ready.pop()
+        for consumer in consumers.get(name, []):
+            if name in depth:
+                depth[consumer] = max(depth.get(consumer, 0), depth[name] + 1)
+            indegree[consumer] -= 1
+            if indegree[consumer] == 0:
+                ready.append(consumer)
+
+    def first_use(placeholder):
+        # Follow the resource through Identity and ReadVariableOp to the
+        # computations that consume its value.
+        frontier, best = [placeholder], float("inf")
+        while frontier:
+            name = frontier.pop()
+            for consumer in consumers.get(name, []):
+                if nodes[consumer].op in ("Identity", "ReadVariableOp",
+                                          "IdentityN", "Cast"):
+                    frontier.append(consumer)
+                elif consumer in depth:
+                    best = min(best, depth[consumer])
+        return best
+
+    positions = []
+    for variable in variables:
+        name = handle_ids.get(id(variable.handle))
+        positions.append(first_use(name) if name else float("inf"))
+    return positions
+
+
+def _inference_function(module):
+    try:
+        return module.__call__.get_concrete_function(
+            tf.TensorSpec([None, None, None, 3], tf.float32), False
+        )
+    except (TypeError, ValueError):
+        return module.__call__.get_concrete_function(
+            tf.TensorSpec([None, None, None, 3], tf.float32)
+        )
+
+
+class HubBackbone(keras.layers.Layer):
+    """Keras 3 layer running a hub image feature-vector module.
+
+    Call arguments:
+        images: float32 [N, H, W, 3], RGB in [0, 1] (H, W as the module
+            expects, usually `image_size`).
+        training: Python bool. Batch norm runs in training mode only when
+            both `training` and `batch_norm_trainable` are True.
+
+    Returns:
+        float32 [N, feature_dim] features.
+
+    Args:
+        hub_handle: tfhub.dev or Kaggle Models URL, Kaggle handle, or local
+            SavedModel folder (see `resolve_handle`).
+        batch_norm_trainable: Run batch norm in training mode when training.
+        block_pattern: Overrides the block rules (see `blocks.block_of`).
+        module: An already loaded module (then `hub_handle` only names it).
+    """
+
+    def __init__(self, hub_handle, batch_norm_trainable=False,
+                 block_pattern=None, module=None, **kwargs):
+        kwargs.setdefault("name", "hub_backbone")
+        super().__init__(**kwargs)
+        self.hub_handle = os.fspath(hub_handle) if isinstance(hub_handle, os.PathLike) else hub_handle
+        self.batch_norm_trainable = bool(batch_norm_trainable)
+        self.block_pattern = block_pattern
+        self._module = module if module is not None else load_feature_vector_module(
+            resolve_handle(hub_handle))
+        self._module_variables = list(self._module.variables)
+        trainable_ids = {id(v) for v in self._module.trainable_variables}
+        # A Keras 3 (TensorFlow backend) Variable built from a tf.Variable
+        # wraps it: the optimizer's updates land in the variables the
+        # module's restored functions read.
+        self._wrapped = [
+            keras.Variable(v, trainable=id(v) in trainable_ids,
+                           name=v.name.split(":")[0].replace("/", "_"))
+            for v in self._module_variables
+        ]
+        for variable in self._wrapped:
+            self._track_variable(variable)
+        self._module_trainable = [v.trainable for v in self._wrapped]
+        self.image_size = declared_image_size(self._module)
+        self.feature_dim = self._probe_feature_dim()
+        names = [v.name for v in self._module_variables]
+        self.blocks = blocks_lib.group_into_blocks(
+            names,
+            trace_positions(self._module, self._module_variables),
+            [int(np.prod(v.shape)) for v in self._module_variables],
+            rule=block_pattern,
+        )
+        self.built = True
+
+    def _probe_feature_dim(self) -> int:
+        size = self.image_size or DEFAULT_IMAGE_SIZE
+        try:
+            output = self._module(tf.zeros([1, size, size, 3]), training=False)
+        except Exception as error:
+            raise HubModuleError(
+                f"The module {self.hub_handle!r} failed on a float32 image "
+                f"batch [1, {size}, {size}, 3]: {error}. An image feature "
+                "vector takes float32 [N, H, W, 3] RGB in [0, 1]."
+            ) from error
+        if not isinstance(output, tf.Tensor) or output.shape.rank != 2 or not output.dtype.is_floating:
+            shape = getattr(output, "shape", type(output).__name__)
+            raise HubModuleError(
+                f"The module {self.hub_handle!r} is not an image feature "
+                f"vector: it returned {shape} for one image, where a feature "
+                "vector returns float [N, D]. Use the module's "
+                "'feature_vector' version (not 'classification' or a "
+                "feature map)."
+            )
+        dim = int(output.shape[1])
+        if dim in (1000, 1001):
+            logger.warning(
+                "The module %r returns %d values per image: it looks like an "
+                "ImageNet classifier, not a feature vector. Fine-tuning on "
+                "its logits works poorly; prefer its 'feature_vector' version.",
+                self.hub_handle, dim)
+        return dim
+
+    def call(self, images, training=False):
+        images = tf.cast(images, tf.float32)
+        run_training = bool(training) and self.batch_norm_trainable
+        return self._module(images, training=run_training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.feature_dim)
+
+    @property
+    def module(self):
+        """The loaded hub module (its variables are this layer's weights)."""
+        return self._module
+
+    def block_summary(self):
+        """Returns [(block name, parameter count, trainable)] bottom to top."""
+        return [
+            (block.name, block.parameter_count,
+             any(self._wrapped[i].trainable for i in block.variable_indices))
+            for block in self.blocks
+        ]
+
+    def block_variables(self, block):
+        """Returns the Keras variables of one block (a `Block` or its name)."""
+        if isinstance(block, str):
+            matches = [b for b in self.blocks if b.name == block]
+            if not matches:
+                raise ValueError(
+                    f"Invalid value for `block`. Expected one of "
+                    f"{[b.name for b in self.blocks]}. Received: block={block!r}"
+                )
+            block = matches[0]
+        return [self._wrapped[i] for i in block.variable_indices]
+
+    def freeze_all(self):
+        """Makes every backbone variable non-trainable."""
+        for variable in self._wrapped:
+            variable.trainable = False
+
+    def unfreeze_top_blocks(self, count: int):
+        """Trains the top `count` blocks; every other block is frozen.
+
+        Moving statistics of batch norm stay non-trainable whatever the block:
+        they change only through batch norm in training mode.
+
+        Returns:
+            The list of unfrozen `Block`s, bottom to top.
+        """
+        chosen = blocks_lib.top_blocks(self.blocks, count)
+        self.freeze_all()
+        for block in chosen:
+            for i in block.variable_indices:
+                self._wrapped[i].trainable = self._module_trainable[i]
+        return chosen
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hub_handle=self.hub_handle,
+                      batch_norm_trainable=self.batch_norm_trainable)
+        return config

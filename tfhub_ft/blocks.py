@@ -1,0 +1,154 @@
+"""Grouping a backbone's variables into ordered blocks, bottom to top.
+
+Pure functions of variable names and their traced order: they need no model,
+so the rules are tested on name lists alone. `backbone.HubBackbone` supplies
+the names in the order its module's call graph reads them.
+"""
+
+import dataclasses
+import re
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+STEM = "stem"
+HEAD = "head"
+
+# Each rule maps a variable name to a block name, or does not match. They
+# cover the naming of the hub modules people fine-tune: Keras applications
+# (MobileNet, EfficientNet, ResNet), TF-Slim MobileNets, slim ResNets and the
+# TF Hub EfficientNets. The first rule that matches wins.
+BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
+    # Keras MobileNetV2/V3: block_3_expand/..., block_3_depthwise_BN/...
+    (r"(?:^|/)block_(\d+)_", r"block_\1"),
+    # Keras MobileNetV2 names its first block without a number.
+    (r"(?:^|/)expanded_conv_(?:depthwise|project|expand)", "block_0"),
+    # Keras ResNet: conv3_block2_1_conv/...
+    (r"(?:^|/)(conv\d+_block\d+)_", r"\1"),
+    # Keras EfficientNet: block2a_expand_conv/...
+    (r"(?:^|/)(block\d+[a-z])_", r"\1"),
+    # TF-Slim MobileNet: MobilenetV2/expanded_conv_3/expand/weights
+    (r"(?:^|/)(expanded_conv(?:_\d+)?)/", r"\1"),
+    # Slim ResNet: resnet_v2_50/block2/unit_3/bottleneck_v2/conv1/weights
+    (r"(?:^|/)(block\d+/unit_\d+)/", r"\1"),
+    # TF Hub EfficientNet: efficientnet-b0/blocks_7/conv2d/kernel
+    (r"(?:^|/)(blocks_\d+)/", r"\1"),
+    # Stems.
+    (r"(?:^|/)(?:Conv1|bn_Conv1|stem\w*|conv1|Conv2d_0|conv_stem|conv1_\w+|"
+     r"Conv|Conv/BatchNorm)(?:/|$)", STEM),
+    # Heads: the last convolution before pooling.
+    (r"(?:^|/)(?:Conv_1|Conv_1_bn|head\w*|top_conv|top_bn|top_activation|"
+     r"conv_head|Conv2d_1c_1x1|postnorm)(?:/|$)", HEAD),
+)
+
+BlockRule = Union[str, "re.Pattern", Callable[[str], Optional[str]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One group of backbone variables that is frozen or trained together.
+
+    Attributes:
+        name: The block's name, e.g. "block_16", "stem", "head".
+        variable_indices: Indices into the backbone's variable list.
+        parameter_count: Number of weights in the block (all variables,
+            moving statistics included).
+    """
+
+    name: str
+    variable_indices: Tuple[int, ...]
+    parameter_count: int = 0
+
+
+def block_of(variable_name: str, rule: BlockRule = None) -> Optional[str]:
+    """Returns the block a variable belongs to, or None if no rule matches.
+
+    Args:
+        variable_name: e.g. "block_3_expand/kernel:0".
+        rule: None for the built-in `BLOCK_RULES`; a regular expression
+            (string or compiled) whose first group, or whole match, names the
+            block; or a function from variable name to block name or None.
+    """
+    name = variable_name.split(":")[0]
+    if callable(rule) and not isinstance(rule, re.Pattern):
+        return rule(name)
+    if rule is not None:
+        match = re.search(rule, name)
+        if not match:
+            return None
+        return match.group(1) if match.re.groups else match.group(0)
+    for pattern, replacement in BLOCK_RULES:
+        match = re.search(pattern, name)
+        if match:
+            return match.expand(replacement)
+    return None
+
+
+def group_into_blocks(
+    variable_names: Sequence[str],
+    trace_positions: Sequence[float],
+    parameter_counts: Optional[Sequence[int]] = None,
+    rule: BlockRule = None,
+) -> List[Block]:
+    """Groups variables into blocks ordered as the module uses them.
+
+    A variable no rule names joins the block of the variable used just before
+    it (or the first block, if it comes first), so an odd name never breaks
+    the grouping. A block's place is where the module first reads any of its
+    variables.
+
+    Args:
+        variable_names: The module's variable names.
+        trace_positions: For each variable, where the call graph first uses it
+            (smaller is nearer the input); unused variables may be `inf`.
+        parameter_counts: Weights in each variable; zeros if omitted.
+        rule: See `block_of`.
+
+    Returns:
+        The blocks, bottom (input side) to top.
+
+    Raises:
+        ValueError: if the lengths differ or no variable matches `rule`.
+    """
+    if len(variable_names) != len(trace_positions):
+        raise ValueError(
+            "Invalid value for `trace_positions`. Expected one position per "
+            f"variable ({len(variable_names)}). Received: "
+            f"{len(trace_positions)} positions"
+        )
+    counts = list(parameter_counts or [0] * len(variable_names))
+    order = sorted(range(len(variable_names)),
+                   key=lambda i: (trace_positions[i], i))
+    named = {i: block_of(variable_names[i], rule) for i in order}
+    if variable_names and not any(named.values()):
+        raise ValueError(
+            "No variable of the backbone matches the block rule "
+            f"{rule!r}; for example {variable_names[0]!r} does not. Pass "
+            "`block_pattern`, a regular expression whose first group names "
+            "the block, or a function from variable name to block name."
+        )
+    first_named = next((named[i] for i in order if named[i]), None)
+    members = {}
+    current = first_named
+    for i in order:
+        current = named[i] or current
+        members.setdefault(current, []).append(i)
+    return [
+        Block(name, tuple(sorted(indices)), sum(counts[i] for i in indices))
+        for name, indices in members.items()
+    ]
+
+
+def top_blocks(blocks: Sequence[Block], count: int) -> List[Block]:
+    """Returns the top `count` blocks (nearest the output).
+
+    Raises:
+        ValueError: if `count` is not an integer in [0, len(blocks)].
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or not (
+        0 <= count <= len(blocks)
+    ):
+        raise ValueError(
+            "Invalid value for `unfreeze_blocks`. Expected an integer in "
+            f"[0, {len(blocks)}] (the backbone has {len(blocks)} blocks). "
+            f"Received: unfreeze_blocks={count!r}"
+        )
+    return list(blocks[len(blocks) - count:])

@@ -1,0 +1,124 @@
+"""Configuration of a fine-tuning run: every default is written here once.
+
+`examples/flowers.py` reads its flag defaults from `FineTuneConfig`, and
+`FineTuner` reads its keyword defaults from it, so a default changes in one
+place. The values were chosen by measurement on the shared MobileNetV2 0.35
+backbone and clothing photos (see BUILD_NOTES.md).
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+AUGMENTATIONS = ("flip",)
+
+# A real ImageNet MobileNetV2 feature vector on TF Hub (served from Kaggle
+# Models since 2024), the default of the example scripts.
+DEFAULT_HUB_URL = (
+    "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneConfig:
+    """Hyper-parameters of the two-phase recipe.
+
+    Attributes:
+        image_size: Side in pixels of the square images fed to the backbone.
+            `None` reads it from the module where it declares one, else 224.
+        batch_size: Images per training step (global, across replicas).
+        head_epochs: Epochs of phase 1 (head only, backbone frozen).
+        head_learning_rate: Adam learning rate of phase 1.
+        fine_tune_epochs: Most epochs of phase 2 (early stopping may end it
+            sooner). 0 skips phase 2.
+        fine_tune_learning_rate: Peak learning rate of phase 2; it decays
+            along a cosine to 0 over the phase.
+        unfreeze_blocks: Number of top backbone blocks trained in phase 2.
+        label_smoothing: Label smoothing of the cross-entropy, in [0, 1).
+        dropout_rate: Dropout before the Dense head, in [0, 1).
+        weight_decay: Decoupled weight decay (AdamW) in phase 2.
+        augmentation: Names of the training-only augmentations; see
+            `AUGMENTATIONS`.
+        batch_norm_trainable: If True, batch norm in unfrozen blocks runs in
+            training mode in phase 2 and updates its moving statistics. The
+            default keeps them in inference mode, which small datasets need.
+        early_stopping_patience: Phase-2 epochs without a lower validation
+            loss before stopping (the best weights are restored).
+        validation_split: Fraction of the training images held out for
+            validation when no validation data is given.
+        seed: Seed of the validation split, shuffling and head initialiser.
+    """
+
+    image_size: Optional[int] = None
+    batch_size: int = 32
+    head_epochs: int = 10
+    head_learning_rate: float = 1e-3
+    fine_tune_epochs: int = 4
+    fine_tune_learning_rate: float = 1e-4
+    unfreeze_blocks: int = 4
+    label_smoothing: float = 0.1
+    dropout_rate: float = 0.2
+    weight_decay: float = 1e-4
+    augmentation: Tuple[str, ...] = ("flip",)
+    batch_norm_trainable: bool = False
+    early_stopping_patience: int = 2
+    validation_split: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_int(self, "image_size", minimum=8, optional=True)
+        _check_int(self, "batch_size", minimum=1)
+        _check_int(self, "head_epochs", minimum=0)
+        _check_int(self, "fine_tune_epochs", minimum=0)
+        _check_int(self, "unfreeze_blocks", minimum=0)
+        _check_int(self, "early_stopping_patience", minimum=0)
+        _check_int(self, "seed", minimum=0)
+        for name in ("head_learning_rate", "fine_tune_learning_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(
+                    f"Invalid value for `{name}`. Expected a number > 0. "
+                    f"Received: {name}={value!r}"
+                )
+        for name in ("label_smoothing", "dropout_rate", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(
+                    f"Invalid value for `{name}`. Expected a number in "
+                    f"[0, 1). Received: {name}={value!r}"
+                )
+        if not 0 < self.validation_split < 1:
+            raise ValueError(
+                "Invalid value for `validation_split`. Expected a fraction "
+                "in (0, 1). Received: "
+                f"validation_split={self.validation_split!r}"
+            )
+        augmentation = self.augmentation
+        if isinstance(augmentation, str):
+            augmentation = tuple(a for a in augmentation.split(",") if a)
+            object.__setattr__(self, "augmentation", augmentation)
+        unknown = [a for a in augmentation if a not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(
+                "Invalid value for `augmentation`. Expected names from "
+                f"{AUGMENTATIONS}. Received: augmentation={self.augmentation!r}"
+            )
+
+    def replace(self, **changes) -> "FineTuneConfig":
+        """Returns a copy with `changes` applied; unknown names are an error."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(
+                f"Unknown fine-tuning option(s) {unknown}. Known options: "
+                f"{sorted(f.name for f in dataclasses.fields(self))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+
+def _check_int(config, name, minimum, optional=False):
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected an integer >= {minimum}"
+            f"{' or None' if optional else ''}. Received: {name}={value!r}"
+        )

@@ -1,0 +1,39 @@
+"""Choosing a `tf.distribute.Strategy` by name."""
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def get_strategy(name="default", tpu=None):
+    """Returns the strategy named `name`.
+
+    Args:
+        name: "default" (one device), "mirrored" (all local GPUs, or the
+            CPU), "multi_worker" (cluster from the TF_CONFIG environment
+            variable) or "tpu".
+        tpu: TPU name or address for "tpu" ("" or None: the local TPU).
+
+    Raises:
+        ValueError: for an unknown name, or "tpu" where no TPU is found.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError, RuntimeError) as error:
+            raise ValueError(
+                f"No TPU found (tpu={tpu!r}): {error}. Run on a TPU VM, pass "
+                "its name or address with `tpu`, or choose another "
+                "`distribution_strategy`.") from error
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(
+        f"Invalid value for `distribution_strategy`. Expected one of "
+        f"{STRATEGIES}. Received: distribution_strategy={name!r}")

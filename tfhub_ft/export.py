@@ -1,0 +1,122 @@
+"""SavedModel export that serves encoded images with nothing but TensorFlow.
+
+The exported model decodes, resizes and scales inside its graph, so a
+server needs only `tf.saved_model.load` (or TF Serving) and no tfhub_ft.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from tfhub_ft import preprocessing
+
+logger = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.txt"
+
+
+class _ServingModule(tf.Module):
+    """Holds the classifier and its labels for `tf.saved_model.save`."""
+
+    def __init__(self, model, class_names, image_size):
+        super().__init__(name="classifier")
+        self.model = model
+        self.image_size = image_size
+        self.class_names = tf.constant(list(class_names))
+
+    def _outputs(self, images):
+        probabilities = tf.nn.softmax(
+            tf.cast(self.model(images, training=False), tf.float32), axis=-1)
+        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {
+            "probabilities": probabilities,
+            "class_ids": class_ids,
+            "classes": tf.gather(self.class_names, class_ids),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_image_bytes(self, image_bytes):
+        images = tf.map_fn(
+            lambda encoded: preprocessing.decode_and_resize(encoded, self.image_size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec(
+                [self.image_size, self.image_size, 3], tf.uint8))
+        return self._outputs(images)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    def serve_images(self, images):
+        return self._outputs(images)
+
+
+def export_saved_model(model, class_names, export_dir, image_size):
+    """Writes the classifier as a SavedModel, atomically, with labels.txt.
+
+    Signatures:
+        serving_default: image_bytes tf.string [N] (encoded JPEG, PNG, GIF or
+            BMP) -> probabilities float32 [N, C], class_ids int32 [N],
+            classes tf.string [N] (top-1 label).
+        serving_images: images float32 [N, H, W, 3] RGB in [0, 1], any H, W
+            -> the same outputs.
+
+    The SavedModel is written to a temporary folder beside `export_dir` and
+    renamed into place, so a failed export leaves an earlier one intact.
+
+    Returns:
+        The export folder path.
+
+    Raises:
+        ValueError: if `export_dir` is a file or its parent cannot be written.
+    """
+    export_dir = os.path.abspath(os.fspath(export_dir))
+    parent = os.path.dirname(export_dir)
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(
+            f"Invalid value for `export_dir`. Expected a folder path. Received: "
+            f"{export_dir!r}, which is a file. Choose another path or remove it.")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write the export to {export_dir!r}: {error}. Choose a "
+            "folder you can write to.") from error
+    try:
+        module = _ServingModule(model, class_names, image_size)
+        tf.saved_model.save(module, staging, signatures={
+            "serving_default": module.serve_image_bytes,
+            "serving_images": module.serve_images,
+        })
+        with open(os.path.join(staging, LABELS_FILE), "w", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in class_names))
+        _replace_folder(staging, export_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Exported the SavedModel to %s", export_dir)
+    return export_dir
+
+
+def _replace_folder(source, destination):
+    """Moves `source` to `destination`, replacing an earlier folder there."""
+    if not os.path.exists(destination):
+        os.replace(source, destination)
+        return
+    previous = destination + ".previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(destination, previous)
+    try:
+        os.replace(source, destination)
+    except BaseException:
+        os.replace(previous, destination)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def read_labels(export_dir):
+    """Returns the class names written beside an export."""
+    with open(os.path.join(export_dir, LABELS_FILE), encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]

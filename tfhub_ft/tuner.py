@@ -1,0 +1,188 @@
+"""`FineTuner`: a hub backbone in, a served classifier out."""
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfhub_ft import backbone as backbone_lib
+from tfhub_ft import data as data_lib
+from tfhub_ft import export as export_lib
+from tfhub_ft import model as model_lib
+from tfhub_ft import recipe
+from tfhub_ft.config import FineTuneConfig
+
+logger = logging.getLogger(__name__)
+
+
+class FineTuner:
+    """Fine-tunes a TF Hub image feature vector on your labelled images.
+
+    Example:
+
+    ```python
+    tuner = FineTuner("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
+    tuner.fit("photos/train", validation="photos/validation")
+    print(tuner.evaluate("photos/test"))
+    tuner.export("export/photos")
+    ```
+
+    Args:
+        hub_handle: tfhub.dev or Kaggle Models URL, Kaggle handle, or local
+            SavedModel folder of an image feature vector.
+        config: A `FineTuneConfig`; defaults to `FineTuneConfig()`.
+        strategy: A `tf.distribute.Strategy`; defaults to the current one.
+            The backbone, model and optimizers are created in its scope.
+        block_pattern: Overrides how variables are grouped into blocks (see
+            `blocks.block_of`).
+        **options: Fields of `FineTuneConfig` to change, e.g.
+            `unfreeze_blocks=2`.
+
+    Attributes:
+        backbone: The `HubBackbone`, loaded at construction, so its blocks
+            can be listed (`backbone.block_summary()`) before `fit`.
+        model: The `ImageClassifier`, after `fit`.
+        class_names: The classes, after `fit`.
+        validation_metrics: `evaluate`'s dict on the validation data,
+            after `fit`.
+    """
+
+    def __init__(self, hub_handle, config=None, strategy=None,
+                 block_pattern=None, **options):
+        config = config or FineTuneConfig()
+        if not isinstance(config, FineTuneConfig):
+            raise TypeError(
+                "Invalid value for `config`. Expected a FineTuneConfig. "
+                f"Received: config={config!r}")
+        self.config = config.replace(**options) if options else config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.backbone = backbone_lib.HubBackbone(
+                hub_handle, batch_norm_trainable=self.config.batch_norm_trainable,
+                block_pattern=block_pattern)
+        self.image_size = (self.config.image_size or self.backbone.image_size
+                           or backbone_lib.DEFAULT_IMAGE_SIZE)
+        self.model = None
+        self.class_names = None
+        self.validation_metrics = None
+
+    def load_data(self, train, validation=None, validation_split=None,
+                  class_names=None, data_dir=None):
+        """Loads training and validation `ImageSet`s from any supported source.
+
+        Args:
+            train: Image folder, TFDS name, tf.data.Dataset or `ImageSet`.
+            validation: The same kinds, or None to hold out
+                `validation_split` of `train` (stratified, seeded). For a
+                TFDS name, a split name such as "validation" also works.
+            validation_split: Overrides the config's fraction.
+            class_names: Class names of a tf.data.Dataset source.
+            data_dir: TFDS data folder.
+
+        Returns:
+            (train `ImageSet`, validation `ImageSet`).
+        """
+        size = self.image_size
+        is_tfds = data_lib.is_tfds_name(train)
+        train_set = data_lib.load_images(train, size, class_names,
+                                         split="train", data_dir=data_dir)
+        if validation is None:
+            fraction = validation_split or self.config.validation_split
+            train_indices, validation_indices = data_lib.stratified_split(
+                train_set.labels, fraction, self.config.seed)
+            return train_set.subset(train_indices), train_set.subset(validation_indices)
+        if is_tfds and data_lib.is_tfds_name(validation):
+            validation_set = data_lib.load_tfds(train, validation, size, data_dir)
+        else:
+            validation_set = data_lib.load_images(validation, size,
+                                                  class_names or train_set.class_names)
+        return train_set, data_lib.match_classes(
+            validation_set, train_set.class_names, "validation")
+
+    def fit(self, train, validation=None, validation_split=None,
+            class_names=None, data_dir=None, verbose="auto"):
+        """Trains the head, then fine-tunes the top blocks.
+
+        Args: see `load_data`; `verbose` is passed to Keras `fit`.
+
+        Returns:
+            {"head": phase-1 history, "fine_tune": phase-2 history}, each a
+            dict of per-epoch lists (loss, accuracy, val_loss, val_accuracy).
+        """
+        train_set, validation_set = self.load_data(
+            train, validation, validation_split, class_names, data_dir)
+        logger.info("Training on %d images, validating on %d, %d classes",
+                    len(train_set), len(validation_set), len(train_set.class_names))
+        keras.utils.set_random_seed(self.config.seed)
+        self.class_names = list(train_set.class_names)
+        with self.strategy.scope():
+            self.model = model_lib.build_classifier(
+                self.backbone, len(self.class_names), self.image_size,
+                self.config.dropout_rate, self.config.augmentation,
+                self.config.seed)
+            self.backbone.freeze_all()
+            head_history = recipe.train_head(
+                self.model, train_set, validation_set, self.config, verbose)
+            self.backbone.unfreeze_top_blocks(self.config.unfreeze_blocks)
+            fine_tune_history = recipe.fine_tune(
+                self.model, train_set, validation_set, self.config, verbose)
+        self.validation_metrics = self._score(validation_set)
+        logger.info("Validation accuracy %.4f on %d images",
+                    self.validation_metrics["accuracy"], len(validation_set))
+        return {"head": head_history, "fine_tune": fine_tune_history}
+
+    def _require_model(self):
+        if self.model is None:
+            raise ValueError("The classifier is not trained yet: call `fit` first.")
+
+    def predict(self, images, batch_size=None):
+        """Class probabilities for images.
+
+        Args:
+            images: uint8 [N, H, W, 3] in [0, 255] or float [N, H, W, 3] in
+                [0, 1] (numpy or tensor), any H, W.
+
+        Returns:
+            float32 numpy [N, num_classes], rows summing to 1.
+        """
+        self._require_model()
+        batch_size = batch_size or self.config.batch_size
+        dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        logits = [self._predict_logits(batch) for batch in dataset]
+        return tf.nn.softmax(tf.concat(logits, axis=0)).numpy()
+
+    @tf.function(reduce_retracing=True)
+    def _predict_logits(self, images):
+        return self.model(images, training=False)
+
+    def evaluate(self, data, class_names=None, data_dir=None, split="test"):
+        """Loss and accuracy on held-out data (folder, TFDS name, dataset).
+
+        Returns:
+            {"loss": mean cross-entropy without label smoothing,
+             "accuracy": top-1 accuracy in [0, 1], "count": images scored}.
+        """
+        self._require_model()
+        image_set = data_lib.match_classes(
+            data_lib.load_images(data, self.image_size,
+                                 class_names or self.class_names, split, data_dir),
+            self.class_names, "evaluation")
+        return self._score(image_set)
+
+    def _score(self, image_set):
+        probabilities = self.predict(image_set.images)
+        labels = image_set.labels
+        chosen = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
+        return {"loss": float(-np.mean(np.log(chosen))),
+                "accuracy": float(np.mean(probabilities.argmax(-1) == labels)),
+                "count": int(len(labels))}
+
+    def export(self, export_dir):
+        """Writes the SavedModel (and labels.txt) to `export_dir`, atomically.
+
+        See `export.export_saved_model` for the signatures.
+        """
+        self._require_model()
+        return export_lib.export_saved_model(self.model, self.class_names,
+                                             export_dir, self.image_size)
