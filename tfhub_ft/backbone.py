@@ -177,7 +177,8 @@ def trace_positions(module, variables) -> List[float]:
 
     positions = []
     for variable in variables:
-        name = handle_ids.get(id(variable.handle))
+        # A mirrored variable is captured through its primary copy.
+        name = handle_ids.get(id(getattr(variable, "_primary", variable).handle))
         positions.append(first_use(name) if name else float("inf"))
     return positions
 
@@ -248,8 +249,10 @@ class HubBackbone(keras.layers.Layer):
 
     def _probe_feature_dim(self) -> int:
         size = self.image_size or DEFAULT_IMAGE_SIZE
+        strategy = tf.distribute.get_strategy()
         try:
-            output = self._module(tf.zeros([1, size, size, 3]), training=False)
+            output = strategy.experimental_local_results(strategy.run(
+                lambda: self._module(tf.zeros([1, size, size, 3]), training=False)))[0]
         except Exception as error:
             raise HubModuleError(
                 f"The module {self.hub_handle!r} failed on a float32 image "

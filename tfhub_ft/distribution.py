@@ -1,5 +1,6 @@
 """Choosing a `tf.distribute.Strategy` by name."""
 
+import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -37,3 +38,28 @@ def get_strategy(name="default", tpu=None):
     raise ValueError(
         f"Invalid value for `distribution_strategy`. Expected one of "
         f"{STRATEGIES}. Received: distribution_strategy={name!r}")
+
+
+def map_batches(function, dataset):
+    """Runs `function` on each batch under the current strategy's replicas.
+
+    Works inside or outside a strategy scope (a hub module's restored
+    function cannot read mirrored variables from the cross-replica context).
+
+    Args:
+        function: maps a batch tensor to a tensor with the batch first.
+        dataset: a batched tf.data.Dataset of tensors.
+
+    Returns:
+        numpy array, the outputs of every batch concatenated in order.
+    """
+    strategy = tf.distribute.get_strategy()
+
+    @tf.function
+    def step(batch):
+        return strategy.run(function, args=(batch,))
+
+    outputs = []
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        outputs.extend(t.numpy() for t in strategy.experimental_local_results(step(batch)))
+    return np.concatenate(outputs)

@@ -4,6 +4,7 @@ The exported model decodes, resizes and scales inside its graph, so a
 server needs only `tf.saved_model.load` (or TF Serving) and no tfhub_ft.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -86,10 +87,11 @@ def export_saved_model(model, class_names, export_dir, image_size):
             "folder you can write to.") from error
     try:
         module = _ServingModule(model, class_names, image_size)
-        tf.saved_model.save(module, staging, signatures={
-            "serving_default": module.serve_image_bytes,
-            "serving_images": module.serve_images,
-        })
+        with _quiet_tensorflow_logging():
+            tf.saved_model.save(module, staging, signatures={
+                "serving_default": module.serve_image_bytes,
+                "serving_images": module.serve_images,
+            })
         with open(os.path.join(staging, LABELS_FILE), "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in class_names))
         _replace_folder(staging, export_dir)
@@ -98,6 +100,18 @@ def export_saved_model(model, class_names, export_dir, image_size):
         raise
     logger.info("Exported the SavedModel to %s", export_dir)
     return export_dir
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logging():
+    """Hides the INFO lines TensorFlow logs per captured hub variable."""
+    tensorflow_logger = logging.getLogger("tensorflow")
+    level = tensorflow_logger.level
+    tensorflow_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        tensorflow_logger.setLevel(level)
 
 
 def _replace_folder(source, destination):

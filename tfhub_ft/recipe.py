@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfhub_ft import schedules
+from tfhub_ft import distribution, schedules
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ def extract_features(model, image_set, batch_size, flip=False):
     Returns:
         float32 numpy [N, feature_dim].
     """
-    @tf.function
     def features(images):
         images = model.preprocess(images)
         if flip:
@@ -42,7 +41,7 @@ def extract_features(model, image_set, batch_size, flip=False):
 
     dataset = tf.data.Dataset.from_tensor_slices(image_set.images).batch(
         batch_size).prefetch(tf.data.AUTOTUNE)
-    return np.concatenate([features(batch).numpy() for batch in dataset])
+    return distribution.map_batches(features, dataset)
 
 
 def train_head(model, train, validation, config, verbose="auto"):
@@ -111,7 +110,7 @@ def fine_tune(model, train, validation, config, verbose="auto"):
     history = model.fit(
         train.to_dataset(config.batch_size, shuffle=True, seed=config.seed),
         validation_data=validation.to_dataset(config.batch_size),
-        epochs=config.fine_tune_epochs, verbose=verbose,
+        epochs=config.fine_tune_epochs, verbose=verbose, shuffle=False,
         callbacks=[keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience,
             restore_best_weights=True)])

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfhub_ft import backbone as backbone_lib
 from tfhub_ft import data as data_lib
+from tfhub_ft import distribution
 from tfhub_ft import export as export_lib
 from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
@@ -149,12 +150,10 @@ class FineTuner:
         self._require_model()
         batch_size = batch_size or self.config.batch_size
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-        logits = [self._predict_logits(batch) for batch in dataset]
-        return tf.nn.softmax(tf.concat(logits, axis=0)).numpy()
-
-    @tf.function(reduce_retracing=True)
-    def _predict_logits(self, images):
-        return self.model(images, training=False)
+        with self.strategy.scope():
+            logits = distribution.map_batches(
+                lambda batch: self.model(batch, training=False), dataset)
+        return tf.nn.softmax(logits).numpy()
 
     def evaluate(self, data, class_names=None, data_dir=None, split="test"):
         """Loss and accuracy on held-out data (folder, TFDS name, dataset).

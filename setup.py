@@ -1,0 +1,26 @@
+"""tfhub_ft: fine-tune TF Hub image feature vectors with Keras 3."""
+
+import setuptools
+
+setuptools.setup(
+    name="tfhub_ft",
+    version="0.1.0",
+    description=("Fine-tune TF Hub / Kaggle Models image feature vectors into "
+                 "SavedModel image classifiers with Keras 3."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["tfhub_ft", "tfhub_ft.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.3,<4",
+        # tensorflow_hub resolves and caches handles; it imports tf_keras.
+        "tensorflow-hub>=0.16,<0.17",
+        "tf-keras>=2.16,<2.22",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=1.0",
+        "numpy>=1.26",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    license="Apache-2.0",
+)

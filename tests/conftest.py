@@ -1,0 +1,41 @@
+"""Tiny offline fixtures: a saved hub backbone and generated image folders."""
+
+import os
+
+import pytest
+
+from tfhub_ft import testing
+
+SHARED = os.environ.get(
+    "TFHUB_FT_SHARED",
+    os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared"))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_path(tmp_path_factory):
+    """A constant-initialised TinyBackbone saved in the hub format."""
+    return testing.build_tiny_backbone(
+        str(tmp_path_factory.mktemp("hub") / "tiny"), constant_init=True)
+
+
+@pytest.fixture(scope="session")
+def image_folders(tmp_path_factory):
+    """(train dir, validation dir, corrupt paths, class names), 3 classes."""
+    root = tmp_path_factory.mktemp("images")
+    images, labels, names = testing.make_shape_images(3, 16, 32, seed=1, task="target")
+    train = str(root / "train")
+    corrupt = testing.write_image_folder(train, images, labels, names,
+                                         image_format="mixed", corrupt_files=3)
+    images, labels, _ = testing.make_shape_images(3, 4, 32, seed=2, task="target")
+    validation = str(root / "validation")
+    testing.write_image_folder(validation, images, labels, names, image_format="png")
+    return train, validation, corrupt, names
+
+
+@pytest.fixture
+def small_config():
+    """A fast recipe for the tiny backbone (seconds per fit)."""
+    from tfhub_ft import FineTuneConfig
+    return FineTuneConfig(image_size=32, batch_size=8, head_epochs=2,
+                          fine_tune_epochs=2, unfreeze_blocks=2,
+                          head_learning_rate=1e-2, fine_tune_learning_rate=1e-2)

@@ -1,0 +1,148 @@
+import os
+import urllib.error
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfhub_ft import backbone as backbone_lib
+from tfhub_ft import testing
+from tfhub_ft.backbone import HubBackbone, HubModuleError
+
+
+def test_weights_wrap_module_variables(tiny_backbone_path):
+    layer = HubBackbone(tiny_backbone_path)
+    module = layer.module
+    assert len(layer.weights) == len(module.variables)
+    assert layer.count_params() == sum(int(np.prod(v.shape)) for v in module.variables)
+    assert len(layer.trainable_weights) == len(module.trainable_variables)
+    assert all("moving" in w.name for w in layer.non_trainable_weights)
+    # Wrapped, not copied: an assignment through Keras is seen by the module.
+    layer.weights[0].assign(tf.zeros_like(layer.weights[0]))
+    assert np.all(module.variables[0].numpy() == 0)
+
+
+def test_call_matches_module_and_keeps_statistics(tiny_backbone_path):
+    layer = HubBackbone(tiny_backbone_path)
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 2])
+    expected = layer.module(images, training=False)
+    statistics = [w.numpy().copy() for w in layer.non_trainable_weights]
+    np.testing.assert_array_equal(layer(images, training=True).numpy(), expected.numpy())
+    for before, after in zip(statistics, layer.non_trainable_weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    assert layer.feature_dim == 16
+    assert layer.compute_output_shape((None, 32, 32, 3)) == (None, 16)
+
+
+def test_batch_norm_trainable_updates_statistics(tiny_backbone_path):
+    layer = HubBackbone(tiny_backbone_path, batch_norm_trainable=True)
+    before = layer.non_trainable_weights[0].numpy().copy()
+    layer(tf.random.stateless_uniform([4, 32, 32, 3], seed=[3, 4]), training=True)
+    assert not np.array_equal(before, layer.non_trainable_weights[0].numpy())
+
+
+def test_blocks_follow_the_call_graph(tiny_backbone_path):
+    layer = HubBackbone(tiny_backbone_path)
+    assert [b.name for b in layer.blocks] == ["stem", "block_1", "block_2", "block_3", "head"]
+    summary = layer.block_summary()
+    assert sum(count for _, count, _ in summary) == layer.count_params()
+    assert all(trainable for _, _, trainable in summary)
+    assert {w.name for w in layer.block_variables("block_2")} == {
+        "block_2_conv_kernel", "block_2_bn_gamma", "block_2_bn_beta",
+        "block_2_bn_moving_mean", "block_2_bn_moving_variance"}
+
+
+def test_unfreeze_top_blocks(tiny_backbone_path):
+    layer = HubBackbone(tiny_backbone_path)
+    chosen = layer.unfreeze_top_blocks(2)
+    assert [b.name for b in chosen] == ["block_3", "head"]
+    assert sorted(w.name for w in layer.trainable_weights) == sorted([
+        "block_3_conv_kernel", "block_3_bn_gamma", "block_3_bn_beta",
+        "head_conv_kernel", "head_bn_gamma", "head_bn_beta"])
+    layer.freeze_all()
+    assert layer.trainable_weights == []
+    assert [t for _, _, t in layer.block_summary()] == [False] * 5
+    with pytest.raises(ValueError, match=r"Expected an integer in \[0, 5\]"):
+        layer.unfreeze_top_blocks(6)
+    with pytest.raises(ValueError, match="Expected one of"):
+        layer.block_variables("block_9")
+
+
+def test_block_pattern_override(tiny_backbone_path):
+    layer = HubBackbone(tiny_backbone_path, block_pattern=r"^(block_\d+|stem|head)")
+    assert [b.name for b in layer.blocks] == ["stem", "block_1", "block_2", "block_3", "head"]
+    coarse = HubBackbone(tiny_backbone_path,
+                         block_pattern=lambda name: "top" if name.startswith("head") else "rest")
+    assert [b.name for b in coarse.blocks] == ["rest", "top"]
+
+
+def test_declared_image_size_and_module_without_one(tiny_backbone_path):
+    assert HubBackbone(tiny_backbone_path).image_size is None
+
+
+def test_tf1_module_is_refused(tmp_path):
+    path = testing.save_tf1_hub_module_stub(str(tmp_path / "tf1"))
+    with pytest.raises(HubModuleError, match="TF1 hub format"):
+        HubBackbone(path)
+
+
+def test_feature_map_module_is_refused(tmp_path):
+    path = testing.save_non_feature_vector_module(str(tmp_path / "map"))
+    with pytest.raises(HubModuleError, match=r"is not an image feature vector.*feature_vector"):
+        HubBackbone(path)
+
+
+def test_folder_without_saved_model(tmp_path):
+    with pytest.raises(HubModuleError, match="No SavedModel"):
+        HubBackbone(str(tmp_path))
+
+
+@pytest.mark.parametrize("handle", [None, "", 3])
+def test_handle_type_is_checked(handle):
+    with pytest.raises(TypeError, match="Invalid value for `hub_handle`"):
+        backbone_lib.resolve_handle(handle)
+
+
+def test_unknown_handle_is_explained():
+    with pytest.raises(HubModuleError, match="neither a local folder nor"):
+        backbone_lib.resolve_handle("no/such/folder")
+
+
+def test_offline_url_names_handle_and_cache(monkeypatch, tmp_path):
+    import tensorflow_hub
+
+    def offline(handle):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(tensorflow_hub, "resolve", offline)
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    url = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"
+    with pytest.raises(HubModuleError) as error:
+        backbone_lib.resolve_handle(url)
+    message = str(error.value)
+    assert url in message and "TFHUB_CACHE_DIR" in message and str(tmp_path) in message
+    assert "SavedModel folder" in message
+
+
+def test_kaggle_handle_goes_through_tensorflow_hub(monkeypatch):
+    import tensorflow_hub
+    seen = []
+    monkeypatch.setattr(tensorflow_hub, "resolve", lambda h: seen.append(h) or "/x")
+    assert backbone_lib.resolve_handle(
+        "google/mobilenet-v2/tensorFlow2/100-224-feature-vector/2") == "/x"
+    assert seen == ["https://www.kaggle.com/models/google/mobilenet-v2/"
+                    "tensorFlow2/100-224-feature-vector/2"]
+
+
+def test_cached_url_resolves_offline(monkeypatch, tmp_path, tiny_backbone_path):
+    """A module in TFHUB_CACHE_DIR is used without any network access."""
+    import hashlib
+    import shutil
+    url = "https://tfhub.dev/example/tiny/feature_vector/1"
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    # tensorflow_hub caches a module under the sha1 of its handle.
+    shutil.copytree(tiny_backbone_path,
+                    tmp_path / hashlib.sha1(url.encode("utf8")).hexdigest())
+    path = backbone_lib.resolve_handle(url)
+    assert os.path.isdir(path) and path.startswith(str(tmp_path))
+    assert HubBackbone(path).feature_dim == 16

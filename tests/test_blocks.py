@@ -1,0 +1,69 @@
+import re
+
+import pytest
+
+from tfhub_ft import blocks
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("block_3_expand/kernel:0", "block_3"),
+    ("block_16_project_BN/moving_mean:0", "block_16"),
+    ("expanded_conv_depthwise/depthwise_kernel:0", "block_0"),
+    ("Conv1/kernel:0", "stem"),
+    ("bn_Conv1/gamma:0", "stem"),
+    ("Conv_1_bn/beta:0", "head"),
+    ("MobilenetV2/expanded_conv_3/expand/weights:0", "expanded_conv_3"),
+    ("MobilenetV2/expanded_conv/depthwise/weights:0", "expanded_conv"),
+    ("MobilenetV2/Conv/weights:0", "stem"),
+    ("MobilenetV2/Conv_1/weights:0", "head"),
+    ("resnet_v2_50/block2/unit_3/bottleneck_v2/conv1/weights:0", "block2/unit_3"),
+    ("resnet_v2_50/conv1/weights:0", "stem"),
+    ("efficientnet-b0/blocks_7/conv2d/kernel:0", "blocks_7"),
+    ("block2a_expand_conv/kernel:0", "block2a"),
+    ("conv3_block2_1_conv/kernel:0", "conv3_block2"),
+    ("top_conv/kernel:0", "head"),
+    ("mystery/kernel:0", None),
+])
+def test_block_of_builtin_rules(name, expected):
+    assert blocks.block_of(name) == expected
+
+
+def test_block_of_pattern_and_function_overrides():
+    assert blocks.block_of("layer7/conv/kernel:0", r"(layer\d+)/") == "layer7"
+    assert blocks.block_of("layer7/conv/kernel:0", re.compile(r"layer\d+")) == "layer7"
+    assert blocks.block_of("layer7/conv/kernel:0", r"stage\d") is None
+    assert blocks.block_of("a/b:0", lambda name: name.upper()) == "A/B"
+
+
+def test_group_into_blocks_orders_by_trace_and_attaches_unnamed():
+    names = ["Conv_1/kernel", "block_2_a/kernel", "block_1_a/kernel",
+             "Conv1/kernel", "odd/kernel", "block_1_bn/gamma"]
+    positions = [9, 6, 3, 0, 4, 2]
+    result = blocks.group_into_blocks(names, positions, [1, 10, 100, 1000, 5, 7])
+    assert [b.name for b in result] == ["stem", "block_1", "block_2", "head"]
+    # "odd" is read right after block_1's variables, so it joins block_1.
+    assert result[1].variable_indices == (2, 4, 5)
+    assert [b.parameter_count for b in result] == [1000, 112, 10, 1]
+
+
+def test_group_into_blocks_unnamed_first_variable_joins_first_block():
+    result = blocks.group_into_blocks(["x", "block_1_a"], [0, 1])
+    assert [(b.name, b.variable_indices) for b in result] == [("block_1", (0, 1))]
+
+
+def test_group_into_blocks_errors():
+    with pytest.raises(ValueError, match="one position per variable"):
+        blocks.group_into_blocks(["a"], [0, 1])
+    with pytest.raises(ValueError, match="Pass `block_pattern`"):
+        blocks.group_into_blocks(["mystery/kernel"], [0])
+
+
+def test_top_blocks():
+    result = blocks.group_into_blocks(
+        ["Conv1/k", "block_1_a/k", "Conv_1/k"], [0, 1, 2])
+    assert [b.name for b in blocks.top_blocks(result, 2)] == ["block_1", "head"]
+    assert blocks.top_blocks(result, 0) == []
+    with pytest.raises(ValueError, match=r"Expected an integer in \[0, 3\].*unfreeze_blocks=4"):
+        blocks.top_blocks(result, 4)
+    with pytest.raises(ValueError, match="unfreeze_blocks=True"):
+        blocks.top_blocks(result, True)

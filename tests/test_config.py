@@ -1,0 +1,31 @@
+import pytest
+
+from tfhub_ft import FineTuneConfig
+
+
+def test_defaults_are_valid_and_replace_checks_names():
+    config = FineTuneConfig()
+    assert config.replace(unfreeze_blocks=2).unfreeze_blocks == 2
+    with pytest.raises(TypeError, match="Unknown fine-tuning option"):
+        config.replace(unfreeze=2)
+
+
+def test_augmentation_accepts_comma_string():
+    assert FineTuneConfig(augmentation="flip").augmentation == ("flip",)
+    assert FineTuneConfig(augmentation="").augmentation == ()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"image_size": 4}, r"Invalid value for `image_size`. Expected an integer >= 8 or None. Received: image_size=4"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"head_epochs": 1.5}, "head_epochs=1.5"),
+    ({"unfreeze_blocks": -1}, "unfreeze_blocks=-1"),
+    ({"head_learning_rate": 0}, r"Expected a number > 0"),
+    ({"label_smoothing": 1.0}, r"label_smoothing=1.0"),
+    ({"dropout_rate": -0.1}, r"dropout_rate=-0.1"),
+    ({"validation_split": 1.0}, r"validation_split=1.0"),
+    ({"augmentation": ("rotate",)}, r"Expected names from \('flip',\)"),
+])
+def test_invalid_values_name_the_option(changes, message):
+    with pytest.raises(ValueError, match=message):
+        FineTuneConfig(**changes)
