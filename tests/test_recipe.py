@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfhub_ft import FineTuner, recipe
+from tfhub_ft import FineTuner
 
 
 def snapshot(tuner):
@@ -51,16 +51,3 @@ def test_trainable_batch_norm_updates_moving_statistics(tiny_backbone_path, imag
     before = snapshot(tuner)
     tuner.fit(train, validation, verbose=0)
     assert any("moving_mean" in name for name in changed(before, tuner))
-
-
-def test_extract_features_flip_is_the_mirror_image(tiny_backbone_path, small_config):
-    from tfhub_ft import build_classifier, data
-    from tfhub_ft.backbone import HubBackbone
-    model = build_classifier(HubBackbone(tiny_backbone_path), 2, 32)
-    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    image_set = data.ImageSet(images, np.array([0, 1, 0], np.int32), ["a", "b"])
-    flipped = recipe.extract_features(model, image_set, 2, flip=True)
-    mirrored = data.ImageSet(images[:, :, ::-1].copy(), image_set.labels, ["a", "b"])
-    np.testing.assert_allclose(flipped, recipe.extract_features(model, mirrored, 2), rtol=1e-5, atol=1e-6)
-    plain = model.backbone.module(images.astype(np.float32) / 255.0, training=False).numpy()
-    np.testing.assert_allclose(recipe.extract_features(model, image_set, 2), plain, rtol=1e-5, atol=1e-6)

@@ -9,13 +9,14 @@ one by one.
 import logging
 import os
 import re
-from typing import List, Optional
+from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfhub_ft import blocks as blocks_lib
+from tfhub_ft import module_graph
 
 logger = logging.getLogger(__name__)
 
@@ -121,79 +122,6 @@ def declared_image_size(module) -> Optional[int]:
     return None
 
 
-def trace_positions(module, variables) -> List[float]:
-    """Where the module's call graph first uses each variable.
-
-    The restored call function is inlined (grappler) and each variable gets
-    the depth, in ops from the images, of the first computation that reads
-    it. Blocks are then ordered as data flows through them, whatever the
-    order of the module's variable list.
-
-    Returns:
-        One float per variable; `inf` where the graph does not read it.
-    """
-    from tensorflow.python.framework import convert_to_constants
-
-    function = _inference_function(module)
-    graph_def = convert_to_constants._run_inline_graph_optimization(
-        function, lower_control_flow=False, aggressive_inlining=True
-    )
-    nodes = {node.name: node for node in graph_def.node}
-    image_input = function.graph.inputs[0].name.split(":")[0]
-    capture_names = [t.name.split(":")[0] for t in function.graph.internal_captures]
-    handle_ids = {id(t): n for t, n in zip(function.captured_inputs, capture_names)}
-
-    consumers = {}
-    for node in graph_def.node:
-        for source in node.input:
-            consumers.setdefault(source.split(":")[0].lstrip("^"), []).append(node.name)
-    depth = {image_input: 0}
-    # Longest path from the images, in topological order (Kahn).
-    indegree = {n: sum(1 for s in nodes[n].input if s.split(":")[0].lstrip("^") in nodes)
-                for n in nodes}
-    ready = [n for n, d in indegree.items() if d == 0]
-    while ready:
-        name = ready.pop()
-        for consumer in consumers.get(name, []):
-            if name in depth:
-                depth[consumer] = max(depth.get(consumer, 0), depth[name] + 1)
-            indegree[consumer] -= 1
-            if indegree[consumer] == 0:
-                ready.append(consumer)
-
-    def first_use(placeholder):
-        # Follow the resource through Identity and ReadVariableOp to the
-        # computations that consume its value.
-        frontier, best = [placeholder], float("inf")
-        while frontier:
-            name = frontier.pop()
-            for consumer in consumers.get(name, []):
-                if nodes[consumer].op in ("Identity", "ReadVariableOp",
-                                          "IdentityN", "Cast"):
-                    frontier.append(consumer)
-                elif consumer in depth:
-                    best = min(best, depth[consumer])
-        return best
-
-    positions = []
-    for variable in variables:
-        # A mirrored variable is captured through its primary copy.
-        name = handle_ids.get(id(getattr(variable, "_primary", variable).handle))
-        positions.append(first_use(name) if name else float("inf"))
-    return positions
-
-
-def _inference_function(module):
-    try:
-        return module.__call__.get_concrete_function(
-            tf.TensorSpec([None, None, None, 3], tf.float32), False
-        )
-    except (TypeError, ValueError):
-        return module.__call__.get_concrete_function(
-            tf.TensorSpec([None, None, None, 3], tf.float32)
-        )
-
-
 class HubBackbone(keras.layers.Layer):
     """Keras 3 layer running a hub image feature-vector module.
 
@@ -236,12 +164,14 @@ class HubBackbone(keras.layers.Layer):
         for variable in self._wrapped:
             self._track_variable(variable)
         self._module_trainable = [v.trainable for v in self._wrapped]
+        self._split_warnings = set()
         self.image_size = declared_image_size(self._module)
         self.feature_dim = self._probe_feature_dim()
         names = [v.name for v in self._module_variables]
+        self._graph = module_graph.ModuleGraph(self._module, self._module_variables)
         self.blocks = blocks_lib.group_into_blocks(
             names,
-            trace_positions(self._module, self._module_variables),
+            self._graph.trace_positions(len(names)),
             [int(np.prod(v.shape)) for v in self._module_variables],
             rule=block_pattern,
         )
@@ -331,8 +261,89 @@ class HubBackbone(keras.layers.Layer):
                 self._wrapped[i].trainable = self._module_trainable[i]
         return chosen
 
+    def split_top_blocks(self, count: int):
+        """Cuts the module's graph below its top `count` blocks.
+
+        Below the cut nothing trains, so (with batch norm in inference mode)
+        its output is computed once per image and the top trains from it.
+
+        Returns:
+            A `BackboneSplit`, or None (logged once, with the reason) where
+            the module cannot be split: `count` is 0, batch norm trains
+            (training mode changes every block's output), or the graph has
+            no clean cut.
+        """
+        chosen = blocks_lib.top_blocks(self.blocks, count)
+        reason = None
+        if not chosen:
+            reason = "no block is unfrozen"
+        elif self.batch_norm_trainable:
+            reason = "batch norm trains, so every block's output changes"
+        else:
+            indices = [i for block in chosen for i in block.variable_indices
+                       if self._module_trainable[i]]
+            try:
+                return BackboneSplit(self, self._graph.split(indices))
+            except (ValueError, KeyError) as error:
+                reason = f"the graph has no clean cut ({error})"
+        if reason not in self._split_warnings:
+            self._split_warnings.add(reason)
+            logger.info("Not splitting %s: %s; fine-tuning runs the whole "
+                        "module forward each step.", self.hub_handle, reason)
+        return None
+
     def get_config(self):
         config = super().get_config()
         config.update(hub_handle=self.hub_handle,
                       batch_norm_trainable=self.batch_norm_trainable)
         return config
+
+
+class BackboneSplit:
+    """A hub backbone cut into a frozen bottom and a trainable top.
+
+    Attributes:
+        top: `BackboneTop`, a Keras layer from the boundary tensors to the
+            features, whose weights are the backbone's own top variables.
+        boundary_shapes: Shapes (without batch) of the boundary tensors,
+            known after the first `bottom` call.
+    """
+
+    def __init__(self, backbone, split_graph):
+        self._backbone = backbone
+        self._graph = split_graph
+        self.top = BackboneTop(backbone, split_graph)
+
+    def bottom(self, images):
+        """float32 images [N, H, W, 3] in [0, 1] -> tuple of boundary tensors."""
+        return tuple(self._graph.run_bottom(tf.cast(images, tf.float32),
+                                            self._backbone._wrapped))
+
+
+class BackboneTop(keras.layers.Layer):
+    """The trainable top of a split `HubBackbone`.
+
+    Call arguments:
+        boundary: tuple of float32 tensors, `BackboneSplit.bottom`'s output.
+
+    Returns:
+        float32 features [N, feature_dim], the same as the whole backbone.
+    """
+
+    def __init__(self, backbone, split_graph, **kwargs):
+        kwargs.setdefault("name", "hub_backbone_top")
+        super().__init__(**kwargs)
+        self._graph = split_graph
+        self._variables_in_order = backbone._wrapped
+        top_nodes = {node.name for node in split_graph.top.node}
+        for index in sorted({index for name, index in split_graph.reads.items()
+                             if name in top_nodes}):
+            self._track_variable(backbone._wrapped[index])
+        self.feature_dim = backbone.feature_dim
+        self.built = True
+
+    def call(self, boundary):
+        return self._graph.run_top(tuple(boundary), self._variables_in_order)
+
+    def compute_output_shape(self, input_shape):
+        return (None, self.feature_dim)

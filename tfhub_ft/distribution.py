@@ -47,11 +47,13 @@ def map_batches(function, dataset):
     function cannot read mirrored variables from the cross-replica context).
 
     Args:
-        function: maps a batch tensor to a tensor with the batch first.
-        dataset: a batched tf.data.Dataset of tensors.
+        function: maps a batch (a tensor or tuple of tensors) to a tensor
+            or tuple of tensors, batch first.
+        dataset: a batched tf.data.Dataset.
 
     Returns:
-        numpy array, the outputs of every batch concatenated in order.
+        numpy array (or tuple of them, as `function` returns): the outputs
+        of every batch concatenated in order.
     """
     strategy = tf.distribute.get_strategy()
 
@@ -61,5 +63,6 @@ def map_batches(function, dataset):
 
     outputs = []
     for batch in strategy.experimental_distribute_dataset(dataset):
-        outputs.extend(t.numpy() for t in strategy.experimental_local_results(step(batch)))
-    return np.concatenate(outputs)
+        for replica_output in strategy.experimental_local_results(step(batch)):
+            outputs.append(tf.nest.map_structure(lambda t: t.numpy(), replica_output))
+    return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)

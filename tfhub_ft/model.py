@@ -65,6 +65,34 @@ class ImageClassifier(keras.Model):
         self.built = True
 
 
+class CachedInputClassifier(keras.Model):
+    """The last layers of an `ImageClassifier`, fed from cached activations.
+
+    Shares the classifier's weights, so training it trains the classifier.
+
+    Call arguments:
+        inputs: float32 backbone features [N, D] when `top` is None, else
+            the tuple of boundary tensors that `top` takes.
+
+    Returns:
+        float32 logits [N, num_classes].
+
+    Args:
+        classifier: The `ImageClassifier` whose dropout and head are used.
+        top: Optional `BackboneTop`, the trainable top blocks of the backbone.
+    """
+
+    def __init__(self, classifier, top=None, **kwargs):
+        kwargs.setdefault("name", "cached_input_classifier")
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.top = top
+
+    def call(self, inputs, training=False):
+        features = self.top(inputs) if self.top is not None else inputs
+        return self.classifier.classify_features(features, training=training)
+
+
 def build_classifier(backbone, num_classes, image_size, dropout_rate=0.2,
                      augmentation=(), seed=0):
     """Builds an `ImageClassifier` whose only random layer is the head.

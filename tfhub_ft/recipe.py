@@ -1,17 +1,16 @@
 """The two training phases: head on a frozen backbone, then the top blocks.
 
-Each phase is a function of (model, data, config) that returns its Keras
-history, so `FineTuner.fit` reads as the recipe itself.
+Each phase is a function of (model, cached activations, data, config) that
+returns its Keras history, so `FineTuner.fit` reads as the recipe itself.
 """
 
 import logging
 import math
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-from tfhub_ft import distribution, schedules
+from tfhub_ft import cache, schedules
+from tfhub_ft import model as model_lib
 
 logger = logging.getLogger(__name__)
 
@@ -21,39 +20,17 @@ def classification_loss(config):
         from_logits=True, label_smoothing=config.label_smoothing)
 
 
-def extract_features(model, image_set, batch_size, flip=False):
-    """Runs the frozen backbone once over a set of images.
-
-    Args:
-        model: an `ImageClassifier`.
-        image_set: `data.ImageSet` of uint8 [N, S, S, 3] images.
-        flip: If True, the images are mirrored left-right first (the "flip"
-            augmentation's second variant).
-
-    Returns:
-        float32 numpy [N, feature_dim].
-    """
-    def features(images):
-        images = model.preprocess(images)
-        if flip:
-            images = tf.reverse(images, axis=[2])
-        return model.backbone(images, training=False)
-
-    dataset = tf.data.Dataset.from_tensor_slices(image_set.images).batch(
-        batch_size).prefetch(tf.data.AUTOTUNE)
-    return distribution.map_batches(features, dataset)
-
-
-def train_head(model, train, validation, config, verbose="auto"):
+def train_head(model, frozen, train, validation, config, verbose="auto"):
     """Phase 1: trains the Dense head with the whole backbone frozen.
 
-    The backbone's output does not change in this phase, so it is computed
-    once per image (and once more mirrored, with the "flip" augmentation)
-    and the head trains on those features.
+    The head trains on the cached backbone features (`frozen`), each image
+    in one random augmentation variant per epoch, as the full model would
+    see it.
 
     Args:
         model: an `ImageClassifier` whose backbone is frozen.
-        train, validation: `data.ImageSet`s.
+        frozen: `cache.FrozenActivations` of `train` and `validation`.
+        train, validation: `data.ImageSet`s (for the labels).
         config: `FineTuneConfig`.
 
     Returns:
@@ -61,36 +38,26 @@ def train_head(model, train, validation, config, verbose="auto"):
     """
     if config.head_epochs == 0:
         return {}
-    train_features = [extract_features(model, train, config.batch_size)]
-    train_labels = [train.labels]
-    if "flip" in model.augmentation:
-        train_features.append(
-            extract_features(model, train, config.batch_size, flip=True))
-        train_labels.append(train.labels)
-    validation_features = extract_features(model, validation, config.batch_size)
-
-    depth = model.num_classes
-    head = keras.Sequential(
-        [keras.Input((model.backbone.feature_dim,)), model.dropout, model.head],
-        name="head_on_features")
+    head = model_lib.CachedInputClassifier(model)
     head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
                  loss=classification_loss(config), metrics=["accuracy"])
+    classes = model.num_classes
     history = head.fit(
-        np.concatenate(train_features),
-        keras.ops.one_hot(np.concatenate(train_labels), depth),
-        validation_data=(validation_features,
-                         keras.ops.one_hot(validation.labels, depth)),
-        batch_size=config.batch_size, epochs=config.head_epochs,
-        shuffle=True, verbose=verbose)
+        cache.variant_dataset(frozen.train_features, train.labels, classes,
+                              config.batch_size, config.seed),
+        validation_data=cache.evaluation_dataset(
+            frozen.validation_features, validation.labels, classes, config.batch_size),
+        epochs=config.head_epochs, verbose=verbose, shuffle=False)
     return history.history
 
 
-def fine_tune(model, train, validation, config, verbose="auto"):
+def fine_tune(model, frozen, train, validation, config, verbose="auto"):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
     phase, and early stopping on validation loss that restores the best
-    weights.
+    weights. With a split backbone only the top runs, from the cached
+    boundary tensors; otherwise the whole model runs on the images.
 
     Returns:
         The Keras history dict.
@@ -105,11 +72,21 @@ def fine_tune(model, train, validation, config, verbose="auto"):
     # Decaying the batch-norm scales and biases only pulls the pretrained
     # normalisation away from what the following layers expect.
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    model.compile(optimizer=optimizer, loss=classification_loss(config),
-                  metrics=["accuracy"])
-    history = model.fit(
-        train.to_dataset(config.batch_size, shuffle=True, seed=config.seed),
-        validation_data=validation.to_dataset(config.batch_size),
+    classes = model.num_classes
+    if frozen.split is not None:
+        trainee = model_lib.CachedInputClassifier(model, top=frozen.split.top)
+        train_data = cache.variant_dataset(frozen.train_boundary, train.labels, classes,
+                                           config.batch_size, config.seed)
+        validation_data = cache.evaluation_dataset(
+            frozen.validation_boundary, validation.labels, classes, config.batch_size)
+    else:
+        trainee = model
+        train_data = train.to_dataset(config.batch_size, shuffle=True, seed=config.seed)
+        validation_data = validation.to_dataset(config.batch_size)
+    trainee.compile(optimizer=optimizer, loss=classification_loss(config),
+                    metrics=["accuracy"])
+    history = trainee.fit(
+        train_data, validation_data=validation_data,
         epochs=config.fine_tune_epochs, verbose=verbose, shuffle=False,
         callbacks=[keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience,

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_ft import backbone as backbone_lib
+from tfhub_ft import cache
 from tfhub_ft import data as data_lib
 from tfhub_ft import distribution
 from tfhub_ft import export as export_lib
@@ -123,11 +124,13 @@ class FineTuner:
                 self.config.dropout_rate, self.config.augmentation,
                 self.config.seed)
             self.backbone.freeze_all()
+            frozen = cache.compute_frozen_activations(
+                self.model, train_set, validation_set, self.config)
             head_history = recipe.train_head(
-                self.model, train_set, validation_set, self.config, verbose)
+                self.model, frozen, train_set, validation_set, self.config, verbose)
             self.backbone.unfreeze_top_blocks(self.config.unfreeze_blocks)
             fine_tune_history = recipe.fine_tune(
-                self.model, train_set, validation_set, self.config, verbose)
+                self.model, frozen, train_set, validation_set, self.config, verbose)
         self.validation_metrics = self._score(validation_set)
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))

@@ -1,0 +1,274 @@
+"""The inlined call graph of a hub module: trace order and block splitting.
+
+A restored SavedModel function is one opaque call op. Grappler's function
+inlining turns it into a flat GraphDef whose nodes are the module's real
+operations, which this module reads to order variables as data flows, and
+cuts at a block boundary into a frozen bottom and a trainable top that run
+on the module's own variables.
+"""
+
+from typing import Dict, List, Sequence
+
+import tensorflow as tf
+
+_PASS_THROUGH = ("Identity", "IdentityN")
+
+
+def _source(input_name):
+    return input_name.lstrip("^").split(":")[0]
+
+
+def inference_function(module):
+    """The module's concrete `__call__` for float32 images, inference mode."""
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    try:
+        return module.__call__.get_concrete_function(spec, False)
+    except (TypeError, ValueError):
+        return module.__call__.get_concrete_function(spec)
+
+
+class ModuleGraph:
+    """The inlined inference graph of a hub module.
+
+    Args:
+        module: A loaded hub module with `__call__(images, training)`.
+        variables: The module's variables, in the order indices refer to.
+    """
+
+    def __init__(self, module, variables):
+        from tensorflow.python.framework import convert_to_constants
+
+        function = inference_function(module)
+        self.graph_def = convert_to_constants._run_inline_graph_optimization(
+            function, lower_control_flow=False, aggressive_inlining=True)
+        self.nodes = {node.name: node for node in self.graph_def.node}
+        self.input_name = function.graph.inputs[0].name.split(":")[0]
+        self.output_tensor = _inlined_output(function, self.nodes)
+        self.consumers: Dict[str, List[str]] = {}
+        for node in self.graph_def.node:
+            for name in node.input:
+                self.consumers.setdefault(_source(name), []).append(node.name)
+        captures = [t.name.split(":")[0] for t in function.graph.internal_captures]
+        placeholder_of = {id(t): name for t, name in zip(function.captured_inputs, captures)}
+        # Read nodes of each variable (through Identity chains); a mirrored
+        # variable is captured through its primary copy.
+        self.reads: Dict[str, int] = {}
+        for index, variable in enumerate(variables):
+            handle = getattr(variable, "_primary", variable).handle
+            frontier = [placeholder_of.get(id(handle))]
+            while frontier:
+                name = frontier.pop()
+                for consumer in self.consumers.get(name, []) if name else []:
+                    op = self.nodes[consumer].op
+                    if op in _PASS_THROUGH:
+                        frontier.append(consumer)
+                    elif op == "ReadVariableOp":
+                        self.reads[consumer] = index
+        self.depth = self._depth_from_input()
+
+    def _depth_from_input(self):
+        """Longest data path, in ops, from the images to each node."""
+        depth = {self.input_name: 0}
+        pending = {name: sum(1 for i in node.input if _source(i) in self.nodes)
+                   for name, node in self.nodes.items()}
+        ready = [name for name, count in pending.items() if count == 0]
+        while ready:
+            name = ready.pop()
+            for consumer in self.consumers.get(name, []):
+                if name in depth:
+                    depth[consumer] = max(depth.get(consumer, 0), depth[name] + 1)
+                pending[consumer] -= 1
+                if pending[consumer] == 0:
+                    ready.append(consumer)
+        return depth
+
+    def trace_positions(self, variable_count) -> List[float]:
+        """For each variable, the depth of the first computation using it.
+
+        Returns:
+            One float per variable; `inf` where the graph does not read it.
+        """
+        positions = [float("inf")] * variable_count
+        for read, index in self.reads.items():
+            for consumer in self._value_consumers(read):
+                if consumer in self.depth:
+                    positions[index] = min(positions[index], self.depth[consumer])
+        return positions
+
+    def _value_consumers(self, name):
+        frontier, found = [name], []
+        while frontier:
+            for consumer in self.consumers.get(frontier.pop(), []):
+                if self.nodes[consumer].op in _PASS_THROUGH:
+                    frontier.append(consumer)
+                else:
+                    found.append(consumer)
+        return found
+
+    def _forward_closure(self, starts):
+        seen, frontier = set(), list(starts)
+        while frontier:
+            name = frontier.pop()
+            for consumer in self.consumers.get(name, []):
+                # Data edges only: control edges from inlining would pull in
+                # unrelated nodes.
+                if consumer not in seen and any(
+                        not i.startswith("^") and _source(i) == name
+                        for i in self.nodes[consumer].input):
+                    seen.add(consumer)
+                    frontier.append(consumer)
+        return seen
+
+    def split(self, trainable_indices: Sequence[int]) -> "SplitGraph":
+        """Cuts the graph where the given variables start to be used.
+
+        Args:
+            trainable_indices: Indices of the variables that will train.
+
+        Returns:
+            A `SplitGraph`.
+
+        Raises:
+            ValueError: if no variable of `trainable_indices` is read, or the
+                image-dependent tensors entering the top cannot be found.
+        """
+        chosen = set(trainable_indices)
+        top_reads = [read for read, index in self.reads.items() if index in chosen]
+        if not top_reads:
+            raise ValueError("None of the trainable variables is read by the "
+                             "module's inference graph; it cannot be split.")
+        top = self._forward_closure(top_reads)
+        image_dependent = self._forward_closure([self.input_name]) | {self.input_name}
+        boundary = []
+        for name in sorted(top, key=lambda n: self.depth.get(n, 0)):
+            for input_name in self.nodes[name].input:
+                source = _source(input_name)
+                tensor = self._canonical(input_name)
+                if (not input_name.startswith("^") and source not in top
+                        and source in image_dependent and tensor not in boundary):
+                    boundary.append(tensor)
+        if not boundary:
+            raise ValueError("No image-dependent tensor enters the trainable blocks.")
+        return SplitGraph(
+            bottom=self._subgraph({}, boundary),
+            top=self._subgraph({t: f"boundary_{i}" for i, t in enumerate(boundary)},
+                               [self.output_tensor]),
+            boundary=boundary,
+            reads=dict(self.reads),
+            input_name=self.input_name,
+            output_tensor=self.output_tensor)
+
+    def _canonical(self, input_name):
+        """The tensor an input refers to, looking through Identity chains
+        (inlining wraps one tensor in many Identity nodes)."""
+        tensor = input_name if ":" in input_name else input_name + ":0"
+        node = self.nodes[_source(tensor)]
+        while node.op == "Identity" and tensor.endswith(":0"):
+            tensor = self._canonical(node.input[0])
+            node = self.nodes[_source(tensor)]
+        return tensor
+
+    def _subgraph(self, replaced, outputs):
+        """The nodes `outputs` need, with `replaced` tensors as placeholders.
+
+        Variable reads become placeholders too, fed with the variables'
+        values when the graph runs, so gradients reach the variables.
+        """
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.versions.CopyFrom(self.graph_def.versions)
+        graph_def.library.CopyFrom(self.graph_def.library)
+        for tensor, placeholder in replaced.items():
+            node = graph_def.node.add(name=placeholder, op="Placeholder")
+            node.attr["dtype"].type = tf.float32.as_datatype_enum
+        renamed = dict(replaced)
+        needed, frontier = set(), [_source(t) for t in outputs]
+        while frontier:
+            name = frontier.pop()
+            if name in needed:
+                continue
+            needed.add(name)
+            node = self.nodes[name]
+            if name in self.reads or node.op == "Placeholder":
+                continue
+            for input_name in node.input:
+                if input_name.startswith("^") or self._canonical(input_name) in renamed:
+                    continue
+                frontier.append(_source(input_name))
+        for node in self.graph_def.node:
+            if node.name not in needed:
+                continue
+            copy = graph_def.node.add()
+            if node.name in self.reads:
+                copy.name, copy.op = node.name, "Placeholder"
+                copy.attr["dtype"].CopyFrom(node.attr["dtype"])
+                continue
+            copy.CopyFrom(node)
+            del copy.input[:]
+            for input_name in node.input:
+                if input_name.startswith("^"):
+                    # Ordering edges only matter inside the kept part.
+                    if _source(input_name) in needed:
+                        copy.input.append(input_name)
+                elif self._canonical(input_name) in renamed:
+                    copy.input.append(renamed[self._canonical(input_name)])
+                else:
+                    copy.input.append(input_name)
+        return graph_def
+
+
+class SplitGraph:
+    """A module graph cut in two at the tensors entering the trainable part.
+
+    Attributes:
+        bottom: GraphDef from the image placeholder to the `boundary` tensors.
+        top: GraphDef from placeholders "boundary_<i>" to the output.
+        boundary: Names of the tensors where the graph is cut.
+        reads: Read-node name -> variable index (placeholders in both parts).
+    """
+
+    def __init__(self, bottom, top, boundary, reads, input_name, output_tensor):
+        self.bottom, self.top = bottom, top
+        self.boundary, self.reads = boundary, reads
+        self._run_bottom = _graph_function(bottom, [input_name], boundary, reads)
+        self._run_top = _graph_function(
+            top, [f"boundary_{i}" for i in range(len(boundary))], [output_tensor], reads)
+
+    def run_bottom(self, images, variables):
+        """images float32 [N, H, W, 3] in [0, 1] -> list of boundary tensors."""
+        return self._run_bottom([images], variables)
+
+    def run_top(self, boundary_values, variables):
+        """Boundary tensors -> features float32 [N, D], differentiable."""
+        return self._run_top(list(boundary_values), variables)[0]
+
+
+def _graph_function(graph_def, feed_names, outputs, reads):
+    """Makes a GraphDef callable on tensors and the variables it reads.
+
+    The graph is imported inside its own tf.function: a gradient tape does
+    not record ops created by `import_graph_def`, but it records the call of
+    a function, whose gradient TensorFlow derives from the graph. The
+    variables are read outside that function, so gradients reach them.
+    """
+    present = {node.name for node in graph_def.node}
+    used_reads = [(name, index) for name, index in sorted(reads.items()) if name in present]
+
+    @tf.function(reduce_retracing=True)
+    def run(feeds, read_values):
+        input_map = {f"{name}:0": value for name, value in zip(feed_names, feeds)}
+        input_map.update({f"{name}:0": value
+                          for (name, _), value in zip(used_reads, read_values)})
+        return tf.graph_util.import_graph_def(
+            graph_def, input_map=input_map, return_elements=list(outputs))
+
+    def call(feeds, variables):
+        return run(feeds, [tf.convert_to_tensor(variables[index]) for _, index in used_reads])
+
+    return call
+
+
+def _inlined_output(function, nodes):
+    name = function.graph.outputs[0].name
+    if name.split(":")[0] not in nodes:
+        raise ValueError(f"The module's output {name} is not in its inlined graph.")
+    return name
