@@ -38,11 +38,14 @@ def resize_images(images, image_size):
         rounded back to uint8).
     """
     size = tf.constant([image_size, image_size])
-    return tf.cond(
+    resized = tf.cond(
         tf.reduce_all(tf.shape(images)[-3:-1] == size),
         lambda: images,
         lambda: _resize(images, size),
     )
+    # tf.cond forgets the static size; the backbone and the batching need it.
+    resized.set_shape(images.shape[:-3].concatenate([image_size, image_size, 3]))
+    return resized
 
 
 def _resize(images, size):

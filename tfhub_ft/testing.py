@@ -749,12 +749,21 @@ def save_feature_vector_module(module, path):
         )
     path = os.fspath(path)
     image_spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    module_call = module.__call__
+
+    # A fresh function traced only for any image shape: the module's own may
+    # hold traces for fixed shapes (from training), and a restored SavedModel
+    # runs the first saved trace an input is compatible with.
+    @tf.function
+    def call(images, training=False):
+        return module_call(images, training=training)
+
     for training in (False, True):
-        module.__call__.get_concrete_function(image_spec, training=training)
+        call.get_concrete_function(image_spec, training=training)
     # A bare trackable root, because `tf.Module.variables` is a read-only
     # property and hub consumers read these as plain saved attributes.
     root = tf.__internal__.tracking.AutoTrackable()
-    root.__call__ = module.__call__
+    root.__call__ = call
     root.variables = list(module.variables)
     root.trainable_variables = list(module.trainable_variables)
     root.regularization_losses = []
