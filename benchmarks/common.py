@@ -29,3 +29,17 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def machine():
+    """A one-line description of this machine, for the results tables."""
+    import platform
+    cores = os.cpu_count()
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{cores} cores, {model or platform.processor()}, Python {platform.python_version()}"

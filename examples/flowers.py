@@ -1,7 +1,10 @@
 """Fine-tunes a TF Hub image feature vector on flowers or your own photos.
 
     python examples/flowers.py --hub_url=... [--image_dir=DIR | --tfds_name=tf_flowers] \
-        --export_dir=/tmp/flowers_model
+        --export_dir=/tmp/flowers_model [--work_dir=/tmp/flowers_run]
+
+With --work_dir every epoch is checkpointed there, and running the same
+command again after an interruption resumes the run where it stopped.
 """
 
 import time
@@ -21,6 +24,8 @@ flags.DEFINE_string("validation_dir", None, "Validation image folder (default: a
 flags.DEFINE_string("tfds_name", "tf_flowers", "TFDS dataset, used when --image_dir is not given.")
 flags.DEFINE_string("data_dir", None, "TFDS data folder.")
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel.")
+flags.DEFINE_string("work_dir", None,
+                    "Checkpoint folder: rerunning the same command resumes an interrupted run.")
 flags.DEFINE_enum("distribution_strategy", "default", distribution.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --distribution_strategy=tpu.")
 flags.DEFINE_integer("image_size", DEFAULTS.image_size, "Image side (default: the module's, else 224).")
@@ -34,12 +39,17 @@ flags.DEFINE_float("label_smoothing", DEFAULTS.label_smoothing, "Label smoothing
 flags.DEFINE_float("dropout_rate", DEFAULTS.dropout_rate, "Dropout before the head.")
 flags.DEFINE_list("augmentation", list(DEFAULTS.augmentation), "Training augmentations.")
 flags.DEFINE_bool("batch_norm_trainable", DEFAULTS.batch_norm_trainable, "Train batch norm statistics.")
+flags.DEFINE_integer("early_stopping_patience", DEFAULTS.early_stopping_patience,
+                     "Fine-tuning epochs without a better validation loss before stopping.")
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Random seed.")
+flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
+                  "TensorFlow op determinism: the same seed repeats a run bit for bit.")
 
 CONFIG_FLAGS = ("image_size", "batch_size", "head_epochs", "head_learning_rate",
                 "fine_tune_epochs", "fine_tune_learning_rate", "unfreeze_blocks",
                 "label_smoothing", "dropout_rate", "augmentation",
-                "batch_norm_trainable", "seed")
+                "batch_norm_trainable", "early_stopping_patience", "seed",
+                "deterministic")
 
 
 def main(argv):
@@ -49,16 +59,19 @@ def main(argv):
     strategy = distribution.get_strategy(FLAGS.distribution_strategy, FLAGS.tpu)
     tuner = tfhub_ft.FineTuner(FLAGS.hub_url, config=config, strategy=strategy)
     if FLAGS.image_dir:
-        tuner.fit(FLAGS.image_dir, validation=FLAGS.validation_dir)
+        tuner.fit(FLAGS.image_dir, validation=FLAGS.validation_dir, work_dir=FLAGS.work_dir)
     else:
-        tuner.fit(FLAGS.tfds_name, data_dir=FLAGS.data_dir)
+        tuner.fit(FLAGS.tfds_name, data_dir=FLAGS.data_dir, work_dir=FLAGS.work_dir)
     metrics = tuner.validation_metrics
     logging.info("Validation accuracy %.4f on %d images, %.0f s in all",
                  metrics["accuracy"], metrics["count"], time.time() - start)
     print(f"validation_accuracy={metrics['accuracy']:.4f} images={metrics['count']} "
           f"wall_seconds={time.time() - start:.1f}")
     if FLAGS.export_dir:
-        print("exported", tuner.export(FLAGS.export_dir))
+        # Every worker of a multi-worker run exports; only the chief writes.
+        exported = tuner.export(FLAGS.export_dir)
+        if exported:
+            print("exported", exported)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,14 @@ def test_fit_under_a_mirrored_strategy(tiny_backbone_path, image_folders, small_
     tuner = FineTuner(tiny_backbone_path, config=small_config, strategy=strategy)
     tuner.fit(train, validation, verbose=0)
     assert tuner.validation_metrics["count"] == 12
+
+
+def test_spilling_to_disk_gives_the_same_model(tiny_backbone_path, image_folders, small_config):
+    train, validation, _, _ = image_folders
+    results = []
+    for megabytes in (4096, 0):
+        tuner = FineTuner(tiny_backbone_path, config=small_config.replace(cache_memory_mb=megabytes))
+        tuner.fit(train, validation, verbose=0)
+        results.append((tuner.validation_metrics["loss"], tuner.model.head.kernel.numpy()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)

@@ -85,11 +85,20 @@ def resolve_handle(handle: str) -> str:
 def load_feature_vector_module(path: str):
     """Loads a TF2 SavedModel in the hub image feature-vector convention.
 
+    Under a `TPUStrategy` the variables are read through the local host
+    (`experimental_io_device="/job:localhost"`): the TPU workers cannot see
+    a module cached on the VM's local disk. (Only there: in a multi-worker
+    cluster the local job is not "localhost", and elsewhere the files are
+    read locally anyway.) For a remote module on TPU without a local copy,
+    set TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED so that `tensorflow_hub`
+    resolves the handle to its gs:// SavedModel, which the TPU workers read
+    directly.
+
     Raises:
         HubModuleError: for a TF1 hub module, a folder without a SavedModel,
             or a module without `__call__(images, training)`.
     """
-    if os.path.exists(os.path.join(path, "tfhub_module.pb")):
+    if tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb")):
         raise HubModuleError(
             f"The hub module at {path!r} is in the TF1 hub format "
             "(tfhub_module.pb), which TF2 and Keras 3 cannot fine-tune. Use "
@@ -101,7 +110,11 @@ def load_feature_vector_module(path: str):
             f"No SavedModel in {path!r} (no saved_model.pb). Pass the folder "
             "that holds saved_model.pb and variables/."
         )
-    module = tf.saved_model.load(path)
+    options = None
+    if isinstance(tf.distribute.get_strategy(),
+                  (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        options = tf.saved_model.LoadOptions(experimental_io_device="/job:localhost")
+    module = tf.saved_model.load(path, options=options)
     if not callable(module) or not hasattr(module, "variables"):
         raise HubModuleError(
             f"The SavedModel at {path!r} has no `__call__` and `variables`: "

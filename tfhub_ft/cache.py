@@ -4,17 +4,17 @@ In phase 1 the whole backbone is frozen; in phase 2, everything below the
 unfrozen blocks. With batch norm in inference mode their outputs are fixed,
 so each image goes through them once (once per augmentation variant), and
 training reads the cached arrays instead of running the frozen layers again
-every epoch.
+every epoch. The arrays stay in memory up to the budget and spill to files
+beyond it (`arrays.ArrayBudget`).
 """
 
 import dataclasses
 import logging
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
-import numpy as np
 import tensorflow as tf
 
-from tfhub_ft import distribution
+from tfhub_ft import arrays, distribution
 
 logger = logging.getLogger(__name__)
 
@@ -24,18 +24,29 @@ def augmentation_variants(augmentation) -> List[bool]:
     return [False, True] if "flip" in augmentation else [False]
 
 
-def run_frozen(function, arrays, batch_size):
-    """Runs a frozen function over arrays in batches.
+def run_frozen(function, inputs, batch_size, budget, name):
+    """Runs a frozen function over arrays in batches, storing its outputs.
 
     Args:
         function: maps a batch (tensor or tuple) to a tensor or tuple.
-        arrays: numpy array or tuple of arrays, [N, ...] each.
+        inputs: array or tuple of arrays [N, ...] (numpy or `FileArray`).
+        budget: `arrays.ArrayBudget` the outputs are allocated from.
+        name: Names the outputs in logs and spill files.
 
     Returns:
-        numpy array(s) [N, ...], as `function` returns.
+        Array(s) [N, ...], as `function` returns (numpy or `FileArray`).
     """
-    dataset = tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)
-    return distribution.map_batches(function, dataset.prefetch(tf.data.AUTOTUNE))
+    source = arrays.BatchSource(inputs, batch_size=batch_size)
+    outputs, start = None, 0
+    for output in distribution.map_batches(function, source.dataset()):
+        parts = output if isinstance(output, tuple) else (output,)
+        if outputs is None:
+            outputs = tuple(budget.allocate((len(source),) + part.shape[1:], part.dtype, name)
+                            for part in parts)
+        for store, part in zip(outputs, parts):
+            arrays.write(store, start, part)
+        start += len(parts[0])
+    return outputs if isinstance(output, tuple) else outputs[0]
 
 
 @dataclasses.dataclass
@@ -43,23 +54,23 @@ class FrozenActivations:
     """Cached outputs of the frozen layers for the training and validation sets.
 
     Attributes:
-        train_features: float32 [N, V, D], backbone features of each training
-            image in each of its V augmentation variants.
+        train_features: One float32 [N, D] array per augmentation variant:
+            backbone features of every training image in that variant.
         validation_features: float32 [M, D].
-        train_boundary: With a split backbone, the tensors entering the top
-            blocks: a tuple of float32 [N, V, ...]; else None.
+        train_boundary: With a split backbone, one tuple per variant of the
+            float32 tensors [N, ...] entering the top blocks; else None.
         validation_boundary: Tuple of float32 [M, ...], or None.
         split: The `BackboneSplit` the boundary tensors belong to, or None.
     """
 
-    train_features: np.ndarray
-    validation_features: np.ndarray
-    train_boundary: Optional[Tuple[np.ndarray, ...]] = None
-    validation_boundary: Optional[Tuple[np.ndarray, ...]] = None
+    train_features: list
+    validation_features: object
+    train_boundary: Optional[list] = None
+    validation_boundary: Optional[tuple] = None
     split: object = None
 
 
-def compute_frozen_activations(model, train, validation, config) -> FrozenActivations:
+def compute_frozen_activations(model, train, validation, config, budget) -> FrozenActivations:
     """Runs the frozen layers once over both image sets.
 
     Where phase 2 will fine-tune and the backbone can be split below the
@@ -70,6 +81,7 @@ def compute_frozen_activations(model, train, validation, config) -> FrozenActiva
         model: `ImageClassifier` with its backbone frozen.
         train, validation: `data.ImageSet`s.
         config: `FineTuneConfig`.
+        budget: `arrays.ArrayBudget` for the cached arrays.
     """
     variants = augmentation_variants(model.augmentation)
     split = None
@@ -82,64 +94,38 @@ def compute_frozen_activations(model, train, validation, config) -> FrozenActiva
             return tf.reverse(images, axis=[2]) if flip else images
         return prepare
 
-    if split is None:
-        def features(flip):
+    def frozen(flip):
+        if split is None:
             return lambda images: model.backbone(pixels(flip)(images), training=False)
-        train_features = np.stack(
-            [run_frozen(features(flip), train.images, config.batch_size) for flip in variants],
-            axis=1)
-        validation_features = run_frozen(features(False), validation.images, config.batch_size)
-        return FrozenActivations(train_features, validation_features)
-
-    def bottom(flip):
         return lambda images: split.bottom(pixels(flip)(images))
 
-    def top(boundary):
-        return split.top(boundary)
+    part = "features" if split is None else "boundary"
+    logger.info("Running the frozen %s over %d training images (x%d variants) and "
+                "%d validation images, once", "backbone" if split is None else
+                "bottom of the backbone", len(train), len(variants), len(validation))
+    train_outputs = [run_frozen(frozen(flip), train.images, config.batch_size, budget,
+                                f"train-{part}-{'mirrored' if flip else 'plain'}")
+                     for flip in variants]
+    validation_outputs = run_frozen(frozen(False), validation.images, config.batch_size,
+                                    budget, f"validation-{part}")
+    if split is None:
+        return FrozenActivations(train_outputs, validation_outputs)
 
-    per_variant = [run_frozen(bottom(flip), train.images, config.batch_size) for flip in variants]
-    validation_boundary = run_frozen(bottom(False), validation.images, config.batch_size)
-    train_features = np.stack(
-        [run_frozen(top, boundary, config.batch_size) for boundary in per_variant], axis=1)
-    train_boundary = tuple(np.stack(parts, axis=1) for parts in zip(*per_variant))
+    def features(boundary, name):
+        return run_frozen(split.top, boundary, config.batch_size, budget, name)
+
     return FrozenActivations(
-        train_features, run_frozen(top, validation_boundary, config.batch_size),
-        train_boundary, validation_boundary, split)
+        [features(boundary, f"train-features-{i}") for i, boundary in enumerate(train_outputs)],
+        features(validation_outputs, "validation-features"),
+        train_outputs, validation_outputs, split)
 
 
-def variant_dataset(inputs, labels, num_classes, batch_size, seed):
-    """Training batches that show each example in one random variant per epoch.
-
-    Args:
-        inputs: array or tuple of arrays [N, V, ...] (V variants each).
-        labels: int [N].
-        num_classes: depth of the one-hot labels.
-
-    Returns:
-        A shuffled, batched tf.data.Dataset of (inputs [B, ...], one-hot
-        labels float32 [B, C]); a new shuffle and choice each epoch.
-    """
-    count = len(labels)
-    choices = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    examples = tf.data.Dataset.from_tensor_slices((inputs, labels))
-    examples = examples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-
-    def choose(choice, example):
-        x, y = example
-        variants = tf.shape(tf.nest.flatten(x)[0])[0]
-        index = tf.cast(choice % tf.cast(variants, tf.int64), tf.int32)
-        return (tf.nest.map_structure(lambda t: t[index], x),
-                tf.one_hot(y, num_classes))
-
-    return (tf.data.Dataset.zip((choices, examples))
-            .map(choose, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE))
+def training_batches(variants, labels, num_classes, config):
+    """Shuffled training batches, each example in one random variant per epoch."""
+    return arrays.BatchSource(list(variants), labels, config.batch_size, num_classes,
+                              shuffle=True, seed=config.seed)
 
 
-def evaluation_dataset(inputs, labels, num_classes, batch_size):
-    """Batches of (inputs, one-hot labels) in order."""
-    return (tf.data.Dataset.from_tensor_slices((inputs, labels))
-            .batch(batch_size)
-            .map(lambda x, y: (x, tf.one_hot(y, num_classes)))
-            .prefetch(tf.data.AUTOTUNE))
+def evaluation_batches(inputs, labels, num_classes, config):
+    """Validation batches in order."""
+    return arrays.BatchSource(inputs, labels, config.batch_size, num_classes)

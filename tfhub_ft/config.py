@@ -24,7 +24,15 @@ class FineTuneConfig:
     Attributes:
         image_size: Side in pixels of the square images fed to the backbone.
             `None` reads it from the module where it declares one, else 224.
-        batch_size: Images per training step (global, across replicas).
+        batch_size: Images per training step, global: under a
+            `tf.distribute` strategy with R replicas each replica takes
+            batch_size / R of every batch. The learning rates below are for
+            this global batch, so adding replicas at a fixed batch_size
+            needs no learning-rate change (the run computes the same
+            gradient steps). If you raise batch_size with the replicas
+            (k times the batch), scale both learning rates by k (the linear
+            scaling rule), and check the result: above a few hundred images
+            per batch a warm-up is usually needed as well.
         head_epochs: Epochs of phase 1 (head only, backbone frozen).
         head_learning_rate: Adam learning rate of phase 1.
         fine_tune_epochs: Most epochs of phase 2 (early stopping may end it
@@ -45,6 +53,16 @@ class FineTuneConfig:
         validation_split: Fraction of the training images held out for
             validation when no validation data is given.
         seed: Seed of the validation split, shuffling and head initialiser.
+            The same seed repeats a run on the same machine, up to
+            floating-point summation order; see `deterministic`.
+        deterministic: If True, `fit` turns on TensorFlow's op determinism
+            (`tf.config.experimental.enable_op_determinism`, for the whole
+            process and irreversibly), so that the same seed gives
+            bit-identical weights on the same machine and software. It can
+            slow training on GPU, and ops without a deterministic GPU kernel
+            then raise an error instead of running.
+        cache_memory_mb: Megabytes of decoded images and cached activations
+            kept in memory; beyond it they spill to files (0: all on disk).
     """
 
     image_size: Optional[int] = None
@@ -62,6 +80,8 @@ class FineTuneConfig:
     early_stopping_patience: int = 2
     validation_split: float = 0.2
     seed: int = 0
+    deterministic: bool = False
+    cache_memory_mb: int = 4096
 
     def __post_init__(self):
         _check_int(self, "image_size", minimum=8, optional=True)
@@ -71,6 +91,12 @@ class FineTuneConfig:
         _check_int(self, "unfreeze_blocks", minimum=0)
         _check_int(self, "early_stopping_patience", minimum=0)
         _check_int(self, "seed", minimum=0)
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(
+                "Invalid value for `deterministic`. Expected True or False. "
+                f"Received: deterministic={self.deterministic!r}"
+            )
+        _check_int(self, "cache_memory_mb", minimum=0)
         for name in ("head_learning_rate", "fine_tune_learning_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfhub_ft import preprocessing
+from tfhub_ft import arrays, preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ class ImageSet:
     """Decoded images with integer labels.
 
     Attributes:
-        images: uint8 [N, S, S, 3] in [0, 255].
+        images: uint8 [N, S, S, 3] in [0, 255], a numpy array or (past the
+            memory budget) an `arrays.FileArray`.
         labels: int32 [N] in [0, len(class_names)).
         class_names: One name per class, in label order.
         skipped: Paths of files that could not be decoded.
@@ -37,7 +38,7 @@ class ImageSet:
         return len(self.labels)
 
     def subset(self, indices) -> "ImageSet":
-        return ImageSet(self.images[indices], self.labels[indices],
+        return ImageSet(arrays.subset(self.images, indices), self.labels[indices],
                         self.class_names)
 
     def to_dataset(self, batch_size, shuffle=False, seed=0, one_hot=True):
@@ -46,16 +47,9 @@ class ImageSet:
         Labels are one-hot float32 [B, C] when `one_hot` (label smoothing
         needs them), else int32 [B].
         """
-        dataset = tf.data.Dataset.from_tensor_slices((self.images, self.labels))
-        if shuffle:
-            dataset = dataset.shuffle(len(self), seed=seed,
-                                      reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size)
-        if one_hot:
-            depth = len(self.class_names)
-            dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, depth)),
-                                  num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return arrays.BatchSource(
+            self.images, self.labels, batch_size,
+            len(self.class_names) if one_hot else None, shuffle=shuffle, seed=seed).dataset()
 
 
 def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
@@ -110,8 +104,12 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     return paths, np.asarray(labels, np.int32), class_names
 
 
-def decode_files(paths: Sequence[str], image_size: int):
+def decode_files(paths: Sequence[str], image_size: int, budget=None):
     """Decodes and resizes image files in parallel, skipping broken ones.
+
+    Args:
+        budget: `arrays.ArrayBudget` the images are stored in (memory, or
+            files past the budget); all in memory when None.
 
     Returns:
         (images uint8 [M, S, S, 3], indices int [M] of the decoded paths,
@@ -126,16 +124,19 @@ def decode_files(paths: Sequence[str], image_size: int):
                           deterministic=True)
     # A corrupt file fails its own element only; its index is missing after.
     dataset = dataset.ignore_errors().batch(256).prefetch(2)
-    images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+    budget = budget or arrays.ArrayBudget(2**62)
+    images = budget.allocate((len(paths), image_size, image_size, 3), np.uint8, "images")
     kept = []
     for batch_images, batch_indices in _with_progress(dataset, len(paths)):
         indices = batch_indices.numpy()
-        images[indices] = batch_images.numpy()
+        arrays.write_rows(images, indices, batch_images.numpy())
         kept.append(indices)
     kept = np.concatenate(kept) if kept else np.zeros([0], np.int64)
     skipped = sorted(set(range(len(paths))) - set(kept.tolist()))
     kept = np.sort(kept)
-    return images[kept], kept, [paths[i] for i in skipped]
+    if len(kept) < len(paths):
+        images = arrays.subset(images, kept)
+    return images, kept, [paths[i] for i in skipped]
 
 
 def _with_progress(dataset, total):
@@ -150,10 +151,10 @@ def _with_progress(dataset, total):
         yield batch
 
 
-def load_image_folder(directory, image_size) -> ImageSet:
+def load_image_folder(directory, image_size, budget=None) -> ImageSet:
     """Decodes an image folder into an `ImageSet`, warning about bad files."""
     paths, labels, class_names = list_image_folder(directory)
-    images, kept, skipped = decode_files(paths, image_size)
+    images, kept, skipped = decode_files(paths, image_size, budget)
     if skipped:
         logger.warning(
             "Skipped %d file(s) in %s that could not be decoded as images: %s",
@@ -272,7 +273,7 @@ def is_tfds_name(source) -> bool:
 
 
 def load_images(source, image_size, class_names=None, split="train",
-                data_dir=None) -> ImageSet:
+                data_dir=None, budget=None) -> ImageSet:
     """Loads any supported data source into an `ImageSet`.
 
     Args:
@@ -281,6 +282,8 @@ def load_images(source, image_size, class_names=None, split="train",
             or an `ImageSet`.
         image_size: Side of the square uint8 images to keep.
         class_names: Class names for a `tf.data.Dataset` source.
+        budget: `arrays.ArrayBudget` for decoded folder images (in memory
+            when None).
 
     Raises:
         TypeError: for an unsupported source.
@@ -292,7 +295,7 @@ def load_images(source, image_size, class_names=None, split="train",
     if is_tfds_name(source):
         return load_tfds(source, split, image_size, data_dir)
     if isinstance(source, (str, os.PathLike)):
-        return load_image_folder(source, image_size)
+        return load_image_folder(source, image_size, budget)
     raise TypeError(
         "Invalid value for the data. Expected an image folder path, a TFDS "
         "dataset name, or a tf.data.Dataset of (image, label). Received: "

@@ -19,7 +19,22 @@ def _source(input_name):
 
 
 def inference_function(module):
-    """The module's concrete `__call__` for float32 images, inference mode."""
+    """The module's concrete `__call__` for float32 images, inference mode.
+
+    A concrete function restored with the module is preferred: under a
+    `tf.distribute` strategy's scope, `get_concrete_function` traces a
+    wrapper that looks the variables up per replica at call time, whose
+    graph neither captures them nor holds the module's operations.
+    """
+    for function in getattr(module.__call__, "concrete_functions", []):
+        args, kwargs = function.structured_input_signature
+        images = args[0] if args else None
+        training = args[1] if len(args) > 1 else kwargs.get("training", False)
+        if (isinstance(images, tf.TensorSpec) and images.dtype == tf.float32
+                and images.shape.rank == 4 and training is False
+                and images.shape.is_compatible_with([None, None, None, 3])
+                and function.captured_inputs):
+            return function
     spec = tf.TensorSpec([None, None, None, 3], tf.float32)
     try:
         return module.__call__.get_concrete_function(spec, False)
@@ -44,18 +59,23 @@ class ModuleGraph:
         self.nodes = {node.name: node for node in self.graph_def.node}
         self.input_name = function.graph.inputs[0].name.split(":")[0]
         self.output_tensor = _inlined_output(function, self.nodes)
+        # Data edges only: the control edges that inlining adds order side
+        # effects and say nothing about where values flow.
         self.consumers: Dict[str, List[str]] = {}
         for node in self.graph_def.node:
             for name in node.input:
-                self.consumers.setdefault(_source(name), []).append(node.name)
+                if not name.startswith("^"):
+                    self.consumers.setdefault(_source(name), []).append(node.name)
         captures = [t.name.split(":")[0] for t in function.graph.internal_captures]
         placeholder_of = {id(t): name for t, name in zip(function.captured_inputs, captures)}
-        # Read nodes of each variable (through Identity chains); a mirrored
-        # variable is captured through its primary copy.
+        # Read nodes of each variable (through Identity chains). A function
+        # captures a variable's handle, or (a function restored under a
+        # tf.distribute strategy) the distributed variable itself; a
+        # mirrored variable's handle is that of its primary copy.
         self.reads: Dict[str, int] = {}
         for index, variable in enumerate(variables):
             handle = getattr(variable, "_primary", variable).handle
-            frontier = [placeholder_of.get(id(handle))]
+            frontier = [placeholder_of.get(id(variable)) or placeholder_of.get(id(handle))]
             while frontier:
                 name = frontier.pop()
                 for consumer in self.consumers.get(name, []) if name else []:
@@ -69,7 +89,8 @@ class ModuleGraph:
     def _depth_from_input(self):
         """Longest data path, in ops, from the images to each node."""
         depth = {self.input_name: 0}
-        pending = {name: sum(1 for i in node.input if _source(i) in self.nodes)
+        pending = {name: sum(1 for i in node.input
+                             if not i.startswith("^") and _source(i) in self.nodes)
                    for name, node in self.nodes.items()}
         ready = [name for name, count in pending.items() if count == 0]
         while ready:
@@ -83,38 +104,35 @@ class ModuleGraph:
         return depth
 
     def trace_positions(self, variable_count) -> List[float]:
-        """For each variable, the depth of the first computation using it.
+        """For each variable, the depth of the first image computation using it.
+
+        A value is followed through computations that do not involve the
+        images (a batch-norm scale times its variance, say) to the first
+        one that does.
 
         Returns:
             One float per variable; `inf` where the graph does not read it.
         """
         positions = [float("inf")] * variable_count
         for read, index in self.reads.items():
-            for consumer in self._value_consumers(read):
-                if consumer in self.depth:
-                    positions[index] = min(positions[index], self.depth[consumer])
+            seen, frontier = set(), [read]
+            while frontier:
+                for consumer in self.consumers.get(frontier.pop(), []):
+                    if consumer in seen:
+                        continue
+                    seen.add(consumer)
+                    if consumer in self.depth and self.nodes[consumer].op not in _PASS_THROUGH:
+                        positions[index] = min(positions[index], self.depth[consumer])
+                    else:
+                        frontier.append(consumer)
         return positions
-
-    def _value_consumers(self, name):
-        frontier, found = [name], []
-        while frontier:
-            for consumer in self.consumers.get(frontier.pop(), []):
-                if self.nodes[consumer].op in _PASS_THROUGH:
-                    frontier.append(consumer)
-                else:
-                    found.append(consumer)
-        return found
 
     def _forward_closure(self, starts):
         seen, frontier = set(), list(starts)
         while frontier:
             name = frontier.pop()
             for consumer in self.consumers.get(name, []):
-                # Data edges only: control edges from inlining would pull in
-                # unrelated nodes.
-                if consumer not in seen and any(
-                        not i.startswith("^") and _source(i) == name
-                        for i in self.nodes[consumer].input):
+                if consumer not in seen:
                     seen.add(consumer)
                     frontier.append(consumer)
         return seen

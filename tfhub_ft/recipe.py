@@ -9,7 +9,7 @@ import math
 
 import keras
 
-from tfhub_ft import cache, schedules
+from tfhub_ft import cache, distribution, schedules
 from tfhub_ft import model as model_lib
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,8 @@ def classification_loss(config):
         from_logits=True, label_smoothing=config.label_smoothing)
 
 
-def train_head(model, frozen, train, validation, config, verbose="auto"):
+def train_head(model, frozen, train, validation, config, verbose="auto",
+               checkpoint=None):
     """Phase 1: trains the Dense head with the whole backbone frozen.
 
     The head trains on the cached backbone features (`frozen`), each image
@@ -32,6 +33,8 @@ def train_head(model, frozen, train, validation, config, verbose="auto"):
         frozen: `cache.FrozenActivations` of `train` and `validation`.
         train, validation: `data.ImageSet`s (for the labels).
         config: `FineTuneConfig`.
+        checkpoint: A `checkpoints.PhaseCheckpoint` that saves every epoch
+            and resumes an interrupted phase, or None.
 
     Returns:
         The Keras history dict (loss, accuracy, val_loss, val_accuracy).
@@ -42,22 +45,23 @@ def train_head(model, frozen, train, validation, config, verbose="auto"):
     head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
                  loss=classification_loss(config), metrics=["accuracy"])
     classes = model.num_classes
-    history = head.fit(
-        cache.variant_dataset(frozen.train_features, train.labels, classes,
-                              config.batch_size, config.seed),
-        validation_data=cache.evaluation_dataset(
-            frozen.validation_features, validation.labels, classes, config.batch_size),
-        epochs=config.head_epochs, verbose=verbose, shuffle=False)
-    return history.history
+    return _fit(
+        head, cache.training_batches(frozen.train_features, train.labels, classes, config),
+        cache.evaluation_batches(
+            frozen.validation_features, validation.labels, classes, config).dataset(),
+        config.head_epochs, verbose, checkpoint=checkpoint)
 
 
-def fine_tune(model, frozen, train, validation, config, verbose="auto"):
+def fine_tune(model, frozen, train, validation, config, verbose="auto",
+              checkpoint=None):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
     phase, and early stopping on validation loss that restores the best
     weights. With a split backbone only the top runs, from the cached
     boundary tensors; otherwise the whole model runs on the images.
+
+    Args: as `train_head`.
 
     Returns:
         The Keras history dict.
@@ -75,20 +79,32 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto"):
     classes = model.num_classes
     if frozen.split is not None:
         trainee = model_lib.CachedInputClassifier(model, top=frozen.split.top)
-        train_data = cache.variant_dataset(frozen.train_boundary, train.labels, classes,
-                                           config.batch_size, config.seed)
-        validation_data = cache.evaluation_dataset(
-            frozen.validation_boundary, validation.labels, classes, config.batch_size)
+        train_batches = cache.training_batches(frozen.train_boundary, train.labels, classes,
+                                               config)
+        validation_batches = cache.evaluation_batches(
+            frozen.validation_boundary, validation.labels, classes, config)
     else:
         trainee = model
-        train_data = train.to_dataset(config.batch_size, shuffle=True, seed=config.seed)
-        validation_data = validation.to_dataset(config.batch_size)
+        train_batches = cache.training_batches([train.images], train.labels, classes, config)
+        validation_batches = cache.evaluation_batches(validation.images, validation.labels,
+                                                      classes, config)
     trainee.compile(optimizer=optimizer, loss=classification_loss(config),
                     metrics=["accuracy"])
-    history = trainee.fit(
-        train_data, validation_data=validation_data,
-        epochs=config.fine_tune_epochs, verbose=verbose, shuffle=False,
-        callbacks=[keras.callbacks.EarlyStopping(
+    return _fit(
+        trainee, train_batches, validation_batches.dataset(), config.fine_tune_epochs,
+        verbose, callbacks=[keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience,
-            restore_best_weights=True)])
+            restore_best_weights=True)], checkpoint=checkpoint)
+
+
+def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks=(),
+         checkpoint=None):
+    """Keras fit of one phase, through its checkpoint when the run has one."""
+    with distribution.keras_fit_under_strategy(trainee, train_batches.dataset().element_spec):
+        if checkpoint is not None:
+            return checkpoint.fit(trainee, train_batches, validation_data, epochs,
+                                  callbacks, verbose)
+        history = trainee.fit(train_batches.dataset(), validation_data=validation_data,
+                              epochs=epochs, verbose=verbose, shuffle=False,
+                              callbacks=list(callbacks))
     return history.history

@@ -1,13 +1,17 @@
 """`FineTuner`: a hub backbone in, a served classifier out."""
 
 import logging
+import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfhub_ft import arrays
 from tfhub_ft import backbone as backbone_lib
-from tfhub_ft import cache
+from tfhub_ft import cache, checkpoints
 from tfhub_ft import data as data_lib
 from tfhub_ft import distribution
 from tfhub_ft import export as export_lib
@@ -70,7 +74,7 @@ class FineTuner:
         self.validation_metrics = None
 
     def load_data(self, train, validation=None, validation_split=None,
-                  class_names=None, data_dir=None):
+                  class_names=None, data_dir=None, budget=None):
         """Loads training and validation `ImageSet`s from any supported source.
 
         Args:
@@ -81,14 +85,17 @@ class FineTuner:
             validation_split: Overrides the config's fraction.
             class_names: Class names of a tf.data.Dataset source.
             data_dir: TFDS data folder.
+            budget: `arrays.ArrayBudget` for the decoded images; a new one
+                of `config.cache_memory_mb` when None.
 
         Returns:
             (train `ImageSet`, validation `ImageSet`).
         """
         size = self.image_size
+        budget = budget or self._new_budget()
         is_tfds = data_lib.is_tfds_name(train)
-        train_set = data_lib.load_images(train, size, class_names,
-                                         split="train", data_dir=data_dir)
+        train_set = data_lib.load_images(train, size, class_names, split="train",
+                                         data_dir=data_dir, budget=budget)
         if validation is None:
             fraction = validation_split or self.config.validation_split
             train_indices, validation_indices = data_lib.stratified_split(
@@ -97,27 +104,39 @@ class FineTuner:
         if is_tfds and data_lib.is_tfds_name(validation):
             validation_set = data_lib.load_tfds(train, validation, size, data_dir)
         else:
-            validation_set = data_lib.load_images(validation, size,
-                                                  class_names or train_set.class_names)
+            validation_set = data_lib.load_images(
+                validation, size, class_names or train_set.class_names, budget=budget)
         return train_set, data_lib.match_classes(
             validation_set, train_set.class_names, "validation")
 
     def fit(self, train, validation=None, validation_split=None,
-            class_names=None, data_dir=None, verbose="auto"):
+            class_names=None, data_dir=None, verbose="auto", work_dir=None):
         """Trains the head, then fine-tunes the top blocks.
 
-        Args: see `load_data`; `verbose` is passed to Keras `fit`.
+        Args: see `load_data`; `verbose` is passed to Keras `fit`;
+            `work_dir`: a folder where every epoch is checkpointed, so that
+            calling `fit` again with the same arguments after an
+            interruption resumes the run instead of starting over (see
+            `checkpoints`); None trains without checkpoints.
 
         Returns:
             {"head": phase-1 history, "fine_tune": phase-2 history}, each a
             dict of per-epoch lists (loss, accuracy, val_loss, val_accuracy).
         """
+        budget = self._new_budget()
         train_set, validation_set = self.load_data(
-            train, validation, validation_split, class_names, data_dir)
+            train, validation, validation_split, class_names, data_dir, budget)
         logger.info("Training on %d images, validating on %d, %d classes",
                     len(train_set), len(validation_set), len(train_set.class_names))
+        if self.config.deterministic:
+            tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(self.config.seed)
         self.class_names = list(train_set.class_names)
+        work = checkpoints.open_work_directory(
+            work_dir, checkpoints.run_identity(self.config, self.backbone.hub_handle,
+                                               self.class_names, len(train_set),
+                                               len(validation_set)),
+            is_chief=distribution.is_chief(self.strategy))
         with self.strategy.scope():
             self.model = model_lib.build_classifier(
                 self.backbone, len(self.class_names), self.image_size,
@@ -125,16 +144,22 @@ class FineTuner:
                 self.config.seed)
             self.backbone.freeze_all()
             frozen = cache.compute_frozen_activations(
-                self.model, train_set, validation_set, self.config)
+                self.model, train_set, validation_set, self.config, budget)
             head_history = recipe.train_head(
-                self.model, frozen, train_set, validation_set, self.config, verbose)
-            self.backbone.unfreeze_top_blocks(self.config.unfreeze_blocks)
+                self.model, frozen, train_set, validation_set, self.config, verbose,
+                checkpoint=work.phase("head"))
+            unfrozen = self.backbone.unfreeze_top_blocks(self.config.unfreeze_blocks)
             fine_tune_history = recipe.fine_tune(
-                self.model, frozen, train_set, validation_set, self.config, verbose)
+                self.model, frozen, train_set, validation_set, self.config, verbose,
+                checkpoint=work.phase("fine_tune", [block.name for block in unfrozen]))
+        work.finish()
         self.validation_metrics = self._score(validation_set)
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))
         return {"head": head_history, "fine_tune": fine_tune_history}
+
+    def _new_budget(self):
+        return arrays.ArrayBudget(self.config.cache_memory_mb * 2**20)
 
     def _require_model(self):
         if self.model is None:
@@ -151,11 +176,14 @@ class FineTuner:
             float32 numpy [N, num_classes], rows summing to 1.
         """
         self._require_model()
-        batch_size = batch_size or self.config.batch_size
-        dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        dataset = tf.data.Dataset.from_tensor_slices(images).batch(
+            batch_size or self.config.batch_size)
+        return self._probabilities(dataset)
+
+    def _probabilities(self, dataset):
         with self.strategy.scope():
-            logits = distribution.map_batches(
-                lambda batch: self.model(batch, training=False), dataset)
+            logits = np.concatenate(list(distribution.map_batches(
+                lambda batch: self.model(batch, training=False), dataset)))
         return tf.nn.softmax(logits).numpy()
 
     def evaluate(self, data, class_names=None, data_dir=None, split="test"):
@@ -173,7 +201,8 @@ class FineTuner:
         return self._score(image_set)
 
     def _score(self, image_set):
-        probabilities = self.predict(image_set.images)
+        probabilities = self._probabilities(arrays.BatchSource(
+            image_set.images, batch_size=self.config.batch_size).dataset())
         labels = image_set.labels
         chosen = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
         return {"loss": float(-np.mean(np.log(chosen))),
@@ -183,8 +212,22 @@ class FineTuner:
     def export(self, export_dir):
         """Writes the SavedModel (and labels.txt) to `export_dir`, atomically.
 
-        See `export.export_saved_model` for the signatures.
+        See `export.export_saved_model` for the signatures. In a
+        multi-worker run every worker must call this (saving may need all of
+        them), but only the chief writes `export_dir`; the others write to a
+        temporary folder that is removed.
+
+        Returns:
+            The export folder path; None on a non-chief worker.
         """
         self._require_model()
-        return export_lib.export_saved_model(self.model, self.class_names,
-                                             export_dir, self.image_size)
+        if distribution.is_chief(self.strategy):
+            return export_lib.export_saved_model(self.model, self.class_names,
+                                                 export_dir, self.image_size)
+        scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
+        try:
+            export_lib.export_saved_model(self.model, self.class_names,
+                                          os.path.join(scratch, "export"), self.image_size)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return None

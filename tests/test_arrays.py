@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from tfhub_ft import arrays
+
+
+def test_budget_spills_past_memory(tmp_path):
+    budget = arrays.ArrayBudget(300, directory=str(tmp_path))
+    small = budget.allocate((10, 10), np.uint8)
+    large = budget.allocate((10, 10), np.float32, "activations")
+    assert isinstance(small, np.ndarray) and isinstance(large, arrays.FileArray)
+    assert budget.used_bytes == 100 and budget.spilled_bytes == 400
+    assert large.nbytes == 400 and len(large) == 10
+    assert (tmp_path / "001-activations.bin").stat().st_size == 400
+    with pytest.raises(ValueError, match="memory_bytes=-1"):
+        arrays.ArrayBudget(-1)
+
+
+def test_file_array_round_trip_and_views(tmp_path):
+    values = np.arange(6 * 2 * 3, dtype=np.float32).reshape(6, 2, 3)
+    stored = arrays.FileArray(str(tmp_path / "a.bin"), values.shape, np.float32)
+    arrays.write(stored, 0, values[:4])
+    arrays.write_rows(stored, [4, 5], values[4:])
+    np.testing.assert_array_equal(arrays.take(stored, [5, 0, 1, 2]), values[[5, 0, 1, 2]])
+    view = arrays.subset(stored, [1, 3, 5])
+    assert view.shape == (3, 2, 3)
+    np.testing.assert_array_equal(arrays.take(view, [2, 0]), values[[5, 1]])
+    with pytest.raises(ValueError, match="read-only"):
+        view.write(0, values[:1])
+    np.testing.assert_array_equal(arrays.take(values, [2]), values[[2]])
+
+
+def test_batch_source_orders_repeat_by_seed_and_epoch():
+    inputs = np.arange(10)
+    source = arrays.BatchSource(inputs, np.arange(10) % 2, batch_size=4, shuffle=True, seed=3)
+    first = [x for x, _ in source.batches(0)]
+    assert [len(x) for x in first] == [4, 4, 2]
+    assert sorted(np.concatenate(first).tolist()) == list(range(10))
+    again = [x for x, _ in arrays.BatchSource(inputs, np.arange(10) % 2, 4, shuffle=True,
+                                              seed=3).batches(0)]
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
+    later = np.concatenate([x for x, _ in source.batches(1)])
+    assert not np.array_equal(np.concatenate(first), later)
+
+
+def test_batch_source_variants_and_one_hot(tmp_path):
+    plain = np.arange(8, dtype=np.float32)[:, None]
+    mirrored = arrays.FileArray(str(tmp_path / "m.bin"), (8, 1), np.float32)
+    mirrored.write(0, -plain)
+    labels = np.arange(8) % 4
+    source = arrays.BatchSource([plain, mirrored], labels, batch_size=3, num_classes=4,
+                                shuffle=True, seed=0)
+    seen_negative = False
+    for epoch in range(3):
+        values, one_hot = zip(*source.batches(epoch))
+        values = np.concatenate(values)[:, 0]
+        assert sorted(np.abs(values).tolist()) == list(range(8))
+        np.testing.assert_array_equal(np.concatenate(one_hot).argmax(-1), np.abs(values) % 4)
+        seen_negative |= bool((values < 0).any())
+    assert seen_negative
+    dataset = source.dataset()
+    assert dataset.cardinality().numpy() == 3
+    assert sum(x.shape[0] for x, _ in dataset) == 8

@@ -1,0 +1,243 @@
+"""Checkpoints that resume: kill a run in phase 2, rerun it, get the same weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfhub_ft import FineTuneConfig, arrays, checkpoints
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+FLOWERS = os.path.join(ROOT, "examples", "flowers.py")
+FINE_TUNE_EPOCHS = 30
+
+
+def flowers_command(backbone, folders, work_dir, export_dir):
+    """The example's command line for a small, deterministic run.
+
+    Phase 2 has many short epochs, so that a kill lands in it reliably.
+    """
+    train, validation, _, _ = folders
+    command = [
+        sys.executable, FLOWERS, f"--hub_url={backbone}", f"--image_dir={train}",
+        f"--validation_dir={validation}", "--image_size=32", "--batch_size=8",
+        "--head_epochs=2", f"--fine_tune_epochs={FINE_TUNE_EPOCHS}", "--unfreeze_blocks=2",
+        "--head_learning_rate=0.01", "--fine_tune_learning_rate=0.01",
+        "--early_stopping_patience=1000", "--deterministic", f"--export_dir={export_dir}"]
+    return command + ([f"--work_dir={work_dir}"] if work_dir else [])
+
+
+def environment():
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    # Two processes never run at once here, but each should leave the other
+    # core to whatever else shares the machine.
+    env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    return env
+
+
+def run(command):
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def read_state(work_dir):
+    try:
+        with open(os.path.join(work_dir, checkpoints.STATE_FILE)) as file:
+            return json.load(file)
+    except (OSError, ValueError):  # not written yet
+        return None
+
+
+def saved_variables(export_dir):
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if "OBJECT_GRAPH" not in name}
+
+
+def assert_same_variables(first, second):
+    first, second = saved_variables(first), saved_variables(second)
+    assert sorted(first) == sorted(second)
+    different = [name for name in first if not np.array_equal(first[name], second[name])]
+    assert different == []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_backbone_path, image_folders, tmp_path_factory):
+    """(export dir, state) of a run with a work_dir that nothing interrupts."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    export_dir = str(root / "export")
+    run(flowers_command(tiny_backbone_path, image_folders, str(root / "work"), export_dir))
+    return export_dir, read_state(str(root / "work"))
+
+
+def test_killed_run_resumes_in_phase_two_and_ends_with_the_same_weights(
+        tiny_backbone_path, image_folders, uninterrupted, tmp_path):
+    work_dir, export_dir = str(tmp_path / "work"), str(tmp_path / "export")
+    command = flowers_command(tiny_backbone_path, image_folders, work_dir, export_dir)
+    expected_export, expected_state = uninterrupted
+    # Killed after the best epoch where possible, so that the resumed run
+    # can only end right if early stopping's best weights survived.
+    best_epoch = expected_state["phases"]["fine_tune"]["early_stopping"]["best_epoch"]
+    kill_after = max(3, min(best_epoch + 2, FINE_TUNE_EPOCHS - 8))
+    process = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            state = read_state(work_dir)
+            if (state and state["phase"] == "fine_tune"
+                    and state["phases"]["fine_tune"]["epochs_done"] >= kill_after):
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None and process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
+
+    killed = read_state(work_dir)
+    assert killed["phases"]["head"]["finished"]
+    done = killed["phases"]["fine_tune"]["epochs_done"]
+    assert kill_after <= done < FINE_TUNE_EPOCHS
+    assert not killed["phases"]["fine_tune"]["finished"]
+    # Nothing was exported, not even in part.
+    assert not os.path.exists(export_dir)
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".export")] == []
+
+    output = run(command)
+    assert "Phase head finished in an earlier run" in output
+    assert f"Resuming phase fine_tune at epoch {done + 1} of {FINE_TUNE_EPOCHS}" in output
+    resumed = read_state(work_dir)
+    assert [(r["phase"], r["initial_epoch"]) for r in resumed["resumed"]] == [("fine_tune", done)]
+    assert resumed["phase"] == "done"
+    # Epoch by epoch the same losses, then the same weights, as the run
+    # that was never interrupted.
+    for phase in ("head", "fine_tune"):
+        assert resumed["phases"][phase]["history"] == expected_state["phases"][phase]["history"]
+    assert_same_variables(export_dir, expected_export)
+    assert sorted(os.listdir(work_dir)) == ["fine_tune-final.npz", "head-final.npz", "state.json"]
+
+
+def test_deterministic_must_be_a_bool():
+    with pytest.raises(ValueError, match="Invalid value for `deterministic`"):
+        FineTuneConfig(deterministic="yes")
+
+
+def test_same_seed_repeats_bit_for_bit_with_or_without_a_work_dir(
+        tiny_backbone_path, image_folders, uninterrupted, tmp_path):
+    export_dir = str(tmp_path / "export")
+    run(flowers_command(tiny_backbone_path, image_folders, None, export_dir))
+    assert_same_variables(export_dir, uninterrupted[0])
+
+
+# The phase checkpoint on its own, in-process: a small Keras model whose
+# validation loss rises after a few epochs, so that early stopping's best
+# weights and counters must survive the interruption.
+
+PHASE_EPOCHS = 12
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises at the end of epoch `epoch`, before it is checkpointed (or at train end)."""
+
+    def __init__(self, epoch=None, at_train_end=False):
+        super().__init__()
+        self.epoch = epoch
+        self.at_train_end = at_train_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Crash()
+
+    def on_train_end(self, logs=None):
+        if self.at_train_end:
+            raise Crash()
+
+
+def train_phase(work_dir, crash=None):
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(48, 6)).astype(np.float32)
+    labels = (features[:, 0] > 0).astype(np.int32)
+    # The validation labels contradict the training labels: the better the
+    # model fits, the worse its validation loss, so early stopping ends the
+    # phase and restores an early epoch's weights.
+    validation_labels = 1 - labels[:16]
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dropout(0.3, seed=2), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.AdamW(0.05),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    train_batches = arrays.BatchSource(features, labels, 8, 2, shuffle=True, seed=3)
+    validation = arrays.BatchSource(features[:16], validation_labels, 8, 2).dataset()
+    identity = checkpoints.run_identity(FineTuneConfig(), "dense", ["a", "b"], 48, 16)
+    work = checkpoints.open_work_directory(work_dir, identity)
+    callbacks = [keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True)]
+    history = work.phase("fine_tune").fit(
+        model, train_batches, validation, PHASE_EPOCHS, callbacks + ([crash] if crash else []),
+        verbose=0)
+    return history, [w.copy() for w in model.get_weights()], work.state
+
+
+@pytest.mark.parametrize("crash", [CrashAt(epoch=2), CrashAt(at_train_end=True)],
+                         ids=["after-the-best-epoch", "after-early-stopping"])
+def test_phase_resumes_with_early_stopping_state(tmp_path, crash):
+    history, weights, state = train_phase(str(tmp_path / "uninterrupted"))
+    record = state["phases"]["fine_tune"]
+    assert record["finished"] and record["stopped"]
+    best_epoch = record["early_stopping"]["best_epoch"]
+    assert best_epoch < 2 < len(history["loss"]) < PHASE_EPOCHS
+
+    work_dir = str(tmp_path / "interrupted")
+    with pytest.raises(Crash):
+        train_phase(work_dir, crash)
+    resumed_history, resumed_weights, resumed_state = train_phase(work_dir)
+    assert resumed_history == history
+    for expected, actual in zip(weights, resumed_weights):
+        np.testing.assert_array_equal(actual, expected)
+    initial_epoch = PHASE_EPOCHS if crash.at_train_end else 2
+    assert [r["initial_epoch"] for r in resumed_state["resumed"]] == [initial_epoch]
+
+
+def test_a_different_run_is_refused(tmp_path):
+    identity = checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4)
+    checkpoints.open_work_directory(str(tmp_path), identity)
+    # Memory settings may change between a run and its resumption.
+    checkpoints.open_work_directory(str(tmp_path), checkpoints.run_identity(
+        FineTuneConfig(cache_memory_mb=1, deterministic=True), "hub", ["a", "b"], 10, 4))
+    changed = checkpoints.run_identity(FineTuneConfig(fine_tune_epochs=9), "hub", ["a", "b"], 10, 4)
+    with pytest.raises(ValueError, match=r"different run \(fine_tune_epochs: 4 -> 9\)"):
+        checkpoints.open_work_directory(str(tmp_path), changed)
+    work = checkpoints.open_work_directory(str(tmp_path), identity)
+    work.phase("fine_tune", ["block_3", "head"])
+    work.save_state()
+    with pytest.raises(ValueError, match="unfreezes"):
+        checkpoints.open_work_directory(str(tmp_path), identity).phase("fine_tune", ["head"])
+
+
+def test_work_dir_is_checked(tmp_path):
+    identity = checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="Invalid value for `work_dir`.*which is a file"):
+        checkpoints.open_work_directory(str(a_file), identity)
+    with pytest.raises(TypeError, match="Invalid value for `work_dir`"):
+        checkpoints.open_work_directory(3, identity)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "state.json").write_text("{")
+    with pytest.raises(ValueError, match="cannot be read"):
+        checkpoints.open_work_directory(str(tmp_path / "broken"), identity)
+    assert checkpoints.open_work_directory(None, identity).phase("head") is None

@@ -1,0 +1,262 @@
+"""Arrays that live in memory up to a budget and spill to files beyond it.
+
+Decoded images and cached activations are written once and read in batches
+many times. `ArrayBudget.allocate` gives a numpy array while the budget
+lasts and a `FileArray` after it; both are read with `take(array, rows)`, so
+the pipeline never needs the whole dataset in memory.
+"""
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class FileArray:
+    """A [N, ...] array whose rows are stored in a file.
+
+    Rows are read with `os.pread` into fresh buffers rather than through a
+    memory map, so reading does not grow the process's resident memory with
+    page-cache pages.
+
+    Args:
+        path: The file (created, or truncated, with room for `shape`).
+        shape: Full shape, rows first.
+        dtype: numpy dtype.
+    """
+
+    def __init__(self, path, shape, dtype, rows: Optional[np.ndarray] = None,
+                 _file=None):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self._row_shape = tuple(int(d) for d in shape[1:])
+        self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self.dtype.itemsize
+        if _file is None:
+            _file = open(path, "w+b")
+            _file.truncate(int(shape[0]) * self._row_bytes)
+        self._file = _file
+        self._rows = rows
+        self._stored_rows = int(shape[0])
+
+    @property
+    def shape(self):
+        count = self._stored_rows if self._rows is None else len(self._rows)
+        return (count,) + self._row_shape
+
+    @property
+    def nbytes(self):
+        return self.shape[0] * self._row_bytes
+
+    def __len__(self):
+        return self.shape[0]
+
+    def write(self, start, values):
+        """Writes `values` [M, ...] to rows start .. start + M - 1."""
+        if self._rows is not None:
+            raise ValueError("A FileArray subset is read-only.")
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        os.pwrite(self._file.fileno(), values.tobytes(), start * self._row_bytes)
+
+    def read(self, rows):
+        """Returns the given rows (int array) as a numpy array [len(rows), ...]."""
+        rows = np.asarray(rows, np.int64)
+        if self._rows is not None:
+            rows = self._rows[rows]
+        out = np.empty((len(rows),) + self._row_shape, self.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        descriptor = self._file.fileno()
+        # Runs of consecutive rows are read in one call.
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and rows[end] == rows[end - 1] + 1:
+                end += 1
+            data = os.pread(descriptor, (end - start) * self._row_bytes,
+                            int(rows[start]) * self._row_bytes)
+            flat[start:end] = np.frombuffer(data, np.uint8).reshape(end - start, -1)
+            start = end
+        return out
+
+    def subset(self, rows):
+        """A read-only view of some rows, sharing the file."""
+        rows = np.asarray(rows, np.int64)
+        base = rows if self._rows is None else self._rows[rows]
+        return FileArray(self.path, (self._stored_rows,) + self._row_shape, self.dtype,
+                         rows=base, _file=self._file)
+
+
+def take(array, rows):
+    """Rows of a numpy array or `FileArray`, as a numpy array."""
+    if isinstance(array, FileArray):
+        return array.read(rows)
+    return array[np.asarray(rows, np.int64)]
+
+
+def subset(array, rows):
+    """The given rows of an array: a copy for numpy, a view for a FileArray."""
+    if isinstance(array, FileArray):
+        return array.subset(rows)
+    return array[np.asarray(rows, np.int64)]
+
+
+def write(array, start, values):
+    """Writes rows start .. start + len(values) - 1 of a numpy array or `FileArray`."""
+    if isinstance(array, FileArray):
+        array.write(start, values)
+    else:
+        array[start:start + len(values)] = values
+
+
+def write_rows(array, rows, values):
+    """Writes values[i] to row rows[i] (rows ascending)."""
+    rows = np.asarray(rows, np.int64)
+    if not isinstance(array, FileArray):
+        array[rows] = values
+        return
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and rows[end] == rows[end - 1] + 1:
+            end += 1
+        array.write(int(rows[start]), values[start:end])
+        start = end
+
+
+class ArrayBudget:
+    """Hands out arrays in memory until `memory_bytes` are used, then files.
+
+    Args:
+        memory_bytes: Bytes of arrays kept in memory; 0 puts every array in
+            a file.
+        directory: Where spilled arrays go; a temporary folder, removed at
+            exit, when None.
+    """
+
+    def __init__(self, memory_bytes: int, directory: Optional[str] = None):
+        if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
+            raise ValueError(
+                "Invalid value for `memory_bytes`. Expected an integer >= 0. "
+                f"Received: memory_bytes={memory_bytes!r}")
+        self.memory_bytes = memory_bytes
+        self.used_bytes = 0
+        self.spilled_bytes = 0
+        self._directory = directory
+        self._count = 0
+
+    def _spill_directory(self):
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="tfhub_ft_cache_")
+            atexit.register(shutil.rmtree, self._directory, True)
+        os.makedirs(self._directory, exist_ok=True)
+        return self._directory
+
+    def allocate(self, shape: Sequence[int], dtype, name="array"):
+        """A new array of `shape`: numpy if it fits the budget, else a FileArray."""
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self.used_bytes + size <= self.memory_bytes:
+            self.used_bytes += size
+            return np.empty(shape, dtype)
+        self._count += 1
+        path = os.path.join(self._spill_directory(), f"{self._count:03d}-{name}.bin")
+        logger.info("Spilling %s (%.0f MB) to %s: over the %.0f MB memory budget",
+                    name, size / 2**20, path, self.memory_bytes / 2**20)
+        self.spilled_bytes += size
+        return FileArray(path, shape, dtype)
+
+
+class BatchSource:
+    """Batches of rows from arrays in memory or in files, as a tf.data pipeline.
+
+    Each pass (epoch) over the data draws its order, and each row's
+    augmentation variant, from (seed, epoch), so a run repeats exactly and a
+    resumed run continues the same sequence by setting `epoch`.
+
+    Args:
+        variants: A list of V inputs, one per augmentation variant, each an
+            array or tuple of arrays [N, ...] (numpy or `FileArray`); each
+            row is served from one randomly chosen variant per epoch.
+        labels: int [N], or None for inputs only.
+        batch_size: Rows per batch.
+        num_classes: Labels are one-hot float32 [B, num_classes] when set,
+            else int32 [B].
+        shuffle: Draw a new order each epoch.
+        seed: Seed of the orders and choices.
+    """
+
+    def __init__(self, variants, labels=None, batch_size=32, num_classes=None,
+                 shuffle=False, seed=0):
+        if not isinstance(variants, list):
+            variants = [variants]
+        self._single = not isinstance(variants[0], tuple)
+        self.variants = [v if isinstance(v, tuple) else (v,) for v in variants]
+        self.labels = None if labels is None else np.asarray(labels, np.int32)
+        self.batch_size = batch_size
+        self.num_classes = num_classes
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.variants[0][0])
+
+    @property
+    def steps(self):
+        return -(-len(self) // self.batch_size)
+
+    def _rows(self, rows, picks):
+        if picks is None:
+            return tuple(take(array, rows) for array in self.variants[0])
+        parts = []
+        for arrays in zip(*self.variants):
+            first = arrays[0]
+            out = np.empty((len(rows),) + tuple(first.shape[1:]), first.dtype)
+            for variant, array in enumerate(arrays):
+                chosen = picks == variant
+                if chosen.any():
+                    out[chosen] = take(array, rows[chosen])
+            parts.append(out)
+        return tuple(parts)
+
+    def batches(self, epoch):
+        """Yields the batches of one epoch as numpy arrays."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self)) if self.shuffle else np.arange(len(self))
+        for start in range(0, len(self), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            picks = (rng.integers(0, len(self.variants), size=len(rows))
+                     if len(self.variants) > 1 else None)
+            inputs = self._rows(rows, picks)
+            inputs = inputs[0] if self._single else inputs
+            if self.labels is None:
+                yield inputs
+            elif self.num_classes:
+                yield inputs, np.eye(self.num_classes, dtype=np.float32)[self.labels[rows]]
+            else:
+                yield inputs, self.labels[rows]
+
+    def _generate(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        yield from self.batches(epoch)
+
+    def dataset(self):
+        """A tf.data.Dataset giving one epoch per iteration."""
+        import tensorflow as tf
+
+        signature = tuple(
+            tf.TensorSpec((None,) + tuple(array.shape[1:]), tf.as_dtype(array.dtype))
+            for array in self.variants[0])
+        signature = signature[0] if self._single else signature
+        if self.labels is not None:
+            label_spec = (tf.TensorSpec((None, self.num_classes), tf.float32)
+                          if self.num_classes else tf.TensorSpec((None,), tf.int32))
+            signature = (signature, label_spec)
+        dataset = tf.data.Dataset.from_generator(self._generate, output_signature=signature)
+        return dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).prefetch(
+            tf.data.AUTOTUNE)

@@ -1,0 +1,448 @@
+"""A work directory that lets a killed or preempted run continue where it stopped.
+
+Every epoch of each phase ends with a checkpoint of everything the rest of
+the run depends on: the model's variables (with the random-seed states of
+dropout and augmentation), the optimizer's variables (its step drives the
+learning-rate schedule), early stopping's best weights and counters, and
+the per-epoch history. Rerunning the same command with the same work
+directory restores the last checkpoint: a finished phase is not trained
+again, an unfinished one continues at the next epoch, and the run ends with
+the same weights as one that was never interrupted (bit for bit with
+`FineTuneConfig.deterministic`). The training data of epoch `e` is a
+function of (seed, e) (`arrays.BatchSource`), so it too continues the same.
+
+Layout (every file is replaced atomically: written beside, then renamed):
+
+    state.json                   the run's identity (config, classes, data
+                                 sizes, hub handle), the phase in progress,
+                                 per phase the epochs done, whether it
+                                 finished, its history and early stopping's
+                                 counters, the unfrozen blocks, and a record
+                                 of each resume
+    head-final.npz               the classifier when phase 1 ended
+    fine_tune-epoch-0007.npz     the latest end-of-epoch checkpoint of the
+                                 phase in progress
+    fine_tune-final.npz          the classifier when phase 2 ended
+
+A checkpoint file is written before the state that names it, and the one it
+replaces is deleted after, so a kill at any moment leaves a state whose
+files exist. In a multi-worker run only the chief writes; every worker
+reads the state once, before training.
+"""
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+STATE_FORMAT = 1
+PHASES = ("head", "fine_tune")
+# Config fields that change how a run is computed, not what it computes: a
+# resumed run may differ in these.
+RESUMABLE_CONFIG_CHANGES = ("cache_memory_mb", "deterministic")
+
+
+def run_identity(config, hub_handle, class_names, train_count, validation_count):
+    """What must not change between a run and its resumption, as JSON data.
+
+    Args:
+        config: The `FineTuneConfig`.
+        hub_handle: The backbone's handle.
+        class_names: The classes, in label order.
+        train_count, validation_count: Sizes of the two image sets.
+    """
+    settings = {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(config).items()
+                if name not in RESUMABLE_CONFIG_CHANGES}
+    return {"config": settings, "hub_handle": str(hub_handle),
+            "class_names": list(class_names), "train_images": int(train_count),
+            "validation_images": int(validation_count)}
+
+
+def open_work_directory(work_dir, identity, is_chief=True):
+    """Opens (or starts) the work directory of a run.
+
+    Args:
+        work_dir: Folder path (local, or any `tf.io.gfile` URL such as
+            gs://), or None for a run without checkpoints.
+        identity: `run_identity(...)` of this run; a work directory started
+            by a different run is refused.
+        is_chief: Whether this process writes (False on the non-chief
+            workers of a multi-worker run).
+
+    Returns:
+        A `WorkDirectory`, or `NO_WORK_DIRECTORY` when `work_dir` is None.
+
+    Raises:
+        TypeError: if `work_dir` is not a path.
+        ValueError: if it is a file, its state is unreadable, or it holds a
+            different run.
+    """
+    if work_dir is None:
+        return NO_WORK_DIRECTORY
+    return WorkDirectory(work_dir, identity, is_chief)
+
+
+class _NoWorkDirectory:
+    """Stands for "no work directory": phases run without checkpoints."""
+
+    def phase(self, name, unfrozen_blocks=None):
+        del name, unfrozen_blocks
+        return None
+
+    def finish(self):
+        pass
+
+
+NO_WORK_DIRECTORY = _NoWorkDirectory()
+
+
+class WorkDirectory:
+    """The checkpoints and state of one run (see the module docstring).
+
+    Args:
+        path: Folder path or `tf.io.gfile` URL; created if missing.
+        identity: `run_identity(...)` of this run.
+        is_chief: Whether this process writes files.
+
+    Attributes:
+        state: The state as a dict (what state.json holds).
+    """
+
+    def __init__(self, path, identity, is_chief=True):
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str) or not path:
+            raise TypeError(
+                "Invalid value for `work_dir`. Expected a folder path. "
+                f"Received: work_dir={path!r}")
+        if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+            raise ValueError(
+                "Invalid value for `work_dir`. Expected a folder path. "
+                f"Received: work_dir={path!r}, which is a file.")
+        self.path = path
+        self.is_chief = is_chief
+        state_path = self._file(STATE_FILE)
+        if tf.io.gfile.exists(state_path):
+            self.state = self._read_state(state_path)
+            _check_same_run(path, self.state["identity"], identity)
+            logger.info("Resuming the run in %s: %s", path, self.describe())
+        else:
+            self.state = {"format": STATE_FORMAT, "identity": identity,
+                          "phase": PHASES[0], "phases": {}, "unfrozen_blocks": None,
+                          "resumed": []}
+            if is_chief:
+                tf.io.gfile.makedirs(path)
+                self.save_state()
+        if is_chief:
+            # Files a kill interrupted while they were being written.
+            for name in tf.io.gfile.listdir(path):
+                if name.startswith(".") and name.endswith(".partial"):
+                    tf.io.gfile.remove(self._file(name))
+
+    def describe(self):
+        """One line saying how far the run got."""
+        if self.state["phase"] == "done":
+            return "finished"
+        record = self.state["phases"].get(self.state["phase"], {})
+        return (f"in phase {self.state['phase']!r}, "
+                f"{record.get('epochs_done', 0)} epoch(s) done")
+
+    def phase(self, name, unfrozen_blocks=None):
+        """The checkpointing of one phase, to pass to `recipe`'s phase functions.
+
+        Args:
+            name: "head" or "fine_tune".
+            unfrozen_blocks: Names of the blocks this phase trains, recorded
+                (and checked on resume) for phase 2.
+
+        Returns:
+            A `PhaseCheckpoint`.
+
+        Raises:
+            ValueError: for an unknown phase, or unfrozen blocks other than
+                the recorded ones.
+        """
+        if name not in PHASES:
+            raise ValueError(
+                f"Invalid value for `phase`. Expected one of {PHASES}. "
+                f"Received: phase={name!r}")
+        if unfrozen_blocks is not None:
+            unfrozen_blocks = [str(block) for block in unfrozen_blocks]
+            recorded = self.state.get("unfrozen_blocks")
+            if recorded is not None and recorded != unfrozen_blocks:
+                raise ValueError(
+                    f"The run in work_dir={self.path!r} fine-tuned the blocks "
+                    f"{recorded}, but this run unfreezes {unfrozen_blocks}. Use "
+                    "the same backbone and `unfreeze_blocks`, or a new work_dir.")
+            self.state["unfrozen_blocks"] = unfrozen_blocks
+        return PhaseCheckpoint(self, name)
+
+    def finish(self):
+        """Marks the whole run as done (after the last phase)."""
+        if self.state["phase"] != "done":
+            self.state["phase"] = "done"
+            self.save_state()
+
+    # Files.
+
+    def _file(self, name):
+        return os.path.join(self.path, name) if "://" not in self.path else (
+            self.path.rstrip("/") + "/" + name)
+
+    def _read_state(self, state_path):
+        try:
+            with tf.io.gfile.GFile(state_path, "r") as file:
+                state = json.load(file)
+        except (ValueError, tf.errors.OpError) as error:
+            raise ValueError(
+                f"The state file {state_path!r} cannot be read ({error}). "
+                "Remove the work_dir to start over, or pass another one.") from error
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"The state file {state_path!r} is not a tfhub_ft state of "
+                f"format {STATE_FORMAT}. Remove the work_dir to start over, "
+                "or pass another one.")
+        return state
+
+    def save_state(self):
+        """Writes `state` to state.json (on the chief), atomically."""
+        if self.is_chief:
+            self._write_atomically(
+                STATE_FILE, json.dumps(self.state, indent=1, sort_keys=True).encode())
+
+    def write_arrays(self, name, arrays):
+        """Writes named numpy arrays to `name` (an .npz file), atomically."""
+        if not self.is_chief:
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self._write_atomically(name, buffer.getvalue())
+
+    def read_arrays(self, name):
+        """Reads the arrays of an .npz file written by `write_arrays`."""
+        with tf.io.gfile.GFile(self._file(name), "rb") as file:
+            data = file.read()
+        with np.load(io.BytesIO(data)) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+
+    def delete(self, name):
+        """Removes a file of the work directory (on the chief), if present."""
+        if self.is_chief and name and tf.io.gfile.exists(self._file(name)):
+            tf.io.gfile.remove(self._file(name))
+
+    def _write_atomically(self, name, data):
+        final = self._file(name)
+        partial = self._file(f".{name}.partial")
+        with tf.io.gfile.GFile(partial, "wb") as file:
+            file.write(data)
+        tf.io.gfile.rename(partial, final, overwrite=True)
+
+
+def _check_same_run(path, recorded, identity):
+    if recorded == identity:
+        return
+    differences = []
+    for key in sorted(set(recorded) | set(identity)):
+        if key == "config":
+            old, new = recorded.get(key, {}), identity.get(key, {})
+            differences += [f"{name}: {old.get(name)!r} -> {new.get(name)!r}"
+                            for name in sorted(set(old) | set(new))
+                            if old.get(name) != new.get(name)]
+        elif recorded.get(key) != identity.get(key):
+            differences.append(f"{key}: {recorded.get(key)!r} -> {identity.get(key)!r}")
+    raise ValueError(
+        f"The work_dir {path!r} holds a different run ({'; '.join(differences)}). "
+        "Rerun with the same options and data to resume it, or pass a new work_dir.")
+
+
+class PhaseCheckpoint:
+    """Makes one training phase (one Keras `fit`) resumable.
+
+    Created by `WorkDirectory.phase`; the phase functions of `recipe` call
+    `fit` instead of the model's own.
+    """
+
+    def __init__(self, work_directory, name):
+        self.work_directory = work_directory
+        self.name = name
+
+    @property
+    def record(self):
+        return self.work_directory.state["phases"].get(self.name)
+
+    def fit(self, trainee, train_batches, validation_data, epochs, callbacks=(),
+            verbose="auto"):
+        """Runs (or resumes, or skips) the phase's Keras fit.
+
+        Args:
+            trainee: The compiled Keras model this phase trains.
+            train_batches: The training data: an `arrays.BatchSource` (or any
+                object with `dataset()` and an `epoch` it draws from).
+            validation_data: Validation dataset for `fit`.
+            epochs: Epochs of the whole phase.
+            callbacks: The phase's own callbacks (an `EarlyStopping` among
+                them has its state saved and restored).
+            verbose: Passed to `fit`.
+
+        Returns:
+            The history dict of the whole phase, the epochs of earlier runs
+            included.
+        """
+        work = self.work_directory
+        record = self.record
+        if record is not None and record["finished"]:
+            # The trainee shares its variables with the classifier, so
+            # restoring them restores what the phase left in the classifier.
+            _assign(_model_variables(trainee),
+                    _as_list(work.read_arrays(record["checkpoint"]), "model"),
+                    f"{work.path}/{record['checkpoint']}")
+            logger.info("Phase %s finished in an earlier run (%d epochs): restored "
+                        "its weights from %s", self.name, record["epochs_done"], work.path)
+            return record["history"]
+        if record is None:
+            record = {"epochs_done": 0, "finished": False, "stopped": False,
+                      "checkpoint": None, "history": {}, "early_stopping": None}
+            work.state["phases"][self.name] = record
+            initial_epoch = 0
+        else:
+            # A phase that early stopping ended runs no further epoch; it
+            # only finishes (restores the best weights).
+            initial_epoch = epochs if record["stopped"] else record["epochs_done"]
+            work.state["resumed"].append({
+                "phase": self.name, "initial_epoch": initial_epoch,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            logger.info("Resuming phase %s at epoch %d of %d from %s",
+                        self.name, initial_epoch + 1, epochs, work.path)
+        work.state["phase"] = self.name
+        work.save_state()
+        # The data of each epoch is drawn from (seed, epoch): start where
+        # the interrupted run would have been.
+        train_batches.epoch = initial_epoch
+        early_stopping = [c for c in callbacks
+                          if isinstance(c, keras.callbacks.EarlyStopping)]
+        saver = _CheckpointCallback(self, early_stopping[0] if early_stopping else None)
+        trainee.fit(
+            train_batches.dataset(), validation_data=validation_data, epochs=epochs,
+            initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
+            # Last, so that early stopping has updated (or reset) its state
+            # before this saves (or restores) it.
+            callbacks=list(callbacks) + [saver])
+        return self.record["history"]
+
+
+class _CheckpointCallback(keras.callbacks.Callback):
+    """Saves the phase's state after every epoch and restores it at the start."""
+
+    def __init__(self, phase, early_stopping):
+        super().__init__()
+        self.phase = phase
+        self.early_stopping = early_stopping
+
+    def _variables(self):
+        return _model_variables(self.model), list(self.model.optimizer.variables)
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            # Built here, before the first step would build it, so that its
+            # variables exist to be restored and come in the same order in
+            # every run.
+            optimizer.build(self.model.trainable_weights)
+        record = self.phase.record
+        if not record["checkpoint"]:
+            return
+        work = self.phase.work_directory
+        arrays = work.read_arrays(record["checkpoint"])
+        source = f"{work.path}/{record['checkpoint']}"
+        model_variables, optimizer_variables = self._variables()
+        _assign(model_variables, _as_list(arrays, "model"), source)
+        _assign(optimizer_variables, _as_list(arrays, "optimizer"), source)
+        if self.early_stopping is not None and record["early_stopping"]:
+            saved = record["early_stopping"]
+            stopping = self.early_stopping
+            stopping.wait = saved["wait"]
+            stopping.stopped_epoch = saved["stopped_epoch"]
+            stopping.best = saved["best"]
+            stopping.best_epoch = saved["best_epoch"]
+            best_weights = _as_list(arrays, "best")
+            stopping.best_weights = best_weights if saved["has_best_weights"] else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        work = self.phase.work_directory
+        record = self.phase.record
+        for key, value in (logs or {}).items():
+            record["history"].setdefault(key, []).append(float(value))
+        model_variables, optimizer_variables = self._variables()
+        arrays = _named("model", [v.numpy() for v in model_variables])
+        arrays.update(_named("optimizer", [v.numpy() for v in optimizer_variables]))
+        stopping = self.early_stopping
+        if stopping is not None:
+            if stopping.best_weights is not None:
+                arrays.update(_named("best", stopping.best_weights))
+            record["early_stopping"] = {
+                "wait": int(stopping.wait), "stopped_epoch": int(stopping.stopped_epoch),
+                "best": None if stopping.best is None else float(stopping.best),
+                "best_epoch": int(stopping.best_epoch),
+                "has_best_weights": stopping.best_weights is not None}
+        previous = record["checkpoint"]
+        record["checkpoint"] = f"{self.phase.name}-epoch-{epoch + 1:04d}.npz"
+        record["epochs_done"] = epoch + 1
+        record["stopped"] = bool(self.model.stop_training)
+        work.write_arrays(record["checkpoint"], arrays)
+        work.save_state()
+        if previous != record["checkpoint"]:
+            work.delete(previous)
+
+    def on_train_end(self, logs=None):
+        work = self.phase.work_directory
+        record = self.phase.record
+        previous = record["checkpoint"]
+        record["checkpoint"] = f"{self.phase.name}-final.npz"
+        record["finished"] = True
+        work.write_arrays(record["checkpoint"],
+                          _named("model", [v.numpy() for v in _model_variables(self.model)]))
+        work.save_state()
+        if previous != record["checkpoint"]:
+            work.delete(previous)
+
+
+def _model_variables(model):
+    """Every variable of a model, random-seed states included, each once."""
+    seen, variables = set(), []
+    for variable in model.variables:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            variables.append(variable)
+    return variables
+
+
+def _named(prefix, values):
+    return {f"{prefix}/{index:05d}": np.asarray(value) for index, value in enumerate(values)}
+
+
+def _as_list(arrays, prefix):
+    keys = sorted(key for key in arrays if key.startswith(prefix + "/"))
+    return [arrays[key] for key in keys]
+
+
+def _assign(variables, values, source):
+    shapes = [tuple(v.shape) for v in variables]
+    saved = [tuple(value.shape) for value in values]
+    if shapes != saved:
+        raise ValueError(
+            f"The checkpoint {source!r} does not fit this model: it holds "
+            f"{len(saved)} arrays, the model {len(shapes)} variables, or their "
+            "shapes differ. Was the work_dir written by another version of the "
+            "model? Pass a new work_dir to start over.")
+    for variable, value in zip(variables, values):
+        variable.assign(value)
