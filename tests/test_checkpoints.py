@@ -219,7 +219,8 @@ def test_a_different_run_is_refused(tmp_path):
     checkpoints.open_work_directory(str(tmp_path), checkpoints.run_identity(
         FineTuneConfig(cache_memory_mb=1, deterministic=True), "hub", ["a", "b"], 10, 4))
     changed = checkpoints.run_identity(FineTuneConfig(fine_tune_epochs=9), "hub", ["a", "b"], 10, 4)
-    with pytest.raises(ValueError, match=r"different run \(fine_tune_epochs: 4 -> 9\)"):
+    default = FineTuneConfig().fine_tune_epochs
+    with pytest.raises(ValueError, match=rf"different run \(fine_tune_epochs: {default} -> 9\)"):
         checkpoints.open_work_directory(str(tmp_path), changed)
     work = checkpoints.open_work_directory(str(tmp_path), identity)
     work.phase("fine_tune", ["block_3", "head"])

@@ -31,11 +31,13 @@ def test_phase_one_changes_no_backbone_variable(tiny_backbone_path, image_folder
 ])
 def test_phase_two_changes_exactly_the_top_blocks(
         tiny_backbone_path, image_folders, small_config, unfreeze_blocks, expected_blocks):
-    train, validation, _, _ = image_folders
+    train, _, _, _ = image_folders
     tuner = FineTuner(tiny_backbone_path, config=small_config.replace(
-        unfreeze_blocks=unfreeze_blocks, early_stopping_patience=5))
+        unfreeze_blocks=unfreeze_blocks, early_stopping_patience=5, head_epochs=0))
     before = snapshot(tuner)
-    tuner.fit(train, validation, verbose=0)
+    # Validating on the training images, the loss falls with training, so the
+    # start is not the best epoch and no epoch is rolled back.
+    tuner.fit(train, train, verbose=0)
     expected = sorted(
         f"{block}_{layer}/{name}:0" for block in expected_blocks
         for layer, name in [("conv", "kernel"), ("bn", "gamma"), ("bn", "beta")])
@@ -51,3 +53,23 @@ def test_trainable_batch_norm_updates_moving_statistics(tiny_backbone_path, imag
     before = snapshot(tuner)
     tuner.fit(train, validation, verbose=0)
     assert any("moving_mean" in name for name in changed(before, tuner))
+
+
+def test_diverging_fine_tune_falls_back_to_the_head_phase(tiny_backbone_path, image_folders,
+                                                          small_config):
+    train, validation, _, _ = image_folders
+    config = small_config.replace(fine_tune_learning_rate=0.5, weight_decay=0.0,
+                                  early_stopping_patience=5)
+    tuner = FineTuner(tiny_backbone_path, config=config)
+    before = snapshot(tuner)
+    history = tuner.fit(train, validation, verbose=0)
+    head_loss = history["head"]["val_loss"][-1]
+    if min(history["fine_tune"]["val_loss"]) < head_loss:
+        pytest.skip("fine-tuning did not diverge at this learning rate")
+    # No fine-tuning epoch beat the head phase: its weights came back.
+    assert changed(before, tuner) == []
+    head_only = FineTuner(tiny_backbone_path, config=config.replace(fine_tune_epochs=0))
+    head_only.fit(train, validation, verbose=0)
+    np.testing.assert_array_equal(tuner.model.head.kernel.numpy(),
+                                  head_only.model.head.kernel.numpy())
+    assert tuner.validation_metrics == head_only.validation_metrics

@@ -69,9 +69,9 @@ class FineTuneConfig:
     batch_size: int = 32
     head_epochs: int = 10
     head_learning_rate: float = 1e-3
-    fine_tune_epochs: int = 4
-    fine_tune_learning_rate: float = 1e-4
-    unfreeze_blocks: int = 4
+    fine_tune_epochs: int = 6
+    fine_tune_learning_rate: float = 3e-4
+    unfreeze_blocks: int = 8
     label_smoothing: float = 0.1
     dropout_rate: float = 0.2
     weight_decay: float = 1e-4

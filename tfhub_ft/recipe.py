@@ -8,6 +8,7 @@ import logging
 import math
 
 import keras
+import tensorflow as tf
 
 from tfhub_ft import cache, distribution, schedules
 from tfhub_ft import model as model_lib
@@ -20,8 +21,15 @@ def classification_loss(config):
         from_logits=True, label_smoothing=config.label_smoothing)
 
 
+# Steps per call of the compiled train function in the head phase: a step
+# on cached features is a single small matmul, so Python and dispatch
+# overhead would dominate a call per step. Keras 3's multi-step loop fails
+# on distributed iterators, so under a strategy it is one step per call.
+HEAD_STEPS_PER_EXECUTION = 32
+
+
 def train_head(model, frozen, train, validation, config, verbose="auto",
-               checkpoint=None):
+               checkpoint=None, callbacks=()):
     """Phase 1: trains the Dense head with the whole backbone frozen.
 
     The head trains on the cached backbone features (`frozen`), each image
@@ -35,6 +43,7 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         config: `FineTuneConfig`.
         checkpoint: A `checkpoints.PhaseCheckpoint` that saves every epoch
             and resumes an interrupted phase, or None.
+        callbacks: Extra Keras callbacks (timing, logging).
 
     Returns:
         The Keras history dict (loss, accuracy, val_loss, val_accuracy).
@@ -43,22 +52,24 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         return {}
     head = model_lib.CachedInputClassifier(model)
     head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-                 loss=classification_loss(config), metrics=["accuracy"])
+                 loss=classification_loss(config), metrics=["accuracy"],
+                 steps_per_execution=(1 if tf.distribute.has_strategy()
+                                      else HEAD_STEPS_PER_EXECUTION))
     classes = model.num_classes
     return _fit(
         head, cache.training_batches(frozen.train_features, train.labels, classes, config),
         cache.evaluation_batches(
             frozen.validation_features, validation.labels, classes, config).dataset(),
-        config.head_epochs, verbose, checkpoint=checkpoint)
+        config.head_epochs, verbose, callbacks, checkpoint=checkpoint)
 
 
 def fine_tune(model, frozen, train, validation, config, verbose="auto",
-              checkpoint=None):
+              checkpoint=None, callbacks=()):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
     phase, and early stopping on validation loss that restores the best
-    weights. With a split backbone only the top runs, from the cached
+    weights, the phase's starting weights included. With a split backbone only the top runs, from the cached
     boundary tensors; otherwise the whole model runs on the images.
 
     Args: as `train_head`.
@@ -92,9 +103,35 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
                     metrics=["accuracy"])
     return _fit(
         trainee, train_batches, validation_batches.dataset(), config.fine_tune_epochs,
-        verbose, callbacks=[keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.early_stopping_patience,
-            restore_best_weights=True)], checkpoint=checkpoint)
+        verbose, [EarlyStoppingFromStart(
+            validation_batches, patience=config.early_stopping_patience), *callbacks],
+        checkpoint=checkpoint)
+
+
+class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
+    """Early stopping on validation loss whose first candidate is the start.
+
+    The weights the phase starts from compete with every epoch's: if no
+    epoch beats their validation loss, they come back, so a fine-tuning run
+    that diverges (too high a learning rate for the data) ends where the
+    head phase left it instead of worse.
+
+    Args:
+        validation_batches: The validation `arrays.BatchSource`.
+        patience: Epochs without a better validation loss before stopping.
+    """
+
+    def __init__(self, validation_batches, patience):
+        super().__init__(monitor="val_loss", patience=patience,
+                         restore_best_weights=True)
+        self.validation_batches = validation_batches
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best = self.model.evaluate(self.validation_batches.dataset(), verbose=0,
+                                        return_dict=True)["loss"]
+        self.best_weights = self.model.get_weights()
+        self.best_epoch = -1
 
 
 def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks=(),
