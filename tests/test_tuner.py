@@ -81,3 +81,10 @@ def test_spilling_to_disk_gives_the_same_model(tiny_backbone_path, image_folders
         results.append((tuner.validation_metrics["loss"], tuner.model.head.kernel.numpy()))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+
+
+def test_more_blocks_than_the_backbone_has_trains_them_all(tiny_backbone_path, caplog):
+    with caplog.at_level("WARNING"):
+        tuner = FineTuner(tiny_backbone_path, unfreeze_blocks=50)
+    assert tuner.config.unfreeze_blocks == 5
+    assert "fine-tuning all of them" in caplog.text

@@ -69,6 +69,12 @@ class FineTuner:
                 block_pattern=block_pattern)
         self.image_size = (self.config.image_size or self.backbone.image_size
                            or backbone_lib.DEFAULT_IMAGE_SIZE)
+        block_count = len(self.backbone.blocks)
+        if self.config.unfreeze_blocks > block_count:
+            # The default suits deep backbones; a shallow one is trained whole.
+            logger.warning("unfreeze_blocks=%d but %s has %d blocks: fine-tuning all of them.",
+                           self.config.unfreeze_blocks, self.backbone.hub_handle, block_count)
+            self.config = self.config.replace(unfreeze_blocks=block_count)
         self.model = None
         self.class_names = None
         self.validation_metrics = None
