@@ -29,23 +29,14 @@ flags.DEFINE_integer("child_budget_mb", None, "Internal: run one measurement wit
 
 def child(budget_mb):
     import tfhub_ft
-    from tfhub_ft import arrays
 
     tuner = tfhub_ft.FineTuner(FLAGS.hub_url, cache_memory_mb=budget_mb, head_epochs=2,
                                fine_tune_epochs=1)
-    budgets = []
-    original = arrays.ArrayBudget.__init__
-
-    def remember(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        budgets.append(self)
-
-    arrays.ArrayBudget.__init__ = remember
     tuner.fit(FLAGS.train_dir, FLAGS.validation_dir, verbose=0)
     print(json.dumps({
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "in_memory_mb": sum(b.used_bytes for b in budgets) / 2**20,
-        "spilled_mb": sum(b.spilled_bytes for b in budgets) / 2**20,
+        "in_memory_mb": tuner.cache_usage["memory_bytes"] / 2**20,
+        "spilled_mb": tuner.cache_usage["spilled_bytes"] / 2**20,
         "accuracy": tuner.validation_metrics["accuracy"],
     }))
 

@@ -44,12 +44,14 @@ flags.DEFINE_integer("early_stopping_patience", DEFAULTS.early_stopping_patience
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Random seed.")
 flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
                   "TensorFlow op determinism: the same seed repeats a run bit for bit.")
+flags.DEFINE_integer("cache_memory_mb", DEFAULTS.cache_memory_mb,
+                     "Decoded images and cached activations kept in memory; the rest spill to files.")
 
 CONFIG_FLAGS = ("image_size", "batch_size", "head_epochs", "head_learning_rate",
                 "fine_tune_epochs", "fine_tune_learning_rate", "unfreeze_blocks",
                 "label_smoothing", "dropout_rate", "augmentation",
                 "batch_norm_trainable", "early_stopping_patience", "seed",
-                "deterministic")
+                "deterministic", "cache_memory_mb")
 
 
 def main(argv):

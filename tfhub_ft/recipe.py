@@ -8,7 +8,6 @@ import logging
 import math
 
 import keras
-import tensorflow as tf
 
 from tfhub_ft import cache, distribution, schedules
 from tfhub_ft import model as model_lib
@@ -19,13 +18,6 @@ logger = logging.getLogger(__name__)
 def classification_loss(config):
     return keras.losses.CategoricalCrossentropy(
         from_logits=True, label_smoothing=config.label_smoothing)
-
-
-# Steps per call of the compiled train function in the head phase: a step
-# on cached features is a single small matmul, so Python and dispatch
-# overhead would dominate a call per step. Keras 3's multi-step loop fails
-# on distributed iterators, so under a strategy it is one step per call.
-HEAD_STEPS_PER_EXECUTION = 32
 
 
 def train_head(model, frozen, train, validation, config, verbose="auto",
@@ -52,9 +44,7 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         return {}
     head = model_lib.CachedInputClassifier(model)
     head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-                 loss=classification_loss(config), metrics=["accuracy"],
-                 steps_per_execution=(1 if tf.distribute.has_strategy()
-                                      else HEAD_STEPS_PER_EXECUTION))
+                 loss=classification_loss(config), metrics=["accuracy"])
     classes = model.num_classes
     return _fit(
         head, cache.training_batches(frozen.train_features, train.labels, classes, config),

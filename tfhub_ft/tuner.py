@@ -52,6 +52,8 @@ class FineTuner:
         class_names: The classes, after `fit`.
         validation_metrics: `evaluate`'s dict on the validation data,
             after `fit`.
+        cache_usage: {"memory_bytes", "spilled_bytes"} of the decoded
+            images and cached activations of the last `fit`.
     """
 
     def __init__(self, hub_handle, config=None, strategy=None,
@@ -78,6 +80,7 @@ class FineTuner:
         self.model = None
         self.class_names = None
         self.validation_metrics = None
+        self.cache_usage = None
 
     def load_data(self, train, validation=None, validation_split=None,
                   class_names=None, data_dir=None, budget=None):
@@ -159,6 +162,8 @@ class FineTuner:
                 self.model, frozen, train_set, validation_set, self.config, verbose,
                 checkpoint=work.phase("fine_tune", [block.name for block in unfrozen]))
         work.finish()
+        self.cache_usage = {"memory_bytes": budget.used_bytes,
+                            "spilled_bytes": budget.spilled_bytes}
         self.validation_metrics = self._score(validation_set)
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))
