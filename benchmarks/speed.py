@@ -91,7 +91,7 @@ def frozen_phase(train, validation, decode_seconds):
     model.backbone.freeze_all()
     with common.Timer() as timer:
         frozen = cache.compute_frozen_activations(model, train, validation, config,
-                                                  arrays.ArrayBudget(2**32))
+                                                  arrays.ArrayBudget())
         history = recipe.train_head(model, frozen, train, validation, config, verbose=0)
     results["tfhub_ft: features cached once (decoded images)"] = (
         timer.seconds, history["val_accuracy"][-1])
@@ -124,7 +124,7 @@ def split_epochs(train, validation):
             model.backbone.freeze_all()
             frozen = cache.compute_frozen_activations(
                 model, train, validation, config if split else config.replace(fine_tune_epochs=0),
-                arrays.ArrayBudget(2**32))
+                arrays.ArrayBudget())
             model.backbone.unfreeze_top_blocks(count)
             timer = EpochTimer()
             recipe.fine_tune(model, frozen, train, validation,

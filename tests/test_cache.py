@@ -21,7 +21,7 @@ def test_split_and_whole_backbone_give_the_same_features(tiny_backbone_path, set
     model = build_classifier(HubBackbone(tiny_backbone_path), 2, 32, augmentation=("flip",))
     config = FineTuneConfig(batch_size=2, unfreeze_blocks=2)
     split = cache.compute_frozen_activations(model, train, validation, config,
-                                             arrays.ArrayBudget(2**30))
+                                             arrays.ArrayBudget())
     # A zero budget puts every cached array in a file: same values.
     whole = cache.compute_frozen_activations(
         model, train, validation, config.replace(fine_tune_epochs=0), arrays.ArrayBudget(0))
@@ -49,7 +49,7 @@ def test_no_split_when_batch_norm_trains(tiny_backbone_path, sets, caplog):
     with caplog.at_level("INFO"):
         for _ in range(2):
             frozen = cache.compute_frozen_activations(
-                model, train, validation, FineTuneConfig(batch_size=2, unfreeze_blocks=2), arrays.ArrayBudget(2**30))
+                model, train, validation, FineTuneConfig(batch_size=2, unfreeze_blocks=2), arrays.ArrayBudget())
     assert frozen.split is None and len(frozen.train_features) == 1
     assert frozen.train_features[0].shape == (5, 16)
     assert caplog.text.count("batch norm trains") == 1  # said once

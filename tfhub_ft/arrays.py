@@ -133,17 +133,18 @@ class ArrayBudget:
 
     Args:
         memory_bytes: Bytes of arrays kept in memory; 0 puts every array in
-            a file.
+            a file, None keeps every array in memory.
         directory: Where spilled arrays go; a temporary folder, removed at
             exit, when None.
     """
 
-    def __init__(self, memory_bytes: int, directory: Optional[str] = None):
-        if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
+    def __init__(self, memory_bytes: Optional[int] = None, directory: Optional[str] = None):
+        if memory_bytes is not None and (isinstance(memory_bytes, bool) or not isinstance(
+                memory_bytes, int) or memory_bytes < 0):
             raise ValueError(
-                "Invalid value for `memory_bytes`. Expected an integer >= 0. "
+                "Invalid value for `memory_bytes`. Expected an integer >= 0 or None. "
                 f"Received: memory_bytes={memory_bytes!r}")
-        self.memory_bytes = memory_bytes
+        self.memory_bytes = float("inf") if memory_bytes is None else memory_bytes
         self.used_bytes = 0
         self.spilled_bytes = 0
         self._directory = directory

@@ -124,7 +124,7 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None):
                           deterministic=True)
     # A corrupt file fails its own element only; its index is missing after.
     dataset = dataset.ignore_errors().batch(256).prefetch(2)
-    budget = budget or arrays.ArrayBudget(2**62)
+    budget = budget or arrays.ArrayBudget()
     images = budget.allocate((len(paths), image_size, image_size, 3), np.uint8, "images")
     kept = []
     for batch_images, batch_indices in _with_progress(dataset, len(paths)):
