@@ -37,16 +37,19 @@ def run_frozen(function, inputs, batch_size, budget, name):
         Array(s) [N, ...], as `function` returns (numpy or `FileArray`).
     """
     source = arrays.BatchSource(inputs, batch_size=batch_size)
-    outputs, start = None, 0
+    outputs, returns_tuple, start = None, False, 0
     for output in distribution.map_batches(function, source.dataset()):
-        parts = output if isinstance(output, tuple) else (output,)
+        returns_tuple = isinstance(output, tuple)
+        parts = output if returns_tuple else (output,)
         if outputs is None:
             outputs = tuple(budget.allocate((len(source),) + part.shape[1:], part.dtype, name)
                             for part in parts)
         for store, part in zip(outputs, parts):
             arrays.write(store, start, part)
         start += len(parts[0])
-    return outputs if isinstance(output, tuple) else outputs[0]
+    if outputs is None:
+        raise ValueError(f"No images to run the frozen layers on ({name}).")
+    return outputs if returns_tuple else outputs[0]
 
 
 @dataclasses.dataclass

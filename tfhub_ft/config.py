@@ -9,6 +9,8 @@ backbone and clothing photos (see BUILD_NOTES.md).
 import dataclasses
 from typing import Optional, Tuple
 
+import numpy as np
+
 AUGMENTATIONS = ("flip",)
 
 # A real ImageNet MobileNetV2 feature vector on TF Hub (served from Kaggle
@@ -139,12 +141,24 @@ class FineTuneConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _check_int(config, name, minimum, optional=False):
-    value = getattr(config, name)
+def check_integer(name, value, minimum, maximum=None, optional=False):
+    """Returns `value` as an int, or raises a Keras-style error naming `name`.
+
+    Raises:
+        ValueError: if `value` is not an integer in [minimum, maximum] (or
+            None, when `optional`).
+    """
     if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        return None
+    is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not is_integer or value < minimum or (maximum is not None and value > maximum):
+        expected = (f"an integer in [{minimum}, {maximum}]" if maximum is not None
+                    else f"an integer >= {minimum}")
         raise ValueError(
-            f"Invalid value for `{name}`. Expected an integer >= {minimum}"
-            f"{' or None' if optional else ''}. Received: {name}={value!r}"
-        )
+            f"Invalid value for `{name}`. Expected {expected}"
+            f"{' or None' if optional else ''}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_int(config, name, minimum, optional=False):
+    check_integer(name, getattr(config, name), minimum, optional=optional)

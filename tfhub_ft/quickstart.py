@@ -32,7 +32,7 @@ from tfhub_ft import backbone as backbone_lib
 from tfhub_ft import data as data_lib
 from tfhub_ft import model as model_lib
 from tfhub_ft import testing
-from tfhub_ft.config import FineTuneConfig
+from tfhub_ft.config import FineTuneConfig, check_integer
 from tfhub_ft.tuner import FineTuner
 
 logger = logging.getLogger(__name__)
@@ -195,17 +195,17 @@ def pretrain_backbone(path, source_classes=SOURCE_CLASSES,
     Raises:
         ValueError: If an argument is out of range.
     """
-    source_classes = _check_int("source_classes", source_classes, 2,
+    source_classes = check_integer("source_classes", source_classes, 2,
                                 testing.MAX_SOURCE_CLASSES)
-    images_per_class = _check_int("images_per_class", images_per_class, 1)
-    test_images_per_class = _check_int("test_images_per_class",
+    images_per_class = check_integer("images_per_class", images_per_class, 1)
+    test_images_per_class = check_integer("test_images_per_class",
                                        test_images_per_class, 1)
-    image_size = _check_int("image_size", image_size, 8)
-    epochs = _check_int("epochs", epochs, 1)
+    image_size = check_integer("image_size", image_size, 8)
+    epochs = check_integer("epochs", epochs, 1)
     widths = _check_widths(widths)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_integer("batch_size", batch_size, 1)
     _check_positive("learning_rate", learning_rate)
-    seed = _check_int("seed", seed, 0)
+    seed = check_integer("seed", seed, 0)
     path = _check_path("path", path)
 
     start = time.perf_counter()
@@ -341,22 +341,22 @@ def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
     """
     start = time.perf_counter()
     # Every argument is checked before the minute of pretraining starts.
-    _check_int("source_classes", source_classes, 2, testing.MAX_SOURCE_CLASSES)
-    _check_int("source_images_per_class", source_images_per_class, 1)
-    _check_int("source_test_images_per_class", source_test_images_per_class, 1)
-    _check_int("pretrain_epochs", pretrain_epochs, 1)
+    check_integer("source_classes", source_classes, 2, testing.MAX_SOURCE_CLASSES)
+    check_integer("source_images_per_class", source_images_per_class, 1)
+    check_integer("source_test_images_per_class", source_test_images_per_class, 1)
+    check_integer("pretrain_epochs", pretrain_epochs, 1)
     _check_positive("pretrain_learning_rate", pretrain_learning_rate)
     widths = _check_widths(widths)
-    target_classes = _check_int("target_classes", target_classes, 2,
+    target_classes = check_integer("target_classes", target_classes, 2,
                                 testing.MAX_TARGET_CLASSES)
-    train_images_per_class = _check_int("train_images_per_class",
+    train_images_per_class = check_integer("train_images_per_class",
                                         train_images_per_class, 2)
-    validation_images_per_class = _check_int(
+    validation_images_per_class = check_integer(
         "validation_images_per_class", validation_images_per_class, 1)
-    test_images_per_class = _check_int("test_images_per_class",
+    test_images_per_class = check_integer("test_images_per_class",
                                        test_images_per_class, 1)
-    head_epochs = _check_int("head_epochs", head_epochs, 0)
-    fine_tune_epochs = _check_int("fine_tune_epochs", fine_tune_epochs, 0)
+    head_epochs = check_integer("head_epochs", head_epochs, 0)
+    fine_tune_epochs = check_integer("fine_tune_epochs", fine_tune_epochs, 0)
     total_epochs = head_epochs + fine_tune_epochs
     if total_epochs == 0:
         raise ValueError(
@@ -364,9 +364,9 @@ def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
             "at least one epoch in all. Received: head_epochs=0, "
             "fine_tune_epochs=0")
     _check_positive("scratch_learning_rate", scratch_learning_rate)
-    num_predictions = _check_int("num_predictions", num_predictions, 0,
+    num_predictions = check_integer("num_predictions", num_predictions, 0,
                                  target_classes * test_images_per_class)
-    seed = _check_int("seed", seed, 0)
+    seed = check_integer("seed", seed, 0)
     work_dir = _check_path("work_dir", work_dir)
     # FineTuneConfig checks image_size, batch_size and the learning rates.
     common = FineTuneConfig(
@@ -472,17 +472,6 @@ def _serve(export_dir, test, num_predictions):
     logger.info("Reloaded %s: test accuracy %.3f from PNG bytes", export_dir,
                 accuracy)
     return accuracy, predictions
-
-
-def _check_int(name, value, minimum, maximum=None):
-    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not is_int or value < minimum or (maximum is not None and value > maximum):
-        expected = (f"an integer in [{minimum}, {maximum}]" if maximum is not None
-                    else f"an integer >= {minimum}")
-        raise ValueError(
-            f"Invalid value for `{name}`. Expected {expected}. "
-            f"Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_positive(name, value):

@@ -26,6 +26,8 @@ import struct
 import numpy as np
 import tensorflow as tf
 
+from tfhub_ft.config import check_integer
+
 logger = logging.getLogger(__name__)
 
 _SOURCE_COLOURS = {
@@ -51,19 +53,6 @@ _MIXED_EXTENSIONS = ("jpg", "png", "jpeg", "bmp", "jpg", "png", "JPG", "gif", "j
 _BATCH_NORM_MOMENTUM = 0.99
 _BATCH_NORM_EPSILON = 1e-3
 _RENDER_CHUNK_SIZE = 256
-
-
-def _check_integer(name, value, minimum, maximum=None):
-    is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    in_range = is_integer and value >= minimum and (maximum is None or value <= maximum)
-    if not in_range:
-        expected = f"an integer >= {minimum}"
-        if maximum is not None:
-            expected = f"an integer in [{minimum}, {maximum}]"
-        raise ValueError(
-            f"Invalid value for `{name}`. Expected {expected}. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def _check_choice(name, value, choices):
@@ -308,10 +297,10 @@ def make_shape_images(num_classes, images_per_class, image_size=64, seed=0, task
     """
     _check_choice("task", task, _TASKS)
     max_classes = MAX_SOURCE_CLASSES if task == "source" else MAX_TARGET_CLASSES
-    num_classes = _check_integer("num_classes", num_classes, 2, max_classes)
-    images_per_class = _check_integer("images_per_class", images_per_class, 1)
-    image_size = _check_integer("image_size", image_size, 8)
-    seed = _check_integer("seed", seed, 0)
+    num_classes = check_integer("num_classes", num_classes, 2, max_classes)
+    images_per_class = check_integer("images_per_class", images_per_class, 1)
+    image_size = check_integer("image_size", image_size, 8)
+    seed = check_integer("seed", seed, 0)
 
     specs = _class_specs(task)[:num_classes]
     rng = np.random.default_rng([seed, _TASKS.index(task)])
@@ -458,8 +447,8 @@ def write_image_folder(
         TypeError: If `images` is not uint8.
     """
     _check_choice("image_format", image_format, _IMAGE_FORMATS)
-    corrupt_files = _check_integer("corrupt_files", corrupt_files, 0)
-    seed = _check_integer("seed", seed, 0)
+    corrupt_files = check_integer("corrupt_files", corrupt_files, 0)
+    seed = check_integer("seed", seed, 0)
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8:
@@ -547,8 +536,8 @@ def write_grayscale_and_rgba(directory, class_name, count=2, image_size=32):
     Returns:
         List of the `2 * count` written paths (str), grayscale first.
     """
-    count = _check_integer("count", count, 1)
-    image_size = _check_integer("image_size", image_size, 1)
+    count = check_integer("count", count, 1)
+    image_size = check_integer("image_size", image_size, 1)
     class_directory = os.path.join(os.fspath(directory), class_name)
     os.makedirs(class_directory, exist_ok=True)
     ramp = np.linspace(0, 255, image_size).astype(np.uint8)
@@ -621,7 +610,7 @@ class TinyBackbone(tf.Module):
                 "Invalid value for `widths`. Expected a sequence of at least 2 positive integers. "
                 f"Received: widths={widths}"
             )
-        seed = _check_integer("seed", seed, 0)
+        seed = check_integer("seed", seed, 0)
         self._widths = tuple(int(width) for width in widths)
         self._pool_features = True
         rng = np.random.default_rng(seed)
