@@ -100,12 +100,7 @@ class FineTuneConfig:
             )
         _check_int(self, "cache_memory_mb", minimum=0)
         for name in ("head_learning_rate", "fine_tune_learning_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(
-                    f"Invalid value for `{name}`. Expected a number > 0. "
-                    f"Received: {name}={value!r}"
-                )
+            check_positive_number(name, getattr(self, name))
         for name in ("label_smoothing", "dropout_rate", "weight_decay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -158,6 +153,14 @@ def check_integer(name, value, minimum, maximum=None, optional=False):
             f"Invalid value for `{name}`. Expected {expected}"
             f"{' or None' if optional else ''}. Received: {name}={value!r}")
     return int(value)
+
+
+def check_positive_number(name, value):
+    """Raises a Keras-style ValueError naming `name` unless `value` > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected a number > 0. "
+            f"Received: {name}={value!r}")
 
 
 def _check_int(config, name, minimum, optional=False):

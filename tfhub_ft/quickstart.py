@@ -32,7 +32,7 @@ from tfhub_ft import backbone as backbone_lib
 from tfhub_ft import data as data_lib
 from tfhub_ft import model as model_lib
 from tfhub_ft import testing
-from tfhub_ft.config import FineTuneConfig, check_integer
+from tfhub_ft.config import FineTuneConfig, check_integer, check_positive_number
 from tfhub_ft.tuner import FineTuner
 
 logger = logging.getLogger(__name__)
@@ -202,9 +202,9 @@ def pretrain_backbone(path, source_classes=SOURCE_CLASSES,
                                        test_images_per_class, 1)
     image_size = check_integer("image_size", image_size, 8)
     epochs = check_integer("epochs", epochs, 1)
-    widths = _check_widths(widths)
+    widths = testing.check_widths(widths)
     batch_size = check_integer("batch_size", batch_size, 1)
-    _check_positive("learning_rate", learning_rate)
+    check_positive_number("learning_rate", learning_rate)
     seed = check_integer("seed", seed, 0)
     path = _check_path("path", path)
 
@@ -345,8 +345,8 @@ def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
     check_integer("source_images_per_class", source_images_per_class, 1)
     check_integer("source_test_images_per_class", source_test_images_per_class, 1)
     check_integer("pretrain_epochs", pretrain_epochs, 1)
-    _check_positive("pretrain_learning_rate", pretrain_learning_rate)
-    widths = _check_widths(widths)
+    check_positive_number("pretrain_learning_rate", pretrain_learning_rate)
+    widths = testing.check_widths(widths)
     target_classes = check_integer("target_classes", target_classes, 2,
                                 testing.MAX_TARGET_CLASSES)
     train_images_per_class = check_integer("train_images_per_class",
@@ -363,7 +363,7 @@ def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
             "Invalid values for `head_epochs` and `fine_tune_epochs`. Expected "
             "at least one epoch in all. Received: head_epochs=0, "
             "fine_tune_epochs=0")
-    _check_positive("scratch_learning_rate", scratch_learning_rate)
+    check_positive_number("scratch_learning_rate", scratch_learning_rate)
     num_predictions = check_integer("num_predictions", num_predictions, 0,
                                  target_classes * test_images_per_class)
     seed = check_integer("seed", seed, 0)
@@ -472,27 +472,6 @@ def _serve(export_dir, test, num_predictions):
     logger.info("Reloaded %s: test accuracy %.3f from PNG bytes", export_dir,
                 accuracy)
     return accuracy, predictions
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(
-            f"Invalid value for `{name}`. Expected a number > 0. "
-            f"Received: {name}={value!r}")
-
-
-def _check_widths(widths):
-    try:
-        values = tuple(widths)
-    except TypeError:
-        values = ()
-    if len(values) < 2 or not all(
-            isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 1
-            for w in values):
-        raise ValueError(
-            "Invalid value for `widths`. Expected a sequence of at least 2 "
-            f"positive integers. Received: widths={widths!r}")
-    return tuple(int(w) for w in values)
 
 
 def _check_path(name, value):

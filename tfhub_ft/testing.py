@@ -575,6 +575,26 @@ def _constant_pattern(shape, fan_in):
     return (ramp * np.sqrt(3.0 * 2.0 / fan_in)).reshape(shape).astype(np.float32)
 
 
+def check_widths(widths):
+    """Returns `widths` as a tuple of ints, or raises a Keras-style ValueError.
+
+    Args:
+        widths: Output channels of a `TinyBackbone`'s stem and blocks: a
+            sequence of at least 2 positive integers.
+    """
+    try:
+        values = tuple(widths)
+    except TypeError:
+        values = ()
+    if len(values) < 2 or not all(
+            isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 1
+            for w in values):
+        raise ValueError(
+            "Invalid value for `widths`. Expected a sequence of at least 2 positive "
+            f"integers. Received: widths={widths!r}")
+    return tuple(int(w) for w in values)
+
+
 class TinyBackbone(tf.Module):
     """A few-thousand-parameter CNN in the TF Hub image feature vector convention.
 
@@ -600,18 +620,8 @@ class TinyBackbone(tf.Module):
 
     def __init__(self, widths=(4, 8, 8, 16), constant_init=False, seed=0, name=None):
         super().__init__(name=name)
-        widths = tuple(widths)
-        valid_widths = len(widths) >= 2 and all(
-            isinstance(width, (int, np.integer)) and not isinstance(width, bool) and width >= 1
-            for width in widths
-        )
-        if not valid_widths:
-            raise ValueError(
-                "Invalid value for `widths`. Expected a sequence of at least 2 positive integers. "
-                f"Received: widths={widths}"
-            )
+        self._widths = check_widths(widths)
         seed = check_integer("seed", seed, 0)
-        self._widths = tuple(int(width) for width in widths)
         self._pool_features = True
         rng = np.random.default_rng(seed)
         layers = [("stem", 3, 2, self._widths[0])]
