@@ -1,6 +1,5 @@
 """Checkpoints that resume: kill a run in phase 2, rerun it, get the same weights."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,8 +9,8 @@ import time
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from tests.resume_checks import assert_same_variables, export_leftovers, read_state
 from tfhub_ft import FineTuneConfig, arrays, checkpoints
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -47,27 +46,6 @@ def run(command):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
-
-
-def read_state(work_dir):
-    try:
-        with open(os.path.join(work_dir, checkpoints.STATE_FILE)) as file:
-            return json.load(file)
-    except (OSError, ValueError):  # not written yet
-        return None
-
-
-def saved_variables(export_dir):
-    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if "OBJECT_GRAPH" not in name}
-
-
-def assert_same_variables(first, second):
-    first, second = saved_variables(first), saved_variables(second)
-    assert sorted(first) == sorted(second)
-    different = [name for name in first if not np.array_equal(first[name], second[name])]
-    assert different == []
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +90,7 @@ def test_killed_run_resumes_in_phase_two_and_ends_with_the_same_weights(
     assert not killed["phases"]["fine_tune"]["finished"]
     # Nothing was exported, not even in part.
     assert not os.path.exists(export_dir)
-    assert [name for name in os.listdir(tmp_path) if name.startswith(".export")] == []
+    assert export_leftovers(tmp_path) == []
 
     output = run(command)
     assert "Phase head finished in an earlier run" in output
