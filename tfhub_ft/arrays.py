@@ -72,15 +72,10 @@ class FileArray:
         flat = out.reshape(len(rows), -1).view(np.uint8)
         descriptor = self._file.fileno()
         # Runs of consecutive rows are read in one call.
-        start = 0
-        while start < len(rows):
-            end = start + 1
-            while end < len(rows) and rows[end] == rows[end - 1] + 1:
-                end += 1
+        for start, end in _runs(rows):
             data = os.pread(descriptor, (end - start) * self._row_bytes,
                             int(rows[start]) * self._row_bytes)
             flat[start:end] = np.frombuffer(data, np.uint8).reshape(end - start, -1)
-            start = end
         return out
 
     def subset(self, rows):
@@ -119,12 +114,18 @@ def write_rows(array, rows, values):
     if not isinstance(array, FileArray):
         array[rows] = values
         return
+    for start, end in _runs(rows):
+        array.write(int(rows[start]), values[start:end])
+
+
+def _runs(rows):
+    """Yields (start, end) of each run of consecutive values in `rows`."""
     start = 0
     while start < len(rows):
         end = start + 1
         while end < len(rows) and rows[end] == rows[end - 1] + 1:
             end += 1
-        array.write(int(rows[start]), values[start:end])
+        yield start, end
         start = end
 
 
@@ -246,8 +247,9 @@ class BatchSource:
         epoch, self.epoch = self.epoch, self.epoch + 1
         yield from self.batches(epoch)
 
-    def dataset(self):
-        """A tf.data.Dataset giving one epoch per iteration."""
+    @property
+    def element_spec(self):
+        """The structure of one batch, as tf.TensorSpecs (batch first)."""
         import tensorflow as tf
 
         signature = tuple(
@@ -258,6 +260,13 @@ class BatchSource:
             label_spec = (tf.TensorSpec((None, self.num_classes), tf.float32)
                           if self.num_classes else tf.TensorSpec((None,), tf.int32))
             signature = (signature, label_spec)
-        dataset = tf.data.Dataset.from_generator(self._generate, output_signature=signature)
+        return signature
+
+    def dataset(self):
+        """A tf.data.Dataset giving one epoch per iteration."""
+        import tensorflow as tf
+
+        dataset = tf.data.Dataset.from_generator(self._generate,
+                                                 output_signature=self.element_spec)
         return dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).prefetch(
             tf.data.AUTOTUNE)

@@ -318,8 +318,6 @@ class BackboneSplit:
     Attributes:
         top: `BackboneTop`, a Keras layer from the boundary tensors to the
             features, whose weights are the backbone's own top variables.
-        boundary_shapes: Shapes (without batch) of the boundary tensors,
-            known after the first `bottom` call.
     """
 
     def __init__(self, backbone, split_graph):
@@ -348,9 +346,7 @@ class BackboneTop(keras.layers.Layer):
         super().__init__(**kwargs)
         self._graph = split_graph
         self._variables_in_order = backbone._wrapped
-        top_nodes = {node.name for node in split_graph.top.node}
-        for index in sorted({index for name, index in split_graph.reads.items()
-                             if name in top_nodes}):
+        for index in split_graph.top_variable_indices:
             self._track_variable(backbone._wrapped[index])
         self.feature_dim = backbone.feature_dim
         self.built = True

@@ -198,7 +198,6 @@ class ModuleGraph:
         for tensor, placeholder in replaced.items():
             node = graph_def.node.add(name=placeholder, op="Placeholder")
             node.attr["dtype"].type = tf.float32.as_datatype_enum
-        renamed = dict(replaced)
         needed, frontier = set(), [_source(t) for t in outputs]
         while frontier:
             name = frontier.pop()
@@ -209,7 +208,7 @@ class ModuleGraph:
             if name in self.reads or node.op == "Placeholder":
                 continue
             for input_name in node.input:
-                if input_name.startswith("^") or self._canonical(input_name) in renamed:
+                if input_name.startswith("^") or self._canonical(input_name) in replaced:
                     continue
                 frontier.append(_source(input_name))
         for node in self.graph_def.node:
@@ -227,10 +226,8 @@ class ModuleGraph:
                     # Ordering edges only matter inside the kept part.
                     if _source(input_name) in needed:
                         copy.input.append(input_name)
-                elif self._canonical(input_name) in renamed:
-                    copy.input.append(renamed[self._canonical(input_name)])
                 else:
-                    copy.input.append(input_name)
+                    copy.input.append(replaced.get(self._canonical(input_name), input_name))
         return graph_def
 
 
@@ -247,9 +244,13 @@ class SplitGraph:
     def __init__(self, bottom, top, boundary, reads, input_name, output_tensor):
         self.bottom, self.top = bottom, top
         self.boundary, self.reads = boundary, reads
-        self._run_bottom = _graph_function(bottom, [input_name], boundary, reads)
+        top_reads = _reads_in(top, reads)
+        # The variables the top computes with: the trainable part's weights.
+        self.top_variable_indices = sorted({index for _, index in top_reads})
+        self._run_bottom = _graph_function(bottom, [input_name], boundary,
+                                           _reads_in(bottom, reads))
         self._run_top = _graph_function(
-            top, [f"boundary_{i}" for i in range(len(boundary))], [output_tensor], reads)
+            top, [f"boundary_{i}" for i in range(len(boundary))], [output_tensor], top_reads)
 
     def run_bottom(self, images, variables):
         """images float32 [N, H, W, 3] in [0, 1] -> list of boundary tensors."""
@@ -260,16 +261,23 @@ class SplitGraph:
         return self._run_top(list(boundary_values), variables)[0]
 
 
-def _graph_function(graph_def, feed_names, outputs, reads):
+def _reads_in(graph_def, reads):
+    """The (read placeholder, variable index) pairs a GraphDef holds, sorted."""
+    present = {node.name for node in graph_def.node}
+    return [(name, index) for name, index in sorted(reads.items()) if name in present]
+
+
+def _graph_function(graph_def, feed_names, outputs, used_reads):
     """Makes a GraphDef callable on tensors and the variables it reads.
 
     The graph is imported inside its own tf.function: a gradient tape does
     not record ops created by `import_graph_def`, but it records the call of
     a function, whose gradient TensorFlow derives from the graph. The
     variables are read outside that function, so gradients reach them.
+
+    Args:
+        used_reads: `_reads_in(graph_def, ...)`: the read placeholders to feed.
     """
-    present = {node.name for node in graph_def.node}
-    used_reads = [(name, index) for name, index in sorted(reads.items()) if name in present]
 
     @tf.function(reduce_retracing=True)
     def run(feeds, read_values):

@@ -59,8 +59,9 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
     phase, and early stopping on validation loss that restores the best
-    weights, the phase's starting weights included. With a split backbone only the top runs, from the cached
-    boundary tensors; otherwise the whole model runs on the images.
+    weights, the phase's starting weights included. With a split backbone
+    only the top runs, from the cached boundary tensors; otherwise the whole
+    model runs on the images.
 
     Args: as `train_head`.
 
@@ -127,7 +128,7 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
 def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks=(),
          checkpoint=None):
     """Keras fit of one phase, through its checkpoint when the run has one."""
-    with distribution.keras_fit_under_strategy(trainee, train_batches.dataset().element_spec):
+    with distribution.keras_fit_under_strategy(trainee, train_batches.element_spec):
         if checkpoint is not None:
             return checkpoint.fit(trainee, train_batches, validation_data, epochs,
                                   callbacks, verbose)
