@@ -69,8 +69,7 @@ class FineTuner:
             self.backbone = backbone_lib.HubBackbone(
                 hub_handle, batch_norm_trainable=self.config.batch_norm_trainable,
                 block_pattern=block_pattern)
-        self.image_size = (self.config.image_size or self.backbone.image_size
-                           or backbone_lib.DEFAULT_IMAGE_SIZE)
+        self.image_size = self.backbone.resolve_image_size(self.config.image_size)
         block_count = len(self.backbone.blocks)
         if self.config.unfreeze_blocks > block_count:
             # The default suits deep backbones; a shallow one is trained whole.
