@@ -392,7 +392,7 @@ class HubBackbone(keras.layers.Layer):
                 loss = tf.reduce_sum(tf.square(features))
             return [features] + tape.gradient(loss, top_variables)
 
-        @tf.function
+        # Eager: a new tf.function per check would retrace each time.
         def compare():
             boundary = split.bottom(images)
             got = features_and_gradients(lambda: split.top(boundary))

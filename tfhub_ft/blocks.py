@@ -47,7 +47,9 @@ BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
 
 # Block names that mark the top of a network when blocks are ordered by
 # name (see `name_order_key`).
-_TOP_WORDS = ("head", "top", "post", "pre_logits", "final", "conv_1", "encoder_norm")
+_TOP_NAME = re.compile(
+    r"(?:^|[/_])(?:head|top|post\w*|pre_logits|final\w*|encoder_norm)(?:$|[/_])"
+    r"|(?:^|/)conv_1$", re.IGNORECASE)
 
 BlockRule = Union[str, "re.Pattern", Callable[[str], Optional[str]], None]
 
@@ -146,15 +148,15 @@ def group_into_blocks(
     for i in order:
         current = named[i] or current
         members.setdefault(current, []).append(i)
-    position = {name: min(trace_positions[i] for i in indices)
-                for name, indices in members.items()}
-    traced = [name for name in members if position[name] != float("inf")]
+    # Insertion order is the order of first use: traced blocks are in place.
+    traced = [name for name, indices in members.items()
+              if min(trace_positions[i] for i in indices) != float("inf")]
     # Blocks the trace did not reach go where their names put them: right
     # after the traced block that precedes them in name order.
     ordered = list(traced)
     anchor = None
     for name in sorted(members, key=name_order_key):
-        if name in position and position[name] != float("inf"):
+        if name in traced:
             anchor = name
             continue
         at = ordered.index(anchor) + 1 if anchor is not None else 0
@@ -171,16 +173,16 @@ def group_into_blocks(
 def name_order_key(block_name: str):
     """Sort key that orders block names as networks are built.
 
-    The stem first, names containing a known top word (`head`, `top`,
-    `post`, `pre_logits`, `final`, `Conv_1`, `encoder_norm`) last, the rest
-    in natural order, so that `expanded_conv_2` < `expanded_conv_10`.
+    The stem first, names with a known top word as a component (`head`,
+    `top`, `post...`, `pre_logits`, `final...`, `encoder_norm`, or a
+    last component `Conv_1`) last, the rest in natural order, so that
+    `expanded_conv_2` < `expanded_conv_10`.
     """
     parts = tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
                   for part in re.split(r"(\d+)", block_name) if part)
-    lowered = block_name.lower()
     if block_name == STEM:
         return (0, parts)
-    if any(word in lowered for word in _TOP_WORDS):
+    if _TOP_NAME.search(block_name):
         return (2, parts)
     return (1, parts)
 

@@ -135,9 +135,9 @@ def prune_untaken_branches(graph_def):
 
     def is_dead_input(name, dead):
         source = _source(name)
-        if source in live_port:
-            return _port(name) != live_port[source]
-        return source in dead
+        if source in dead:
+            return True
+        return source in live_port and _port(name) != live_port[source]
 
     dead, frontier = set(), list(live_port)
     while frontier:
