@@ -300,6 +300,20 @@ class ModuleGraph:
                     frontier.append(consumer)
         return seen
 
+    def whole(self):
+        """The uncut inlined graph as a differentiable function.
+
+        Returns:
+            A callable (images float32 [N, H, W, 3], the backbone's
+            variables in index order) -> features, whose gradients reach
+            the variables like a split's do (`BackboneSplit`'s check
+            compares the two).
+        """
+        graph_def = self._subgraph({}, [self.output_tensor])
+        run = _graph_function(graph_def, [self.input_name], [self.output_tensor],
+                              _reads_in(graph_def, self.reads))
+        return lambda images, variables: run([images], variables)[0]
+
     def split(self, trainable_indices: Sequence[int]) -> "SplitGraph":
         """Cuts the graph where the given variables start to be used.
 
@@ -340,12 +354,13 @@ class ModuleGraph:
             output_tensor=self.output_tensor)
 
     def _canonical(self, input_name):
-        """The tensor an input refers to, looking through Identity chains
-        (inlining wraps one tensor in many Identity nodes)."""
+        """The tensor an input refers to, looking through Identity and
+        IdentityN chains (inlining wraps one tensor in many Identity nodes)."""
         tensor = input_name if ":" in input_name else input_name + ":0"
         node = self.nodes[_source(tensor)]
-        while node.op == "Identity" and tensor.endswith(":0"):
-            tensor = self._canonical(node.input[0])
+        while node.op in _PASS_THROUGH:
+            # Identity has one output; IdentityN's output k is its input k.
+            tensor = self._canonical(node.input[_port(tensor)])
             node = self.nodes[_source(tensor)]
         return tensor
 
