@@ -13,7 +13,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16,<2.22",
-        "keras>=3.3,<4",
+        "keras>=3.15,<3.16",  # the range tested (see _keras_fit_workaround)
         # tensorflow_hub resolves and caches handles; it imports tf_keras.
         "tensorflow-hub>=0.16,<0.17",
         "tf-keras>=2.16,<2.22",

@@ -11,6 +11,12 @@ SHARED = os.environ.get(
     os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: runs training in subprocesses (kill and resume, several "
+        "workers); `pytest -m 'not slow'` leaves them out")
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone_path(tmp_path_factory):
     """A constant-initialised TinyBackbone saved in the hub format."""

@@ -57,6 +57,7 @@ def uninterrupted(tiny_backbone_path, image_folders, tmp_path_factory):
     return export_dir, read_state(str(root / "work"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_in_phase_two_and_ends_with_the_same_weights(
         tiny_backbone_path, image_folders, uninterrupted, tmp_path):
     work_dir, export_dir = str(tmp_path / "work"), str(tmp_path / "export")

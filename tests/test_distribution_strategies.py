@@ -78,6 +78,7 @@ def mirrored(tiny_backbone_path, image_folders, tmp_path_factory):
     return str(output_dir)
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_one_device(
         mirrored, tiny_backbone_path, image_folders):
     run = result(mirrored)
@@ -202,6 +203,7 @@ def two_workers(tiny_backbone_path, image_folders, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_workers_train_together_and_only_the_chief_exports(two_workers, mirrored):
     outputs = worker_outputs(two_workers)
     chief, other = result(outputs[0]), result(outputs[1])
@@ -221,6 +223,7 @@ def test_two_workers_train_together_and_only_the_chief_exports(two_workers, mirr
                                    result(mirrored)["history"][phase]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_worker_and_restarted_job_resume_in_phase_two_with_the_same_weights(
         two_workers, tiny_backbone_path, image_folders, tmp_path):
     root, epochs = str(tmp_path), distributed_run.CONFIG["fine_tune_epochs"]
@@ -286,4 +289,32 @@ def test_killed_worker_and_restarted_job_resume_in_phase_two_with_the_same_weigh
 def test_tpu_strategy_without_a_tpu_fails_fast():
     with pytest.raises(ValueError, match="No TPU found"):
         distribution.get_strategy("tpu")
-    assert distribution.is_chief()
+
+
+def test_keras_fit_workaround_fails_loudly_when_keras_changes(monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from tfhub_ft import _keras_fit_workaround
+
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        # As if a Keras release had renamed the method the workaround patches.
+        monkeypatch.setattr(model, "_maybe_symbolic_build", None, raising=False)
+        with pytest.raises(RuntimeError, match=r"keras-team/keras#20585.*Keras 3\.15"):
+            with _keras_fit_workaround.keras_fit_under_strategy(model, None):
+                pass
+
+
+def test_keras_fit_workaround_names_an_unverified_keras(monkeypatch, caplog):
+    import keras
+    import tensorflow as tf
+
+    from tfhub_ft import _keras_fit_workaround
+
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        with _keras_fit_workaround.keras_fit_under_strategy(model, None):
+            pass
+    assert "verified on Keras 3.15; this is Keras 3.99.0" in caplog.text

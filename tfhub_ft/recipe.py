@@ -9,7 +9,7 @@ import math
 
 import keras
 
-from tfhub_ft import cache, distribution, schedules
+from tfhub_ft import _keras_fit_workaround, cache
 from tfhub_ft import model as model_lib
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,19 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         config.head_epochs, verbose, callbacks, checkpoint=checkpoint)
 
 
+def fine_tune_schedule(config, train_size):
+    """Phase 2's learning rate: cosine decay from `fine_tune_learning_rate`
+    to 0 over `fine_tune_epochs` epochs of `train_size` images (SGDR,
+    Loshchilov & Hutter 2017, without restarts).
+
+    Returns:
+        A `keras.optimizers.schedules.CosineDecay` of the optimizer step.
+    """
+    steps_per_epoch = math.ceil(train_size / config.batch_size)
+    return keras.optimizers.schedules.CosineDecay(
+        config.fine_tune_learning_rate, steps_per_epoch * config.fine_tune_epochs)
+
+
 def fine_tune(model, frozen, train, validation, config, verbose="auto",
               checkpoint=None, callbacks=()):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
@@ -70,11 +83,8 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
     """
     if config.fine_tune_epochs == 0:
         return {}
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    optimizer = keras.optimizers.AdamW(
-        schedules.CosineDecay(config.fine_tune_learning_rate,
-                              steps_per_epoch * config.fine_tune_epochs),
-        weight_decay=config.weight_decay)
+    optimizer = keras.optimizers.AdamW(fine_tune_schedule(config, len(train)),
+                                       weight_decay=config.weight_decay)
     # Decaying the batch-norm scales and biases only pulls the pretrained
     # normalisation away from what the following layers expect.
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
@@ -128,7 +138,7 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
 def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks=(),
          checkpoint=None):
     """Keras fit of one phase, through its checkpoint when the run has one."""
-    with distribution.keras_fit_under_strategy(trainee, train_batches.element_spec):
+    with _keras_fit_workaround.keras_fit_under_strategy(trainee, train_batches.element_spec):
         if checkpoint is not None:
             return checkpoint.fit(trainee, train_batches, validation_data, epochs,
                                   callbacks, verbose)

@@ -144,7 +144,7 @@ class FineTuner:
             work_dir, checkpoints.run_identity(self.config, self.backbone.hub_handle,
                                                self.class_names, len(train_set),
                                                len(validation_set)),
-            is_chief=distribution.is_chief(self.strategy))
+            is_chief=self.strategy.extended.should_checkpoint)
         with self.strategy.scope():
             self.model = model_lib.build_classifier(
                 self.backbone, len(self.class_names), self.image_size,
@@ -231,7 +231,7 @@ class FineTuner:
             The export folder path; None on a non-chief worker.
         """
         self._require_model()
-        if distribution.is_chief(self.strategy):
+        if self.strategy.extended.should_checkpoint:
             return export_lib.export_saved_model(self.model, self.class_names,
                                                  export_dir, self.image_size)
         scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
