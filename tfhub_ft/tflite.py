@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -132,9 +133,13 @@ def convert(model, image_size, mode, representative_images=None):
 
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
-    with _quiet_converter_logging():
+    with _quiet_converter_logging(), warnings.catch_warnings():
+        # The frozen-graph path asks for input statistics whenever the
+        # inference type is integer, but this input is already uint8 and
+        # cast inside the model: nothing to supply, the warning is noise.
+        warnings.filterwarnings(
+            "ignore", message="Statistics for quantized inputs were expected")
         return converter.convert()
 
 
