@@ -148,3 +148,24 @@ def test_a_foreign_tflite_model_is_refused(tmp_path):
         [double.get_concrete_function()], double).convert()
     with pytest.raises(ValueError, match=r"not uint8 \[1, S, S, 3\]: it was not written by tfhub_ft"):
         tflite.TFLiteClassifier(contents)
+
+
+@pytest.mark.slow
+def test_flowers_flags_write_the_tflite_model_and_the_backbone(
+        tiny_backbone_path, image_folders, tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train, validation, _, _ = image_folders
+    command = [
+        sys.executable, os.path.join(root, "examples", "flowers.py"),
+        f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+        f"--validation_dir={validation}", "--image_size=32", "--batch_size=8",
+        "--head_epochs=1", "--fine_tune_epochs=0", f"--export_dir={tmp_path}/model",
+        "--tflite=dynamic", f"--export_backbone_dir={tmp_path}/backbone"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "model" / "tflite_parity.json") as f:
+        assert json.load(f)["mode"] == "dynamic"
+    assert tf.saved_model.contains_saved_model(str(tmp_path / "backbone"))
