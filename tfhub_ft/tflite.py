@@ -22,6 +22,7 @@ The interpreter is LiteRT's (`ai_edge_litert`), the runtime that
 TensorFlow 2.21 and warns on every use.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -158,16 +159,16 @@ def _check_representative_images(images, image_size):
     return np.asarray(images)
 
 
-class _quiet_converter_logging:
-    """Hides the converter's per-conversion INFO/WARNING lines from absl."""
-
-    def __enter__(self):
-        self._logger = logging.getLogger("absl")
-        self._level = self._logger.level
-        self._logger.setLevel(max(self._level, logging.ERROR))
-
-    def __exit__(self, *exc_info):
-        self._logger.setLevel(self._level)
+@contextlib.contextmanager
+def _quiet_converter_logging():
+    """Hides the converter's per-conversion INFO and WARNING lines (absl)."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
 
 
 class TFLiteClassifier:

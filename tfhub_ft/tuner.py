@@ -263,7 +263,7 @@ class FineTuner:
         write_extras = None
         if tflite is not None:
             tflite_lib.check_mode(tflite)
-            validation_images, validation_labels = self._parity_data
+            validation_images, validation_labels = self._parity_data or (None, None)
 
             def write_extras(folder):
                 tflite_lib.export_tflite(
