@@ -78,8 +78,9 @@ class _TFLiteModule(tf.Module):
     def __init__(self, model, image_size):
         super().__init__(name="tflite_classifier")
         self.model = model
+        # No autograph: the function has no Python control flow to convert.
         self.classify = tf.function(
-            self._classify, input_signature=[
+            self._classify, autograph=False, input_signature=[
                 tf.TensorSpec([1, image_size, image_size, 3], tf.uint8, name="image")])
 
     def _classify(self, image):
