@@ -90,6 +90,14 @@ def test_errors_name_the_file_problem(export_dir, photos):
     assert missing[0]["error"].startswith("FileNotFoundError: ")
 
 
+def test_progress_bar_only_when_asked(export_dir, photos, capsys):
+    _, paths, _ = photos
+    predict.predict_files(export_dir, paths[:3], verbose=False)
+    assert capsys.readouterr().out == ""
+    predict.predict_files(export_dir, paths[:3], verbose=True)
+    assert "3/3" in capsys.readouterr().out
+
+
 def test_tflite_input_matches_the_saved_model(export_dir, photos):
     _, paths, corrupt = photos
     saved = predict.predict_files(export_dir, paths, top_k=3, verbose=False)

@@ -72,7 +72,7 @@ def test_round_trip_per_mode(trained, tmp_path, mode):
 
 
 def test_input_and_output_of_every_mode(trained):
-    for mode in ("float32", "int8"):
+    for mode in tflite.TFLITE_MODES:
         contents = tflite.convert(trained.model, SIZE, mode, trained._representative_images)
         from ai_edge_litert.interpreter import Interpreter
         interpreter = Interpreter(model_content=contents)
