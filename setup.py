@@ -20,6 +20,9 @@ setuptools.setup(
         "tensorflow-datasets>=4.9",
         "absl-py>=1.0",
         "numpy>=1.26",
+        # LiteRT's interpreter runs the exported .tflite files (the parity
+        # check, batch prediction); tf.lite.Interpreter is deprecated.
+        "ai-edge-litert>=2.3",
     ],
     extras_require={"test": ["pytest>=7"]},
     license="Apache-2.0",

@@ -12,7 +12,7 @@ import time
 from absl import app, flags, logging
 
 import tfhub_ft
-from tfhub_ft import distribution
+from tfhub_ft import distribution, tflite
 
 DEFAULTS = tfhub_ft.FineTuneConfig()
 FLAGS = flags.FLAGS
@@ -24,6 +24,11 @@ flags.DEFINE_string("validation_dir", None, "Validation image folder (default: a
 flags.DEFINE_string("tfds_name", "tf_flowers", "TFDS dataset, used when --image_dir is not given.")
 flags.DEFINE_string("data_dir", None, "TFDS data folder.")
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel.")
+flags.DEFINE_enum("tflite", "none", ("none",) + tflite.TFLITE_MODES,
+                  "Also write model.tflite (and its parity report) in --export_dir: "
+                  "float32, float16, dynamic (int8 weights) or int8 (full integer).")
+flags.DEFINE_string("export_backbone_dir", None,
+                    "Where to write the fine-tuned backbone as a TF Hub module.")
 flags.DEFINE_string("work_dir", None,
                     "Checkpoint folder: rerunning the same command resumes an interrupted run.")
 flags.DEFINE_enum("distribution_strategy", "default", distribution.STRATEGIES, "tf.distribute strategy.")
@@ -71,9 +76,14 @@ def main(argv):
           f"wall_seconds={time.time() - start:.1f}")
     if FLAGS.export_dir:
         # Every worker of a multi-worker run exports; only the chief writes.
-        exported = tuner.export(FLAGS.export_dir)
+        exported = tuner.export(FLAGS.export_dir,
+                                tflite=None if FLAGS.tflite == "none" else FLAGS.tflite)
         if exported:
             print("exported", exported)
+    if FLAGS.export_backbone_dir:
+        exported = tuner.export_backbone(FLAGS.export_backbone_dir)
+        if exported:
+            print("exported backbone", exported)
 
 
 if __name__ == "__main__":

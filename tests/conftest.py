@@ -13,8 +13,8 @@ SHARED = os.environ.get(
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: runs training in subprocesses (kill and resume, several "
-        "workers); `pytest -m 'not slow'` leaves them out")
+        "markers", "slow: runs a subprocess (kill and resume, several workers, "
+        "the commands); `pytest -m 'not slow'` leaves them out")
 
 
 @pytest.fixture(scope="session")

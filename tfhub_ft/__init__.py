@@ -7,6 +7,7 @@ from tfhub_ft.config import DEFAULT_HUB_URL, FineTuneConfig
 from tfhub_ft.data import ImageSet, load_images, stratified_split
 from tfhub_ft.distribution import get_strategy
 from tfhub_ft.export import export_saved_model, read_labels
+from tfhub_ft.hub_export import export_backbone
 from tfhub_ft.model import ImageClassifier, build_classifier
 from tfhub_ft.tuner import FineTuner
 
@@ -25,6 +26,7 @@ __all__ = [
     "ImageClassifier",
     "ImageSet",
     "build_classifier",
+    "export_backbone",
     "export_saved_model",
     "get_strategy",
     "group_into_blocks",

@@ -53,7 +53,7 @@ class _ServingModule(tf.Module):
         return self._outputs(images)
 
 
-def export_saved_model(model, class_names, export_dir, image_size):
+def export_saved_model(model, class_names, export_dir, image_size, write_extras=None):
     """Writes the classifier as a SavedModel, atomically, with labels.txt.
 
     Signatures:
@@ -65,6 +65,12 @@ def export_saved_model(model, class_names, export_dir, image_size):
 
     The SavedModel is written to a temporary folder beside `export_dir` and
     renamed into place, so a failed export leaves an earlier one intact.
+
+    Args:
+        write_extras: Optional callable taking the staging folder, called
+            after the SavedModel and labels.txt are written there and before
+            the rename, so that what it writes (e.g. `tflite.export_tflite`'s
+            model.tflite) is part of the same atomic export.
 
     Returns:
         The export folder path.
@@ -94,6 +100,8 @@ def export_saved_model(model, class_names, export_dir, image_size):
             })
         with open(os.path.join(staging, LABELS_FILE), "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in class_names))
+        if write_extras is not None:
+            write_extras(staging)
         _replace_folder(staging, export_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,6 +17,7 @@ from tfhub_ft import distribution
 from tfhub_ft import export as export_lib
 from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
+from tfhub_ft import tflite as tflite_lib
 from tfhub_ft.config import FineTuneConfig
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class FineTuner:
         self.class_names = None
         self.validation_metrics = None
         self.cache_usage = None
+        # Kept by `fit` for `export(tflite=...)`: int8 calibration images and
+        # the parity check's validation images and labels (seeded samples).
+        self._representative_images = None
+        self._parity_data = None
 
     def load_data(self, train, validation=None, validation_split=None,
                   class_names=None, data_dir=None, budget=None):
@@ -166,7 +171,16 @@ class FineTuner:
         self.validation_metrics = self._score(validation_set)
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))
+        self._keep_tflite_data(train_set, validation_set)
         return {"head": head_history, "fine_tune": fine_tune_history}
+
+    def _keep_tflite_data(self, train_set, validation_set):
+        seed = self.config.seed
+        self._representative_images = arrays.take(train_set.images, tflite_lib.sample_rows(
+            len(train_set), tflite_lib.REPRESENTATIVE_IMAGE_COUNT, seed))
+        rows = tflite_lib.sample_rows(len(validation_set), tflite_lib.PARITY_IMAGE_COUNT, seed)
+        self._parity_data = (arrays.take(validation_set.images, rows),
+                             validation_set.labels[rows])
 
     def _new_budget(self):
         return arrays.ArrayBudget(self.config.cache_memory_mb * 2**20)
@@ -219,7 +233,7 @@ class FineTuner:
                 "accuracy": float(np.mean(probabilities.argmax(-1) == labels)),
                 "count": int(len(labels))}
 
-    def export(self, export_dir):
+    def export(self, export_dir, tflite=None):
         """Writes the SavedModel (and labels.txt) to `export_dir`, atomically.
 
         See `export.export_saved_model` for the signatures. In a
@@ -227,17 +241,66 @@ class FineTuner:
         them), but only the chief writes `export_dir`; the others write to a
         temporary folder that is removed.
 
+        Args:
+            export_dir: The folder to write; an earlier export there is
+                replaced.
+            tflite: None, or one of `tflite.TFLITE_MODES` ("float32",
+                "float16", "dynamic", "int8") to also write
+                `export_dir/model.tflite` (uint8 [1, S, S, 3] in, float32
+                probabilities [1, C] out; see `tfhub_ft.tflite`) and its
+                parity report against the SavedModel on the validation
+                images, `export_dir/tflite_parity.json`. int8 calibrates on
+                a seeded sample of the training images.
+
         Returns:
             The export folder path; None on a non-chief worker.
+
+        Raises:
+            ValueError: for an unknown `tflite` mode, or before `fit`.
         """
         self._require_model()
+        write_extras = None
+        if tflite is not None:
+            tflite_lib.check_mode(tflite)
+            validation_images, validation_labels = self._parity_data or (None, None)
+
+            def write_extras(folder):
+                tflite_lib.export_tflite(
+                    self.model, self.image_size, folder, tflite,
+                    self._representative_images, validation_images, validation_labels)
+
         if self.strategy.extended.should_checkpoint:
             return export_lib.export_saved_model(self.model, self.class_names,
-                                                 export_dir, self.image_size)
+                                                 export_dir, self.image_size,
+                                                 write_extras=write_extras)
         scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
         try:
             export_lib.export_saved_model(self.model, self.class_names,
                                           os.path.join(scratch, "export"), self.image_size)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return None
+
+    def export_backbone(self, export_dir):
+        """Writes the backbone, with its fine-tuned weights, as a TF Hub module.
+
+        A TF2 SavedModel in the image feature-vector convention (float32
+        [N, H, W, 3] RGB in [0, 1] -> float32 [N, D]), with the variable
+        names of the original module, written atomically; it loads as a
+        `FineTuner` or `HubBackbone` handle and in `hub.KerasLayer`. See
+        `hub_export.export_backbone`. Before `fit` it writes the module as
+        loaded. As with `export`, every worker of a multi-worker run must
+        call it and only the chief writes `export_dir`.
+
+        Returns:
+            The export folder path; None on a non-chief worker.
+        """
+        from tfhub_ft import hub_export
+        if self.strategy.extended.should_checkpoint:
+            return hub_export.export_backbone(self.backbone, export_dir)
+        scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
+        try:
+            hub_export.export_backbone(self.backbone, os.path.join(scratch, "backbone"))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return None
