@@ -20,7 +20,12 @@ setuptools.setup(
         "tensorflow-datasets>=4.9",
         "absl-py>=1.0",
         "numpy>=1.26",
+        # The run report's plots and metrics, and TensorBoard logs.
+        "matplotlib>=3.7",
+        "scikit-learn>=1.3",
+        "tensorboard>=2.16,<2.22",
     ],
     extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["tfhub_ft=tfhub_ft.cli:main"]},
     license="Apache-2.0",
 )
