@@ -143,8 +143,8 @@ def plot_curves(history, path):
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for boundary in boundaries:
             axis.axvline(boundary, color="0.4", linestyle=":", linewidth=1.5)
-            axis.text(boundary, 1.0, " fine-tuning starts", transform=axis.get_xaxis_transform(),
-                      va="top", ha="left", fontsize=8, color="0.3")
+            axis.text(boundary, 0.02, " fine-tuning starts", transform=axis.get_xaxis_transform(),
+                      va="bottom", ha="left", fontsize=8, color="0.3")
         axis.set_xlabel("epoch (both phases, in order)")
         axis.set_ylabel(metric if metric == "loss" else "accuracy (top-1)")
         axis.set_title(f"{metric.capitalize()} per epoch")
@@ -237,7 +237,8 @@ def plot_mistakes(images, labels, probabilities, class_names, path):
         axes.flat[0].text(0.5, 0.5, "No validation image is misclassified.",
                           ha="center", va="center")
     figure.suptitle("Most confidently wrong validation images", fontsize=12)
-    figure.tight_layout()
+    # Half an inch above the grid for the title, clear of the first row's titles.
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / figure.get_figheight()))
     figure.savefig(path)
     plt.close(figure)
     return path
