@@ -227,3 +227,9 @@ def test_flowers_example_is_the_train_command():
                            "--help"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0
     assert "--weight_decay" in done.stdout and "--validation_split" in done.stdout
+
+
+def test_a_long_error_keeps_its_start_and_end():
+    line = cli._one_line("train", ValueError("Bad thing. " + "name, " * 500 + "Fix it so."))
+    assert line.startswith("tfhub_ft train: error: Bad thing. name,")
+    assert line.endswith("Fix it so.") and len(line) < 650

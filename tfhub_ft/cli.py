@@ -467,7 +467,7 @@ def _train(args):
         exported = tuner.export(args.export_dir)
         if exported:
             print("exported", exported, flush=True)
-    if args.report_dir:
+    if args.report_dir and distribution.is_chief(strategy):
         tuner.report(args.report_dir)
         print("report", os.path.abspath(args.report_dir), flush=True)
     if args.tensorboard_dir:
@@ -554,8 +554,12 @@ def _raised_by_library(error):
     return linecache.getline(filename, traceback.tb_lineno).strip().startswith("raise")
 
 
-def _one_line(command, error):
+def _one_line(command, error, limit=600):
     text = " ".join(str(error).split())
+    if len(text) > limit:
+        # Keep the start (what is wrong) and the end (usually the fix); an
+        # upstream message can list hundreds of names in between.
+        text = f"{text[:limit - 250]} ... {text[-200:]}"
     return f"{PROG}{' ' + command if command else ''}: error: {text}"
 
 

@@ -171,11 +171,16 @@ def plot(finding, path, title="Learning-rate range test"):
     axis.axvline(finding.suggestion, color="tab:red", linestyle="--",
                  label=f"suggestion {finding.suggestion:.1e}")
     axis.set_xscale("log")
-    finite = finding.smoothed_losses[np.isfinite(finding.smoothed_losses)]
-    if finite.size:
-        low, high = float(finite.min()), float(np.percentile(finite, 95))
-        margin = max(high - low, 1e-6) * 0.1
-        axis.set_ylim(low - margin, min(high, 4 * max(low, 1e-6)) + margin)
+    losses = np.concatenate([finding.losses, finding.smoothed_losses])
+    losses = losses[np.isfinite(losses)]
+    if losses.size:
+        # From the lowest loss to a little above where the test started:
+        # the diverging tail runs off the top instead of flattening the rest.
+        start = finding.losses[:max(1, len(finding.losses) // 10)]
+        low = float(losses.min())
+        high = max(float(np.nanmax(np.where(np.isfinite(start), start, np.nan))), low + 1e-6)
+        margin = (high - low) * 0.1
+        axis.set_ylim(low - margin, high + 3 * margin)
     axis.set_xlabel("learning rate (log scale)")
     axis.set_ylabel("training loss")
     axis.set_title(title)
