@@ -21,10 +21,12 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SUGGESTION_RULE = (
-    "the rate at the minimum of the smoothed loss, divided by 10 (fastai's "
-    "`lr_min`), the first 10% of the steps (the moving average's warm-up) "
-    "left out: a rate still on the descending part of the curve, a decade "
-    "below where the loss stops falling")
+    "a decade below where the smoothed loss starts to climb: the first rate "
+    "past the loss's minimum at which it exceeds that minimum by 10% of the "
+    "drop from the starting loss (at least 5% of the minimum), divided by 10; "
+    "the first 10% of the steps (the moving average's warm-up) left out. "
+    "Unlike the rate at the minimum (fastai's `lr_min`), it does not land in "
+    "the noise of a flat curve, as fine-tuning's often is")
 
 
 @dataclasses.dataclass
@@ -65,8 +67,15 @@ def exponential_rates(min_learning_rate, max_learning_rate, steps):
     return np.geomspace(min_learning_rate, max_learning_rate, steps)
 
 
-def smooth(losses, beta=0.98):
-    """Bias-corrected exponential moving average, as fastai smooths the curve."""
+def smooth(losses, beta=0.9):
+    """Bias-corrected exponential moving average of the losses.
+
+    fastai smooths with beta = 0.98, a memory of ~50 steps: over a 100-step
+    test the rate grows ~9000-fold in 50 steps, so the curve lagged the
+    losses by that much (on the shared clothing data its minimum sat where
+    the raw loss had already turned up). 0.9 remembers ~10 steps and still
+    divides the per-batch noise by about 4.
+    """
     average, out = 0.0, []
     for step, loss in enumerate(losses, start=1):
         average = beta * average + (1 - beta) * loss
@@ -75,14 +84,21 @@ def smooth(losses, beta=0.98):
 
 
 def suggest(learning_rates, smoothed_losses):
-    """The rate at the smoothed loss's minimum, divided by 10 (see `SUGGESTION_RULE`)."""
+    """The rate a decade below where the loss starts to climb (`SUGGESTION_RULE`)."""
+    smoothed_losses = np.asarray(smoothed_losses, np.float64)
     # The first averages rest on one or two batches: noise, not the curve.
     start = len(smoothed_losses) // 10 if len(smoothed_losses) >= 10 else 0
-    return float(learning_rates[start + int(np.argmin(smoothed_losses[start:]))] / 10.0)
+    curve = smoothed_losses[start:]
+    lowest = int(np.argmin(curve))
+    minimum = curve[lowest]
+    tolerance = max(0.1 * (curve[0] - minimum), 0.05 * abs(minimum))
+    climbing = np.flatnonzero(curve[lowest:] > minimum + tolerance)
+    climb = lowest + (int(climbing[0]) if climbing.size else len(curve) - 1 - lowest)
+    return float(learning_rates[start + climb] / 10.0)
 
 
 def range_test(trainee, batches, make_optimizer, loss, min_learning_rate=1e-7,
-               max_learning_rate=10.0, steps=100, beta=0.98, divergence_factor=4.0):
+               max_learning_rate=10.0, steps=100, beta=0.9, divergence_factor=4.0):
     """Runs the range test on a Keras model and restores its weights.
 
     Args:
@@ -186,8 +202,8 @@ def plot(finding, path, title="Learning-rate range test"):
     axis.set_title(title)
     axis.legend(loc="upper left")
     axis.grid(True, which="major", alpha=0.3)
-    figure.text(0.01, 0.01, "suggestion: minimum of the smoothed loss (first 10% of "
-                "steps left out) / 10",
+    figure.text(0.01, 0.01, "suggestion: the rate where the smoothed loss starts to climb "
+                "past its minimum, / 10",
                 fontsize=8, color="0.4")
     figure.tight_layout(rect=(0, 0.03, 1, 1))
     figure.savefig(path)

@@ -222,7 +222,7 @@ def plot_mistakes(images, labels, probabilities, class_names, path):
     count = len(labels)
     columns = max(1, min(4, count))
     rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.6),
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.8 * rows + 0.6),
                                 dpi=100, squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
