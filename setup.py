@@ -23,7 +23,12 @@ setuptools.setup(
         # LiteRT's interpreter runs the exported .tflite files (the parity
         # check, batch prediction); tf.lite.Interpreter is deprecated.
         "ai-edge-litert>=2.3",
+        # The run report's plots and metrics, and TensorBoard logs.
+        "matplotlib>=3.7",
+        "scikit-learn>=1.3",
+        "tensorboard>=2.16,<2.22",
     ],
     extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["tfhub_ft=tfhub_ft.cli:main"]},
     license="Apache-2.0",
 )

@@ -318,3 +318,37 @@ def test_keras_fit_workaround_names_an_unverified_keras(monkeypatch, caplog):
         with _keras_fit_workaround.keras_fit_under_strategy(model, None):
             pass
     assert "verified on Keras 3.15; this is Keras 3.99.0" in caplog.text
+
+
+def test_map_batches_traces_once_per_call_without_retracing_warnings():
+    import logging
+
+    import tensorflow as tf
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler = Records()
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    traces = []
+    try:
+        # Small, odd-sized inputs (a last batch of another size), a new
+        # function each call, as the frozen passes and predictions map them.
+        for size in (5, 3, 7, 2, 9, 1, 6, 4):
+            def double(batch):
+                traces.append(batch.shape[0])
+                return batch * 2
+            dataset = tf.data.Dataset.from_tensor_slices(
+                np.arange(size, dtype=np.float32)).batch(4)
+            outputs = list(distribution.map_batches(double, dataset))
+            np.testing.assert_array_equal(np.concatenate(outputs), np.arange(size) * 2)
+    finally:
+        tf_logger.removeHandler(handler)
+    assert [m for m in handler.messages if "retracing" in m] == []
+    assert traces == [None] * 8  # one trace per call, batch dimension unknown

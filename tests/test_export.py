@@ -1,3 +1,4 @@
+import logging
 import os
 
 import numpy as np
@@ -83,3 +84,32 @@ def test_unwritable_export_path_is_explained(trained, tmp_path):
 def test_export_before_fit_is_an_error(tiny_backbone_path, tmp_path):
     with pytest.raises(ValueError, match="call `fit` first"):
         FineTuner(tiny_backbone_path).export(str(tmp_path / "m"))
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_export_logs_no_tensorflow_info_lines(trained, tmp_path):
+    # tf.saved_model.save logs, through absl's logger, one INFO line per
+    # signature naming every captured variable it renames (~20 kB with a
+    # real backbone); the export holds it back, warnings still pass.
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.addHandler(handler)
+        each.setLevel(logging.INFO)
+    try:
+        trained.export(str(tmp_path / "model"))
+    finally:
+        for each, level in zip(loggers, levels):
+            each.removeHandler(handler)
+            each.setLevel(level)
+    assert [record.getMessage()[:80] for record in handler.records] == []
+    assert all(each.level == level for each, level in zip(loggers, levels))

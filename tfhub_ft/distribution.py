@@ -1,5 +1,7 @@
 """Choosing a `tf.distribute.Strategy` by name."""
 
+import functools
+
 import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -55,17 +57,34 @@ def map_batches(function, dataset):
         numpy arrays (a tuple of them where `function` returns a tuple).
     """
     strategy = tf.distribute.get_strategy()
-
-    @tf.function
-    def step(batch):
-        return strategy.run(function, args=(batch,))
-
     options = tf.data.Options()
     # Every worker of a multi-worker cluster maps every batch: the outputs
     # are this process's own (cached activations, predictions), not its
     # shard of a global result. Single-worker strategies never shard.
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF)
-    for batch in strategy.experimental_distribute_dataset(dataset.with_options(options)):
+    batches = strategy.experimental_distribute_dataset(dataset.with_options(options))
+    # Traced once: the signature's batch dimension is None, so the last,
+    # smaller batch reuses the trace. A partial (not a closure) makes each
+    # call's function its own for TensorFlow's retracing counter, which keys
+    # on the Python code object: the functions of different calls (bottom,
+    # top, classifier) are different computations, not one retraced.
+    step = tf.function(functools.partial(_run_on_replicas, strategy, function),
+                       input_signature=[_relax_batch_dimension(batches.element_spec)])
+    for batch in batches:
         for replica_output in strategy.experimental_local_results(step(batch)):
             yield tf.nest.map_structure(lambda t: t.numpy(), replica_output)
+
+
+def _run_on_replicas(strategy, function, batch):
+    return strategy.run(function, args=(batch,))
+
+
+def _relax_batch_dimension(spec):
+    """`spec` with an unknown batch size (tf.TensorSpec or per-replica spec)."""
+    def relax(tensor_spec):
+        if isinstance(tensor_spec, tf.TensorSpec) and tensor_spec.shape.rank:
+            return tf.TensorSpec([None] + tensor_spec.shape.as_list()[1:],
+                                 tensor_spec.dtype, tensor_spec.name)
+        return tensor_spec
+    return tf.nest.map_structure(relax, spec)

@@ -112,14 +112,23 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
 
 @contextlib.contextmanager
 def _quiet_tensorflow_logging():
-    """Hides the INFO lines TensorFlow logs per captured hub variable."""
-    tensorflow_logger = logging.getLogger("tensorflow")
-    level = tensorflow_logger.level
-    tensorflow_logger.setLevel(max(level, logging.WARNING))
+    """Hides the INFO lines TensorFlow logs while saving, warnings stay.
+
+    `tf.saved_model.save` logs through absl's logger (the "absl" Python
+    logger, not "tensorflow"): one INFO line per signature listing every
+    captured hub variable it renames (input names that start with a digit),
+    thousands of characters, and lines about untraced functions and
+    fingerprints. Both loggers are held at WARNING for the save.
+    """
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    levels = [each.level for each in loggers]
+    for each, level in zip(loggers, levels):
+        each.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:
-        tensorflow_logger.setLevel(level)
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
 
 
 def _replace_folder(source, destination):

@@ -1,9 +1,13 @@
 """`FineTuner`: a hub backbone in, a served classifier out."""
 
+import contextlib
+import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -15,6 +19,7 @@ from tfhub_ft import cache, checkpoints
 from tfhub_ft import data as data_lib
 from tfhub_ft import distribution
 from tfhub_ft import export as export_lib
+from tfhub_ft import lr_finder
 from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
 from tfhub_ft import tflite as tflite_lib
@@ -55,6 +60,14 @@ class FineTuner:
             after `fit`.
         cache_usage: {"memory_bytes", "spilled_bytes"} of the decoded
             images and cached activations of the last `fit`.
+        history: `fit`'s return value, after `fit`.
+        stage_seconds: Wall seconds of each stage of the last `fit` (and
+            `export`): "load" (listing and decoding the images),
+            "frozen_pass", "head", "fine_tune", "validation", "export".
+        unfrozen_blocks: Names of the blocks fine-tuned, after `fit`.
+        skipped_files: Files that could not be decoded, after `fit`.
+        validation_labels, validation_probabilities: int [N] and float32
+            [N, C] on the validation images, after `fit` (for `report`).
     """
 
     def __init__(self, hub_handle, config=None, strategy=None,
@@ -85,6 +98,14 @@ class FineTuner:
         # the parity check's validation images and labels (seeded samples).
         self._representative_images = None
         self._parity_data = None
+        self.history = None
+        self.stage_seconds = {}
+        self.unfrozen_blocks = []
+        self.skipped_files = []
+        self.validation_labels = None
+        self.validation_probabilities = None
+        self._mistakes = None
+        self._image_counts = None
 
     def load_data(self, train, validation=None, validation_split=None,
                   class_names=None, data_dir=None, budget=None):
@@ -109,6 +130,7 @@ class FineTuner:
         is_tfds = data_lib.is_tfds_name(train)
         train_set = data_lib.load_images(train, size, class_names, split="train",
                                          data_dir=data_dir, budget=budget)
+        self.skipped_files = list(train_set.skipped)
         if validation is None:
             fraction = validation_split or self.config.validation_split
             train_indices, validation_indices = data_lib.stratified_split(
@@ -119,11 +141,13 @@ class FineTuner:
         else:
             validation_set = data_lib.load_images(
                 validation, size, class_names or train_set.class_names, budget=budget)
+        self.skipped_files += list(validation_set.skipped)
         return train_set, data_lib.match_classes(
             validation_set, train_set.class_names, "validation")
 
     def fit(self, train, validation=None, validation_split=None,
-            class_names=None, data_dir=None, verbose="auto", work_dir=None):
+            class_names=None, data_dir=None, verbose="auto", work_dir=None,
+            tensorboard_dir=None, callbacks=None):
         """Trains the head, then fine-tunes the top blocks.
 
         Args: see `load_data`; `verbose` is passed to Keras `fit`;
@@ -131,14 +155,23 @@ class FineTuner:
             calling `fit` again with the same arguments after an
             interruption resumes the run instead of starting over (see
             `checkpoints`); None trains without checkpoints.
+            `tensorboard_dir`: a folder for TensorBoard logs, one run per
+            phase (`head/`, `fine_tune/`, each with `train/` and
+            `validation/`): loss, accuracy and learning rate per epoch,
+            through `keras.callbacks.TensorBoard`; None writes none.
+            `callbacks`: extra Keras callbacks for both phases, or a
+            function from the phase name ("head", "fine_tune") to a list
+            of them.
 
         Returns:
             {"head": phase-1 history, "fine_tune": phase-2 history}, each a
             dict of per-epoch lists (loss, accuracy, val_loss, val_accuracy).
         """
+        self.stage_seconds = {}
         budget = self._new_budget()
-        train_set, validation_set = self.load_data(
-            train, validation, validation_split, class_names, data_dir, budget)
+        with self._stage("load"):
+            train_set, validation_set = self.load_data(
+                train, validation, validation_split, class_names, data_dir, budget)
         logger.info("Training on %d images, validating on %d, %d classes",
                     len(train_set), len(validation_set), len(train_set.class_names))
         if self.config.deterministic:
@@ -156,23 +189,55 @@ class FineTuner:
                 self.config.dropout_rate, self.config.augmentation,
                 self.config.seed)
             self.backbone.freeze_all()
-            frozen = cache.compute_frozen_activations(
-                self.model, train_set, validation_set, self.config, budget)
-            head_history = recipe.train_head(
-                self.model, frozen, train_set, validation_set, self.config, verbose,
-                checkpoint=work.phase("head"))
+            with self._stage("frozen_pass"):
+                frozen = cache.compute_frozen_activations(
+                    self.model, train_set, validation_set, self.config, budget)
+            with self._stage("head"):
+                head_history = recipe.train_head(
+                    self.model, frozen, train_set, validation_set, self.config, verbose,
+                    checkpoint=work.phase("head"),
+                    callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks))
             unfrozen = self.backbone.unfreeze_top_blocks(self.config.unfreeze_blocks)
-            fine_tune_history = recipe.fine_tune(
-                self.model, frozen, train_set, validation_set, self.config, verbose,
-                checkpoint=work.phase("fine_tune", [block.name for block in unfrozen]))
+            self.unfrozen_blocks = [block.name for block in unfrozen]
+            with self._stage("fine_tune"):
+                fine_tune_history = recipe.fine_tune(
+                    self.model, frozen, train_set, validation_set, self.config, verbose,
+                    checkpoint=work.phase("fine_tune", self.unfrozen_blocks),
+                    callbacks=self._phase_callbacks("fine_tune", tensorboard_dir, callbacks))
         work.finish()
         self.cache_usage = {"memory_bytes": budget.used_bytes,
                             "spilled_bytes": budget.spilled_bytes}
-        self.validation_metrics = self._score(validation_set)
+        with self._stage("validation"):
+            self.validation_metrics = self._score(validation_set, keep=True)
+        self._image_counts = {"train": len(train_set), "validation": len(validation_set)}
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))
         self._keep_tflite_data(train_set, validation_set)
-        return {"head": head_history, "fine_tune": fine_tune_history}
+        self.history = {"head": head_history, "fine_tune": fine_tune_history}
+        return self.history
+
+    @contextlib.contextmanager
+    def _stage(self, name):
+        start = time.perf_counter()
+        yield
+        self.stage_seconds[name] = time.perf_counter() - start
+        logger.info("Stage %s done in %.1f s", name, self.stage_seconds[name])
+
+    @staticmethod
+    def _phase_callbacks(phase, tensorboard_dir, callbacks):
+        extra = list(callbacks(phase) if callable(callbacks) else callbacks or ())
+        if tensorboard_dir:
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ValueError(
+                    "Invalid value for `tensorboard_dir`: writing TensorBoard logs needs "
+                    "the `tensorboard` package, which is not installed. Install it "
+                    "(`pip install tensorboard`) or leave `tensorboard_dir` unset.")
+            # The graph of a hub module split in two is large and not what
+            # a user looks for; the per-epoch scalars are.
+            extra.append(keras.callbacks.TensorBoard(
+                os.path.join(os.fspath(tensorboard_dir), phase), write_graph=False,
+                update_freq="epoch"))
+        return extra
 
     def _keep_tflite_data(self, train_set, validation_set):
         seed = self.config.seed
@@ -224,10 +289,16 @@ class FineTuner:
             self.class_names, "evaluation")
         return self._score(image_set)
 
-    def _score(self, image_set):
+    def _score(self, image_set, keep=False):
         probabilities = self._probabilities(arrays.BatchSource(
             image_set.images, batch_size=self.config.batch_size).dataset())
         labels = image_set.labels
+        if keep:
+            from tfhub_ft import report as report_lib
+            self.validation_labels = np.asarray(labels)
+            self.validation_probabilities = probabilities
+            indices = report_lib.most_confident_mistakes(labels, probabilities)
+            self._mistakes = (indices, arrays.take(image_set.images, indices))
         chosen = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
         return {"loss": float(-np.mean(np.log(chosen))),
                 "accuracy": float(np.mean(probabilities.argmax(-1) == labels)),
@@ -270,9 +341,10 @@ class FineTuner:
                     self._representative_images, validation_images, validation_labels)
 
         if self.strategy.extended.should_checkpoint:
-            return export_lib.export_saved_model(self.model, self.class_names,
-                                                 export_dir, self.image_size,
-                                                 write_extras=write_extras)
+            with self._stage("export"):
+                return export_lib.export_saved_model(self.model, self.class_names,
+                                                     export_dir, self.image_size,
+                                                     write_extras=write_extras)
         scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
         try:
             export_lib.export_saved_model(self.model, self.class_names,
@@ -304,3 +376,122 @@ class FineTuner:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return None
+
+    def report(self, report_dir):
+        """Writes the run report of the last `fit` into `report_dir`.
+
+        curves.png, confusion_matrix.png and .csv, per_class.csv,
+        mistakes.png and summary.json (see `report.write_report`): the
+        validation images' metrics, the history of both phases, the config,
+        hub handle, blocks unfrozen, image counts, skipped files and the
+        seconds of each stage.
+
+        Returns:
+            {file name: path} of the files written.
+
+        Raises:
+            ValueError: before `fit`, or if `report_dir` cannot be written.
+        """
+        self._require_model()
+        from tfhub_ft import report as report_lib
+        indices, images = self._mistakes
+        summary = {
+            "hub_handle": str(self.backbone.hub_handle),
+            "config": dataclasses.asdict(self.config),
+            "image_size": self.image_size,
+            "blocks": len(self.backbone.blocks),
+            "blocks_unfrozen": self.unfrozen_blocks,
+            "image_counts": self._image_counts,
+            "skipped_files": self.skipped_files,
+            "stage_seconds": {name: round(seconds, 3)
+                              for name, seconds in self.stage_seconds.items()},
+            "validation_metrics": dict(self.validation_metrics or {}),
+            "cache_usage": self.cache_usage,
+        }
+        return report_lib.write_report(
+            report_dir, self.class_names, self.validation_labels,
+            self.validation_probabilities, history=self.history,
+            mistake_images=images, mistake_indices=indices, summary=summary)
+
+    def find_learning_rate(self, train, phase="head", validation=None,
+                           validation_split=None, class_names=None, data_dir=None,
+                           min_learning_rate=1e-7, max_learning_rate=10.0, steps=100,
+                           plot_path=None):
+        """The learning-rate range test of one phase, on cached activations.
+
+        Runs `steps` training steps of the phase's optimizer (Adam for
+        "head", AdamW with the config's weight decay for "fine_tune") at
+        rates growing exponentially from `min_learning_rate` to
+        `max_learning_rate` (Smith 2017; fastai's `lr_find`), stopping when
+        the loss diverges, on the frozen activations computed once, so it
+        costs seconds. For "fine_tune" the head is first trained as `fit`'s
+        phase 1 would, then the top `unfreeze_blocks` are unfrozen. The
+        classifier built here is a scratch one: the weights it ends with are
+        those it started the test with, and `self.model` is not changed.
+
+        Args:
+            train, validation, validation_split, class_names, data_dir: as
+                `load_data` (the validation images are only decoded, not
+                used, except for phase 1 before "fine_tune").
+            phase: "head" or "fine_tune".
+            min_learning_rate, max_learning_rate: The range (> 0).
+            steps: Steps of the test, one rate each (>= 2).
+            plot_path: Where to write the plot (lr_find.png); None: none.
+
+        Returns:
+            A `lr_finder.LearningRateFinding`: rates, losses, `suggestion`
+            and the `rule` that chose it.
+
+        Raises:
+            ValueError: for an unknown phase or rate range.
+        """
+        if phase not in ("head", "fine_tune"):
+            raise ValueError(
+                "Invalid value for `phase`. Expected \"head\" or \"fine_tune\". "
+                f"Received: phase={phase!r}")
+        lr_finder.exponential_rates(min_learning_rate, max_learning_rate, steps)
+        config = self.config
+        if phase == "fine_tune" and config.fine_tune_epochs == 0:
+            config = config.replace(fine_tune_epochs=1)
+        if phase == "head":
+            # No split of the backbone: the head's test needs only its features.
+            config = config.replace(fine_tune_epochs=0)
+        budget = self._new_budget()
+        train_set, validation_set = self.load_data(
+            train, validation, validation_split, class_names, data_dir, budget)
+        keras.utils.set_random_seed(config.seed)
+        classes = len(train_set.class_names)
+        with self.strategy.scope():
+            model = model_lib.build_classifier(
+                self.backbone, classes, self.image_size, config.dropout_rate,
+                config.augmentation, config.seed)
+            self.backbone.freeze_all()
+            frozen = cache.compute_frozen_activations(model, train_set, validation_set,
+                                                      config, budget)
+            loss = recipe.classification_loss(config)
+            if phase == "head":
+                trainee = model_lib.CachedInputClassifier(model)
+                inputs = frozen.train_features
+                make_optimizer = keras.optimizers.Adam
+            else:
+                recipe.train_head(model, frozen, train_set, validation_set, config, verbose=0)
+                self.backbone.unfreeze_top_blocks(config.unfreeze_blocks)
+                if frozen.split is not None:
+                    trainee = model_lib.CachedInputClassifier(model, top=frozen.split.top)
+                    inputs = frozen.train_boundary
+                else:
+                    trainee, inputs = model, [train_set.images]
+
+                def make_optimizer(rate):
+                    optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+                    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+                    return optimizer
+            batches = cache.training_batches(inputs, train_set.labels, classes, config)
+            finding = lr_finder.range_test(
+                trainee, batches.batches, make_optimizer, loss, min_learning_rate,
+                max_learning_rate, steps)
+            self.backbone.freeze_all()
+        if plot_path:
+            finding.plot_path = lr_finder.plot(
+                finding, plot_path, title=f"Learning-rate range test, {phase} phase")
+        return finding
