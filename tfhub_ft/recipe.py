@@ -9,7 +9,7 @@ import math
 
 import keras
 
-from tfhub_ft import _keras_fit_workaround, cache
+from tfhub_ft import _keras_fit_workaround, cache, checkpoints
 from tfhub_ft import model as model_lib
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def classification_loss(config):
 
 
 def train_head(model, frozen, train, validation, config, verbose="auto",
-               checkpoint=None, callbacks=()):
+               checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("head"), callbacks=()):
     """Phase 1: trains the Dense head with the whole backbone frozen.
 
     The head trains on the cached backbone features (`frozen`), each image
@@ -34,7 +34,8 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         train, validation: `data.ImageSet`s (for the labels).
         config: `FineTuneConfig`.
         checkpoint: A `checkpoints.PhaseCheckpoint` that saves every epoch
-            and resumes an interrupted phase, or None.
+            and resumes an interrupted phase; by default a
+            `checkpoints.PlainPhase` (no checkpoints).
         callbacks: Extra Keras callbacks (timing, logging).
 
     Returns:
@@ -50,7 +51,7 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         head, cache.training_batches(frozen.train_features, train.labels, classes, config),
         cache.evaluation_batches(
             frozen.validation_features, validation.labels, classes, config).dataset(),
-        config.head_epochs, verbose, callbacks, checkpoint=checkpoint)
+        config.head_epochs, verbose, callbacks, checkpoint)
 
 
 def fine_tune_schedule(config, train_size):
@@ -67,7 +68,7 @@ def fine_tune_schedule(config, train_size):
 
 
 def fine_tune(model, frozen, train, validation, config, verbose="auto",
-              checkpoint=None, callbacks=()):
+              checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("fine_tune"), callbacks=()):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
@@ -106,7 +107,7 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
         trainee, train_batches, validation_batches.dataset(), config.fine_tune_epochs,
         verbose, [EarlyStoppingFromStart(
             validation_batches, patience=config.early_stopping_patience), *callbacks],
-        checkpoint=checkpoint)
+        checkpoint)
 
 
 class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
@@ -135,14 +136,9 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
         self.best_epoch = -1
 
 
-def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks=(),
-         checkpoint=None):
-    """Keras fit of one phase, through its checkpoint when the run has one."""
+def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks, checkpoint):
+    """Keras fit of one phase through its checkpoint (`checkpoints.PlainPhase`
+    when the run has no work directory)."""
     with _keras_fit_workaround.keras_fit_under_strategy(trainee, train_batches.element_spec):
-        if checkpoint is not None:
-            return checkpoint.fit(trainee, train_batches, validation_data, epochs,
-                                  callbacks, verbose)
-        history = trainee.fit(train_batches.dataset(), validation_data=validation_data,
-                              epochs=epochs, verbose=verbose, shuffle=False,
-                              callbacks=list(callbacks))
-    return history.history
+        return checkpoint.fit(trainee, train_batches, validation_data, epochs,
+                              callbacks, verbose)
