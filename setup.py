@@ -28,7 +28,8 @@ setuptools.setup(
         "scikit-learn>=1.3",
         "tensorboard>=2.16,<2.22",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # Pillow writes the BMP and GIF test images (tests/fixtures.py).
+    extras_require={"test": ["pytest>=7", "Pillow>=9"]},
     entry_points={"console_scripts": ["tfhub_ft=tfhub_ft.cli:main"]},
     license="Apache-2.0",
 )

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import fixtures
 from tfhub_ft import backbone as backbone_lib
-from tfhub_ft import testing
 from tfhub_ft.backbone import HubBackbone, HubModuleError
 
 
@@ -81,13 +81,13 @@ def test_declared_image_size_and_module_without_one(tiny_backbone_path):
 
 
 def test_tf1_module_is_refused(tmp_path):
-    path = testing.save_tf1_hub_module_stub(str(tmp_path / "tf1"))
+    path = fixtures.save_tf1_hub_module_stub(str(tmp_path / "tf1"))
     with pytest.raises(HubModuleError, match="TF1 hub format"):
         HubBackbone(path)
 
 
 def test_feature_map_module_is_refused(tmp_path):
-    path = testing.save_non_feature_vector_module(str(tmp_path / "map"))
+    path = fixtures.save_non_feature_vector_module(str(tmp_path / "map"))
     with pytest.raises(HubModuleError, match=r"is not an image feature vector.*feature_vector"):
         HubBackbone(path)
 
