@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tfhub_ft.checks import check_integer
+
 logger = logging.getLogger(__name__)
 
 
@@ -140,11 +142,7 @@ class ArrayBudget:
     """
 
     def __init__(self, memory_bytes: Optional[int] = None, directory: Optional[str] = None):
-        if memory_bytes is not None and (isinstance(memory_bytes, bool) or not isinstance(
-                memory_bytes, int) or memory_bytes < 0):
-            raise ValueError(
-                "Invalid value for `memory_bytes`. Expected an integer >= 0 or None. "
-                f"Received: memory_bytes={memory_bytes!r}")
+        memory_bytes = check_integer("memory_bytes", memory_bytes, 0, optional=True)
         self.memory_bytes = float("inf") if memory_bytes is None else memory_bytes
         self.used_bytes = 0
         self.spilled_bytes = 0

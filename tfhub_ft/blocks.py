@@ -9,6 +9,8 @@ import dataclasses
 import re
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+from tfhub_ft.checks import check_integer
+
 STEM = "stem"
 HEAD = "head"
 
@@ -193,12 +195,6 @@ def top_blocks(blocks: Sequence[Block], count: int) -> List[Block]:
     Raises:
         ValueError: if `count` is not an integer in [0, len(blocks)].
     """
-    if isinstance(count, bool) or not isinstance(count, int) or not (
-        0 <= count <= len(blocks)
-    ):
-        raise ValueError(
-            "Invalid value for `unfreeze_blocks`. Expected an integer in "
-            f"[0, {len(blocks)}] (the backbone has {len(blocks)} blocks). "
-            f"Received: unfreeze_blocks={count!r}"
-        )
+    count = check_integer("unfreeze_blocks", count, 0, len(blocks),
+                          context=f" (the backbone has {len(blocks)} blocks)")
     return list(blocks[len(blocks) - count:])

@@ -42,6 +42,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfhub_ft.checks import check_folder_path
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
@@ -137,12 +139,8 @@ class WorkDirectory:
     """
 
     def __init__(self, path, identity, is_chief=True):
-        if isinstance(path, os.PathLike):
-            path = os.fspath(path)
-        if not isinstance(path, str) or not path:
-            raise TypeError(
-                "Invalid value for `work_dir`. Expected a folder path. "
-                f"Received: work_dir={path!r}")
+        path = check_folder_path("work_dir", path)
+        # The same for URLs (gs://), which check_folder_path leaves alone.
         if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
             raise ValueError(
                 "Invalid value for `work_dir`. Expected a folder path. "

@@ -433,10 +433,9 @@ def _check_writable(name, path):
     """Fails before training, not after, where an output cannot be written."""
     if not path:
         return
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"Invalid value for `{name}`. Expected a folder path. Received: "
-                         f"{name}={path!r}, which is a file. Choose another path.")
+    from tfhub_ft.checks import check_folder_path
+
+    path = os.path.abspath(check_folder_path(name, path))
     parent = path
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

@@ -9,7 +9,7 @@ backbone and clothing photos (see BUILD_NOTES.md).
 import dataclasses
 from typing import Optional, Tuple
 
-import numpy as np
+from tfhub_ft.checks import check_integer, check_positive_number
 
 AUGMENTATIONS = ("flip",)
 
@@ -134,33 +134,6 @@ class FineTuneConfig:
                 f"{sorted(f.name for f in dataclasses.fields(self))}"
             )
         return dataclasses.replace(self, **changes)
-
-
-def check_integer(name, value, minimum, maximum=None, optional=False):
-    """Returns `value` as an int, or raises a Keras-style error naming `name`.
-
-    Raises:
-        ValueError: if `value` is not an integer in [minimum, maximum] (or
-            None, when `optional`).
-    """
-    if optional and value is None:
-        return None
-    is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not is_integer or value < minimum or (maximum is not None and value > maximum):
-        expected = (f"an integer in [{minimum}, {maximum}]" if maximum is not None
-                    else f"an integer >= {minimum}")
-        raise ValueError(
-            f"Invalid value for `{name}`. Expected {expected}"
-            f"{' or None' if optional else ''}. Received: {name}={value!r}")
-    return int(value)
-
-
-def check_positive_number(name, value):
-    """Raises a Keras-style ValueError naming `name` unless `value` > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(
-            f"Invalid value for `{name}`. Expected a number > 0. "
-            f"Received: {name}={value!r}")
 
 
 def _check_int(config, name, minimum, optional=False):

@@ -36,10 +36,10 @@ def evaluate_export(export_dir, image_dir, batch_size=32):
     """
     import tensorflow as tf
 
-    from tfhub_ft import config as config_lib
+    from tfhub_ft import checks
     from tfhub_ft import data, export, report
 
-    batch_size = config_lib.check_integer("batch_size", batch_size, 1)
+    batch_size = checks.check_integer("batch_size", batch_size, 1)
     try:
         class_names = export.read_labels(export_dir)
     except OSError as error:

@@ -13,6 +13,7 @@ import tempfile
 import tensorflow as tf
 
 from tfhub_ft import preprocessing
+from tfhub_ft.checks import check_folder_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +79,9 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
     Raises:
         ValueError: if `export_dir` is a file or its parent cannot be written.
     """
-    export_dir = os.path.abspath(os.fspath(export_dir))
-    parent = os.path.dirname(export_dir)
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise ValueError(
-            f"Invalid value for `export_dir`. Expected a folder path. Received: "
-            f"{export_dir!r}, which is a file. Choose another path or remove it.")
-    try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    except OSError as error:
-        raise ValueError(
-            f"Cannot write the export to {export_dir!r}: {error}. Choose a "
-            "folder you can write to.") from error
-    try:
+    with atomic_folder(export_dir, "the export") as staging:
         module = _ServingModule(model, class_names, image_size)
-        with _quiet_tensorflow_logging():
+        with quiet_saving_logs():
             tf.saved_model.save(module, staging, signatures={
                 "serving_default": module.serve_image_bytes,
                 "serving_images": module.serve_images,
@@ -102,16 +90,45 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
             f.write("".join(f"{name}\n" for name in class_names))
         if write_extras is not None:
             write_extras(staging)
-        _replace_folder(staging, export_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    export_dir = os.path.abspath(os.fspath(export_dir))
     logger.info("Exported the SavedModel to %s", export_dir)
     return export_dir
 
 
 @contextlib.contextmanager
-def _quiet_tensorflow_logging():
+def atomic_folder(path, what):
+    """Yields a staging folder beside `path` that replaces `path` on success.
+
+    A failure (or a kill) before the end leaves an earlier folder at `path`
+    intact; the staging folder is removed on failure.
+
+    Args:
+        path: The folder to write (str or os.PathLike).
+        what: Names the content in errors, e.g. "the export".
+
+    Raises:
+        TypeError, ValueError: if `path` is not a folder path (see
+            `checks.check_folder_path`) or its parent cannot be written.
+    """
+    path = os.path.abspath(check_folder_path("export_dir", path))
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write {what} to {path!r}: {error}. Choose a folder you can "
+            "write to.") from error
+    try:
+        yield staging
+        _replace_folder(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def quiet_saving_logs():
     """Hides the INFO lines TensorFlow logs while saving, warnings stay.
 
     `tf.saved_model.save` logs through absl's logger (the "absl" Python

@@ -11,8 +11,6 @@ graph split as the original, and any TF Hub consumer can load it.
 
 import logging
 import os
-import shutil
-import tempfile
 
 import tensorflow as tf
 
@@ -51,25 +49,9 @@ def export_backbone(backbone, export_dir):
         raise TypeError(
             "Invalid value for `backbone`. Expected a HubBackbone (e.g. "
             f"`FineTuner.backbone`). Received: backbone of type {type(backbone).__name__}")
-    export_dir = os.path.abspath(os.fspath(export_dir))
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise ValueError(
-            f"Invalid value for `export_dir`. Expected a folder path. Received: "
-            f"{export_dir!r}, which is a file. Choose another path or remove it.")
-    parent = os.path.dirname(export_dir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    except OSError as error:
-        raise ValueError(
-            f"Cannot write the backbone to {export_dir!r}: {error}. Choose a "
-            "folder you can write to.") from error
-    try:
-        with export_lib._quiet_tensorflow_logging():
+    with export_lib.atomic_folder(export_dir, "the backbone") as staging:
+        with export_lib.quiet_saving_logs():
             tf.saved_model.save(backbone.module, staging)
-        export_lib._replace_folder(staging, export_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    export_dir = os.path.abspath(os.fspath(export_dir))
     logger.info("Exported the backbone as a TF Hub module to %s", export_dir)
     return export_dir

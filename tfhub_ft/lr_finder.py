@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from tfhub_ft.checks import check_integer
+
 logger = logging.getLogger(__name__)
 
 SUGGESTION_RULE = (
@@ -61,9 +63,7 @@ def exponential_rates(min_learning_rate, max_learning_rate, steps):
             "Invalid value for `min_learning_rate`, `max_learning_rate`. Expected "
             "0 < min_learning_rate < max_learning_rate. Received: "
             f"min_learning_rate={min_learning_rate!r}, max_learning_rate={max_learning_rate!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(
-            f"Invalid value for `steps`. Expected an integer >= 2. Received: steps={steps!r}")
+    check_integer("steps", steps, 2)
     return np.geomspace(min_learning_rate, max_learning_rate, steps)
 
 

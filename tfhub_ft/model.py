@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tfhub_ft import augmentation as augmentation_lib
 from tfhub_ft import preprocessing
+from tfhub_ft.checks import check_integer
 
 
 class ImageClassifier(keras.Model):
@@ -100,11 +101,7 @@ def build_classifier(backbone, num_classes, image_size, dropout_rate=0.2,
     Raises:
         ValueError: if `num_classes` < 2.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            "Invalid value for `num_classes`. Expected an integer >= 2 (a "
-            f"classifier needs two classes). Received: num_classes={num_classes!r}"
-        )
+    check_integer("num_classes", num_classes, 2, context=" (a classifier needs two classes)")
     model = ImageClassifier(backbone, num_classes, image_size, dropout_rate,
                             augmentation, seed)
     model.build_head(backbone.feature_dim)

@@ -171,7 +171,7 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
         ValueError: for an invalid `top_k` or `batch_size`, or a model that
             cannot be loaded.
     """
-    from tfhub_ft.config import check_integer
+    from tfhub_ft.checks import check_integer
     classifier, class_names = (model if isinstance(model, tuple) else load_classifier(model))
     top_k = check_integer("top_k", top_k, 1, len(class_names))
     batch_size = check_integer("batch_size", batch_size, 1)

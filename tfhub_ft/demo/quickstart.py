@@ -33,7 +33,8 @@ import tensorflow as tf
 from tfhub_ft import backbone as backbone_lib
 from tfhub_ft import data as data_lib
 from tfhub_ft import model as model_lib
-from tfhub_ft.config import FineTuneConfig, check_integer, check_positive_number
+from tfhub_ft.checks import check_integer, check_positive_number
+from tfhub_ft.config import FineTuneConfig
 from tfhub_ft.demo import shapes
 from tfhub_ft.demo import tiny_backbone
 from tfhub_ft.tuner import FineTuner

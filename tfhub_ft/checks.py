@@ -1,0 +1,63 @@
+"""Argument checks shared by the library's modules, with Keras-style errors.
+
+Each names the argument, says what was expected and what was received:
+"Invalid value for `batch_size`. Expected an integer >= 1. Received:
+batch_size=0". Importing this module imports no TensorFlow (the command
+checks its flags before TensorFlow loads).
+"""
+
+import os
+
+import numpy as np
+
+
+def check_integer(name, value, minimum, maximum=None, optional=False, context=""):
+    """Returns `value` as an int, or raises a Keras-style error naming `name`.
+
+    Args:
+        context: Appended to the expectation, e.g. " (the backbone has 19
+            blocks)".
+
+    Raises:
+        ValueError: if `value` is not an integer in [minimum, maximum] (or
+            None, when `optional`).
+    """
+    if optional and value is None:
+        return None
+    is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not is_integer or value < minimum or (maximum is not None and value > maximum):
+        expected = (f"an integer in [{minimum}, {maximum}]" if maximum is not None
+                    else f"an integer >= {minimum}")
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected {expected}"
+            f"{' or None' if optional else ''}{context}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_positive_number(name, value):
+    """Raises a Keras-style ValueError naming `name` unless `value` > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected a number > 0. "
+            f"Received: {name}={value!r}")
+
+
+def check_folder_path(name, value):
+    """Returns a folder path argument as a str.
+
+    Local paths that name an existing file are refused; URLs (gs://...) are
+    returned as they are.
+
+    Raises:
+        TypeError: if `value` is not a non-empty str or `os.PathLike`.
+        ValueError: if it names an existing file.
+    """
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str) or not path:
+        raise TypeError(
+            f"Invalid value for `{name}`. Expected a folder path. Received: {name}={value!r}")
+    if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected a folder path. Received: "
+            f"{name}={path!r}, which is a file. Choose another path or remove it.")
+    return path
