@@ -15,7 +15,11 @@ the validation images:
    mode can remove the error;
 3. the same for every conv kernel alone, one at a time: how many images
    each one flips;
-4. what takes the bytes of each .tflite file: tensor data by dtype and the
+4. int8 with some layers left in float (LiteRT's quantization debugger,
+   selective quantization): the softmax and head; the input
+   normalisation, the first conv and the four most weight-sensitive early
+   ones (the "stem"): agreement, accuracy, bytes;
+5. what takes the bytes of each .tflite file: tensor data by dtype and the
    quantization parameters (a float32 scale and an int64 zero point per
    channel, from the flatbuffer schema), and the same accounting for
    MobileNetV2 1.0 from its layer shapes (`keras.applications`, no
@@ -23,6 +27,10 @@ the validation images:
 
 Exits with the reason when the shared data is absent.
 """
+
+import csv
+import io
+import warnings
 
 import numpy as np
 from absl import app, flags, logging
@@ -74,6 +82,44 @@ def float_probabilities(model, images, head_kernel=None):
         features = model.backbone(batch, training=False)
         out.append(tf.nn.softmax(tf.matmul(features, kernel) + bias).numpy())
     return np.concatenate(out)
+
+
+# Output-tensor name parts of the layers kept in float for the "stem"
+# variant (MobileNetV2's layer names): the input normalisation ops come
+# first in the graph and are added by position.
+STEM_LAYERS = ("/Conv1/", "/expanded_conv_depthwise/", "/expanded_conv_project/",
+               "/block_2_depthwise/", "/block_2_project/")
+
+
+def int8_with_float_layers(model, size, calibration_images, ops=(), stem=False):
+    """Full-integer conversion except `ops` (TFLite op names) and the stem."""
+    module = tflite._TFLiteModule(model, size)
+    def make_debugger(nodes=None):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [module.classify.get_concrete_function()])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[np.newaxis]] for image in calibration_images)
+        # Float kernels must be allowed for the denylisted layers.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.inference_output_type = tf.float32
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=list(ops) or None, denylisted_nodes=nodes)
+        return tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_options=options,
+            debug_dataset=lambda: ([image[np.newaxis]] for image in calibration_images[:8]))
+    with warnings.catch_warnings(), tflite._quiet_converter_logging():
+        warnings.simplefilter("ignore")  # the debugger's deprecated tf.lite.Interpreter
+        nodes = None
+        if stem:
+            debugger = make_debugger()
+            debugger.run()
+            dump = io.StringIO()
+            debugger.layer_statistics_dump(dump)
+            dump.seek(0)
+            names = [row["tensor_name"] for row in csv.DictReader(dump)]
+            nodes = names[:3] + [n for n in names if any(part in n for part in STEM_LAYERS)]
+        return make_debugger(nodes).get_nondebug_quantized_model()
 
 
 def tensor_accounting(contents):
@@ -158,6 +204,16 @@ def main(argv):
         print(f"| TFLite {mode} | {np.mean(got == chosen):.4f} | {len(changed)} | "
               f"{', '.join(f'{m:.3f}' for m in np.sort(margin[changed]))} | "
               f"{np.mean(got[confident] == chosen[confident]):.4f} | {len(files[mode])} |")
+
+    for label, ops, stem in (("int8, float softmax + head", ("SOFTMAX", "FULLY_CONNECTED"), False),
+                             ("int8, float stem (not full integer)", (), True)):
+        contents = int8_with_float_layers(model, size, tuner._representative_images, ops, stem)
+        got = tflite.TFLiteClassifier(contents).predict(images).argmax(-1)
+        changed = np.flatnonzero(got != chosen)
+        print(f"| TFLite {label} | {np.mean(got == chosen):.4f} | {len(changed)} | "
+              f"{', '.join(f'{m:.3f}' for m in np.sort(margin[changed]))} | "
+              f"{np.mean(got[margin >= 0.2] == chosen[margin >= 0.2]):.4f} | {len(contents)} "
+              f"(accuracy {np.mean(got == labels):.4f}) |")
 
     kernels = [v for v in model.backbone.module.variables if len(v.shape) == 4]
     originals = [v.numpy() for v in kernels]
