@@ -25,7 +25,8 @@ def test_to_unit_range():
 def test_decode_grayscale_and_rgba_to_rgb():
     gray = tf.io.encode_png(tf.fill([3, 5, 1], tf.constant(7, tf.uint8)))
     rgba = tf.io.encode_png(tf.fill([3, 5, 4], tf.constant(9, tf.uint8)))
-    for encoded, value in [(gray, 7), (rgba, 9)]:
+    # Alpha 9/255 over white: 9 * 9/255 + 255 * (1 - 9/255) = 246.3.
+    for encoded, value in [(gray, 7), (rgba, 246)]:
         image = preprocessing.decode_image(encoded)
         assert image.shape == (3, 5, 3)
         assert np.all(image.numpy() == value)

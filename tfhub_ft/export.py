@@ -22,10 +22,13 @@ LABELS_FILE = "labels.txt"
 class _ServingModule(tf.Module):
     """Holds the classifier and its labels for `tf.saved_model.save`."""
 
-    def __init__(self, model, class_names, image_size):
+    def __init__(self, model, class_names, image_size, max_pixels=None,
+                 exif_orientation=True):
         super().__init__(name="classifier")
         self.model = model
         self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.exif_orientation = exif_orientation
         self.class_names = tf.constant(list(class_names))
 
     def _outputs(self, images):
@@ -40,9 +43,14 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_image_bytes(self, image_bytes):
+        def decode(element):
+            index, encoded = element
+            return preprocessing.decode_and_resize(
+                encoded, self.image_size, self.max_pixels, self.exif_orientation,
+                name=tf.strings.format("image_bytes[{}]", index))
+
         images = tf.map_fn(
-            lambda encoded: preprocessing.decode_and_resize(encoded, self.image_size),
-            image_bytes,
+            decode, (tf.range(tf.size(image_bytes)), image_bytes),
             fn_output_signature=tf.TensorSpec(
                 [self.image_size, self.image_size, 3], tf.uint8))
         return self._outputs(images)
@@ -53,13 +61,19 @@ class _ServingModule(tf.Module):
         return self._outputs(images)
 
 
-def export_saved_model(model, class_names, export_dir, image_size):
+def export_saved_model(model, class_names, export_dir, image_size, max_pixels=None,
+                       exif_orientation=True):
     """Writes the classifier as a SavedModel, atomically, with labels.txt.
 
     Signatures:
-        serving_default: image_bytes tf.string [N] (encoded JPEG, PNG, GIF or
-            BMP) -> probabilities float32 [N, C], class_ids int32 [N],
-            classes tf.string [N] (top-1 label).
+        serving_default: image_bytes tf.string [N] (encoded JPEG, PNG, GIF,
+            BMP or WebP, decoded as in training: transparency over white,
+            EXIF orientation when `exif_orientation`, at most `max_pixels`)
+            -> probabilities float32 [N, C], class_ids int32 [N], classes
+            tf.string [N] (top-1 label). One element that cannot be decoded
+            fails the whole request with an InvalidArgumentError; for an
+            unknown format or an image above `max_pixels` the message names
+            the element ("image_bytes[3] is not a JPEG, ...").
         serving_images: images float32 [N, H, W, 3] RGB in [0, 1], any H, W
             -> the same outputs.
 
@@ -86,7 +100,8 @@ def export_saved_model(model, class_names, export_dir, image_size):
             f"Cannot write the export to {export_dir!r}: {error}. Choose a "
             "folder you can write to.") from error
     try:
-        module = _ServingModule(model, class_names, image_size)
+        module = _ServingModule(model, class_names, image_size, max_pixels,
+                                exif_orientation)
         with _quiet_tensorflow_logging():
             tf.saved_model.save(module, staging, signatures={
                 "serving_default": module.serve_image_bytes,

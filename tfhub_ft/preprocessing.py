@@ -1,24 +1,311 @@
 """Image decoding and resizing, shared by the data pipeline, the model and
-the exported SavedModel so that training and serving see the same pixels."""
+the exported SavedModel so that training and serving see the same pixels.
+
+Everything here is TensorFlow graph ops (the export calls it inside a
+`tf.function`), so a served model decodes exactly as training did:
+
+- Formats, told by their first bytes (not the file name): JPEG, PNG, GIF
+  (first frame), BMP and WebP.
+- Transparency (RGBA, gray + alpha, palette PNG with a transparent entry,
+  WebP with alpha) is composited over a white background. GIF transparency
+  is not (TensorFlow's GIF decoder drops it).
+- A JPEG's EXIF orientation (tags 2-8, read from its APP1 segment) is
+  applied, unless turned off.
+- The size is read from the header first: an image above `max_pixels` is
+  refused with its size named, and a large JPEG is decoded at a reduced
+  scale (1/2, 1/4 or 1/8, libjpeg's DCT scaling) when its short side stays at
+  least twice the target size.
+"""
 
 import tensorflow as tf
 
-# Extensions that `tf.io.decode_image` reads; other files in a class folder
-# (notes, thumbnails databases) are ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+from tfhub_ft.config import FineTuneConfig
+
+# File name extensions listed in class folders: what TensorFlow decodes.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp")
+
+# Formats by their first bytes, the codes `image_format` returns.
+UNKNOWN, JPEG, PNG, GIF, BMP, WEBP = 0, 1, 2, 3, 4, 5
+FORMAT_NAMES = {UNKNOWN: "unknown", JPEG: "JPEG", PNG: "PNG", GIF: "GIF", BMP: "BMP",
+                WEBP: "WebP"}
+
+# Where transparent pixels end up: white, in training and serving alike.
+BACKGROUND = 255
+
+_DEFAULTS = FineTuneConfig()
+_JPEG_RATIOS = (1, 2, 4, 8)
+# The EXIF block (APP1) starts within the first 64 KiB of a JPEG: only the
+# APP0 (JFIF) segment, at most 64 KiB, may come before it.
+_EXIF_SEARCH_BYTES = 2 * 65536
+_MAX_IFD_ENTRIES = 64
+_PAD = 1024
 
 
-def decode_image(encoded):
-    """Decodes one encoded image to RGB.
+def image_format(encoded):
+    """Tells an encoded image's format by its first bytes.
 
     Args:
-        encoded: tf.string scalar, a JPEG, PNG, GIF (first frame) or BMP file.
+        encoded: tf.string scalar.
+
+    Returns:
+        int32 scalar: `JPEG`, `PNG`, `GIF`, `BMP`, `WEBP` or `UNKNOWN`.
+    """
+    head = tf.strings.substr(encoded, 0, 12)
+    first = lambda n: tf.strings.substr(head, 0, n)  # noqa: E731
+    is_webp = tf.logical_and(tf.equal(first(4), b"RIFF"),
+                             tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
+    codes = [
+        (tf.equal(first(3), b"\xff\xd8\xff"), JPEG),
+        (tf.equal(first(8), b"\x89PNG\r\n\x1a\n"), PNG),
+        (tf.logical_or(tf.equal(first(6), b"GIF87a"), tf.equal(first(6), b"GIF89a")), GIF),
+        (tf.equal(first(2), b"BM"), BMP),
+        (is_webp, WEBP),
+    ]
+    result = tf.constant(UNKNOWN, tf.int32)
+    for condition, code in reversed(codes):
+        result = tf.where(condition, tf.constant(code, tf.int32), result)
+    return result
+
+
+def _bytes_at(padded, position, count):
+    """int64 [count] bytes of `padded` at `position`, and whether in range."""
+    position = tf.cast(position, tf.int64)
+    limit = tf.cast(tf.strings.length(padded), tf.int64) - count
+    clamped = tf.clip_by_value(position, 0, tf.maximum(limit, 0))
+    values = tf.io.decode_raw(tf.strings.substr(padded, clamped, count), tf.uint8)
+    values = tf.reshape(tf.cast(values, tf.int64), [count])
+    return values, tf.equal(clamped, position)
+
+
+def _number(values, little_endian):
+    """Unsigned integer from int64 bytes [n] in the given byte order."""
+    count = values.shape[0]
+    weights_big = tf.constant([256 ** (count - 1 - i) for i in range(count)], tf.int64)
+    weights_little = tf.reverse(weights_big, [0])
+    weights = tf.where(little_endian, weights_little, weights_big)
+    return tf.reduce_sum(values * weights)
+
+
+def _padded_head(encoded, length):
+    return tf.strings.join([tf.strings.substr(encoded, 0, length),
+                            tf.constant(b"\x00" * _PAD)])
+
+
+def header_size(encoded, image_format_code=None):
+    """Reads (height, width) from an image's header, without decoding it.
+
+    Args:
+        encoded: tf.string scalar, a JPEG, PNG, GIF, BMP or WebP file.
+        image_format_code: `image_format(encoded)`, if already known.
+
+    Returns:
+        int64 [2]: height and width in pixels; [0, 0] for an unknown format
+        or a header TensorFlow cannot read.
+    """
+    code = image_format(encoded) if image_format_code is None else image_format_code
+    head = _padded_head(encoded, 64)
+    true = tf.constant(True)
+
+    def little(position, count):
+        return _number(_bytes_at(head, position, count)[0], true)
+
+    def big(position, count):
+        return _number(_bytes_at(head, position, count)[0], tf.logical_not(true))
+
+    def jpeg():
+        # extract_jpeg_shape fails on a damaged header; the decoder would too.
+        return tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64)
+
+    def png():
+        return tf.stack([big(20, 4), big(16, 4)])
+
+    def gif():
+        return tf.stack([little(8, 2), little(6, 2)])
+
+    def bmp():
+        height = little(22, 4)
+        height = tf.where(height >= 2 ** 31, 2 ** 32 - height, height)  # top-down
+        return tf.stack([height, little(18, 4)])
+
+    def webp():
+        chunk = tf.strings.substr(head, 12, 4)
+        lossy = tf.stack([little(28, 2) % 16384, little(26, 2) % 16384])
+        bits = little(21, 4)
+        lossless = tf.stack([(bits // 16384) % 16384 + 1, bits % 16384 + 1])
+        extended = tf.stack([little(27, 3) + 1, little(24, 3) + 1])
+        return tf.where(tf.equal(chunk, b"VP8 "), lossy,
+                        tf.where(tf.equal(chunk, b"VP8L"), lossless, extended))
+
+    branches = [lambda: tf.zeros([2], tf.int64), jpeg, png, gif, bmp, webp]
+    return tf.switch_case(code, branches)
+
+
+def exif_orientation(encoded):
+    """The EXIF orientation of a JPEG, from tag 0x0112 of its APP1 IFD0.
+
+    Both TIFF byte orders ("II", "MM") are read.
+
+    Args:
+        encoded: tf.string scalar.
+
+    Returns:
+        int32 scalar in [1, 8]; 1 (as stored) when the file is not a JPEG,
+        has no EXIF block, or its tag is missing or out of range.
+    """
+    def read():
+        head = tf.strings.substr(encoded, 0, _EXIF_SEARCH_BYTES)
+        parts = tf.strings.split(head, sep="Exif\x00\x00", maxsplit=1)
+        found = tf.equal(tf.size(parts), 2)
+        tiff = tf.cast(tf.strings.length(parts[0]), tf.int64) + 6
+        padded = tf.strings.join([head, tf.constant(b"\x00" * (_MAX_IFD_ENTRIES * 12 + _PAD))])
+        marker, ok_marker = _bytes_at(padded, tiff - 10, 2)
+        is_app1 = tf.logical_and(ok_marker, tf.reduce_all(
+            tf.equal(marker, tf.constant([0xFF, 0xE1], tf.int64))))
+        order, _ = _bytes_at(padded, tiff, 2)
+        little_endian = tf.reduce_all(tf.equal(order, 0x49))
+        big_endian = tf.reduce_all(tf.equal(order, 0x4D))
+        offset_bytes, _ = _bytes_at(padded, tiff + 4, 4)
+        ifd = tiff + _number(offset_bytes, little_endian)
+        count_bytes, ok_count = _bytes_at(padded, ifd, 2)
+        count = tf.minimum(_number(count_bytes, little_endian), _MAX_IFD_ENTRIES)
+        entries, ok_entries = _bytes_at(padded, ifd + 2, _MAX_IFD_ENTRIES * 12)
+        entries = tf.reshape(entries, [_MAX_IFD_ENTRIES, 12])
+
+        def pair(column):
+            first, second = entries[:, column], entries[:, column + 1]
+            return tf.where(little_endian, first + 256 * second, 256 * first + second)
+
+        matches = tf.logical_and(tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64) < count,
+                                 tf.equal(pair(0), 0x0112))
+        values = tf.boolean_mask(pair(8), matches)
+        value = tf.cond(tf.size(values) > 0, lambda: values[0],
+                        lambda: tf.constant(1, tf.int64))
+        valid = tf.reduce_all(tf.stack([
+            found, is_app1, tf.logical_or(little_endian, big_endian), ok_count,
+            ok_entries, value >= 1, value <= 8]))
+        return tf.cast(tf.where(valid, value, 1), tf.int32)
+
+    return tf.cond(tf.equal(image_format(encoded), JPEG), read,
+                   lambda: tf.constant(1, tf.int32))
+
+
+def apply_orientation(image, orientation):
+    """Turns an image [H, W, C] stored with EXIF `orientation` upright.
+
+    Tags as the EXIF standard numbers them: 2 mirrored, 3 rotated 180, 4
+    flipped, 5 transposed, 6 rotated 90 clockwise to view (a phone held
+    upright), 7 transversed, 8 rotated 90 counter-clockwise to view.
+    """
+    branches = [
+        lambda: image,
+        lambda: tf.image.flip_left_right(image),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.image.flip_up_down(image),
+        lambda: tf.image.transpose(image),
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(tf.image.transpose(image), 2),
+        lambda: tf.image.rot90(image, 1),
+    ]
+    return tf.switch_case(tf.clip_by_value(orientation, 1, 8) - 1, branches)
+
+
+def composite_over_background(image):
+    """Composites uint8 [H, W, C] (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)
+    over the white `BACKGROUND`, returning uint8 RGB [H, W, 3]."""
+    channels = tf.shape(image)[-1]
+    opaque = tf.fill(tf.concat([tf.shape(image)[:-1], [1]], 0), tf.constant(255, tf.uint8))
+
+    def rgba(color, alpha):
+        return tf.concat([color, alpha], -1)
+
+    branches = [
+        lambda: rgba(tf.repeat(image[..., :1], 3, -1), opaque),
+        lambda: rgba(tf.repeat(image[..., :1], 3, -1), image[..., 1:2]),
+        lambda: rgba(image[..., :3], opaque),
+        lambda: image[..., :4],
+    ]
+    image = tf.switch_case(tf.clip_by_value(channels, 1, 4) - 1, branches)
+    alpha = tf.cast(image[..., 3:], tf.float32) / 255.0
+    color = tf.cast(image[..., :3], tf.float32)
+    composited = color * alpha + float(BACKGROUND) * (1.0 - alpha)
+    return tf.cast(tf.clip_by_value(tf.round(composited), 0, 255), tf.uint8)
+
+
+def _jpeg_ratio(size, image_size):
+    """Index into `_JPEG_RATIOS` of the largest scale-down keeping the short
+    side at least twice `image_size`."""
+    if image_size is None:
+        return tf.constant(0, tf.int32)
+    short = tf.reduce_min(size)
+    index = tf.constant(0, tf.int32)
+    for i, ratio in enumerate(_JPEG_RATIOS[1:], start=1):
+        index = tf.where(short // ratio >= 2 * image_size, tf.constant(i, tf.int32), index)
+    return index
+
+
+def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels,
+                 exif_orientation_enabled=_DEFAULTS.exif_orientation, name=None):
+    """Decodes one encoded image to upright, opaque RGB.
+
+    Args:
+        encoded: tf.string scalar, a JPEG, PNG, GIF (first frame), BMP or
+            WebP file.
+        image_size: The side the image will be resized to, or None; a JPEG
+            whose short side is at least twice it (4x, 8x, 16x) is decoded
+            at 1/2 (1/4, 1/8) scale.
+        max_pixels: Largest height * width accepted, read from the header,
+            or None for no limit.
+        exif_orientation_enabled: Apply a JPEG's EXIF orientation.
+        name: tf.string scalar naming the image in error messages (a path,
+            or "image_bytes[3]"); None says "image".
 
     Returns:
         uint8 tensor [H, W, 3] in [0, 255]. Grayscale is repeated to three
-        channels and an alpha channel is dropped.
+        channels; transparency is composited over white.
+
+    Raises:
+        tf.errors.InvalidArgumentError: when run, for an unknown format or
+            an image above `max_pixels` (naming `name` and the size), or
+            whatever the decoder reports for a damaged file.
     """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    name = tf.constant("image") if name is None else tf.convert_to_tensor(name, tf.string)
+    code = image_format(encoded)
+    checks = [tf.debugging.Assert(
+        tf.not_equal(code, UNKNOWN),
+        [tf.strings.join([name, " is not a JPEG, PNG, GIF, BMP or WebP image "
+                          "(unknown format); its first bytes are:"]),
+         tf.strings.substr(encoded, 0, 8), "and its length in bytes is",
+         tf.strings.length(encoded)], summarize=8)]
+    with tf.control_dependencies(checks):
+        size = header_size(encoded, code)
+    if max_pixels is not None:
+        pixels = size[0] * size[1]
+        checks.append(tf.debugging.Assert(
+            pixels <= max_pixels,
+            [tf.strings.join([name, " is too large: its header says height x width ="]),
+             size, "that is", pixels, f"pixels, above the limit max_image_pixels="
+             f"{max_pixels}. Shrink the image or raise max_image_pixels."]))
+    with tf.control_dependencies(checks):
+        encoded = tf.identity(encoded)
+
+    def jpeg():
+        index = _jpeg_ratio(size, image_size)
+        return tf.switch_case(index, [
+            (lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r))
+            for r in _JPEG_RATIOS])
+
+    def with_alpha():
+        decoded = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+        return composite_over_background(decoded)
+
+    def other():
+        return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+    image = tf.case([(tf.equal(code, JPEG), jpeg),
+                     (tf.logical_or(tf.equal(code, PNG), tf.equal(code, WEBP)), with_alpha)],
+                    default=other)
+    if exif_orientation_enabled:
+        image = apply_orientation(image, exif_orientation(encoded))
     image.set_shape([None, None, 3])
     return image
 
@@ -69,6 +356,10 @@ def to_unit_range(images):
     return tf.cast(images, tf.float32)
 
 
-def decode_and_resize(encoded, image_size):
-    """Decodes one encoded image and resizes it: uint8 [size, size, 3]."""
-    return resize_images(decode_image(encoded), image_size)
+def decode_and_resize(encoded, image_size, max_pixels=_DEFAULTS.max_image_pixels,
+                      exif_orientation_enabled=_DEFAULTS.exif_orientation, name=None):
+    """Decodes one encoded image (see `decode_image`) and resizes it:
+    uint8 [image_size, image_size, 3]."""
+    return resize_images(
+        decode_image(encoded, image_size, max_pixels, exif_orientation_enabled, name),
+        image_size)
