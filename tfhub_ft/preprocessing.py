@@ -50,7 +50,7 @@ def image_format(encoded):
     Returns:
         int32 scalar: `JPEG`, `PNG`, `GIF`, `BMP`, `WEBP` or `UNKNOWN`.
     """
-    head = tf.strings.substr(encoded, 0, 12)
+    head = _padded_head(encoded, 12)
     first = lambda n: tf.strings.substr(head, 0, n)  # noqa: E731
     is_webp = tf.logical_and(tf.equal(first(4), b"RIFF"),
                              tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
