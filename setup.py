@@ -21,6 +21,6 @@ setuptools.setup(
         "absl-py>=1.0",
         "numpy>=1.26",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "Pillow>=9.4"]},
     license="Apache-2.0",
 )

@@ -92,7 +92,7 @@ def measure_class_weight():
         tuner.fit(FLAGS.train_dir, FLAGS.validation_dir, verbose=0)
         accuracy, recall, recalls = macro_recall(tuner, FLAGS.validation_dir)
         print(f"class_weight={class_weight}: accuracy {accuracy:.4f}, macro recall "
-              f"{recall:.4f}, per class {[round(r, 3) for r in recalls]}")
+              f"{recall:.4f}, per class {[round(float(r), 3) for r in recalls]}")
 
 
 def main(argv):

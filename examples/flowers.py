@@ -47,11 +47,28 @@ flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
 flags.DEFINE_integer("cache_memory_mb", DEFAULTS.cache_memory_mb,
                      "Decoded images and cached activations kept in memory; the rest spill to files.")
 
+flags.DEFINE_enum("on_bad_image", DEFAULTS.on_bad_image, ["skip", "error"],
+                  "A file that cannot be used: skip it (logged with why) or stop with the list.")
+flags.DEFINE_integer("max_image_pixels", DEFAULTS.max_image_pixels,
+                     "Largest image (height x width, from its header), in training and serving.")
+flags.DEFINE_bool("exif_orientation", DEFAULTS.exif_orientation,
+                  "Turn JPEGs upright by their EXIF orientation, in training and serving.")
+flags.DEFINE_enum("class_weight", DEFAULTS.class_weight, ["none", "balanced"],
+                  "balanced: weight the loss inversely to class frequency.")
+flags.DEFINE_list("input_range", [f"{v:g}" for v in DEFAULTS.input_range],
+                  "Pixel range the hub module expects: 0,1 (TF Hub), 0,255 or -1,1.")
+flags.DEFINE_float("near_duplicate_threshold", DEFAULTS.near_duplicate_threshold,
+                   "Cosine similarity flagging validation images that nearly equal training images.")
+flags.DEFINE_bool("drop_near_duplicates", DEFAULTS.drop_near_duplicates,
+                  "Drop the flagged near-duplicates from validation.")
+
 CONFIG_FLAGS = ("image_size", "batch_size", "head_epochs", "head_learning_rate",
                 "fine_tune_epochs", "fine_tune_learning_rate", "unfreeze_blocks",
                 "label_smoothing", "dropout_rate", "augmentation",
                 "batch_norm_trainable", "early_stopping_patience", "seed",
-                "deterministic", "cache_memory_mb")
+                "deterministic", "cache_memory_mb", "on_bad_image", "max_image_pixels",
+                "exif_orientation", "class_weight", "input_range",
+                "near_duplicate_threshold", "drop_near_duplicates")
 
 
 def main(argv):

@@ -242,3 +242,24 @@ def test_class_balance_warning(caplog):
     with caplog.at_level("WARNING"):
         data.check_class_balance(np.repeat([0, 1], [9, 2]), ["t", "s"])
     assert not caplog.text
+
+
+@pytest.mark.slow
+def test_command_reads_names_that_are_not_utf8(tiny_backbone_path, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_checkpoints import FLOWERS, environment
+    root = os.fsencode(str(tmp_path / "photos"))
+    for c, name in enumerate((b"caf\xe9", b"th\xe9")):
+        os.makedirs(os.path.join(root, name))
+        for i in range(3):
+            with open(os.path.join(root, name, b"\xe9t\xe9%d.jpg" % i), "wb") as f:
+                f.write(_jpeg(10 * c + i))
+    result = subprocess.run(
+        [sys.executable, FLOWERS, f"--hub_url={tiny_backbone_path}",
+         f"--image_dir={tmp_path / 'photos'}", "--image_size=32", "--batch_size=4",
+         "--head_epochs=1", "--fine_tune_epochs=0", f"--export_dir={tmp_path / 'export'}"],
+        env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation_accuracy=" in result.stdout and "images=2" in result.stdout

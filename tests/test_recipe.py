@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfhub_ft import FineTuner
+from tfhub_ft import FineTuner, recipe
 
 
 def snapshot(tuner):
@@ -73,3 +73,24 @@ def test_diverging_fine_tune_falls_back_to_the_head_phase(tiny_backbone_path, im
     np.testing.assert_array_equal(tuner.model.head.kernel.numpy(),
                                   head_only.model.head.kernel.numpy())
     assert tuner.validation_metrics == head_only.validation_metrics
+
+
+# Issue 9, kind 10: class_weight="balanced" weights each image's loss.
+def test_balanced_class_weights_and_weighted_loss():
+    import keras
+
+    from tfhub_ft import FineTuneConfig
+    labels = np.repeat([0, 1, 2], [6, 2, 4])
+    weights = recipe.balanced_class_weights(labels, 4)
+    np.testing.assert_allclose(weights, [12 / 18, 12 / 6, 12 / 12, 0.0])
+    loss = recipe.classification_loss(FineTuneConfig(class_weight="balanced",
+                                                     label_smoothing=0.0), labels, 4)
+    assert isinstance(loss, recipe.WeightedCategoricalCrossentropy)
+    y_true = np.eye(4, dtype=np.float32)[[0, 1, 2]]
+    logits = np.array([[2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 3.0]], np.float32)
+    plain = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)(
+        y_true, logits).numpy()
+    np.testing.assert_allclose(float(loss(y_true, logits)),
+                               np.mean(plain * weights[[0, 1, 2]]), rtol=1e-6)
+    assert isinstance(recipe.classification_loss(FineTuneConfig()),
+                      keras.losses.CategoricalCrossentropy)
