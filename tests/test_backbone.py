@@ -148,6 +148,9 @@ def test_cached_url_resolves_offline(monkeypatch, tmp_path, tiny_backbone_path):
     assert HubBackbone(path).feature_dim == 16
 
 
+BLOCK = r"(dense)"
+
+
 class _ScalingModule(tf.Module):
     """A feature vector that computes `(x / 255) * 2 - 1` first: it expects
     pixels in [0, 255]."""
@@ -175,8 +178,8 @@ def _solid_images(count, size=16, seed=0):
 def test_input_range_and_calibration(tmp_path, caplog):
     path = testing.save_feature_vector_module(_ScalingModule(), str(tmp_path / "m"))
     images = _solid_images(16) / 255.0
-    unit = HubBackbone(path)
-    bytes_range = HubBackbone(path, input_range=(0, 255))
+    unit = HubBackbone(path, block_pattern=BLOCK)
+    bytes_range = HubBackbone(path, input_range=(0, 255), block_pattern=BLOCK)
     np.testing.assert_allclose(bytes_range(images).numpy(),
                                unit.module(tf.constant(images * 255.0, tf.float32)).numpy(),
                                rtol=1e-5, atol=1e-5)
@@ -185,11 +188,11 @@ def test_input_range_and_calibration(tmp_path, caplog):
     assert "try (0, 255) or (-1, 1)" in problems[0]
     assert backbone_lib.feature_problems(bytes_range(images).numpy(), (0, 255)) == []
     saturated = np.full((8, 5), 6.0)
-    saturated[:, 0] = np.arange(8)
+    saturated[:, 0] = np.linspace(0, 5, 8)
     assert "saturated" in backbone_lib.feature_problems(saturated)[0]
     with pytest.raises(ValueError, match=r"Invalid value for `input_range`.*Received: "
                                          r"input_range=\(1, 0\)"):
-        HubBackbone(path, input_range=(1, 0))
+        HubBackbone(path, input_range=(1, 0), block_pattern=BLOCK)
 
 
 def test_calibration_warning_in_fit(tmp_path, caplog):
@@ -204,7 +207,7 @@ def test_calibration_warning_in_fit(tmp_path, caplog):
     for input_range, warned in [((0.0, 1.0), True), ((0.0, 255.0), False)]:
         caplog.clear()
         with caplog.at_level("WARNING"):
-            FineTuner(path, config=config, input_range=input_range).fit(
+            FineTuner(path, config=config, input_range=input_range, block_pattern=BLOCK).fit(
                 str(tmp_path / "data"), validation_split=0.34, verbose=0)
         assert ("features are near-constant" in caplog.text) == warned
 
@@ -215,10 +218,10 @@ def test_classifier_is_told_by_output_values(tmp_path, caplog):
     wide_features = testing.save_feature_vector_module(
         _ScalingModule(width=1001), str(tmp_path / "f"))
     with caplog.at_level("WARNING"):
-        HubBackbone(probabilities)
+        HubBackbone(probabilities, block_pattern=BLOCK)
     assert "look like class probabilities" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        HubBackbone(wide_features, input_range=(0, 255))
+        HubBackbone(wide_features, input_range=(0, 255), block_pattern=BLOCK)
     assert not caplog.text
     assert backbone_lib.classifier_output_kind(-np.ones((2, 1000))) == "ImageNet logits"
