@@ -142,15 +142,16 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
         (images uint8 [M, S, S, 3], indices int [M] of the decoded paths,
         {path: why} of the skipped paths). Order follows `paths`.
     """
-    def load(index, path):
+    def load(index, path, name):
         image = preprocessing.decode_and_resize(
-            tf.io.read_file(path), image_size, max_pixels, exif_orientation, name=path)
+            tf.io.read_file(path), image_size, max_pixels, exif_orientation, name=name)
         return image, index
 
     encoded_paths = [os.fsencode(p) for p in paths]
+    names = [image_files.display_path(p) for p in paths]
     dataset = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(paths)), tf.constant(encoded_paths, tf.string)
-         if encoded_paths else tf.zeros([0], tf.string)))
+        (np.arange(len(paths)), tf.constant(encoded_paths, tf.string, [len(paths)]),
+         tf.constant(names, tf.string, [len(paths)])))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     # A corrupt file fails its own element only; its index is missing after.
@@ -167,16 +168,16 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
     kept = np.sort(kept)
     if len(kept) < len(paths):
         images = arrays.subset(images, kept)
-    reasons = {paths[i]: _decode_error(encoded_paths[i], image_size, max_pixels,
+    reasons = {paths[i]: _decode_error(encoded_paths[i], names[i], image_size, max_pixels,
                                        exif_orientation) for i in skipped}
     return images, kept, reasons
 
 
-def _decode_error(path, image_size, max_pixels, exif_orientation):
+def _decode_error(path, name, image_size, max_pixels, exif_orientation):
     """Decodes one file again, eagerly, for the reason it failed."""
     try:
         preprocessing.decode_and_resize(tf.io.read_file(path), image_size, max_pixels,
-                                        exif_orientation, name=path)
+                                        exif_orientation, name=name)
     except tf.errors.OpError as error:
         message = " ".join(error.message.split())
         return f"TensorFlow could not decode it: {message[:300]}"

@@ -231,6 +231,13 @@ def composite_over_background(image):
     return tf.cast(tf.clip_by_value(tf.round(composited), 0, 255), tf.uint8)
 
 
+def _hex(data):
+    """Bytes as hex text, "3c 68 74": an error message must be valid UTF-8."""
+    values = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+    table = tf.constant([f"{i:02x}" for i in range(256)])
+    return tf.strings.reduce_join(tf.gather(table, values), separator=" ")
+
+
 def _jpeg_ratio(size, image_size):
     """Index into `_JPEG_RATIOS` of the largest scale-down keeping the short
     side at least twice `image_size`."""
@@ -257,7 +264,7 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
             or None for no limit.
         exif_orientation_enabled: Apply a JPEG's EXIF orientation.
         name: tf.string scalar naming the image in error messages (a path,
-            or "image_bytes[3]"); None says "image".
+            or "image_bytes[3]"), valid UTF-8; None says "image".
 
     Returns:
         uint8 tensor [H, W, 3] in [0, 255]. Grayscale is repeated to three
@@ -273,8 +280,8 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
     checks = [tf.debugging.Assert(
         tf.not_equal(code, UNKNOWN),
         [tf.strings.join([name, " is not a JPEG, PNG, GIF, BMP or WebP image "
-                          "(unknown format); its first bytes are:"]),
-         tf.strings.substr(encoded, 0, 8), "and its length in bytes is",
+                          "(unknown format); its first bytes are (hex):"]),
+         _hex(tf.strings.substr(encoded, 0, 8)), "and its length in bytes is",
          tf.strings.length(encoded)], summarize=8)]
     with tf.control_dependencies(checks):
         size = header_size(encoded, code)
@@ -282,9 +289,11 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
         pixels = size[0] * size[1]
         checks.append(tf.debugging.Assert(
             pixels <= max_pixels,
-            [tf.strings.join([name, " is too large: its header says height x width ="]),
-             size, "that is", pixels, f"pixels, above the limit max_image_pixels="
-             f"{max_pixels}. Shrink the image or raise max_image_pixels."]))
+            [tf.strings.join([
+                name, " is too large: its header says ", tf.strings.as_string(size[1]),
+                " x ", tf.strings.as_string(size[0]), " pixels = ",
+                tf.strings.as_string(pixels), f", above max_image_pixels={max_pixels}. "
+                "Shrink the image or raise max_image_pixels."])]))
     with tf.control_dependencies(checks):
         encoded = tf.identity(encoded)
 
