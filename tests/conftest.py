@@ -39,3 +39,7 @@ def small_config():
     return FineTuneConfig(image_size=32, batch_size=8, head_epochs=2,
                           fine_tune_epochs=2, unfreeze_blocks=2,
                           head_learning_rate=1e-2, fine_tune_learning_rate=1e-2)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs a subprocess (the command)")
