@@ -141,6 +141,9 @@ def test_serving_errors_name_the_element(trained, exported, tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"image_bytes\[1\] is not a JPEG, PNG, GIF, BMP or WebP image"):
         _serve(exported, [good, junk])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[2\] is a truncated JPEG file"):
+        _serve(exported, [good, good, good[:len(good) // 2]])
     path = export.export_saved_model(trained.model, trained.class_names, str(tmp_path / "m"),
                                      32, max_pixels=10**8)
     with pytest.raises(tf.errors.InvalidArgumentError,

@@ -133,3 +133,26 @@ def test_unknown_format_error_names_the_image():
                              r"image.*68 65 6c 6c 6f 20 77 6f.*16"):
         preprocessing.decode_image(tf.constant(b"hello world junk"), name="image_bytes[1]")
     assert preprocessing.image_format(tf.constant(b"")).numpy() == preprocessing.UNKNOWN
+
+
+def test_truncated_files_are_named_before_decoding():
+    from PIL import Image
+    from tests import photos
+
+    raw = photos.asymmetric_image()
+    with_thumbnail_exif = photos.encode(raw, "JPEG", exif=photos.exif_block(6))
+    progressive = photos.encode(Image.fromarray(raw).resize((640, 320)), "JPEG",
+                                progressive=True)
+    png = photos.encode(raw, "PNG")
+    complete = [with_thumbnail_exif, with_thumbnail_exif + b"junk", progressive, png,
+                photos.encode(raw, "GIF")]
+    for encoded in complete:
+        assert preprocessing.is_complete(tf.constant(encoded)).numpy()
+    for encoded in (with_thumbnail_exif, progressive, png):
+        cut = encoded[:int(len(encoded) * 0.6)]
+        assert not preprocessing.is_complete(tf.constant(cut)).numpy()
+    cut = progressive[:int(len(progressive) * 0.6)]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"image_bytes\[4\] is a truncated JPEG file \(cut short: no end "
+                             rf"marker after its image data\); its length in bytes is {len(cut)}"):
+        preprocessing.decode_image(tf.constant(cut), name="image_bytes[4]")

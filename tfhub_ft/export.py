@@ -72,8 +72,9 @@ def export_saved_model(model, class_names, export_dir, image_size, max_pixels=No
             -> probabilities float32 [N, C], class_ids int32 [N], classes
             tf.string [N] (top-1 label). One element that cannot be decoded
             fails the whole request with an InvalidArgumentError; for an
-            unknown format or an image above `max_pixels` the message names
-            the element ("image_bytes[3] is not a JPEG, ...").
+            unknown format, a truncated JPEG or PNG, or an image above
+            `max_pixels` the message names the element ("image_bytes[3] is
+            not a JPEG, ..."); other decoder errors do not.
         serving_images: images float32 [N, H, W, 3] RGB in [0, 1], any H, W
             -> the same outputs.
 

@@ -140,6 +140,31 @@ def header_size(encoded, image_format_code=None):
     return tf.switch_case(code, branches)
 
 
+def _last_position(encoded, marker):
+    """Byte offset of the last occurrence of `marker` in `encoded`, or -1."""
+    parts = tf.strings.split(encoded, sep=marker)
+    found = tf.size(parts) > 1
+    position = tf.strings.length(encoded) - tf.strings.length(parts[-1]) - len(marker)
+    return tf.where(found, position, -1)
+
+
+def is_complete(encoded, image_format_code=None):
+    """Whether a JPEG or PNG file has its end: a JPEG's last end-of-image
+    marker (FFD9) comes after its last start-of-scan (FFDA; neither can occur
+    inside compressed data, and an EXIF thumbnail's come earlier), a PNG has
+    its IEND chunk. Bytes after the end are allowed. Other formats: True.
+
+    Returns:
+        bool scalar.
+    """
+    code = image_format(encoded) if image_format_code is None else image_format_code
+    return tf.case([
+        (tf.equal(code, JPEG), lambda: _last_position(encoded, b"\xff\xd9")
+         > _last_position(encoded, b"\xff\xda")),
+        (tf.equal(code, PNG), lambda: _last_position(encoded, b"IEND") >= 0),
+    ], default=lambda: tf.constant(True))
+
+
 def exif_orientation(encoded):
     """The EXIF orientation of a JPEG, from tag 0x0112 of its APP1 IFD0.
 
@@ -271,9 +296,10 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
         channels; transparency is composited over white.
 
     Raises:
-        tf.errors.InvalidArgumentError: when run, for an unknown format or
-            an image above `max_pixels` (naming `name` and the size), or
-            whatever the decoder reports for a damaged file.
+        tf.errors.InvalidArgumentError: when run, for an unknown format, a
+            truncated JPEG or PNG (`is_complete`) or an image above
+            `max_pixels` (naming `name`, and the size), or whatever the
+            decoder reports for another damaged file.
     """
     name = tf.constant("image") if name is None else tf.convert_to_tensor(name, tf.string)
     code = image_format(encoded)
@@ -284,7 +310,18 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
          _hex(tf.strings.substr(encoded, 0, 8)), "and its length in bytes is",
          tf.strings.length(encoded)], summarize=8)]
     with tf.control_dependencies(checks):
-        size = header_size(encoded, code)
+        checks.append(tf.debugging.Assert(
+            is_complete(tf.identity(encoded), code),
+            [tf.strings.join([name, " is a truncated ",
+                              tf.gather(tf.constant(list(FORMAT_NAMES.values())), code),
+                              " file (cut short: no end marker after its image data); its "
+                              "length in bytes is ", tf.strings.as_string(
+                                  tf.strings.length(encoded))])]))
+    # Data dependencies, not only control ones: the decoders inside the
+    # `switch_case` branches must not run before the checks.
+    with tf.control_dependencies(checks):
+        checked = tf.identity(encoded)
+    size = header_size(checked, code)
     if max_pixels is not None:
         pixels = size[0] * size[1]
         checks.append(tf.debugging.Assert(
