@@ -62,6 +62,15 @@ def test_transparency_is_composited_over_white():
     image = preprocessing.decode_image(tf.constant(photos.encode(logo, "PNG"))).numpy()
     assert image[0, 0].tolist() == [255, 255, 255]
     assert image[3, 3].tolist() == [200, 0, 0]
+    # GIF: a red top-left run on a green field; each colour in turn transparent.
+    for x in range(4):
+        palette.putpixel((x, 0), 1)
+    for options, top_left, field in [({"transparency": 0}, [255, 0, 0], [255, 255, 255]),
+                                     ({"transparency": 1}, [255, 255, 255], [0, 128, 0]),
+                                     ({}, [255, 0, 0], [0, 128, 0])]:
+        encoded = tf.constant(photos.encode(palette, "GIF", **options))
+        image = preprocessing.decode_image(encoded).numpy()
+        assert image[0, 0].tolist() == top_left and image[4, 4].tolist() == field
 
 
 # Issue 9, kind 2: EXIF orientation, both byte orders, as Pillow applies it.

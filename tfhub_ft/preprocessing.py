@@ -7,8 +7,8 @@ Everything here is TensorFlow graph ops (the export calls it inside a
 - Formats, told by their first bytes (not the file name): JPEG, PNG, GIF
   (first frame), BMP and WebP.
 - Transparency (RGBA, gray + alpha, palette PNG with a transparent entry,
-  WebP with alpha) is composited over a white background. GIF transparency
-  is not (TensorFlow's GIF decoder drops it).
+  WebP with alpha, a GIF's transparent colour) is composited over a white
+  background.
 - A JPEG's EXIF orientation (tags 2-8, read from its APP1 segment) is
   applied, unless turned off.
 - The size is read from the header first: an image above `max_pixels` is
@@ -263,6 +263,67 @@ def _hex(data):
     return tf.strings.reduce_join(tf.gather(table, values), separator=" ")
 
 
+_BYTE_STRINGS = [bytes([i]) for i in range(256)]
+
+
+def _replace_bytes(data, position, new):
+    """`data` with the bytes at `position` replaced by `new` (same length)."""
+    length = tf.strings.length(new)
+    rest = tf.strings.length(data) - tf.cast(position, tf.int32) - length
+    return tf.strings.join([tf.strings.substr(data, 0, tf.cast(position, tf.int32)), new,
+                            tf.strings.substr(data, tf.cast(position, tf.int32) + length,
+                                              rest)])
+
+
+def gif_transparency_to_white(encoded):
+    """Makes a GIF's transparent colour opaque white in its first frame.
+
+    TensorFlow's GIF decoder outputs black for transparent pixels, which
+    cannot be told from real black afterwards; GIF transparency is one
+    palette index, so the file itself is changed: that index's colour (in
+    the first frame's local colour table, else the global one) becomes
+    white and the frame's transparency flag is cleared. The first frame's
+    Graphic Control Extension must directly precede its image descriptor,
+    as encoders write it; otherwise the file is returned unchanged.
+
+    Args:
+        encoded: tf.string scalar, a GIF.
+
+    Returns:
+        tf.string scalar, a GIF that decodes to the first frame composited
+        over white.
+    """
+    parts = tf.strings.split(encoded, sep=b"\x21\xf9\x04", maxsplit=1)
+    found = tf.equal(tf.size(parts), 2)
+    extension = tf.cast(tf.strings.length(parts[0]), tf.int64)
+    padded = tf.strings.join([tf.strings.substr(encoded, 0, 1024),
+                              tf.constant(b"\x00" * _PAD)])
+    whole = tf.strings.join([encoded, tf.constant(b"\x00" * _PAD)])
+
+    def byte(data, position):
+        return _bytes_at(data, position, 1)[0][0]
+
+    packed = byte(whole, extension + 3)
+    index = byte(whole, extension + 6)
+    descriptor = extension + 8
+    local = tf.logical_and(tf.equal(byte(whole, descriptor), 0x2C),
+                           tf.equal(byte(whole, descriptor + 9) // 128 % 2, 1))
+    has_global = tf.equal(byte(padded, 10) // 128 % 2, 1)
+    table = tf.where(local, descriptor + 10, 13)
+    entry = table + 3 * index
+    length = tf.cast(tf.strings.length(encoded), tf.int64)
+    valid = tf.reduce_all(tf.stack([
+        found, tf.equal(packed % 2, 1), tf.logical_or(local, has_global),
+        entry + 3 <= length, extension + 8 <= length]))
+
+    def patch():
+        white = _replace_bytes(encoded, entry, tf.constant(b"\xff\xff\xff"))
+        cleared = tf.gather(tf.constant(_BYTE_STRINGS), packed - 1)
+        return _replace_bytes(white, extension + 3, cleared)
+
+    return tf.cond(valid, patch, lambda: encoded)
+
+
 def _jpeg_ratio(size, image_size):
     """Index into `_JPEG_RATIOS` of the largest scale-down keeping the short
     side at least twice `image_size`."""
@@ -344,10 +405,14 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
         decoded = tf.io.decode_image(encoded, channels=0, expand_animations=False)
         return composite_over_background(decoded)
 
+    def gif():
+        return tf.io.decode_image(gif_transparency_to_white(encoded), channels=3,
+                                  expand_animations=False)
+
     def other():
         return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
-    image = tf.case([(tf.equal(code, JPEG), jpeg),
+    image = tf.case([(tf.equal(code, JPEG), jpeg), (tf.equal(code, GIF), gif),
                      (tf.logical_or(tf.equal(code, PNG), tf.equal(code, WEBP)), with_alpha)],
                     default=other)
     if exif_orientation_enabled:
