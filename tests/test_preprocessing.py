@@ -165,3 +165,18 @@ def test_truncated_files_are_named_before_decoding():
                        match=rf"image_bytes\[4\] is a truncated JPEG file \(cut short: no end "
                              rf"marker after its image data\); its length in bytes is {len(cut)}"):
         preprocessing.decode_image(tf.constant(cut), name="image_bytes[4]")
+
+
+def test_exif_orientation_in_png_and_webp():
+    from tests import photos
+
+    raw = photos.asymmetric_image()
+    for image_format, options in [("PNG", {}), ("WEBP", {"lossless": True})]:
+        for byte_order in ("<", ">"):
+            encoded = tf.constant(photos.encode(
+                raw, image_format, exif=photos.exif_block(6, byte_order), **options))
+            assert preprocessing.exif_orientation(encoded).numpy() == 6
+            np.testing.assert_array_equal(preprocessing.decode_image(encoded).numpy(),
+                                          np.rot90(raw, 3))
+    gif = tf.constant(photos.encode(raw, "GIF"))
+    assert preprocessing.exif_orientation(gif).numpy() == 1

@@ -9,8 +9,8 @@ Everything here is TensorFlow graph ops (the export calls it inside a
 - Transparency (RGBA, gray + alpha, palette PNG with a transparent entry,
   WebP with alpha, a GIF's transparent colour) is composited over a white
   background.
-- A JPEG's EXIF orientation (tags 2-8, read from its APP1 segment) is
-  applied, unless turned off.
+- The EXIF orientation (tags 2-8) of a JPEG (APP1 segment), PNG (eXIf
+  chunk) or WebP (EXIF chunk) is applied, unless turned off.
 - The size is read from the header first: an image above `max_pixels` is
   refused with its size named, and a large JPEG is decoded at a reduced
   scale (1/2, 1/4 or 1/8, libjpeg's DCT scaling) when its short side stays at
@@ -165,27 +165,58 @@ def is_complete(encoded, image_format_code=None):
     ], default=lambda: tf.constant(True))
 
 
-def exif_orientation(encoded):
-    """The EXIF orientation of a JPEG, from tag 0x0112 of its APP1 IFD0.
+def _exif_location(encoded, code):
+    """(data, TIFF header offset in it, found) of an image's EXIF block.
 
-    Both TIFF byte orders ("II", "MM") are read.
+    JPEG: the APP1 segment ("Exif\\0\\0" after an FFE1 marker) within the
+    first 128 KiB. PNG: the eXIf chunk. WebP: the EXIF chunk (with or
+    without the "Exif\\0\\0" prefix). `data` is zero-padded so reads
+    past its end stay in range.
+    """
+    zeros = tf.constant(b"\x00" * (_MAX_IFD_ENTRIES * 12 + _PAD))
+
+    def jpeg():
+        head = tf.strings.substr(encoded, 0, _EXIF_SEARCH_BYTES)
+        parts = tf.strings.split(head, sep=b"Exif\x00\x00", maxsplit=1)
+        padded = tf.strings.join([head, zeros])
+        tiff = tf.cast(tf.strings.length(parts[0]), tf.int64) + 6
+        marker, ok_marker = _bytes_at(padded, tiff - 10, 2)
+        found = tf.logical_and(tf.equal(tf.size(parts), 2), tf.logical_and(
+            ok_marker, tf.reduce_all(tf.equal(marker, tf.constant([0xFF, 0xE1], tf.int64)))))
+        return padded, tiff, found
+
+    def chunk(name, header):
+        def locate():
+            parts = tf.strings.split(encoded, sep=name, maxsplit=1)
+            padded = tf.strings.join([encoded, zeros])
+            tiff = tf.cast(tf.strings.length(parts[0]), tf.int64) + header
+            prefix = tf.strings.substr(padded, tf.cast(tiff, tf.int32), 6)
+            tiff = tf.where(tf.equal(prefix, b"Exif\x00\x00"), tiff + 6, tiff)
+            return padded, tiff, tf.equal(tf.size(parts), 2)
+        return locate
+
+    return tf.case([(tf.equal(code, JPEG), jpeg), (tf.equal(code, PNG), chunk(b"eXIf", 4)),
+                    (tf.equal(code, WEBP), chunk(b"EXIF", 8))],
+                   default=lambda: (zeros, tf.constant(0, tf.int64), tf.constant(False)))
+
+
+def exif_orientation(encoded):
+    """The EXIF orientation of an image, from tag 0x0112 of its IFD0.
+
+    Read from a JPEG's APP1 segment, a PNG's eXIf chunk or a WebP's EXIF
+    chunk, in both TIFF byte orders ("II", "MM").
 
     Args:
         encoded: tf.string scalar.
 
     Returns:
-        int32 scalar in [1, 8]; 1 (as stored) when the file is not a JPEG,
-        has no EXIF block, or its tag is missing or out of range.
+        int32 scalar in [1, 8]; 1 (as stored) when the file has no EXIF
+        block (GIF and BMP have none), or its tag is missing or out of range.
     """
+    code = image_format(encoded)
+
     def read():
-        head = tf.strings.substr(encoded, 0, _EXIF_SEARCH_BYTES)
-        parts = tf.strings.split(head, sep="Exif\x00\x00", maxsplit=1)
-        found = tf.equal(tf.size(parts), 2)
-        tiff = tf.cast(tf.strings.length(parts[0]), tf.int64) + 6
-        padded = tf.strings.join([head, tf.constant(b"\x00" * (_MAX_IFD_ENTRIES * 12 + _PAD))])
-        marker, ok_marker = _bytes_at(padded, tiff - 10, 2)
-        is_app1 = tf.logical_and(ok_marker, tf.reduce_all(
-            tf.equal(marker, tf.constant([0xFF, 0xE1], tf.int64))))
+        padded, tiff, found = _exif_location(encoded, code)
         order, _ = _bytes_at(padded, tiff, 2)
         little_endian = tf.reduce_all(tf.equal(order, 0x49))
         big_endian = tf.reduce_all(tf.equal(order, 0x4D))
@@ -206,12 +237,13 @@ def exif_orientation(encoded):
         value = tf.cond(tf.size(values) > 0, lambda: values[0],
                         lambda: tf.constant(1, tf.int64))
         valid = tf.reduce_all(tf.stack([
-            found, is_app1, tf.logical_or(little_endian, big_endian), ok_count,
+            found, tf.logical_or(little_endian, big_endian), ok_count,
             ok_entries, value >= 1, value <= 8]))
         return tf.cast(tf.where(valid, value, 1), tf.int32)
 
-    return tf.cond(tf.equal(image_format(encoded), JPEG), read,
-                   lambda: tf.constant(1, tf.int32))
+    has_exif = tf.logical_or(tf.equal(code, JPEG),
+                             tf.logical_or(tf.equal(code, PNG), tf.equal(code, WEBP)))
+    return tf.cond(has_exif, read, lambda: tf.constant(1, tf.int32))
 
 
 def apply_orientation(image, orientation):
@@ -348,7 +380,8 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
             at 1/2 (1/4, 1/8) scale.
         max_pixels: Largest height * width accepted, read from the header,
             or None for no limit.
-        exif_orientation_enabled: Apply a JPEG's EXIF orientation.
+        exif_orientation_enabled: Apply the EXIF orientation (JPEG, PNG,
+            WebP).
         name: tf.string scalar naming the image in error messages (a path,
             or "image_bytes[3]"), valid UTF-8; None says "image".
 
