@@ -13,14 +13,22 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16,<2.22",
-        "keras>=3.3,<4",
+        "keras>=3.15,<3.16",  # the range tested (see _keras_fit_workaround)
         # tensorflow_hub resolves and caches handles; it imports tf_keras.
         "tensorflow-hub>=0.16,<0.17",
         "tf-keras>=2.16,<2.22",
         "tensorflow-datasets>=4.9",
         "absl-py>=1.0",
         "numpy>=1.26",
+        # LiteRT's interpreter runs the exported .tflite files (the parity
+        # check, batch prediction); tf.lite.Interpreter is deprecated.
+        "ai-edge-litert>=2.3",
+        # The run report's plots and metrics, and TensorBoard logs.
+        "matplotlib>=3.7",
+        "scikit-learn>=1.3",
+        "tensorboard>=2.16,<2.22",
     ],
     extras_require={"test": ["pytest>=7", "Pillow>=9.4"]},
+    entry_points={"console_scripts": ["tfhub_ft=tfhub_ft.cli:main"]},
     license="Apache-2.0",
 )

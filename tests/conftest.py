@@ -11,6 +11,12 @@ SHARED = os.environ.get(
     os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: runs a subprocess (kill and resume, several workers, "
+        "the commands); `pytest -m 'not slow'` leaves them out")
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone_path(tmp_path_factory):
     """A constant-initialised TinyBackbone saved in the hub format."""
@@ -42,4 +48,5 @@ def small_config():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs a subprocess (the command)")
+    config.addinivalue_line(
+        "markers", "slow: runs a subprocess (the tfhub_ft command); deselect with -m 'not slow'")

@@ -60,7 +60,7 @@ def main(backbone, train, validation, output_dir, strategy_name, logical_cpus=1,
     with open(os.path.join(output_dir, "result.json"), "w") as file:
         json.dump({"history": history, "validation_metrics": tuner.validation_metrics,
                    "replicas": strategy.num_replicas_in_sync, "split": split,
-                   "exported": exported, "chief": distribution.is_chief(strategy)}, file)
+                   "exported": exported, "chief": strategy.extended.should_checkpoint}, file)
 
 
 def parse_arguments(argv=None):

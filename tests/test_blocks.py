@@ -67,3 +67,47 @@ def test_top_blocks():
         blocks.top_blocks(result, 4)
     with pytest.raises(ValueError, match="unfreeze_blocks=True"):
         blocks.top_blocks(result, True)
+
+
+def test_name_order_is_natural_with_stem_first_and_top_names_last():
+    names = ["expanded_conv_10", "head", "Conv_1", "expanded_conv_2", "final_norm",
+             "expanded_conv", "stem", "expanded_conv_1", "top", "block1/unit10",
+             "block1/unit9", "post_norm", "heads_up"]
+    assert sorted(names, key=blocks.name_order_key) == [
+        "stem", "block1/unit9", "block1/unit10", "expanded_conv", "expanded_conv_1",
+        "expanded_conv_2", "expanded_conv_10", "heads_up",
+        "Conv_1", "final_norm", "head", "post_norm", "top"]
+
+
+def test_untraced_blocks_are_placed_by_name_after_their_traced_predecessor():
+    names = ["stem/k", "block_1_a/k", "block_2_a/k", "block_3_a/k", "head/k"]
+    # block_2 is never read by the traced graph: it goes after block_1.
+    positions = [0, 5, float("inf"), 7, 9]
+    result = blocks.group_into_blocks(names, positions)
+    assert [(b.name, b.order_source) for b in result] == [
+        ("stem", "trace"), ("block_1", "trace"), ("block_2", "names"),
+        ("block_3", "trace"), ("head", "trace")]
+
+
+def test_nothing_traced_orders_every_block_by_name():
+    names = ["MobilenetV2/Conv_1/w", "MobilenetV2/Conv/w",
+             "MobilenetV2/expanded_conv_10/expand/w", "MobilenetV2/expanded_conv_2/expand/w",
+             "MobilenetV2/expanded_conv/project/w"]
+    result = blocks.group_into_blocks(names, [float("inf")] * 5)
+    assert [b.name for b in result] == [
+        "stem", "expanded_conv", "expanded_conv_2", "expanded_conv_10", "head"]
+    assert {b.order_source for b in result} == {"names"}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("resnet/root_block/standardized_conv2d/kernel:0", "stem"),
+    ("resnet/block3/unit12/a/group_norm/gamma:0", "block3/unit12"),
+    ("resnet/group_norm/beta:0", "head"),
+    ("embedding/kernel:0", "stem"),
+    ("cls:0", "stem"),
+    ("Transformer/posembed_input/pos_embedding:0", "stem"),
+    ("Transformer/encoderblock_11/MlpBlock_3/Dense_0/kernel:0", "encoderblock_11"),
+    ("Transformer/encoder_norm/scale:0", "head"),
+])
+def test_block_of_bit_and_vit_names(name, expected):
+    assert blocks.block_of(name) == expected

@@ -57,6 +57,7 @@ def uninterrupted(tiny_backbone_path, image_folders, tmp_path_factory):
     return export_dir, read_state(str(root / "work"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_in_phase_two_and_ends_with_the_same_weights(
         tiny_backbone_path, image_folders, uninterrupted, tmp_path):
     work_dir, export_dir = str(tmp_path / "work"), str(tmp_path / "export")
@@ -219,4 +220,34 @@ def test_work_dir_is_checked(tmp_path):
     (tmp_path / "broken" / "state.json").write_text("{")
     with pytest.raises(ValueError, match="cannot be read"):
         checkpoints.open_work_directory(str(tmp_path / "broken"), identity)
-    assert checkpoints.open_work_directory(None, identity).phase("head") is None
+
+
+def test_a_reordered_or_different_model_is_refused_by_name():
+    import keras
+
+    from tfhub_ft import checkpoints
+
+    first = keras.Variable(np.ones([2]), name="first")
+    second = keras.Variable(np.zeros([3]), name="second")
+    saved = checkpoints._named("model", [first, second])
+    first.assign(np.zeros([2]))
+    checkpoints._assign([first, second], saved, "model", "ckpt.npz")
+    np.testing.assert_array_equal(first.numpy(), np.ones([2]))
+    with pytest.raises(ValueError, match=r"ckpt\.npz' does not fit this model \(2 saved "
+                                         r"variables against 2 in the model; at position 0: "
+                                         r"saved 'model/00000/first', model "
+                                         r"'model/00000/second'\)"):
+        checkpoints._assign([second, first], saved, "model", "ckpt.npz")
+    wider = keras.Variable(np.zeros([4]), name="first")
+    with pytest.raises(ValueError, match=r"'model/00000/first' was saved as \(2,\), the "
+                                         r"model has \(4,\)"):
+        checkpoints._assign([wider, second], saved, "model", "ckpt.npz")
+    with pytest.raises(ValueError, match=r"2 saved variables against 1"):
+        checkpoints._assign([first], saved, "model", "ckpt.npz")
+
+
+def test_without_a_work_dir_phases_fit_plainly():
+    from tfhub_ft import checkpoints
+
+    phase = checkpoints.open_work_directory(None, identity={}).phase("head")
+    assert isinstance(phase, checkpoints.PlainPhase) and phase.name == "head"

@@ -78,6 +78,7 @@ def mirrored(tiny_backbone_path, image_folders, tmp_path_factory):
     return str(output_dir)
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_one_device(
         mirrored, tiny_backbone_path, image_folders):
     run = result(mirrored)
@@ -202,6 +203,7 @@ def two_workers(tiny_backbone_path, image_folders, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_workers_train_together_and_only_the_chief_exports(two_workers, mirrored):
     outputs = worker_outputs(two_workers)
     chief, other = result(outputs[0]), result(outputs[1])
@@ -221,6 +223,7 @@ def test_two_workers_train_together_and_only_the_chief_exports(two_workers, mirr
                                    result(mirrored)["history"][phase]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_worker_and_restarted_job_resume_in_phase_two_with_the_same_weights(
         two_workers, tiny_backbone_path, image_folders, tmp_path):
     root, epochs = str(tmp_path), distributed_run.CONFIG["fine_tune_epochs"]
@@ -286,4 +289,66 @@ def test_killed_worker_and_restarted_job_resume_in_phase_two_with_the_same_weigh
 def test_tpu_strategy_without_a_tpu_fails_fast():
     with pytest.raises(ValueError, match="No TPU found"):
         distribution.get_strategy("tpu")
-    assert distribution.is_chief()
+
+
+def test_keras_fit_workaround_fails_loudly_when_keras_changes(monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from tfhub_ft import _keras_fit_workaround
+
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        # As if a Keras release had renamed the method the workaround patches.
+        monkeypatch.setattr(model, "_maybe_symbolic_build", None, raising=False)
+        with pytest.raises(RuntimeError, match=r"keras-team/keras#20585.*Keras 3\.15"):
+            with _keras_fit_workaround.keras_fit_under_strategy(model, None):
+                pass
+
+
+def test_keras_fit_workaround_names_an_unverified_keras(monkeypatch, caplog):
+    import keras
+    import tensorflow as tf
+
+    from tfhub_ft import _keras_fit_workaround
+
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        with _keras_fit_workaround.keras_fit_under_strategy(model, None):
+            pass
+    assert "verified on Keras 3.15; this is Keras 3.99.0" in caplog.text
+
+
+def test_map_batches_traces_once_per_call_without_retracing_warnings():
+    import logging
+
+    import tensorflow as tf
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler = Records()
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    traces = []
+    try:
+        # Small, odd-sized inputs (a last batch of another size), a new
+        # function each call, as the frozen passes and predictions map them.
+        for size in (5, 3, 7, 2, 9, 1, 6, 4):
+            def double(batch):
+                traces.append(batch.shape[0])
+                return batch * 2
+            dataset = tf.data.Dataset.from_tensor_slices(
+                np.arange(size, dtype=np.float32)).batch(4)
+            outputs = list(distribution.map_batches(double, dataset))
+            np.testing.assert_array_equal(np.concatenate(outputs), np.arange(size) * 2)
+    finally:
+        tf_logger.removeHandler(handler)
+    assert [m for m in handler.messages if "retracing" in m] == []
+    assert traces == [None] * 8  # one trace per call, batch dimension unknown

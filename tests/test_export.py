@@ -1,3 +1,4 @@
+import logging
 import os
 
 import numpy as np
@@ -182,3 +183,30 @@ def test_input_range_is_baked_into_the_export(tiny_backbone_path, tmp_path):
     module_features = backbone.module(tf.constant(images / 255.0 * 2 - 1, tf.float32))
     np.testing.assert_allclose(backbone(images / 255.0).numpy(), module_features.numpy(),
                                rtol=1e-5, atol=1e-6)
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_export_logs_no_tensorflow_info_lines(trained, tmp_path):
+    # tf.saved_model.save logs, through absl's logger, one INFO line per
+    # signature naming every captured variable it renames (~20 kB with a
+    # real backbone); the export holds it back, warnings still pass.
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.addHandler(handler)
+        each.setLevel(logging.INFO)
+    try:
+        trained.export(str(tmp_path / "model"))
+    finally:
+        for each, level in zip(loggers, levels):
+            each.removeHandler(handler)
+            each.setLevel(level)
+    assert [record.getMessage()[:80] for record in handler.records] == []
+    assert all(each.level == level for each, level in zip(loggers, levels))

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,3 +55,110 @@ def test_split_top_matches_whole_module_and_its_gradients(backbone, count):
 
 def test_split_of_zero_blocks_is_none(backbone):
     assert backbone.split_top_blocks(0) is None
+
+
+def _op_types(graph_def):
+    return {node.op for node in graph_def.node}
+
+
+def test_inlining_flattens_nested_calls_and_resolves_constant_conditionals():
+    """Pins what TensorFlow's Grappler must keep doing for block tracing:
+    nested function calls inlined, `If` and `Case` lowered, and the branch a
+    constant predicate takes kept (a TensorFlow upgrade that changes this
+    fails here, not silently in users' block order)."""
+    from tfhub_ft.module_graph import inline_call_graph
+
+    scale = tf.Variable(3.0)
+
+    @tf.function
+    def inner(x, training):
+        return tf.cond(training, lambda: x * scale + 100.0, lambda: x * scale)
+
+    @tf.function
+    def middle(x, index):
+        return tf.switch_case(index, [lambda: inner(x, tf.constant(True)),
+                                      lambda: inner(x, tf.constant(False)) - 1.0])
+
+    @tf.function
+    def call(x):
+        return middle(x, tf.constant(1)) + 0.5
+
+    function = call.get_concrete_function(tf.TensorSpec([None], tf.float32))
+    graph_def = inline_call_graph(function)
+    assert not _op_types(graph_def) & {
+        "PartitionedCall", "StatefulPartitionedCall", "If", "StatelessIf", "Case",
+        "StatelessCase", "Switch", "_SwitchN", "Merge"}
+    assert "ReadVariableOp" in _op_types(graph_def)
+    output = function.graph.outputs[0].name
+    placeholder = function.graph.inputs[0].name
+    captured = {t.name: v for t, v in zip(function.graph.internal_captures,
+                                          function.captured_inputs)}
+    run = tf.compat.v1.wrap_function(
+        lambda x, handle: tf.graph_util.import_graph_def(
+            graph_def, input_map={placeholder: x, next(iter(captured)): handle},
+            return_elements=[output])[0],
+        [tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.resource)])
+    np.testing.assert_allclose(run(tf.constant([1.0, 2.0]), scale.handle).numpy(),
+                               [2.5, 5.5])
+
+
+def test_conditionals_on_a_computed_predicate_are_left_alone():
+    from tfhub_ft.module_graph import inline_call_graph
+
+    @tf.function
+    def call(x):
+        return tf.cond(tf.reduce_sum(x) > 0, lambda: x * 2.0, lambda: x - 1.0)
+
+    graph_def = inline_call_graph(call.get_concrete_function(tf.TensorSpec([None])))
+    assert {"Switch", "Merge"} <= _op_types(graph_def)
+
+
+def test_failed_trace_orders_blocks_by_name_and_warns(tmp_path, monkeypatch, caplog):
+    from tests import module_shapes
+    from tfhub_ft import module_graph
+
+    path, expected = module_shapes.slim_mobilenet(tmp_path / "slim", cond="network")
+
+    def broken(*args):
+        raise RuntimeError("no Grappler today")
+
+    monkeypatch.setattr(module_graph, "inline_call_graph", broken)
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        backbone = HubBackbone(path)
+    # Natural order (expanded_conv_2 before expanded_conv_10), head last.
+    assert [block.name for block in backbone.blocks] == expected
+    assert backbone.block_order_source == "names"
+    assert {block.order_source for block in backbone.blocks} == {"names"}
+    message = caplog.records[0].getMessage()
+    assert path in message and "no Grappler today" in message
+    assert "ordered by name" in message and "3-5x slower" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        assert backbone.split_top_blocks(2) is None
+    assert "could not be traced" in caplog.records[0].getMessage()
+
+
+def test_split_that_fails_to_run_or_differs_falls_back_with_a_warning(
+        backbone, monkeypatch, caplog):
+    from tfhub_ft import module_graph
+
+    original = module_graph.SplitGraph.run_top
+
+    def shifted(self, boundary, variables):
+        return original(self, boundary, variables) + 1.0
+
+    monkeypatch.setattr(module_graph.SplitGraph, "run_top", shifted)
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        assert backbone.split_top_blocks(2) is None
+    message = caplog.records[0].getMessage()
+    assert "features differ from the whole module's" in message
+    assert "about 3-5x slower" in message
+
+    def failing(self, boundary, variables):
+        raise tf.errors.InvalidArgumentError(None, None, "Function foo is not defined")
+
+    monkeypatch.setattr(module_graph.SplitGraph, "run_top", failing)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        assert backbone.split_top_blocks(1) is None
+    assert "Function foo is not defined" in caplog.records[0].getMessage()

@@ -46,3 +46,20 @@ def test_default_recipe_on_clothing(tmp_path):
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
     assert outputs["probabilities"].shape == (4, 10)
     np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1, rtol=1e-5)
+
+
+def test_real_backbone_reexports_as_a_hub_module(tmp_path):
+    import tensorflow_hub as hub
+    import tf_keras  # noqa: F401  hub.KerasLayer is a tf_keras layer
+    from tfhub_ft import HubBackbone, export_backbone
+    backbone = HubBackbone(BACKBONE)
+    for variable in backbone.block_variables("head"):
+        variable.assign(variable * 1.1)  # stands for fine-tuning
+    path = export_backbone(backbone, str(tmp_path / "hub"))
+    again = HubBackbone(path)
+    assert [b.name for b in again.blocks] == [b.name for b in backbone.blocks]
+    assert again.split_top_blocks(8) is not None
+    images = np.random.default_rng(0).random((2, 224, 224, 3)).astype(np.float32)
+    expected = backbone(images).numpy()
+    np.testing.assert_array_equal(again(images).numpy(), expected)
+    np.testing.assert_array_equal(hub.KerasLayer(path)(images).numpy(), expected)

@@ -75,6 +75,17 @@ def test_diverging_fine_tune_falls_back_to_the_head_phase(tiny_backbone_path, im
     assert tuner.validation_metrics == head_only.validation_metrics
 
 
+def test_fine_tune_schedule_is_a_cosine_from_the_peak_to_zero():
+    from tfhub_ft import FineTuneConfig
+    from tfhub_ft.recipe import fine_tune_schedule
+
+    schedule = fine_tune_schedule(FineTuneConfig(
+        batch_size=10, fine_tune_epochs=2, fine_tune_learning_rate=1e-3), train_size=95)
+    # 10 steps an epoch, 20 in all.
+    assert [float(schedule(step)) for step in (0, 10, 20, 40)] == pytest.approx(
+        [1e-3, 5e-4, 0.0, 0.0], abs=1e-9)
+
+
 # Issue 9, kind 10: class_weight="balanced" weights each image's loss.
 def test_balanced_class_weights_and_weighted_loss():
     import keras

@@ -242,14 +242,48 @@ class HubBackbone(keras.layers.Layer):
         self.image_size = declared_image_size(self._module)
         self.feature_dim = self._probe_feature_dim()
         names = [v.name for v in self._module_variables]
-        self._graph = module_graph.ModuleGraph(self._module, self._module_variables)
+        self._graph, trace_error = None, None
+        try:
+            self._graph = module_graph.ModuleGraph(self._module, self._module_variables)
+            positions = self._graph.trace_positions(len(names))
+        except Exception as error:  # Any module TensorFlow can load must still train.
+            trace_error = f"{type(error).__name__}: {error}"
+            positions = [float("inf")] * len(names)
         self.blocks = blocks_lib.group_into_blocks(
-            names,
-            self._graph.trace_positions(len(names)),
+            names, positions,
             [int(np.prod(v.shape)) for v in self._module_variables],
             rule=block_pattern,
         )
+        self._warn_about_block_order(trace_error)
         self.built = True
+
+    @property
+    def block_order_source(self) -> str:
+        """Where the block order came from: "trace" (the module's call graph),
+        "names" (variable names: the graph could not be traced), or "trace
+        and names" (some blocks' variables were not found in the graph)."""
+        sources = {block.order_source for block in self.blocks}
+        return "trace and names" if len(sources) > 1 else sources.pop()
+
+    def _warn_about_block_order(self, trace_error):
+        by_name = [block.name for block in self.blocks if block.order_source == "names"]
+        if not by_name:
+            return
+        if len(by_name) == len(self.blocks):
+            what = (f"its call graph could not be traced ({trace_error})" if trace_error
+                    else "no variable read was found in its call graph")
+            logger.warning(
+                "Block order of %s: %s, so the blocks are ordered by name (stem "
+                "first, numbers in natural order, head last), which may not be "
+                "the order the module runs them in; check block_summary() and "
+                "pass block_pattern if it is wrong. The split backbone is off: "
+                "fine-tuning runs the whole module each step, about 3-5x "
+                "slower.", self.hub_handle, what)
+        else:
+            logger.warning(
+                "Block order of %s: the call graph does not read the variables "
+                "of %s, so those are placed by name; check block_summary().",
+                self.hub_handle, ", ".join(by_name))
 
     def _probe_feature_dim(self) -> int:
         size = self.image_size or DEFAULT_IMAGE_SIZE
@@ -284,6 +318,26 @@ class HubBackbone(keras.layers.Layer):
                 "Fine-tuning on its outputs works poorly; prefer its "
                 "'feature_vector' version.", self.hub_handle, dim, looks_like)
         return dim
+
+    def resolve_image_size(self, image_size=None) -> int:
+        """Returns the square image side to feed this backbone, in pixels.
+
+        Args:
+            image_size: The side asked for, or None for the one the module
+                declares in its call signature, else `DEFAULT_IMAGE_SIZE`.
+
+        Raises:
+            ValueError: if `image_size` contradicts a size the module fixes.
+        """
+        if image_size is None:
+            return self.image_size or DEFAULT_IMAGE_SIZE
+        if self.image_size and image_size != self.image_size:
+            raise ValueError(
+                f"Invalid value for `image_size`. Expected {self.image_size}: the "
+                f"module {self.hub_handle!r} takes only {self.image_size}x"
+                f"{self.image_size} images. Received: image_size={image_size}. "
+                "Leave image_size unset to use the module's size.")
+        return image_size
 
     def to_input_range(self, images):
         """Maps float32 images in [0, 1] onto `input_range`."""
@@ -353,30 +407,93 @@ class HubBackbone(keras.layers.Layer):
         Below the cut nothing trains, so (with batch norm in inference mode)
         its output is computed once per image and the top trains from it.
 
+        The split is run once on two random images before it is returned;
+        if it fails to build or run, or its features differ from the whole
+        module's, the whole module is used instead.
+
         Returns:
-            A `BackboneSplit`, or None (logged once, with the reason) where
-            the module cannot be split: `count` is 0, batch norm trains
-            (training mode changes every block's output), or the graph has
-            no clean cut.
+            A `BackboneSplit`, or None where the module cannot be split:
+            `count` is 0 (logged at INFO), batch norm trains (training mode
+            changes every block's output), the call graph could not be
+            traced, or the split failed (each logged once as a WARNING with
+            the reason and the cost).
         """
         chosen = blocks_lib.top_blocks(self.blocks, count)
-        reason = None
         if not chosen:
-            reason = "no block is unfrozen"
-        elif self.batch_norm_trainable:
-            reason = "batch norm trains, so every block's output changes"
-        else:
-            indices = [i for block in chosen for i in block.variable_indices
-                       if self._module_trainable[i]]
-            try:
-                return BackboneSplit(self, self._graph.split(indices))
-            except (ValueError, KeyError) as error:
-                reason = f"the graph has no clean cut ({error})"
-        if reason not in self._split_warnings:
-            self._split_warnings.add(reason)
-            logger.info("Not splitting %s: %s; fine-tuning runs the whole "
-                        "module forward each step.", self.hub_handle, reason)
-        return None
+            self._log_split_fallback(logging.INFO, "no block is unfrozen")
+            return None
+        if self.batch_norm_trainable:
+            self._log_split_fallback(
+                logging.WARNING, "batch norm trains (batch_norm_trainable=True), "
+                "so every block's output changes")
+            return None
+        if self._graph is None:
+            self._log_split_fallback(logging.WARNING, "its call graph could not be traced")
+            return None
+        indices = [i for block in chosen for i in block.variable_indices
+                   if self._module_trainable[i]]
+        try:
+            split = BackboneSplit(self, self._graph.split(indices))
+            self._check_split(split)
+        except Exception as error:  # Fall back to the whole module, never fail the run.
+            self._log_split_fallback(
+                logging.WARNING, f"the split graph could not be built or run "
+                f"({type(error).__name__}: {error})")
+            return None
+        return split
+
+    def _check_split(self, split):
+        """Runs the split once on two random images at the module's size.
+
+        Its features must equal the whole module's, and the gradients of
+        every variable the top reads must equal those of the uncut traced
+        graph (`ModuleGraph.whole`): differentiating the restored module
+        itself costs a one-off ~25 s on modules with `tf.cond` inside,
+        which the flat traced graph does not.
+
+        Raises:
+            ValueError: if the split's features or gradients differ.
+        """
+        size = self.image_size or DEFAULT_IMAGE_SIZE
+        images = tf.random.stateless_uniform([2, size, size, 3], seed=[1, 2])
+        # The underlying tf.Variables, watched explicitly: the check must not
+        # depend on which blocks are unfrozen at the time.
+        top_variables = [self._wrapped[i].value for i in split.top_variable_indices]
+        whole = self._graph.whole()
+
+        def gradients(compute):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(top_variables)
+                loss = tf.reduce_sum(tf.square(compute()))
+            return tape.gradient(loss, top_variables)
+
+        # Eager: a new tf.function per check would retrace each time.
+        def compare():
+            boundary = split.bottom(images)
+            got = [split.top(boundary)] + gradients(lambda: split.top(boundary))
+            want = [self._module(images, training=False)] + gradients(
+                lambda: whole(images, self._wrapped))
+            if [g is None for g in got] != [w is None for w in want]:
+                raise ValueError("it leaves out gradients the whole module has")
+            return [(tf.reduce_max(tf.abs(g - w)), tf.reduce_max(tf.abs(w)))
+                    for g, w in zip(got, want) if w is not None]
+
+        strategy = tf.distribute.get_strategy()
+        results = strategy.experimental_local_results(strategy.run(compare))[0]
+        for what, (error, scale) in zip(["features"] + ["gradients"] * len(top_variables),
+                                        results):
+            if not float(error) <= 1e-3 * float(scale) + 1e-5:
+                raise ValueError(f"its {what} differ from the whole module's by up to "
+                                 f"{float(error):.3g}")
+
+    def _log_split_fallback(self, level, reason):
+        if reason in self._split_warnings:
+            return
+        self._split_warnings.add(reason)
+        cost = (" (about 3-5x slower per fine-tuning step)"
+                if level >= logging.WARNING else "")
+        logger.log(level, "Not splitting %s: %s; fine-tuning runs the whole "
+                   "module forward each step%s.", self.hub_handle, reason, cost)
 
     def get_config(self):
         config = super().get_config()
@@ -398,6 +515,8 @@ class BackboneSplit:
         self._backbone = backbone
         self._graph = split_graph
         self.top = BackboneTop(backbone, split_graph)
+        # Indices into the backbone's variables of those the top computes with.
+        self.top_variable_indices = split_graph.top_variable_indices
 
     def bottom(self, images):
         """float32 images [N, H, W, 3] in [0, 1] -> tuple of boundary tensors."""

@@ -14,8 +14,9 @@ HEAD = "head"
 
 # Each rule maps a variable name to a block name, or does not match. They
 # cover the naming of the hub modules people fine-tune: Keras applications
-# (MobileNet, EfficientNet, ResNet), TF-Slim MobileNets, slim ResNets and the
-# TF Hub EfficientNets. The first rule that matches wins.
+# (MobileNet, EfficientNet, ResNet), TF-Slim MobileNets, slim ResNets, BiT
+# ResNets, the TF Hub EfficientNets and ViTs. The first rule that matches
+# wins.
 BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     # Keras MobileNetV2/V3: block_3_expand/..., block_3_depthwise_BN/...
     (r"(?:^|/)block_(\d+)_", r"block_\1"),
@@ -27,17 +28,28 @@ BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     (r"(?:^|/)(block\d+[a-z])_", r"\1"),
     # TF-Slim MobileNet: MobilenetV2/expanded_conv_3/expand/weights
     (r"(?:^|/)(expanded_conv(?:_\d+)?)/", r"\1"),
-    # Slim ResNet: resnet_v2_50/block2/unit_3/bottleneck_v2/conv1/weights
-    (r"(?:^|/)(block\d+/unit_\d+)/", r"\1"),
+    # Slim ResNet: resnet_v2_50/block2/unit_3/bottleneck_v2/conv1/weights;
+    # BiT: resnet/block2/unit03/a/standardized_conv2d/kernel
+    (r"(?:^|/)(block\d+/unit_?\d+)/", r"\1"),
+    # ViT: Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel
+    (r"(?:^|/)(encoderblock_\d+)/", r"\1"),
     # TF Hub EfficientNet: efficientnet-b0/blocks_7/conv2d/kernel
     (r"(?:^|/)(blocks_\d+)/", r"\1"),
-    # Stems.
+    # Stems (ViT: patch embedding, class token, position embedding).
     (r"(?:^|/)(?:Conv1|bn_Conv1|stem\w*|conv1|Conv2d_0|conv_stem|conv1_\w+|"
-     r"Conv|Conv/BatchNorm)(?:/|$)", STEM),
-    # Heads: the last convolution before pooling.
+     r"Conv|Conv/BatchNorm|root_block|embedding|cls|posembed_input)(?:/|$)", STEM),
+    # Heads: the last convolution before pooling, or the final norm.
     (r"(?:^|/)(?:Conv_1|Conv_1_bn|head\w*|top_conv|top_bn|top_activation|"
-     r"conv_head|Conv2d_1c_1x1|postnorm)(?:/|$)", HEAD),
+     r"conv_head|Conv2d_1c_1x1|postnorm|encoder_norm|final_norm|pre_logits)(?:/|$)", HEAD),
+    # BiT's final norm, right under the network's scope.
+    (r"^resnet\w*/group_norm/", HEAD),
 )
+
+# Block names that mark the top of a network when blocks are ordered by
+# name (see `name_order_key`).
+_TOP_NAME = re.compile(
+    r"(?:^|[/_])(?:head|top|post\w*|pre_logits|final\w*|encoder_norm)(?:$|[/_])"
+    r"|(?:^|/)conv_1$", re.IGNORECASE)
 
 BlockRule = Union[str, "re.Pattern", Callable[[str], Optional[str]], None]
 
@@ -51,11 +63,16 @@ class Block:
         variable_indices: Indices into the backbone's variable list.
         parameter_count: Number of weights in the block (all variables,
             moving statistics included).
+        order_source: "trace" where the block's place comes from where the
+            module's call graph first reads its variables; "names" where
+            none of them could be traced and the place comes from
+            `name_order_key`.
     """
 
     name: str
     variable_indices: Tuple[int, ...]
     parameter_count: int = 0
+    order_source: str = "trace"
 
 
 def block_of(variable_name: str, rule: BlockRule = None) -> Optional[str]:
@@ -131,10 +148,43 @@ def group_into_blocks(
     for i in order:
         current = named[i] or current
         members.setdefault(current, []).append(i)
+    # Insertion order is the order of first use: traced blocks are in place.
+    traced = [name for name, indices in members.items()
+              if min(trace_positions[i] for i in indices) != float("inf")]
+    # Blocks the trace did not reach go where their names put them: right
+    # after the traced block that precedes them in name order.
+    ordered = list(traced)
+    anchor = None
+    for name in sorted(members, key=name_order_key):
+        if name in traced:
+            anchor = name
+            continue
+        at = ordered.index(anchor) + 1 if anchor is not None else 0
+        while at < len(ordered) and ordered[at] not in traced:
+            at += 1
+        ordered.insert(at, name)
     return [
-        Block(name, tuple(sorted(indices)), sum(counts[i] for i in indices))
-        for name, indices in members.items()
+        Block(name, tuple(sorted(members[name])), sum(counts[i] for i in members[name]),
+              "trace" if name in traced else "names")
+        for name in ordered
     ]
+
+
+def name_order_key(block_name: str):
+    """Sort key that orders block names as networks are built.
+
+    The stem first, names with a known top word as a component (`head`,
+    `top`, `post...`, `pre_logits`, `final...`, `encoder_norm`, or a
+    last component `Conv_1`) last, the rest in natural order, so that
+    `expanded_conv_2` < `expanded_conv_10`.
+    """
+    parts = tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                  for part in re.split(r"(\d+)", block_name) if part)
+    if block_name == STEM:
+        return (0, parts)
+    if _TOP_NAME.search(block_name):
+        return (2, parts)
+    return (1, parts)
 
 
 def top_blocks(blocks: Sequence[Block], count: int) -> List[Block]:

@@ -35,6 +35,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 
 import keras
@@ -44,7 +45,8 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-STATE_FORMAT = 1
+# 2: arrays named by variable path (1: by position).
+STATE_FORMAT = 2
 PHASES = ("head", "fine_tune")
 # Config fields that change how a run is computed, not what it computes: a
 # resumed run may differ in these.
@@ -93,14 +95,30 @@ def open_work_directory(work_dir, identity, is_chief=True):
 
 
 class _NoWorkDirectory:
-    """Stands for "no work directory": phases run without checkpoints."""
+    """Stands for "no work directory": its phases fit without checkpoints."""
 
     def phase(self, name, unfrozen_blocks=None):
-        del name, unfrozen_blocks
-        return None
+        del unfrozen_blocks
+        return PlainPhase(name)
 
     def finish(self):
         pass
+
+
+class PlainPhase:
+    """A phase without checkpoints: `fit` is Keras's own (same API as
+    `PhaseCheckpoint`, so the recipe has one path)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def fit(self, trainee, train_batches, validation_data, epochs, callbacks=(),
+            verbose="auto"):
+        """Keras fit of the phase; returns its history dict."""
+        history = trainee.fit(train_batches.dataset(), validation_data=validation_data,
+                              epochs=epochs, verbose=verbose, shuffle=False,
+                              callbacks=list(callbacks))
+        return history.history
 
 
 NO_WORK_DIRECTORY = _NoWorkDirectory()
@@ -303,9 +321,8 @@ class PhaseCheckpoint:
         if record is not None and record["finished"]:
             # The trainee shares its variables with the classifier, so
             # restoring them restores what the phase left in the classifier.
-            _assign(_model_variables(trainee),
-                    _as_list(work.read_arrays(record["checkpoint"]), "model"),
-                    f"{work.path}/{record['checkpoint']}")
+            _assign(_model_variables(trainee), work.read_arrays(record["checkpoint"]),
+                    "model", f"{work.path}/{record['checkpoint']}")
             logger.info("Phase %s finished in an earlier run (%d epochs): restored "
                         "its weights from %s", self.name, record["epochs_done"], work.path)
             return record["history"]
@@ -365,8 +382,8 @@ class _CheckpointCallback(keras.callbacks.Callback):
         arrays = work.read_arrays(record["checkpoint"])
         source = f"{work.path}/{record['checkpoint']}"
         model_variables, optimizer_variables = self._variables()
-        _assign(model_variables, _as_list(arrays, "model"), source)
-        _assign(optimizer_variables, _as_list(arrays, "optimizer"), source)
+        _assign(model_variables, arrays, "model", source)
+        _assign(optimizer_variables, arrays, "optimizer", source)
         if self.early_stopping is not None and record["early_stopping"]:
             saved = record["early_stopping"]
             stopping = self.early_stopping
@@ -374,45 +391,45 @@ class _CheckpointCallback(keras.callbacks.Callback):
             stopping.stopped_epoch = saved["stopped_epoch"]
             stopping.best = saved["best"]
             stopping.best_epoch = saved["best_epoch"]
-            best_weights = _as_list(arrays, "best")
-            stopping.best_weights = best_weights if saved["has_best_weights"] else None
+            stopping.best_weights = None
+            if saved["has_best_weights"]:
+                stopping.best_weights = _saved_values(self.model.weights, arrays,
+                                                      "best", source)
 
     def on_epoch_end(self, epoch, logs=None):
-        work = self.phase.work_directory
         record = self.phase.record
         for key, value in (logs or {}).items():
             record["history"].setdefault(key, []).append(float(value))
         model_variables, optimizer_variables = self._variables()
-        arrays = _named("model", [v.numpy() for v in model_variables])
-        arrays.update(_named("optimizer", [v.numpy() for v in optimizer_variables]))
+        arrays = _named("model", model_variables)
+        arrays.update(_named("optimizer", optimizer_variables))
         stopping = self.early_stopping
         if stopping is not None:
             if stopping.best_weights is not None:
-                arrays.update(_named("best", stopping.best_weights))
+                # Keras keeps these as a list in `model.get_weights()` order.
+                arrays.update(_named("best", self.model.weights, stopping.best_weights))
             record["early_stopping"] = {
                 "wait": int(stopping.wait), "stopped_epoch": int(stopping.stopped_epoch),
                 "best": None if stopping.best is None else float(stopping.best),
                 "best_epoch": int(stopping.best_epoch),
                 "has_best_weights": stopping.best_weights is not None}
-        previous = record["checkpoint"]
-        record["checkpoint"] = f"{self.phase.name}-epoch-{epoch + 1:04d}.npz"
         record["epochs_done"] = epoch + 1
         record["stopped"] = bool(self.model.stop_training)
-        work.write_arrays(record["checkpoint"], arrays)
-        work.save_state()
-        if previous != record["checkpoint"]:
-            work.delete(previous)
+        self._commit(f"{self.phase.name}-epoch-{epoch + 1:04d}.npz", arrays)
 
     def on_train_end(self, logs=None):
-        work = self.phase.work_directory
-        record = self.phase.record
-        previous = record["checkpoint"]
-        record["checkpoint"] = f"{self.phase.name}-final.npz"
-        record["finished"] = True
-        work.write_arrays(record["checkpoint"],
-                          _named("model", [v.numpy() for v in _model_variables(self.model)]))
+        self.phase.record["finished"] = True
+        self._commit(f"{self.phase.name}-final.npz",
+                     _named("model", _model_variables(self.model)))
+
+    def _commit(self, name, arrays):
+        """Makes `name` the phase's checkpoint, crash-safely: the new file
+        first, then the state naming it, then the old file goes."""
+        work, record = self.phase.work_directory, self.phase.record
+        previous, record["checkpoint"] = record["checkpoint"], name
+        work.write_arrays(name, arrays)
         work.save_state()
-        if previous != record["checkpoint"]:
+        if previous != name:
             work.delete(previous)
 
 
@@ -426,23 +443,56 @@ def _model_variables(model):
     return variables
 
 
-def _named(prefix, values):
-    return {f"{prefix}/{index:05d}": np.asarray(value) for index, value in enumerate(values)}
+def _variable_key(prefix, index, variable):
+    # Keras numbers auto-named layers per process (dense, dense_1, ...): the
+    # numbers are dropped so that a model built again in the same process
+    # (a notebook) keeps its names; the position keeps keys unique. An
+    # optimizer variable's name joins the whole path of the variable it
+    # serves with "_", so there every number goes (the model's variables,
+    # checked by name first, pin the order).
+    pattern = r"_\d+(?=[/_]|$)" if prefix == "optimizer" else r"_\d+(?=/|$)"
+    return f"{prefix}/{index:05d}/{re.sub(pattern, '', variable.path)}"
 
 
-def _as_list(arrays, prefix):
-    keys = sorted(key for key in arrays if key.startswith(prefix + "/"))
-    return [arrays[key] for key in keys]
+def _named(prefix, variables, values=None):
+    """{"<prefix>/<position>/<variable path>": value}; `values` default to
+    the variables' own."""
+    values = [v.numpy() for v in variables] if values is None else values
+    return {_variable_key(prefix, index, variable): np.asarray(value)
+            for index, (variable, value) in enumerate(zip(variables, values, strict=True))}
 
 
-def _assign(variables, values, source):
-    shapes = [tuple(v.shape) for v in variables]
-    saved = [tuple(value.shape) for value in values]
-    if shapes != saved:
+def _saved_values(variables, arrays, prefix, source):
+    """The arrays saved for `variables`, checked to be theirs.
+
+    Raises:
+        ValueError: if the model's variables differ from the checkpoint's in
+            number, order, name or shape (naming the first difference).
+    """
+    saved = sorted(key for key in arrays if key.startswith(prefix + "/"))
+    wanted = [_variable_key(prefix, i, v) for i, v in enumerate(variables)]
+    difference = None
+    if saved != wanted:
+        first = next((i for i, (a, b) in enumerate(zip(saved, wanted)) if a != b),
+                     min(len(saved), len(wanted)))
+        difference = (f"{len(saved)} saved variables against {len(wanted)} in the "
+                      f"model; at position {first}: saved "
+                      f"{saved[first] if first < len(saved) else None!r}, model "
+                      f"{wanted[first] if first < len(wanted) else None!r}")
+    else:
+        shapes = [(key, arrays[key].shape, tuple(v.shape))
+                  for key, v in zip(wanted, variables) if arrays[key].shape != tuple(v.shape)]
+        if shapes:
+            difference = f"{shapes[0][0]!r} was saved as {shapes[0][1]}, the model has {shapes[0][2]}"
+    if difference:
         raise ValueError(
-            f"The checkpoint {source!r} does not fit this model: it holds "
-            f"{len(saved)} arrays, the model {len(shapes)} variables, or their "
-            "shapes differ. Was the work_dir written by another version of the "
-            "model? Pass a new work_dir to start over.")
-    for variable, value in zip(variables, values):
+            f"The checkpoint {source!r} does not fit this model ({difference}). "
+            "Was the work_dir written by another version of the model? Pass a "
+            "new work_dir to start over.")
+    return [arrays[key] for key in wanted]
+
+
+def _assign(variables, arrays, prefix, source):
+    """Assigns each variable the array saved under its position and name."""
+    for variable, value in zip(variables, _saved_values(variables, arrays, prefix, source)):
         variable.assign(value)

@@ -61,8 +61,8 @@ class _ServingModule(tf.Module):
         return self._outputs(images)
 
 
-def export_saved_model(model, class_names, export_dir, image_size, max_pixels=None,
-                       exif_orientation=True):
+def export_saved_model(model, class_names, export_dir, image_size, write_extras=None,
+                       max_pixels=None, exif_orientation=True):
     """Writes the classifier as a SavedModel, atomically, with labels.txt.
 
     Signatures:
@@ -80,6 +80,16 @@ def export_saved_model(model, class_names, export_dir, image_size, max_pixels=No
 
     The SavedModel is written to a temporary folder beside `export_dir` and
     renamed into place, so a failed export leaves an earlier one intact.
+
+    Args:
+        write_extras: Optional callable taking the staging folder, called
+            after the SavedModel and labels.txt are written there and before
+            the rename, so that what it writes (e.g. `tflite.export_tflite`'s
+            model.tflite) is part of the same atomic export.
+        max_pixels: Largest image (height * width from its header) that
+            `serving_default` decodes, or None for no limit.
+        exif_orientation: Whether `serving_default` applies EXIF
+            orientation (as training did).
 
     Returns:
         The export folder path.
@@ -110,6 +120,8 @@ def export_saved_model(model, class_names, export_dir, image_size, max_pixels=No
             })
         with open(os.path.join(staging, LABELS_FILE), "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in class_names))
+        if write_extras is not None:
+            write_extras(staging)
         _replace_folder(staging, export_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -120,14 +132,23 @@ def export_saved_model(model, class_names, export_dir, image_size, max_pixels=No
 
 @contextlib.contextmanager
 def _quiet_tensorflow_logging():
-    """Hides the INFO lines TensorFlow logs per captured hub variable."""
-    tensorflow_logger = logging.getLogger("tensorflow")
-    level = tensorflow_logger.level
-    tensorflow_logger.setLevel(max(level, logging.WARNING))
+    """Hides the INFO lines TensorFlow logs while saving, warnings stay.
+
+    `tf.saved_model.save` logs through absl's logger (the "absl" Python
+    logger, not "tensorflow"): one INFO line per signature listing every
+    captured hub variable it renames (input names that start with a digit),
+    thousands of characters, and lines about untraced functions and
+    fingerprints. Both loggers are held at WARNING for the save.
+    """
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    levels = [each.level for each in loggers]
+    for each, level in zip(loggers, levels):
+        each.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:
-        tensorflow_logger.setLevel(level)
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
 
 
 def _replace_folder(source, destination):

@@ -5,6 +5,14 @@ inlining turns it into a flat GraphDef whose nodes are the module's real
 operations, which this module reads to order variables as data flows, and
 cuts at a block boundary into a frozen bottom and a trainable top that run
 on the module's own variables.
+
+Real hub modules hold more than plain ops: Keras exports call one function
+per layer (nested `StatefulPartitionedCall`s, which inlining flattens), and
+TF-Slim exports pass `training` as a boolean tensor to `tf.cond`, around the
+whole network or around each batch norm. Inlining lowers `If` / `Case` to
+`Switch` / `Merge`; the inference call's predicate is a constant, so
+`prune_untaken_branches` keeps the branch it takes and drops the other, and
+the graph is again plain ops.
 """
 
 from typing import Dict, List, Sequence
@@ -12,10 +20,168 @@ from typing import Dict, List, Sequence
 import tensorflow as tf
 
 _PASS_THROUGH = ("Identity", "IdentityN")
+# Lowered to Switch/Merge by inlining, then resolved: their predicate is a
+# constant in the inference call. Loops stay functional ops (a loop body is
+# not a place to cut a backbone, and lowering them makes cycles).
+_LOOP_OPS = ("While", "StatelessWhile")
+_SWITCHES = ("Switch", "RefSwitch", "_SwitchN")
+_MERGES = ("Merge", "RefMerge")
 
 
 def _source(input_name):
     return input_name.lstrip("^").split(":")[0]
+
+
+def _port(input_name):
+    parts = input_name.split(":")
+    return int(parts[1]) if len(parts) > 1 else 0
+
+
+def inline_call_graph(function):
+    """Returns the GraphDef of a concrete function with every call inlined.
+
+    Uses Grappler's function optimizer (the one pass enabled, aggressive
+    mode, `If`/`Case` lowered to `Switch`/`Merge`, loops left as they are),
+    then `prune_untaken_branches`. TensorFlow has no public API for this;
+    `tests/test_module_graph.py` pins the behaviour relied on (nested calls
+    flattened, `If` lowered) so that a TensorFlow upgrade that changes it
+    fails there, loudly.
+
+    Args:
+        function: A `ConcreteFunction`.
+
+    Returns:
+        A `GraphDef` without function calls or conditionals (its library
+        keeps the functions that loops, if any, still call).
+    """
+    # Grappler's Python entry point: the optimizer TensorFlow itself runs.
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    graph_def = function.graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for library_function in graph_def.library.function:
+        nodes.extend(library_function.node_def)
+        # A second implementation (api_implements, e.g. for GPU) would stop
+        # the function from being inlined.
+        if "api_implements" in library_function.attr:
+            del library_function.attr["api_implements"]
+    for node in nodes:
+        if node.op in _LOOP_OPS:
+            node.attr["_lower_using_switch_merge"].b = False
+    meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def,
+                                                      graph=function.graph)
+    # The fetch nodes tell Grappler what must be kept.
+    fetch = meta_graph_pb2.CollectionDef()
+    fetch.node_list.value.extend(t.name for t in function.inputs + function.outputs)
+    meta_graph.collection_def["train_op"].CopyFrom(fetch)
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.min_graph_nodes = -1
+    rewrite.optimizers.append("function")
+    rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
+    return prune_untaken_branches(tf_optimizer.OptimizeGraph(config, meta_graph, verbose=False))
+
+
+def _constant_value(nodes, input_name):
+    """The scalar value a tensor has when it is a constant (through
+    Identity chains), or None."""
+    node = nodes.get(_source(input_name))
+    while node is not None and node.op == "Identity":
+        node = nodes.get(_source(node.input[0]))
+    if node is None or node.op != "Const":
+        return None
+    value = tf.make_ndarray(node.attr["value"].tensor)
+    return value.item() if value.size == 1 else None
+
+
+def prune_untaken_branches(graph_def):
+    """Keeps the branch each constant-predicate conditional takes.
+
+    A lowered conditional routes its inputs through `Switch` (`_SwitchN`
+    for `Case`) nodes, whose predicate (branch index) here is a constant:
+    only one output port is live. Every op fed only by a dead port is
+    removed; a `Switch` becomes an `Identity` of its data, a `Merge` an
+    `Identity` of its one live input. Conditionals whose predicate is not a
+    constant are left as they are.
+
+    Args:
+        graph_def: An inlined `GraphDef`.
+
+    Returns:
+        A new `GraphDef`; the input is not changed.
+    """
+    nodes = {node.name: node for node in graph_def.node}
+    live_port = {}
+    for node in graph_def.node:
+        if node.op not in _SWITCHES:
+            continue
+        value = _constant_value(nodes, node.input[1])
+        if value is None:
+            continue
+        if node.op == "_SwitchN":
+            branches = node.attr["num_outs"].i
+            # Case runs its last branch for an index out of range.
+            live_port[node.name] = value if 0 <= value < branches else branches - 1
+        else:
+            live_port[node.name] = int(bool(value))
+    if not live_port:
+        return graph_def
+    consumers = {}
+    for node in graph_def.node:
+        for name in node.input:
+            if not name.startswith("^"):
+                consumers.setdefault(_source(name), []).append(node.name)
+
+    def is_dead_input(name, dead):
+        source = _source(name)
+        if source in dead:
+            return True
+        return source in live_port and _port(name) != live_port[source]
+
+    dead, frontier = set(), list(live_port)
+    while frontier:
+        for name in consumers.get(frontier.pop(), []):
+            node = nodes[name]
+            if name in dead:
+                continue
+            data_inputs = [i for i in node.input if not i.startswith("^")]
+            dead_inputs = [is_dead_input(i, dead) for i in data_inputs]
+            # A Merge is live while any of its inputs is.
+            if (all(dead_inputs) if node.op in _MERGES else any(dead_inputs)):
+                dead.add(name)
+                frontier.append(name)
+    pruned = tf.compat.v1.GraphDef()
+    pruned.versions.CopyFrom(graph_def.versions)
+    pruned.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in dead:
+            continue
+        copy = pruned.node.add()
+        copy.CopyFrom(node)
+        inputs = [i for i in node.input if _source(i) not in dead]
+        if node.op in _MERGES:
+            live = [i for i in inputs if not i.startswith("^")
+                    and not is_dead_input(i, dead)]
+            inputs = live[:1] + [i for i in inputs if i.startswith("^")]
+        if node.name in live_port or node.op in _MERGES:
+            copy.op = "Identity"
+            copy.input[:] = [inputs[0]] + [i for i in inputs[1:] if i.startswith("^")]
+            data_type = copy.attr["T"].type
+            copy.ClearField("attr")
+            copy.attr["T"].type = data_type
+            continue
+        del copy.input[:]
+        for name in inputs:
+            source = _source(name)
+            if not name.startswith("^") and source in live_port:
+                # The Switch is now an Identity with one output.
+                name = source
+            elif not name.startswith("^") and nodes[source].op in _MERGES and _port(name) == 1:
+                raise ValueError(f"{node.name} reads which branch {source} took; "
+                                 "it cannot be resolved to plain ops.")
+            copy.input.append(name)
+    return pruned
 
 
 def inference_function(module):
@@ -51,11 +217,8 @@ class ModuleGraph:
     """
 
     def __init__(self, module, variables):
-        from tensorflow.python.framework import convert_to_constants
-
         function = inference_function(module)
-        self.graph_def = convert_to_constants._run_inline_graph_optimization(
-            function, lower_control_flow=False, aggressive_inlining=True)
+        self.graph_def = inline_call_graph(function)
         self.nodes = {node.name: node for node in self.graph_def.node}
         self.input_name = function.graph.inputs[0].name.split(":")[0]
         self.output_tensor = _inlined_output(function, self.nodes)
@@ -137,6 +300,20 @@ class ModuleGraph:
                     frontier.append(consumer)
         return seen
 
+    def whole(self):
+        """The uncut inlined graph as a differentiable function.
+
+        Returns:
+            A callable (images float32 [N, H, W, 3], the backbone's
+            variables in index order) -> features, whose gradients reach
+            the variables like a split's do (`BackboneSplit`'s check
+            compares the two).
+        """
+        graph_def = self._subgraph({}, [self.output_tensor])
+        run = _graph_function(graph_def, [self.input_name], [self.output_tensor],
+                              _reads_in(graph_def, self.reads))
+        return lambda images, variables: run([images], variables)[0]
+
     def split(self, trainable_indices: Sequence[int]) -> "SplitGraph":
         """Cuts the graph where the given variables start to be used.
 
@@ -177,12 +354,13 @@ class ModuleGraph:
             output_tensor=self.output_tensor)
 
     def _canonical(self, input_name):
-        """The tensor an input refers to, looking through Identity chains
-        (inlining wraps one tensor in many Identity nodes)."""
+        """The tensor an input refers to, looking through Identity and
+        IdentityN chains (inlining wraps one tensor in many Identity nodes)."""
         tensor = input_name if ":" in input_name else input_name + ":0"
         node = self.nodes[_source(tensor)]
-        while node.op == "Identity" and tensor.endswith(":0"):
-            tensor = self._canonical(node.input[0])
+        while node.op in _PASS_THROUGH:
+            # Identity has one output; IdentityN's output k is its input k.
+            tensor = self._canonical(node.input[_port(tensor)])
             node = self.nodes[_source(tensor)]
         return tensor
 
@@ -220,6 +398,12 @@ class ModuleGraph:
                 copy.attr["dtype"].CopyFrom(node.attr["dtype"])
                 continue
             copy.CopyFrom(node)
+            if "_gradient_op_type" in copy.attr:
+                # A custom gradient (tf.nn.swish's, say) is registered as a
+                # function of the restored module's own graph, which cannot
+                # be called from the split's: differentiate the forward ops
+                # instead. BackboneSplit's check compares the gradients.
+                del copy.attr["_gradient_op_type"]
             del copy.input[:]
             for input_name in node.input:
                 if input_name.startswith("^"):

@@ -253,15 +253,27 @@ def apply_orientation(image, orientation):
     flipped, 5 transposed, 6 rotated 90 clockwise to view (a phone held
     upright), 7 transversed, 8 rotated 90 counter-clockwise to view.
     """
+    # A uint8 (or int32) Transpose kernel, which tf.image.rot90 and
+    # tf.image.transpose use (and which grappler moves before a cast to
+    # float), makes oneDNN log an error line ("oneDNN supports DT_UINT8 only
+    # on platforms with AVX-512") when the graph is built, in every process
+    # that decodes. So each pixel's 3 bytes plus a 0x3F byte (which keeps
+    # the float normal: no NaN, no denormal) are bitcast to one float32 and
+    # transposed as floats, bit for bit.
+    def transpose(x):
+        pad = tf.fill(tf.concat([tf.shape(x)[:-1], [1]], 0), tf.constant(0x3F, tf.uint8))
+        packed = tf.bitcast(tf.concat([x, pad], -1), tf.float32)
+        return tf.bitcast(tf.transpose(packed), tf.uint8)[..., :3]
+
     branches = [
         lambda: image,
-        lambda: tf.image.flip_left_right(image),
-        lambda: tf.image.rot90(image, 2),
-        lambda: tf.image.flip_up_down(image),
-        lambda: tf.image.transpose(image),
-        lambda: tf.image.rot90(image, 3),
-        lambda: tf.image.rot90(tf.image.transpose(image), 2),
-        lambda: tf.image.rot90(image, 1),
+        lambda: tf.reverse(image, [1]),
+        lambda: tf.reverse(image, [0, 1]),
+        lambda: tf.reverse(image, [0]),
+        lambda: transpose(image),
+        lambda: tf.reverse(transpose(image), [1]),
+        lambda: tf.reverse(transpose(image), [0, 1]),
+        lambda: tf.reverse(transpose(image), [0]),
     ]
     return tf.switch_case(tf.clip_by_value(orientation, 1, 8) - 1, branches)
 

@@ -10,7 +10,7 @@ import math
 import keras
 import numpy as np
 
-from tfhub_ft import cache, distribution, schedules
+from tfhub_ft import _keras_fit_workaround, cache, checkpoints
 from tfhub_ft import model as model_lib
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
 
 
 def train_head(model, frozen, train, validation, config, verbose="auto",
-               checkpoint=None, callbacks=()):
+               checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("head"), callbacks=()):
     """Phase 1: trains the Dense head with the whole backbone frozen.
 
     The head trains on the cached backbone features (`frozen`), each image
@@ -89,7 +89,8 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         train, validation: `data.ImageSet`s (for the labels).
         config: `FineTuneConfig`.
         checkpoint: A `checkpoints.PhaseCheckpoint` that saves every epoch
-            and resumes an interrupted phase, or None.
+            and resumes an interrupted phase; by default a
+            `checkpoints.PlainPhase` (no checkpoints).
         callbacks: Extra Keras callbacks (timing, logging).
 
     Returns:
@@ -106,11 +107,24 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         head, cache.training_batches(frozen.train_features, train.labels, classes, config),
         cache.evaluation_batches(
             frozen.validation_features, validation.labels, classes, config).dataset(),
-        config.head_epochs, verbose, callbacks, checkpoint=checkpoint)
+        config.head_epochs, verbose, callbacks, checkpoint)
+
+
+def fine_tune_schedule(config, train_size):
+    """Phase 2's learning rate: cosine decay from `fine_tune_learning_rate`
+    to 0 over `fine_tune_epochs` epochs of `train_size` images (SGDR,
+    Loshchilov & Hutter 2017, without restarts).
+
+    Returns:
+        A `keras.optimizers.schedules.CosineDecay` of the optimizer step.
+    """
+    steps_per_epoch = math.ceil(train_size / config.batch_size)
+    return keras.optimizers.schedules.CosineDecay(
+        config.fine_tune_learning_rate, steps_per_epoch * config.fine_tune_epochs)
 
 
 def fine_tune(model, frozen, train, validation, config, verbose="auto",
-              checkpoint=None, callbacks=()):
+              checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("fine_tune"), callbacks=()):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
@@ -126,11 +140,8 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
     """
     if config.fine_tune_epochs == 0:
         return {}
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    optimizer = keras.optimizers.AdamW(
-        schedules.CosineDecay(config.fine_tune_learning_rate,
-                              steps_per_epoch * config.fine_tune_epochs),
-        weight_decay=config.weight_decay)
+    optimizer = keras.optimizers.AdamW(fine_tune_schedule(config, len(train)),
+                                       weight_decay=config.weight_decay)
     # Decaying the batch-norm scales and biases only pulls the pretrained
     # normalisation away from what the following layers expect.
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
@@ -153,7 +164,7 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
         trainee, train_batches, validation_batches.dataset(), config.fine_tune_epochs,
         verbose, [EarlyStoppingFromStart(
             validation_batches, patience=config.early_stopping_patience), *callbacks],
-        checkpoint=checkpoint)
+        checkpoint)
 
 
 class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
@@ -182,14 +193,9 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
         self.best_epoch = -1
 
 
-def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks=(),
-         checkpoint=None):
-    """Keras fit of one phase, through its checkpoint when the run has one."""
-    with distribution.keras_fit_under_strategy(trainee, train_batches.element_spec):
-        if checkpoint is not None:
-            return checkpoint.fit(trainee, train_batches, validation_data, epochs,
-                                  callbacks, verbose)
-        history = trainee.fit(train_batches.dataset(), validation_data=validation_data,
-                              epochs=epochs, verbose=verbose, shuffle=False,
-                              callbacks=list(callbacks))
-    return history.history
+def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks, checkpoint):
+    """Keras fit of one phase through its checkpoint (`checkpoints.PlainPhase`
+    when the run has no work directory)."""
+    with _keras_fit_workaround.keras_fit_under_strategy(trainee, train_batches.element_spec):
+        return checkpoint.fit(trainee, train_batches, validation_data, epochs,
+                              callbacks, verbose)

@@ -1,9 +1,13 @@
 """`FineTuner`: a hub backbone in, a served classifier out."""
 
+import contextlib
+import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -15,8 +19,10 @@ from tfhub_ft import cache, checkpoints
 from tfhub_ft import data as data_lib
 from tfhub_ft import distribution, duplicates, image_files
 from tfhub_ft import export as export_lib
+from tfhub_ft import lr_finder
 from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
+from tfhub_ft import tflite as tflite_lib
 from tfhub_ft.config import FineTuneConfig
 
 logger = logging.getLogger(__name__)
@@ -54,13 +60,22 @@ class FineTuner:
             after `fit`.
         cache_usage: {"memory_bytes", "spilled_bytes"} of the decoded
             images and cached activations of the last `fit`.
-        skipped_files: [(path, reason)] of the files the last `load_data`
-            (or `fit`) could not use, training and validation.
+        history: `fit`'s return value, after `fit`.
+        stage_seconds: Wall seconds of each stage of the last `fit` (and
+            `export`): "load" (listing and decoding the images),
+            "frozen_pass", "head", "fine_tune", "validation", "export".
+        unfrozen_blocks: Names of the blocks fine-tuned, after `fit`.
+        skipped_files: Files the last `load_data` (or `fit`) could not use,
+            training and validation.
+        skip_reasons: {path: why} for every path in `skipped_files`
+            (empty, truncated, unknown format, too large, decoder message).
         near_duplicates: [(validation path, training path, cosine
             similarity)] of the validation images of the last `fit` whose
             frozen features nearly equal a training image's (see
             `near_duplicate_threshold`); indices stand in for paths when the
             data has none.
+        validation_labels, validation_probabilities: int [N] and float32
+            [N, C] on the validation images, after `fit` (for `report`).
     """
 
     def __init__(self, hub_handle, config=None, strategy=None,
@@ -76,8 +91,7 @@ class FineTuner:
             self.backbone = backbone_lib.HubBackbone(
                 hub_handle, batch_norm_trainable=self.config.batch_norm_trainable,
                 block_pattern=block_pattern, input_range=self.config.input_range)
-        self.image_size = (self.config.image_size or self.backbone.image_size
-                           or backbone_lib.DEFAULT_IMAGE_SIZE)
+        self.image_size = self.backbone.resolve_image_size(self.config.image_size)
         block_count = len(self.backbone.blocks)
         if self.config.unfreeze_blocks > block_count:
             # The default suits deep backbones; a shallow one is trained whole.
@@ -88,8 +102,20 @@ class FineTuner:
         self.class_names = None
         self.validation_metrics = None
         self.cache_usage = None
+        # Kept by `fit` for `export(tflite=...)`: int8 calibration images and
+        # the parity check's validation images and labels (seeded samples).
+        self._representative_images = None
+        self._parity_data = None
+        self.history = None
+        self.stage_seconds = {}
+        self.unfrozen_blocks = []
         self.skipped_files = []
+        self.skip_reasons = {}
         self.near_duplicates = []
+        self.validation_labels = None
+        self.validation_probabilities = None
+        self._mistakes = None
+        self._image_counts = None
 
     def load_data(self, train, validation=None, validation_split=None,
                   class_names=None, data_dir=None, budget=None):
@@ -120,7 +146,8 @@ class FineTuner:
         is_tfds = data_lib.is_tfds_name(train)
         train_set = data_lib.load_images(train, size, class_names, split="train",
                                          data_dir=data_dir, budget=budget, config=self.config)
-        self.skipped_files = [(p, train_set.skip_reasons.get(p, "")) for p in train_set.skipped]
+        self.skipped_files = list(train_set.skipped)
+        self.skip_reasons = dict(train_set.skip_reasons)
         if validation is None:
             fraction = validation_split or self.config.validation_split
             data_lib.check_validation_split(train_set.labels, train_set.class_names,
@@ -134,8 +161,8 @@ class FineTuner:
             validation_set = data_lib.load_images(
                 validation, size, class_names or train_set.class_names, budget=budget,
                 config=self.config)
-        self.skipped_files += [(p, validation_set.skip_reasons.get(p, ""))
-                               for p in validation_set.skipped]
+        self.skipped_files += list(validation_set.skipped)
+        self.skip_reasons.update(validation_set.skip_reasons)
         validation_set = data_lib.match_classes(
             validation_set, train_set.class_names, "validation")
         data_lib.warn_missing_validation_classes(validation_set.labels,
@@ -143,7 +170,8 @@ class FineTuner:
         return train_set, validation_set
 
     def fit(self, train, validation=None, validation_split=None,
-            class_names=None, data_dir=None, verbose="auto", work_dir=None):
+            class_names=None, data_dir=None, verbose="auto", work_dir=None,
+            tensorboard_dir=None, callbacks=None):
         """Trains the head, then fine-tunes the top blocks.
 
         Args: see `load_data`; `verbose` is passed to Keras `fit`;
@@ -151,14 +179,23 @@ class FineTuner:
             calling `fit` again with the same arguments after an
             interruption resumes the run instead of starting over (see
             `checkpoints`); None trains without checkpoints.
+            `tensorboard_dir`: a folder for TensorBoard logs, one run per
+            phase (`head/`, `fine_tune/`, each with `train/` and
+            `validation/`): loss, accuracy and learning rate per epoch,
+            through `keras.callbacks.TensorBoard`; None writes none.
+            `callbacks`: extra Keras callbacks for both phases, or a
+            function from the phase name ("head", "fine_tune") to a list
+            of them.
 
         Returns:
             {"head": phase-1 history, "fine_tune": phase-2 history}, each a
             dict of per-epoch lists (loss, accuracy, val_loss, val_accuracy).
         """
+        self.stage_seconds = {}
         budget = self._new_budget()
-        train_set, validation_set = self.load_data(
-            train, validation, validation_split, class_names, data_dir, budget)
+        with self._stage("load"):
+            train_set, validation_set = self.load_data(
+                train, validation, validation_split, class_names, data_dir, budget)
         logger.info("Training on %d images, validating on %d, %d classes",
                     len(train_set), len(validation_set), len(train_set.class_names))
         data_lib.check_class_balance(train_set.labels, train_set.class_names,
@@ -171,36 +208,77 @@ class FineTuner:
             work_dir, checkpoints.run_identity(self.config, self.backbone.hub_handle,
                                                self.class_names, len(train_set),
                                                len(validation_set)),
-            is_chief=distribution.is_chief(self.strategy))
+            is_chief=self.strategy.extended.should_checkpoint)
         with self.strategy.scope():
             self.model = model_lib.build_classifier(
                 self.backbone, len(self.class_names), self.image_size,
                 self.config.dropout_rate, self.config.augmentation,
                 self.config.seed)
             self.backbone.freeze_all()
-            frozen = cache.compute_frozen_activations(
-                self.model, train_set, validation_set, self.config, budget)
-            for problem in backbone_lib.feature_problems(
-                    arrays.take(frozen.train_features[0],
-                                np.arange(min(len(train_set), 64))),
-                    self.config.input_range):
-                logger.warning("Calibration of %s: %s", self.backbone.hub_handle, problem)
-            validation_set, frozen = self._check_near_duplicates(
-                train_set, validation_set, frozen)
-            head_history = recipe.train_head(
-                self.model, frozen, train_set, validation_set, self.config, verbose,
-                checkpoint=work.phase("head"))
+            with self._stage("frozen_pass"):
+                frozen = cache.compute_frozen_activations(
+                    self.model, train_set, validation_set, self.config, budget)
+                for problem in backbone_lib.feature_problems(
+                        arrays.take(frozen.train_features[0],
+                                    np.arange(min(len(train_set), 64))),
+                        self.config.input_range):
+                    logger.warning("Calibration of %s: %s", self.backbone.hub_handle, problem)
+                validation_set, frozen = self._check_near_duplicates(
+                    train_set, validation_set, frozen)
+            with self._stage("head"):
+                head_history = recipe.train_head(
+                    self.model, frozen, train_set, validation_set, self.config, verbose,
+                    checkpoint=work.phase("head"),
+                    callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks))
             unfrozen = self.backbone.unfreeze_top_blocks(self.config.unfreeze_blocks)
-            fine_tune_history = recipe.fine_tune(
-                self.model, frozen, train_set, validation_set, self.config, verbose,
-                checkpoint=work.phase("fine_tune", [block.name for block in unfrozen]))
+            self.unfrozen_blocks = [block.name for block in unfrozen]
+            with self._stage("fine_tune"):
+                fine_tune_history = recipe.fine_tune(
+                    self.model, frozen, train_set, validation_set, self.config, verbose,
+                    checkpoint=work.phase("fine_tune", self.unfrozen_blocks),
+                    callbacks=self._phase_callbacks("fine_tune", tensorboard_dir, callbacks))
         work.finish()
         self.cache_usage = {"memory_bytes": budget.used_bytes,
                             "spilled_bytes": budget.spilled_bytes}
-        self.validation_metrics = self._score(validation_set)
+        with self._stage("validation"):
+            self.validation_metrics = self._score(validation_set, keep=True)
+        self._image_counts = {"train": len(train_set), "validation": len(validation_set)}
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))
-        return {"head": head_history, "fine_tune": fine_tune_history}
+        self._keep_tflite_data(train_set, validation_set)
+        self.history = {"head": head_history, "fine_tune": fine_tune_history}
+        return self.history
+
+    @contextlib.contextmanager
+    def _stage(self, name):
+        start = time.perf_counter()
+        yield
+        self.stage_seconds[name] = time.perf_counter() - start
+        logger.info("Stage %s done in %.1f s", name, self.stage_seconds[name])
+
+    @staticmethod
+    def _phase_callbacks(phase, tensorboard_dir, callbacks):
+        extra = list(callbacks(phase) if callable(callbacks) else callbacks or ())
+        if tensorboard_dir:
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ValueError(
+                    "Invalid value for `tensorboard_dir`: writing TensorBoard logs needs "
+                    "the `tensorboard` package, which is not installed. Install it "
+                    "(`pip install tensorboard`) or leave `tensorboard_dir` unset.")
+            # The graph of a hub module split in two is large and not what
+            # a user looks for; the per-epoch scalars are.
+            extra.append(keras.callbacks.TensorBoard(
+                os.path.join(os.fspath(tensorboard_dir), phase), write_graph=False,
+                update_freq="epoch"))
+        return extra
+
+    def _keep_tflite_data(self, train_set, validation_set):
+        seed = self.config.seed
+        self._representative_images = arrays.take(train_set.images, tflite_lib.sample_rows(
+            len(train_set), tflite_lib.REPRESENTATIVE_IMAGE_COUNT, seed))
+        rows = tflite_lib.sample_rows(len(validation_set), tflite_lib.PARITY_IMAGE_COUNT, seed)
+        self._parity_data = (arrays.take(validation_set.images, rows),
+                             validation_set.labels[rows])
 
     def _check_near_duplicates(self, train_set, validation_set, frozen):
         """Reports (and with `drop_near_duplicates` drops) validation images
@@ -289,16 +367,22 @@ class FineTuner:
             self.class_names, "evaluation")
         return self._score(image_set)
 
-    def _score(self, image_set):
+    def _score(self, image_set, keep=False):
         probabilities = self._probabilities(arrays.BatchSource(
             image_set.images, batch_size=self.config.batch_size).dataset())
         labels = image_set.labels
+        if keep:
+            from tfhub_ft import report as report_lib
+            self.validation_labels = np.asarray(labels)
+            self.validation_probabilities = probabilities
+            indices = report_lib.most_confident_mistakes(labels, probabilities)
+            self._mistakes = (indices, arrays.take(image_set.images, indices))
         chosen = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
         return {"loss": float(-np.mean(np.log(chosen))),
                 "accuracy": float(np.mean(probabilities.argmax(-1) == labels)),
                 "count": int(len(labels))}
 
-    def export(self, export_dir):
+    def export(self, export_dir, tflite=None):
         """Writes the SavedModel (and labels.txt) to `export_dir`, atomically.
 
         See `export.export_saved_model` for the signatures. In a
@@ -306,14 +390,40 @@ class FineTuner:
         them), but only the chief writes `export_dir`; the others write to a
         temporary folder that is removed.
 
+        Args:
+            export_dir: The folder to write; an earlier export there is
+                replaced.
+            tflite: None, or one of `tflite.TFLITE_MODES` ("float32",
+                "float16", "dynamic", "int8") to also write
+                `export_dir/model.tflite` (uint8 [1, S, S, 3] in, float32
+                probabilities [1, C] out; see `tfhub_ft.tflite`) and its
+                parity report against the SavedModel on the validation
+                images, `export_dir/tflite_parity.json`. int8 calibrates on
+                a seeded sample of the training images.
+
         Returns:
             The export folder path; None on a non-chief worker.
+
+        Raises:
+            ValueError: for an unknown `tflite` mode, or before `fit`.
         """
         self._require_model()
-        if distribution.is_chief(self.strategy):
-            return export_lib.export_saved_model(self.model, self.class_names,
-                                                 export_dir, self.image_size,
-                                                 **self._decode_options())
+        write_extras = None
+        if tflite is not None:
+            tflite_lib.check_mode(tflite)
+            validation_images, validation_labels = self._parity_data or (None, None)
+
+            def write_extras(folder):
+                tflite_lib.export_tflite(
+                    self.model, self.image_size, folder, tflite,
+                    self._representative_images, validation_images, validation_labels)
+
+        if self.strategy.extended.should_checkpoint:
+            with self._stage("export"):
+                return export_lib.export_saved_model(self.model, self.class_names,
+                                                     export_dir, self.image_size,
+                                                     write_extras=write_extras,
+                                                     **self._decode_options())
         scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
         try:
             export_lib.export_saved_model(self.model, self.class_names,
@@ -322,3 +432,146 @@ class FineTuner:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return None
+
+    def export_backbone(self, export_dir):
+        """Writes the backbone, with its fine-tuned weights, as a TF Hub module.
+
+        A TF2 SavedModel in the image feature-vector convention (float32
+        [N, H, W, 3] RGB in [0, 1] -> float32 [N, D]), with the variable
+        names of the original module, written atomically; it loads as a
+        `FineTuner` or `HubBackbone` handle and in `hub.KerasLayer`. See
+        `hub_export.export_backbone`. Before `fit` it writes the module as
+        loaded. As with `export`, every worker of a multi-worker run must
+        call it and only the chief writes `export_dir`.
+
+        Returns:
+            The export folder path; None on a non-chief worker.
+        """
+        from tfhub_ft import hub_export
+        if self.strategy.extended.should_checkpoint:
+            return hub_export.export_backbone(self.backbone, export_dir)
+        scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
+        try:
+            hub_export.export_backbone(self.backbone, os.path.join(scratch, "backbone"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return None
+
+    def report(self, report_dir):
+        """Writes the run report of the last `fit` into `report_dir`.
+
+        curves.png, confusion_matrix.png and .csv, per_class.csv,
+        mistakes.png and summary.json (see `report.write_report`): the
+        validation images' metrics, the history of both phases, the config,
+        hub handle, blocks unfrozen, image counts, skipped files and the
+        seconds of each stage.
+
+        Returns:
+            {file name: path} of the files written.
+
+        Raises:
+            ValueError: before `fit`, or if `report_dir` cannot be written.
+        """
+        self._require_model()
+        from tfhub_ft import report as report_lib
+        indices, images = self._mistakes
+        summary = {
+            "hub_handle": str(self.backbone.hub_handle),
+            "config": dataclasses.asdict(self.config),
+            "image_size": self.image_size,
+            "blocks": len(self.backbone.blocks),
+            "blocks_unfrozen": self.unfrozen_blocks,
+            "image_counts": self._image_counts,
+            "skipped_files": self.skipped_files,
+            "stage_seconds": {name: round(seconds, 3)
+                              for name, seconds in self.stage_seconds.items()},
+            "validation_metrics": dict(self.validation_metrics or {}),
+            "cache_usage": self.cache_usage,
+        }
+        return report_lib.write_report(
+            report_dir, self.class_names, self.validation_labels,
+            self.validation_probabilities, history=self.history,
+            mistake_images=images, mistake_indices=indices, summary=summary)
+
+    def find_learning_rate(self, train, phase="head", validation=None,
+                           validation_split=None, class_names=None, data_dir=None,
+                           min_learning_rate=1e-7, max_learning_rate=10.0, steps=100,
+                           plot_path=None):
+        """The learning-rate range test of one phase, on cached activations.
+
+        Runs `steps` training steps of the phase's optimizer (Adam for
+        "head", AdamW with the config's weight decay for "fine_tune") at
+        rates growing exponentially from `min_learning_rate` to
+        `max_learning_rate` (Smith 2017; fastai's `lr_find`), stopping when
+        the loss diverges, on the frozen activations computed once, so it
+        costs seconds. For "fine_tune" the head is first trained as `fit`'s
+        phase 1 would, then the top `unfreeze_blocks` are unfrozen. The
+        classifier built here is a scratch one: the weights it ends with are
+        those it started the test with, and `self.model` is not changed.
+
+        Args:
+            train, validation, validation_split, class_names, data_dir: as
+                `load_data` (the validation images are only decoded, not
+                used, except for phase 1 before "fine_tune").
+            phase: "head" or "fine_tune".
+            min_learning_rate, max_learning_rate: The range (> 0).
+            steps: Steps of the test, one rate each (>= 2).
+            plot_path: Where to write the plot (lr_find.png); None: none.
+
+        Returns:
+            A `lr_finder.LearningRateFinding`: rates, losses, `suggestion`
+            and the `rule` that chose it.
+
+        Raises:
+            ValueError: for an unknown phase or rate range.
+        """
+        if phase not in ("head", "fine_tune"):
+            raise ValueError(
+                "Invalid value for `phase`. Expected \"head\" or \"fine_tune\". "
+                f"Received: phase={phase!r}")
+        lr_finder.exponential_rates(min_learning_rate, max_learning_rate, steps)
+        config = self.config
+        if phase == "fine_tune" and config.fine_tune_epochs == 0:
+            config = config.replace(fine_tune_epochs=1)
+        if phase == "head":
+            # No split of the backbone: the head's test needs only its features.
+            config = config.replace(fine_tune_epochs=0)
+        budget = self._new_budget()
+        train_set, validation_set = self.load_data(
+            train, validation, validation_split, class_names, data_dir, budget)
+        keras.utils.set_random_seed(config.seed)
+        classes = len(train_set.class_names)
+        with self.strategy.scope():
+            model = model_lib.build_classifier(
+                self.backbone, classes, self.image_size, config.dropout_rate,
+                config.augmentation, config.seed)
+            self.backbone.freeze_all()
+            frozen = cache.compute_frozen_activations(model, train_set, validation_set,
+                                                      config, budget)
+            loss = recipe.classification_loss(config)
+            if phase == "head":
+                trainee = model_lib.CachedInputClassifier(model)
+                inputs = frozen.train_features
+                make_optimizer = keras.optimizers.Adam
+            else:
+                recipe.train_head(model, frozen, train_set, validation_set, config, verbose=0)
+                self.backbone.unfreeze_top_blocks(config.unfreeze_blocks)
+                if frozen.split is not None:
+                    trainee = model_lib.CachedInputClassifier(model, top=frozen.split.top)
+                    inputs = frozen.train_boundary
+                else:
+                    trainee, inputs = model, [train_set.images]
+
+                def make_optimizer(rate):
+                    optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+                    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+                    return optimizer
+            batches = cache.training_batches(inputs, train_set.labels, classes, config)
+            finding = lr_finder.range_test(
+                trainee, batches.batches, make_optimizer, loss, min_learning_rate,
+                max_learning_rate, steps)
+            self.backbone.freeze_all()
+        if plot_path:
+            finding.plot_path = lr_finder.plot(
+                finding, plot_path, title=f"Learning-rate range test, {phase} phase")
+        return finding

@@ -1,0 +1,235 @@
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from typing import Dict, Literal, Optional, Tuple
+
+import pytest
+
+from tfhub_ft import FineTuneConfig, cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_flags():
+    parser = cli.build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    return {action.dest: action for action in train._actions
+            if action.option_strings and action.dest != "help"
+            and action.help != "==SUPPRESS=="}
+
+
+def test_every_config_field_has_a_flag_with_its_default_and_help():
+    flags = _train_flags()
+    helps = cli.config_field_help()
+    for field in dataclasses.fields(FineTuneConfig):
+        assert field.name in flags, field.name
+        assert flags[field.name].default == getattr(FineTuneConfig(), field.name), field.name
+        assert helps.get(field.name), f"FineTuneConfig's docstring does not document {field.name}"
+        assert helps[field.name] in flags[field.name].help
+
+
+def test_readme_flag_table_lists_exactly_the_train_flags():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith("| `--")]
+    documented = set()
+    for row in rows:
+        documented.update(re.findall(r"`--(\w+)`", row.split("|")[1]))
+    assert documented == set(_train_flags())
+
+
+def test_flags_parse_into_a_config():
+    args = cli.build_parser().parse_args([
+        "train", "--image_size=none", "--batch_size=16", "--weight_decay=0",
+        "--augmentation=", "--deterministic", "--nobatch_norm_trainable",
+        "--head_learning_rate=3e-3"])
+    config = cli.config_from_args(args)
+    assert config == FineTuneConfig(image_size=None, batch_size=16, weight_decay=0.0,
+                                    augmentation=(), deterministic=True,
+                                    head_learning_rate=3e-3)
+    args = cli.build_parser().parse_args(["train", "--deterministic=false",
+                                          "--augmentation=flip"])
+    assert cli.config_from_args(args) == FineTuneConfig()
+
+
+def test_flags_are_generated_for_any_field_type():
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        """Options.
+
+        Attributes:
+            size: A size, or None.
+                Continued here.
+            widths: Widths.
+            mode: One of two.
+            weights: Per-class weights.
+            name: A name.
+            on: A switch.
+        """
+
+        size: Optional[int] = None
+        widths: Tuple[int, ...] = (1, 2)
+        mode: Literal["skip", "fail"] = "fail"
+        weights: Optional[Dict[str, float]] = None
+        name: str = "x"
+        on: bool = False
+
+    assert cli.config_field_help(Options)["size"] == "A size, or None. Continued here."
+    parser = cli._Parser()
+    cli.add_config_flags(parser, Options)
+    args = parser.parse_args(["--size=3", "--widths=4,5", "--mode=skip",
+                              '--weights={"a": 2.0}', "--name=y", "--on"])
+    assert cli.config_from_args(args, Options) == Options(3, (4, 5), "skip", {"a": 2.0}, "y", True)
+    assert cli.config_from_args(parser.parse_args([]), Options) == Options()
+    with pytest.raises(cli.UsageError, match="expected one of skip, fail"):
+        parser.parse_args(["--mode=maybe"])
+
+
+@pytest.fixture
+def run_in_process(monkeypatch):
+    """Runs `cli.main` here; logging and stderr are left to pytest."""
+    monkeypatch.setattr(cli, "configure_logging", lambda verbosity: None)
+    monkeypatch.setattr(cli, "_import_tensorflow_quietly", lambda verbosity: None)
+    return cli.main
+
+
+def _one_line_error(capsys, status):
+    assert status == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tfhub_ft") and ": error: " in lines[0]
+    return lines[0]
+
+
+def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folders, tmp_path):
+    train, _, _, _ = image_folders
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = {
+        "is not a folder": ["train", f"--image_dir={tmp_path / 'missing'}"],
+        "neither a local folder": ["train", f"--hub_url={tmp_path / 'no_hub'}",
+                                   f"--image_dir={train}"],
+        "invalid int value": ["train", "--batch_size=many"],
+        "Invalid value for `label_smoothing`": ["train", "--label_smoothing=2"],
+        "Invalid value for `export_dir`. Cannot write": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            f"--export_dir={a_file / 'export'}"],
+        "Invalid value for `distribution_strategy`": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            "--distribution_strategy=mirorred"],
+        "invalid choice": ["fly"],
+        "Invalid value for `model`": ["evaluate", f"--model={tmp_path}", f"--image_dir={train}"],
+    }
+    for expected, argv in cases.items():
+        line = _one_line_error(capsys, run_in_process(argv))
+        assert expected in line, (argv, line)
+
+
+def test_unexpected_errors_keep_their_traceback(run_in_process, monkeypatch):
+    def broken(args):
+        return int("not a number")  # a ValueError tfhub_ft did not raise
+
+    monkeypatch.setitem(cli.COMMANDS, "train", broken)
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_in_process(["train"])
+
+
+def test_predict_and_inspect_call_their_modules(run_in_process, monkeypatch, capsys):
+    import types
+    calls = []
+    for name in cli.DELEGATED_COMMANDS:
+        module = types.ModuleType(f"tfhub_ft.{name}")
+        module.main = lambda argv, name=name: calls.append((name, argv)) or 0
+        monkeypatch.setitem(sys.modules, f"tfhub_ft.{name}", module)
+    assert run_in_process(["predict", "--model=m", "a.jpg"]) == 0
+    assert run_in_process(["inspect", "handle"]) == 0
+    assert calls == [("predict", ["--model=m", "a.jpg"]), ("inspect", ["handle"])]
+
+
+def test_a_missing_delegated_module_is_a_one_line_error(run_in_process, monkeypatch, capsys):
+    import importlib
+    real = importlib.import_module
+
+    def without_predict(name, *args):
+        if name == "tfhub_ft.predict":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_predict)
+    line = _one_line_error(capsys, run_in_process(["predict", "x.jpg"]))
+    assert "not available in this build" in line
+
+
+def _command(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run([sys.executable, "-m", "tfhub_ft", *map(str, args)], env=env,
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_path):
+    train, validation, _, names = image_folders
+    recipe = ["--image_size=32", "--batch_size=8", "--head_epochs=2", "--fine_tune_epochs=2",
+              "--unfreeze_blocks=2"]
+    done = _command("train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+                    f"--validation_dir={validation}", f"--export_dir={tmp_path / 'export'}",
+                    f"--report_dir={tmp_path / 'report'}",
+                    f"--tensorboard_dir={tmp_path / 'tb'}", *recipe)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    # A log file gets one line per stage and epoch: no bars, no escape codes,
+    # no TensorFlow start-up lines, no retracing.
+    assert "\r" not in output and "\x1b" not in output
+    assert "retracing" not in output
+    assert not re.search(r"^[IWE]\d{4} ", output, re.MULTILINE), output
+    assert "renamed" not in output
+    lines = output.splitlines()
+    assert len(lines) <= 25, output
+    assert sum(line.startswith("head epoch ") for line in lines) == 2
+    assert re.search(r"^validation_accuracy=[\d.]+ images=12 ", done.stdout, re.MULTILINE)
+    assert sorted(os.listdir(tmp_path / "report")) == sorted([
+        "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
+        "mistakes.png", "summary.json"])
+    assert sorted(os.listdir(tmp_path / "tb")) == ["fine_tune", "head"]
+
+    done = _command("evaluate", f"--model={tmp_path / 'export'}", f"--image_dir={validation}",
+                    f"--report_dir={tmp_path / 'evaluation'}")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^accuracy=[\d.]+ loss=[\d.]+ images=12$", done.stdout, re.MULTILINE)
+    for name in [*names, "macro avg", "weighted avg"]:
+        assert re.search(rf"^{name} +[\d.]+ +[\d.]+ +[\d.]+ +\d+$", done.stdout, re.MULTILINE)
+    assert os.path.exists(tmp_path / "evaluation" / "per_class.csv")
+
+    done = _command("lr_find", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+                    f"--validation_dir={validation}", "--steps=20",
+                    f"--plot_path={tmp_path / 'lr_find.png'}", *recipe)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^suggested_learning_rate=\S+ \(--head_learning_rate=\S+\)$",
+                     done.stdout, re.MULTILINE)
+    assert os.path.getsize(tmp_path / "lr_find.png") > 0
+
+
+@pytest.mark.slow
+def test_errors_from_the_command_are_one_line_with_status_2(tmp_path):
+    done = _command("train", f"--image_dir={tmp_path / 'missing'}")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("tfhub_ft train: error: Invalid value for `image_dir`")
+
+
+@pytest.mark.slow
+def test_flowers_example_is_the_train_command():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "flowers.py"),
+                           "--help"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0
+    assert "--weight_decay" in done.stdout and "--validation_split" in done.stdout
+
+
+def test_a_long_error_keeps_its_start_and_end():
+    line = cli._one_line("train", ValueError("Bad thing. " + "name, " * 500 + "Fix it so."))
+    assert line.startswith("tfhub_ft train: error: Bad thing. name,")
+    assert line.endswith("Fix it so.") and len(line) < 650

@@ -1,0 +1,83 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfhub_ft import FineTuner, HubBackbone, hub_export
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_backbone_path, tmp_path_factory):
+    tuner = FineTuner(tiny_backbone_path, image_size=32)
+    # Stands for fine-tuning, deterministically: change the top two blocks'
+    # weights through the Keras variables, as the optimizer does.
+    for block in tuner.backbone.unfreeze_top_blocks(2):
+        for variable in tuner.backbone.block_variables(block):
+            variable.assign(variable * 1.5 + 0.05)
+    path = tuner.export_backbone(str(tmp_path_factory.mktemp("backbone") / "hub"))
+    return tuner, path
+
+
+def images(count=4, size=32, seed=0):
+    return np.random.default_rng(seed).random((count, size, size, 3)).astype(np.float32)
+
+
+def test_the_export_holds_the_fine_tuned_weights(exported, tiny_backbone_path):
+    tuner, path = exported
+    reloaded = HubBackbone(path)
+    expected = tuner.backbone(images()).numpy()
+    np.testing.assert_array_equal(reloaded(images()).numpy(), expected)
+    original = HubBackbone(tiny_backbone_path)(images()).numpy()
+    assert np.abs(original - expected).max() > 1e-4  # fine-tuning changed them
+
+
+def test_it_loads_as_a_fine_tuner_handle_with_the_same_blocks(exported):
+    tuner, path = exported
+    again = FineTuner(path, config=tuner.config)
+    assert [b.name for b in again.backbone.blocks] == [b.name for b in tuner.backbone.blocks]
+    assert ([(name, count) for name, count, _ in again.backbone.block_summary()]
+            == [(name, count) for name, count, _ in tuner.backbone.block_summary()])
+    assert ([v.name for v in again.backbone.module.variables]
+            == [v.name for v in tuner.backbone.module.variables])
+    assert ([v.name for v in again.backbone.module.trainable_variables]
+            == [v.name for v in tuner.backbone.module.trainable_variables])
+    assert list(again.backbone.module.regularization_losses) == []
+    split = again.backbone.split_top_blocks(2)
+    assert split is not None
+    np.testing.assert_allclose(split.top(split.bottom(images())).numpy(),
+                               tuner.backbone(images()).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_hub_keras_layer_gives_the_same_features(exported):
+    import tensorflow_hub as hub
+    import tf_keras  # noqa: F401  hub.KerasLayer is a tf_keras layer
+    tuner, path = exported
+    layer = hub.KerasLayer(path, trainable=True)
+    np.testing.assert_array_equal(layer(tf.constant(images())).numpy(),
+                                  tuner.backbone(images()).numpy())
+    assert len(layer.trainable_weights) == len(tuner.backbone.module.trainable_variables)
+    # The traced training=True branch (batch statistics) survives the re-save.
+    assert layer(tf.constant(images()), training=True).shape == (4, tuner.backbone.feature_dim)
+
+
+def test_written_atomically_and_errors_are_explained(exported, tmp_path, monkeypatch):
+    tuner, _ = exported
+    path = tuner.export_backbone(str(tmp_path / "hub"))
+    before = sorted(os.listdir(path))
+
+    def broken_save(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", broken_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        tuner.export_backbone(path)
+    assert sorted(os.listdir(path)) == before
+    assert sorted(os.listdir(tmp_path)) == ["hub"]
+    monkeypatch.undo()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="which is a file"):
+        tuner.export_backbone(str(blocker))
+    with pytest.raises(TypeError, match="Expected a HubBackbone"):
+        hub_export.export_backbone(tuner.model, str(tmp_path / "x"))

@@ -1,0 +1,44 @@
+from tests import module_shapes
+from tfhub_ft import inspect as inspect_lib
+from tfhub_ft.backbone import HubBackbone
+
+
+def test_inspect_prints_blocks_sizes_order_and_split(tiny_backbone_path, capsys):
+    assert inspect_lib.main([tiny_backbone_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == [
+        f"Module: {tiny_backbone_path}",
+        "Feature vector: 16 floats per image",
+        "Input: float32 RGB in [0, 1], any size (default 224x224)",
+        "Block order from: the module's call graph (the order it runs them in)",
+    ]
+    rows = [line.split() for line in lines[6:-1]]
+    # TinyBackbone(widths=(4, 8, 8, 16)): 3x3 convs and 1x1 head, 4 BN values each.
+    assert rows == [
+        ["5", "stem", "124", "split:", "trains", "from", "cached", "activations"],
+        ["4", "block_1", "320", "split:", "trains", "from", "cached", "activations"],
+        ["3", "block_2", "608", "split:", "trains", "from", "cached", "activations"],
+        ["2", "block_3", "1,216", "split:", "trains", "from", "cached", "activations"],
+        ["1", "head", "320", "split:", "trains", "from", "cached", "activations"],
+    ]
+    assert lines[-1].split() == ["total", "2,588"]
+
+
+def test_inspect_marks_blocks_ordered_by_name(tmp_path):
+    path, _ = module_shapes.slim_mobilenet(tmp_path / "slim", blocks=2)
+    backbone = HubBackbone(path)
+    backbone.blocks = [block.__class__(block.name, block.variable_indices,
+                                       block.parameter_count,
+                                       "names" if block.name == "expanded_conv_1" else "trace")
+                       for block in backbone.blocks]
+    lines = inspect_lib.describe_backbone(backbone, check_splits=False)
+    assert "blocks marked * by name" in lines[3]
+    assert any(line.split()[1] == "expanded_conv_1*" for line in lines[6:-1])
+    assert [line.split()[1] for line in lines[6:-1]] == [
+        "stem", "expanded_conv", "expanded_conv_1*", "expanded_conv_2", "head"]
+
+
+def test_inspect_bad_handle_is_one_line_and_status_2(tmp_path, capsys):
+    assert inspect_lib.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The hub handle") and err.count("\n") == 1

@@ -1,0 +1,105 @@
+"""Every module shape real hubs publish: forward block order, exact freezing,
+an active split equal to the whole module, and the recipe to the end."""
+
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import module_shapes
+from tfhub_ft import FineTuner
+from tfhub_ft.backbone import HubBackbone
+
+
+@pytest.fixture(scope="module")
+def saved_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return {name: build(root / name) for name, build in module_shapes.BUILDERS.items()}
+
+
+SHAPES = sorted(module_shapes.BUILDERS)
+
+
+def split_and_whole_gradients(backbone, count, size):
+    split = backbone.split_top_blocks(count)
+    assert split is not None
+    backbone.unfreeze_top_blocks(count)
+    trainable = backbone.trainable_weights
+    images = tf.random.stateless_uniform([3, size, size, 3], seed=[5, 6])
+
+    @tf.function
+    def split_gradients(images):
+        boundary = split.bottom(images)
+        with tf.GradientTape() as tape:
+            features = split.top(boundary)
+            loss = tf.reduce_sum(features ** 2)
+        return features, tape.gradient(loss, trainable)
+
+    @tf.function
+    def whole_gradients(images):
+        with tf.GradientTape() as tape:
+            features = backbone(images)
+            loss = tf.reduce_sum(features ** 2)
+        return features, tape.gradient(loss, trainable)
+
+    return split_gradients(images), whole_gradients(images)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_blocks_in_forward_order_from_the_trace(saved_shapes, shape, caplog):
+    path, expected = saved_shapes[shape]
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        backbone = HubBackbone(path)
+    assert [block.name for block in backbone.blocks] == expected
+    assert backbone.block_order_source == "trace"
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_unfreeze_top_blocks_trains_exactly_their_variables(saved_shapes, shape):
+    path, expected = saved_shapes[shape]
+    backbone = HubBackbone(path)
+    backbone.unfreeze_top_blocks(2)
+    top = set(expected[-2:])
+    trainable_names = {variable.path for variable in backbone.trainable_weights}
+    expected_names = {
+        backbone._wrapped[i].path for block in backbone.blocks if block.name in top
+        for i in block.variable_indices if backbone._module_trainable[i]}
+    assert trainable_names == expected_names and expected_names
+    assert all("moving_" not in name for name in trainable_names)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_split_equals_whole_module_features_and_gradients(saved_shapes, shape):
+    path, expected = saved_shapes[shape]
+    backbone = HubBackbone(path)
+    count = len(expected) // 2
+    (features, gradients), (want_features, want_gradients) = split_and_whole_gradients(
+        backbone, count, 32)
+    np.testing.assert_allclose(features.numpy(), want_features.numpy(), rtol=1e-5, atol=1e-5)
+    assert len(gradients) == len(want_gradients) > 0
+    for got, want in zip(gradients, want_gradients):
+        assert got is not None
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_two_phase_recipe_runs_to_the_end_with_the_split(
+        saved_shapes, shape, image_folders, small_config, caplog):
+    path, _ = saved_shapes[shape]
+    train, validation, _, names = image_folders
+    tuner = FineTuner(path, config=small_config, head_epochs=1, fine_tune_epochs=1)
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        history = tuner.fit(train, validation=validation)
+    assert len(history["head"]["loss"]) == 1 and len(history["fine_tune"]["loss"]) >= 1
+    assert not [r for r in caplog.records if "Not splitting" in r.getMessage()]
+    assert tuner.predict(np.zeros([1, 32, 32, 3], np.uint8)).shape == (1, len(names))
+
+
+def test_fixed_size_module_refuses_a_contradicting_image_size(saved_shapes):
+    path, _ = saved_shapes["vit"]
+    assert FineTuner(path).image_size == 32
+    with pytest.raises(ValueError, match=r"Expected 32: the module .* takes only "
+                                         r"32x32 images\. Received: image_size=64"):
+        FineTuner(path, image_size=64)

@@ -1,0 +1,139 @@
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfhub_ft import FineTuneConfig, FineTuner, predict, testing
+
+
+@pytest.fixture(scope="module")
+def export_dir(tiny_backbone_path, image_folders, tmp_path_factory):
+    train, validation, _, _ = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=FineTuneConfig(
+        image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=0,
+        head_learning_rate=1e-2))
+    tuner.fit(train, validation, verbose=0)
+    return tuner.export(str(tmp_path_factory.mktemp("export") / "model"), tflite="float32")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """(folder, image paths, corrupt paths): two class folders, a nested one, bad files."""
+    root = str(tmp_path_factory.mktemp("photos"))
+    images, labels, names = testing.make_shape_images(2, 3, 40, seed=3, task="target")
+    corrupt = testing.write_image_folder(root, images, labels, names,
+                                         image_format="mixed", corrupt_files=2)
+    nested = os.path.join(root, "deeper", "still")
+    os.makedirs(nested)
+    big = np.random.default_rng(0).integers(0, 256, (70, 50, 3), np.uint8)
+    with open(os.path.join(nested, "odd_size.png"), "wb") as f:
+        f.write(tf.io.encode_png(big).numpy())
+    paths = predict.list_image_files(root)
+    return root, paths, corrupt
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def serving_probabilities(export_dir, path):
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    with open(path, "rb") as f:
+        return serve(image_bytes=tf.constant([f.read()]))["probabilities"].numpy()[0]
+
+
+def test_listing_is_recursive_and_skips_non_images(photos):
+    root, paths, corrupt = photos
+    assert len(paths) == 6 + 2 + 1
+    assert set(corrupt) <= set(paths)
+    assert os.path.join(root, "deeper", "still", "odd_size.png") in paths
+    assert not [p for p in paths if p.endswith(".txt")]
+    assert paths == sorted(paths)
+    assert predict.list_image_files(os.path.join(root, "**", "*.png")) == sorted(
+        p for p in paths if p.endswith(".png"))
+
+
+def test_a_row_per_file_bad_files_included(export_dir, photos, tmp_path):
+    root, paths, corrupt = photos
+    output = str(tmp_path / "out" / "predictions.csv")
+    assert predict.main([f"--model={export_dir}", f"--images={root}",
+                         f"--output={output}", "--top_k=2", "--batch_size=4"]) == 0
+    rows = read_csv(output)
+    assert rows[0] == ["path", "class_1", "probability_1", "class_2", "probability_2", "error"]
+    assert [row[0] for row in rows[1:]] == paths
+    labels = open(os.path.join(export_dir, "labels.txt")).read().split()
+    for row in rows[1:]:
+        if row[0] in corrupt:
+            assert row[1:5] == ["", "", "", ""] and row[5]
+            continue
+        assert row[5] == ""
+        expected = serving_probabilities(export_dir, row[0])
+        top = np.argsort(-expected)[:2]
+        assert row[1] == labels[top[0]] and row[3] == labels[top[1]]
+        assert float(row[2]) == pytest.approx(expected[top[0]], abs=1e-6)
+        assert float(row[4]) == pytest.approx(expected[top[1]], abs=1e-6)
+        assert float(row[2]) >= float(row[4])
+
+
+def test_errors_name_the_file_problem(export_dir, photos):
+    _, paths, corrupt = photos
+    rows = predict.predict_files(export_dir, paths, batch_size=len(paths), verbose=False)
+    errors = {row["path"]: row["error"] for row in rows if row["error"]}
+    assert sorted(errors) == sorted(corrupt)
+    assert all(e.startswith("InvalidArgumentError: ") for e in errors.values())
+    missing = predict.predict_files(export_dir, [paths[0] + ".gone"], verbose=False)
+    assert missing[0]["error"].startswith("FileNotFoundError: ")
+
+
+def test_progress_bar_only_when_asked(export_dir, photos, capsys):
+    _, paths, _ = photos
+    predict.predict_files(export_dir, paths[:3], verbose=False)
+    assert capsys.readouterr().out == ""
+    predict.predict_files(export_dir, paths[:3], verbose=True)
+    assert "3/3" in capsys.readouterr().out
+
+
+def test_tflite_input_matches_the_saved_model(export_dir, photos):
+    _, paths, corrupt = photos
+    saved = predict.predict_files(export_dir, paths, top_k=3, verbose=False)
+    lite = predict.predict_files(os.path.join(export_dir, "model.tflite"), paths, top_k=3,
+                                 verbose=False)
+    assert [row["error"] != "" for row in lite] == [p in corrupt for p in paths]
+    for a, b in zip(saved, lite):
+        assert a["classes"] == b["classes"]
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+
+
+def test_invalid_arguments_are_explained(export_dir, photos, tmp_path, capsys):
+    root, paths, _ = photos
+    with pytest.raises(ValueError, match=r"Invalid value for `top_k`. Expected an integer in \[1, 3\]"):
+        predict.predict_files(export_dir, paths, top_k=4)
+    with pytest.raises(ValueError, match="Expected an export folder written by `FineTuner.export`"):
+        predict.load_classifier(str(tmp_path))
+    lonely = tmp_path / "lonely.tflite"
+    lonely.write_bytes(open(os.path.join(export_dir, "model.tflite"), "rb").read())
+    with pytest.raises(ValueError, match="No labels.txt in"):
+        predict.load_classifier(str(lonely))
+    with pytest.raises(SystemExit):
+        predict.main([f"--model={export_dir}", f"--images={tmp_path}/*.jpg",
+                      f"--output={tmp_path}/p.csv"])
+    assert "names no file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_module_runs_as_a_command(export_dir, photos, tmp_path):
+    root, paths, _ = photos
+    output = str(tmp_path / "p.csv")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    result = subprocess.run(
+        [sys.executable, "-m", "tfhub_ft.predict", f"--model={export_dir}",
+         f"--images={root}", f"--output={output}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(read_csv(output)) == len(paths) + 1
+    assert f"Wrote {len(paths)} rows to {output}" in result.stderr

@@ -1,0 +1,134 @@
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from tfhub_ft import FineTuner, report
+
+NAMES = ["cat", "dog", "fox"]
+# A fixed tiny case, worked out by hand (rows of the confusion matrix are the
+# true classes):            cat  dog  fox
+LABELS = np.array([0, 0, 0, 1, 1, 2])          # cat: 3, dog: 2, fox: 1
+PREDICTIONS = np.array([0, 0, 1, 1, 2, 2])     # cat 2/3 right, dog 1/2, fox 1/1
+# cat: precision 2/2, recall 2/3, F1 0.8; dog: 1/2, 1/2, 0.5; fox: 1/2, 1/1, 2/3.
+EXPECTED = {
+    "cat": (1.0, 2 / 3, 0.8, 3),
+    "dog": (0.5, 0.5, 0.5, 2),
+    "fox": (0.5, 1.0, 2 / 3, 1),
+    "macro avg": ((1 + 0.5 + 0.5) / 3, (2 / 3 + 0.5 + 1) / 3, (0.8 + 0.5 + 2 / 3) / 3, 6),
+    "weighted avg": ((3 * 1 + 2 * 0.5 + 0.5) / 6, (2 + 1 + 1) / 6,
+                     (3 * 0.8 + 2 * 0.5 + 2 / 3) / 6, 6),
+}
+
+
+def _probabilities(predictions, confidence):
+    probabilities = np.full((len(predictions), len(NAMES)), (1 - confidence) / 2, np.float32)
+    probabilities[np.arange(len(predictions)), predictions] = confidence
+    return probabilities
+
+
+def test_per_class_numbers_equal_the_hand_counts(tmp_path):
+    rows = report.per_class_metrics(LABELS, PREDICTIONS, NAMES)
+    path = report.write_per_class_csv(rows, tmp_path / "per_class.csv")
+    with open(path, newline="") as f:
+        read = list(csv.DictReader(f))
+    assert [row["class"] for row in read] == list(EXPECTED)
+    for row in read:
+        precision, recall, f1, support = EXPECTED[row["class"]]
+        np.testing.assert_allclose(
+            [float(row["precision"]), float(row["recall"]), float(row["f1"])],
+            [precision, recall, f1], atol=1e-6)
+        assert int(row["support"]) == support
+
+
+def test_confusion_matrix_counts():
+    matrix = report.confusion_matrix(LABELS, PREDICTIONS, 3)
+    np.testing.assert_array_equal(matrix, [[2, 1, 0], [0, 1, 1], [0, 0, 1]])
+
+
+def test_most_confident_mistakes_come_first():
+    probabilities = _probabilities(PREDICTIONS, 0.6)
+    probabilities[4] = [0.05, 0.05, 0.9]  # dog taken for a fox, sure of it
+    np.testing.assert_array_equal(report.most_confident_mistakes(LABELS, probabilities), [4, 2])
+    np.testing.assert_array_equal(report.most_confident_mistakes(LABELS, probabilities, 1), [4])
+
+
+def test_write_report_writes_every_file(tmp_path):
+    probabilities = _probabilities(PREDICTIONS, 0.7)
+    history = {"head": {"loss": [1.0, 0.8], "accuracy": [0.5, 0.6],
+                        "val_loss": [1.1, 0.9], "val_accuracy": [0.4, 0.5]},
+               "fine_tune": {"loss": [0.7], "accuracy": [0.7], "val_loss": [0.85],
+                             "val_accuracy": [0.55]}}
+    indices = report.most_confident_mistakes(LABELS, probabilities)
+    images = np.random.default_rng(0).integers(0, 256, (len(indices), 24, 24, 3), np.uint8)
+    written = report.write_report(tmp_path / "report", NAMES, LABELS, probabilities,
+                                  history=history, mistake_images=images,
+                                  mistake_indices=indices, summary={"hub_handle": "h"})
+    assert sorted(written) == sorted([
+        "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
+        "mistakes.png", "summary.json"])
+    # Figure size (inches) x 100 dpi; tight_layout keeps the canvas size.
+    expected_sizes = {"curves.png": (450, 1200),
+                      "confusion_matrix.png": (565, 715),   # side 4 + 0.55 * 3 classes
+                      "mistakes.png": (440, 640)}           # 2 mistakes: 1 row, 2 columns
+    for name, (height, width) in expected_sizes.items():
+        pixels = mpimg.imread(written[name])
+        assert pixels.shape[:2] == (height, width), name
+        assert pixels.std() > 0.01, f"{name} is blank"
+    with open(written["confusion_matrix.csv"], newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["true \\ predicted", *NAMES]
+    assert [row[1:] for row in rows[1:]] == [["2", "1", "0"], ["0", "1", "1"], ["0", "0", "1"]]
+    summary = json.load(open(written["summary.json"]))
+    assert summary["hub_handle"] == "h"
+    assert summary["validation_metrics"]["accuracy"] == pytest.approx(4 / 6)
+    assert summary["validation_metrics"]["macro_f1"] == pytest.approx(EXPECTED["macro avg"][2])
+    assert summary["history"]["fine_tune"]["val_loss"] == [0.85]
+
+
+def test_probabilities_of_the_wrong_shape_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="Expected shape \\[N, C\\] = \\[6, 3\\]"):
+        report.write_report(tmp_path, NAMES, LABELS, np.zeros((6, 2)))
+
+
+def _scalar_tags(folder):
+    import tensorflow as tf
+    tags = set()
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_folders,
+                                                   small_config, tmp_path):
+    train, validation, corrupt, names = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    history = tuner.fit(train, validation, verbose=0, tensorboard_dir=tmp_path / "tb")
+    assert tuner.history is history
+    assert set(tuner.stage_seconds) == {"load", "frozen_pass", "head", "fine_tune", "validation"}
+    for phase in ("head", "fine_tune"):
+        assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= _scalar_tags(
+            tmp_path / "tb" / phase / "train"), phase
+        assert {"epoch_loss", "epoch_accuracy"} <= _scalar_tags(
+            tmp_path / "tb" / phase / "validation"), phase
+    tuner.export(tmp_path / "export")
+    written = tuner.report(tmp_path / "report")
+    assert set(written) == {"curves.png", "confusion_matrix.png", "confusion_matrix.csv",
+                            "per_class.csv", "mistakes.png", "summary.json"}
+    summary = json.load(open(written["summary.json"]))
+    assert summary["hub_handle"] == tiny_backbone_path
+    assert summary["config"]["batch_size"] == small_config.batch_size
+    assert len(summary["blocks_unfrozen"]) == small_config.unfreeze_blocks
+    assert summary["image_counts"] == {"train": 48, "validation": 12}
+    assert sorted(summary["skipped_files"]) == sorted(corrupt)
+    assert set(summary["stage_seconds"]) == {"load", "frozen_pass", "head", "fine_tune",
+                                             "validation", "export"}
+    assert summary["validation_metrics"]["accuracy"] == pytest.approx(
+        tuner.validation_metrics["accuracy"])
+    assert summary["class_names"] == sorted(names)
+    assert mpimg.imread(written["curves.png"]).shape[:2] == (450, 1200)

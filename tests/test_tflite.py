@@ -1,0 +1,171 @@
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfhub_ft import FineTuneConfig, FineTuner, export, tflite
+
+SIZE = 32
+CLASSES = ["blue", "green", "red"]
+
+
+def colour_images(count_per_class, seed):
+    """A separable task: noisy images whose dominant channel is the class."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, channel in enumerate((2, 1, 0)):
+        batch = rng.integers(0, 60, (count_per_class, SIZE, SIZE, 3))
+        batch[..., channel] += 190
+        images.append(batch)
+        labels += [label] * count_per_class
+    return np.concatenate(images).astype(np.uint8), np.array(labels, np.int32)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_backbone_path):
+    train = tf.data.Dataset.from_tensor_slices(colour_images(20, seed=0))
+    validation = tf.data.Dataset.from_tensor_slices(colour_images(12, seed=1))
+    tuner = FineTuner(tiny_backbone_path, config=FineTuneConfig(
+        image_size=SIZE, batch_size=8, head_epochs=12, fine_tune_epochs=1,
+        unfreeze_blocks=2, head_learning_rate=3e-2, fine_tune_learning_rate=1e-3))
+    tuner.fit(train, validation, class_names=CLASSES, verbose=0)
+    assert tuner.validation_metrics["accuracy"] == 1.0  # the task is separable
+    return tuner
+
+
+# Largest allowed difference of any probability, TFLite vs SavedModel.
+TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "dynamic": 5e-2, "int8": 0.1}
+
+
+@pytest.mark.parametrize("mode", tflite.TFLITE_MODES)
+def test_round_trip_per_mode(trained, tmp_path, mode):
+    path = trained.export(str(tmp_path / "model"), tflite=mode)
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # written in the same staging folder
+    assert {"saved_model.pb", "labels.txt", "model.tflite", "tflite_parity.json"} <= set(
+        os.listdir(path))
+    images, labels = colour_images(12, seed=1)
+    classifier = tflite.TFLiteClassifier(os.path.join(path, "model.tflite"))
+    assert (classifier.image_size, classifier.num_classes) == (SIZE, 3)
+    got = classifier.predict(images)
+    served = tf.saved_model.load(path).signatures["serving_images"](
+        images=tf.constant(images, tf.float32) / 255.0)["probabilities"].numpy()
+    np.testing.assert_allclose(got, served, atol=TOLERANCE[mode])
+    agreement = np.mean(got.argmax(-1) == served.argmax(-1))
+    assert agreement >= (0.97 if mode == "int8" else 1.0)
+
+    with open(os.path.join(path, "tflite_parity.json")) as f:
+        report = json.load(f)
+    assert set(report) == {"mode", "images", "top1_agreement", "tflite_accuracy",
+                           "saved_model_accuracy", "max_probability_difference",
+                           "tflite_bytes", "tflite_latency_ms"}
+    assert report["mode"] == mode and report["images"] == 36
+    assert report["top1_agreement"] == agreement
+    assert report["saved_model_accuracy"] == 1.0
+    assert report["tflite_accuracy"] == np.mean(got.argmax(-1) == labels)
+    assert report["max_probability_difference"] == pytest.approx(
+        np.abs(got - served).max(), abs=1e-6)
+    assert report["tflite_bytes"] == os.path.getsize(os.path.join(path, "model.tflite"))
+    assert report["tflite_latency_ms"] > 0
+
+
+def test_input_and_output_of_every_mode(trained):
+    for mode in tflite.TFLITE_MODES:
+        contents = tflite.convert(trained.model, SIZE, mode, trained._representative_images)
+        from ai_edge_litert.interpreter import Interpreter
+        interpreter = Interpreter(model_content=contents)
+        (given,), (returned,) = interpreter.get_input_details(), interpreter.get_output_details()
+        assert list(given["shape"]) == [1, SIZE, SIZE, 3] and given["dtype"] == np.uint8
+        assert list(returned["shape"]) == [1, 3] and returned["dtype"] == np.float32
+
+
+def test_representative_images_are_a_seeded_training_sample(trained):
+    assert trained._representative_images.shape == (60, SIZE, SIZE, 3)  # all 60 < 300
+    rows = tflite.sample_rows(1000, 300, seed=0)
+    assert len(rows) == 300 and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(rows, tflite.sample_rows(1000, 300, seed=0))
+    assert not np.array_equal(rows, tflite.sample_rows(1000, 300, seed=1))
+
+
+def test_int8_under_the_threshold_warns(trained, tmp_path, caplog):
+    path = export.export_saved_model(trained.model, trained.class_names,
+                                     str(tmp_path / "model"), SIZE)
+    images, labels = colour_images(4, seed=2)
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft.tflite"):
+        report = tflite.export_tflite(trained.model, SIZE, path, "int8",
+                                      trained._representative_images, images, labels,
+                                      int8_agreement_threshold=1.01)
+    assert report["images"] == 12
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "int8 TFLite model agrees with the SavedModel on only" in record.getMessage()
+    assert "tflite='dynamic' or tflite='float16'" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft.tflite"):
+        tflite.export_tflite(trained.model, SIZE, path, "dynamic", None, images, labels,
+                             int8_agreement_threshold=1.01)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_without_validation_images_no_report(trained, tmp_path):
+    path = export.export_saved_model(trained.model, trained.class_names,
+                                     str(tmp_path / "model"), SIZE)
+    assert tflite.export_tflite(trained.model, SIZE, path, "float16") is None
+    assert "model.tflite" in os.listdir(path) and "tflite_parity.json" not in os.listdir(path)
+
+
+def test_invalid_mode_and_missing_calibration_images_are_explained(trained, tmp_path):
+    with pytest.raises(ValueError, match=r"Invalid value for `tflite`. Expected one of "
+                                         r"\('float32', 'float16', 'dynamic', 'int8'\).*tflite='int4'"):
+        trained.export(str(tmp_path / "model"), tflite="int4")
+    assert not os.listdir(tmp_path)
+    with pytest.raises(ValueError, match=r"Invalid value for `representative_images`.*"
+                                         r"uint8 \[N, 32, 32, 3\].*use tflite='dynamic'"):
+        tflite.convert(trained.model, SIZE, "int8", np.zeros((4, 16, 16, 3), np.uint8))
+
+
+def test_failed_conversion_keeps_the_earlier_export(trained, tmp_path, monkeypatch):
+    path = trained.export(str(tmp_path / "model"))
+    before = sorted(os.listdir(path))
+
+    def broken_convert(*args, **kwargs):
+        raise RuntimeError("converter failed")
+
+    monkeypatch.setattr(tflite, "convert", broken_convert)
+    with pytest.raises(RuntimeError, match="converter failed"):
+        trained.export(path, tflite="float32")
+    assert sorted(os.listdir(path)) == before
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_a_foreign_tflite_model_is_refused(tmp_path):
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def double(x):
+        return x * 2.0
+
+    contents = tf.lite.TFLiteConverter.from_concrete_functions(
+        [double.get_concrete_function()], double).convert()
+    with pytest.raises(ValueError, match=r"not uint8 \[1, S, S, 3\]: it was not written by tfhub_ft"):
+        tflite.TFLiteClassifier(contents)
+
+
+@pytest.mark.slow
+def test_flowers_flags_write_the_tflite_model_and_the_backbone(
+        tiny_backbone_path, image_folders, tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train, validation, _, _ = image_folders
+    command = [
+        sys.executable, os.path.join(root, "examples", "flowers.py"),
+        f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+        f"--validation_dir={validation}", "--image_size=32", "--batch_size=8",
+        "--head_epochs=1", "--fine_tune_epochs=0", f"--export_dir={tmp_path}/model",
+        "--tflite=dynamic", f"--export_backbone_dir={tmp_path}/backbone"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "model" / "tflite_parity.json") as f:
+        assert json.load(f)["mode"] == "dynamic"
+    assert tf.saved_model.contains_saved_model(str(tmp_path / "backbone"))

@@ -1,0 +1,620 @@
+"""The `tfhub_ft` command: train, evaluate, predict, inspect, lr_find.
+
+    tfhub_ft train --hub_url=... --image_dir=photos/train --export_dir=export/photos
+    tfhub_ft evaluate --model=export/photos --image_dir=photos/test
+    tfhub_ft predict ...            (tfhub_ft.predict)
+    tfhub_ft inspect HANDLE         (tfhub_ft.inspect)
+    tfhub_ft lr_find --hub_url=... --image_dir=photos/train --phase=head
+
+`python -m tfhub_ft` is the same command. The training flags are generated
+from `FineTuneConfig`'s fields: name, type and default from the dataclass,
+help from its docstring's Attributes section, so every config field has a
+flag and a default is written once (`config.py`).
+
+The command, not the library, decides what a terminal shows: TensorFlow's
+C++ start-up lines are turned down before TensorFlow is imported, Python
+logging shows tfhub_ft's one line per stage and everyone's warnings, Keras
+draws its progress bars on a terminal and, when the output is a file, one
+line per epoch with no control codes. `--verbosity=1` brings TensorFlow's
+INFO lines back, 2 adds debug lines. The library's own errors (a bad flag
+value, folder or handle, an export folder that cannot be written) print
+one line on stderr and exit with status 2; any other error keeps its
+traceback.
+"""
+
+import argparse
+import dataclasses
+import inspect
+import json
+import linecache
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import typing
+
+from tfhub_ft import config as config_lib
+
+logger = logging.getLogger("tfhub_ft.cli")
+
+EXIT_ERROR = 2
+PROG = "tfhub_ft"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Commands another module owns: `tfhub_ft NAME ARGS` calls `tfhub_ft.NAME.main(ARGS)`.
+DELEGATED_COMMANDS = {
+    "predict": "Predict the classes of images with an exported model (tfhub_ft.predict).",
+    "inspect": "List a hub module's blocks, sizes and feature size (tfhub_ft.inspect).",
+}
+TRUE_WORDS = ("1", "true", "t", "yes", "y", "on")
+FALSE_WORDS = ("0", "false", "f", "no", "n", "off")
+
+
+class UsageError(ValueError):
+    """A command-line mistake; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (argparse prints usage first)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ----------------------------------------------------------------------------
+# Flags generated from FineTuneConfig.
+
+
+def config_field_help(config_class=config_lib.FineTuneConfig):
+    """{field name: help text} from the class docstring's Attributes section.
+
+    The text of each attribute is its docstring entry with the lines joined.
+    """
+    doc = inspect.cleandoc(config_class.__doc__ or "")
+    match = re.search(r"^Attributes:\s*$", doc, re.MULTILINE)
+    helps, name, lines, indent = {}, None, [], None
+    if not match:
+        return helps
+    for line in doc[match.end():].splitlines():
+        if not line.strip():
+            continue
+        current = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = current
+        if current < indent:
+            break
+        entry = re.match(r"\s*(\w+)(?: \([^)]*\))?: ?(.*)$", line) if current == indent else None
+        if entry:
+            if name:
+                helps[name] = " ".join(lines)
+            name, lines = entry.group(1), [entry.group(2).strip()]
+        elif name:
+            lines.append(line.strip())
+    if name:
+        helps[name] = " ".join(lines)
+    return {key: " ".join(text.split()) for key, text in helps.items()}
+
+
+def parse_bool(text):
+    """'true'/'false' (and 1/0, yes/no, on/off) -> bool."""
+    if isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _value_parser(annotation):
+    """A function str -> value of the annotated type, and a metavar."""
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if annotation is bool:
+        return parse_bool, "BOOL"
+    if annotation in (int, float, str):
+        return annotation, annotation.__name__.upper()
+    if origin is typing.Union and type(None) in arguments:
+        inner = [a for a in arguments if a is not type(None)]
+        parse, metavar = _value_parser(inner[0] if len(inner) == 1 else typing.Union[tuple(inner)])
+
+        def parse_optional(text):
+            return None if str(text).strip().lower() in ("", "none", "null") else parse(text)
+        return parse_optional, f"{metavar}|none"
+    if origin in (tuple, list) or annotation in (tuple, list):
+        item = arguments[0] if arguments else str
+        parse, metavar = _value_parser(item)
+
+        def parse_sequence(text):
+            return tuple(parse(part.strip()) for part in str(text).split(",") if part.strip())
+        return parse_sequence, f"{metavar},..."
+    if origin is typing.Literal:
+        choices = arguments
+
+        def parse_choice(text):
+            for choice in choices:
+                if str(choice) == text:
+                    return choice
+            raise argparse.ArgumentTypeError(
+                f"expected one of {', '.join(map(str, choices))}, got {text!r}")
+        return parse_choice, "{" + ",".join(map(str, choices)) + "}"
+
+    def parse_any(text):
+        # A mapping or anything else: JSON where it parses, else the text.
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return parse_any, "VALUE"
+
+
+def _format_default(value):
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def config_flags(config_class=config_lib.FineTuneConfig):
+    """One flag per field of `config_class`.
+
+    Returns:
+        A list of dicts: name, parse (str -> value), metavar, default (the
+        dataclass default), help (from the docstring), is_bool.
+    """
+    hints = typing.get_type_hints(config_class)
+    helps = config_field_help(config_class)
+    defaults = config_class()
+    flags = []
+    for field in dataclasses.fields(config_class):
+        parse, metavar = _value_parser(hints[field.name])
+        flags.append({"name": field.name, "parse": parse, "metavar": metavar,
+                      "default": getattr(defaults, field.name),
+                      "help": helps.get(field.name, ""),
+                      "is_bool": hints[field.name] is bool})
+    return flags
+
+
+def add_config_flags(parser, config_class=config_lib.FineTuneConfig):
+    """Adds `--FIELD` for every config field to an argparse parser.
+
+    A bool field also takes `--FIELD` alone (true) and `--noFIELD`; a tuple
+    takes a comma-separated list; an optional field takes `none`.
+    """
+    group = parser.add_argument_group(
+        "recipe (FineTuneConfig fields; defaults from tfhub_ft/config.py)")
+    for flag in config_flags(config_class):
+        name, text = flag["name"], flag["help"]
+        text = f"{text} (default: {_format_default(flag['default'])})"
+        if flag["is_bool"]:
+            group.add_argument(f"--{name}", type=flag["parse"], nargs="?", const=True,
+                               default=flag["default"], metavar=flag["metavar"],
+                               help=text.replace("%", "%%"))
+            group.add_argument(f"--no{name}", dest=name, action="store_false",
+                               help=argparse.SUPPRESS)
+        else:
+            group.add_argument(f"--{name}", type=flag["parse"], default=flag["default"],
+                               metavar=flag["metavar"], help=text.replace("%", "%%"))
+
+
+def config_from_args(args, config_class=config_lib.FineTuneConfig):
+    """The `FineTuneConfig` of parsed flags (validated by the config)."""
+    return config_class(**{field.name: getattr(args, field.name)
+                           for field in dataclasses.fields(config_class)})
+
+
+def _add_data_flags(parser, tfds_default="tf_flowers"):
+    group = parser.add_argument_group("data and backbone")
+    group.add_argument("--hub_url", default=config_lib.DEFAULT_HUB_URL, metavar="HANDLE",
+                       help="TF Hub or Kaggle Models URL or handle, or a local SavedModel "
+                            "folder of an image feature vector (default: MobileNetV2 1.0 224).")
+    group.add_argument("--image_dir", metavar="DIR",
+                       help="Folder with one subfolder of images per class.")
+    group.add_argument("--validation_dir", metavar="DIR",
+                       help="Validation image folder (default: a seeded stratified "
+                            "`validation_split` of the training images).")
+    group.add_argument("--tfds_name", default=tfds_default, metavar="NAME",
+                       help="TFDS dataset, used when --image_dir is not given "
+                            f"(default: {tfds_default}).")
+    group.add_argument("--data_dir", metavar="DIR", help="TFDS data folder.")
+
+
+def _add_run_flags(parser):
+    group = parser.add_argument_group("run")
+    group.add_argument("--distribution_strategy", default="default", metavar="NAME",
+                       help="tf.distribute strategy: default, mirrored, multi_worker or tpu "
+                            "(default: default).")
+    group.add_argument("--tpu", metavar="NAME", help="TPU name or address for "
+                       "--distribution_strategy=tpu.")
+    _add_verbosity_flag(parser)
+
+
+def _add_verbosity_flag(parser):
+    parser.add_argument("--verbosity", type=int, default=0, metavar="N",
+                        help="-1: warnings and results only; 0: also one line per stage "
+                             "and epoch (default); 1: also TensorFlow's INFO lines and "
+                             "start-up messages; 2: also debug lines.")
+
+
+# Flags of `tfhub_ft train` beyond the config's (the README's table lists both).
+TRAIN_OUTPUT_FLAGS = ("export_dir", "export_backbone_dir", "work_dir", "report_dir",
+                      "tensorboard_dir")
+TFLITE_CHOICES = ("none", "float32", "float16", "dynamic", "int8")
+
+
+def build_parser():
+    """The command's argparse parser, subcommands included."""
+    parser = _Parser(prog=PROG, description="Fine-tune a TF Hub image feature vector "
+                     "into an image classifier, and use it.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    train = commands.add_parser(
+        "train", help="Fine-tune a hub backbone on image folders or a TFDS dataset.",
+        description="Trains the head, fine-tunes the top blocks, and exports.")
+    _add_data_flags(train)
+    group = train.add_argument_group("outputs")
+    group.add_argument("--export_dir", metavar="DIR", help="Where to write the SavedModel.")
+    group.add_argument("--tflite", default="none", choices=TFLITE_CHOICES,
+                       help="Also write model.tflite and its parity report in --export_dir: "
+                            "float32, float16, dynamic (int8 weights) or int8 (full integer) "
+                            "(default: none).")
+    group.add_argument("--export_backbone_dir", metavar="DIR", help="Where to write the "
+                       "fine-tuned backbone as a TF Hub module.")
+    group.add_argument("--work_dir", metavar="DIR", help="Checkpoint folder: rerunning the "
+                       "same command resumes an interrupted run.")
+    group.add_argument("--report_dir", metavar="DIR", help="Where to write the run report "
+                       "(curves, confusion matrix, per-class metrics, mistakes, summary).")
+    group.add_argument("--tensorboard_dir", metavar="DIR", help="TensorBoard logs, one run "
+                       "per phase (loss, accuracy, learning rate per epoch).")
+    add_config_flags(train)
+    _add_run_flags(train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Score an exported model on an image folder.",
+        description="Loads the SavedModel and labels.txt of an export (nothing else) and "
+                    "prints accuracy and per-class precision, recall and F1.")
+    evaluate.add_argument("--model", required=True, metavar="EXPORT_DIR",
+                          help="Export folder written by `tfhub_ft train --export_dir`.")
+    evaluate.add_argument("--image_dir", required=True, metavar="DIR",
+                          help="Folder with one subfolder of images per class.")
+    evaluate.add_argument("--batch_size", type=int, default=config_lib.FineTuneConfig().batch_size,
+                          metavar="N", help="Images per call of the model.")
+    evaluate.add_argument("--report_dir", metavar="DIR", help="Also write "
+                          "confusion_matrix.png/.csv, per_class.csv, mistakes.png there.")
+    _add_verbosity_flag(evaluate)
+
+    lr_find = commands.add_parser(
+        "lr_find", help="Learning-rate range test of a phase, on cached activations.",
+        description="Runs the learning-rate range test (Smith 2017; fastai's lr_find) and "
+                    "writes loss against learning rate.")
+    _add_data_flags(lr_find)
+    lr_find.add_argument("--phase", default="head", choices=("head", "fine_tune"),
+                         help="Which phase's rate to find (default: head).")
+    lr_find.add_argument("--min_learning_rate", type=float, default=1e-7, metavar="RATE")
+    lr_find.add_argument("--max_learning_rate", type=float, default=10.0, metavar="RATE")
+    lr_find.add_argument("--steps", type=int, default=100, metavar="N",
+                         help="Steps of the test, one rate each (default: 100).")
+    lr_find.add_argument("--plot_path", default="lr_find.png", metavar="PNG",
+                         help="Where to write the plot (default: lr_find.png).")
+    add_config_flags(lr_find)
+    _add_run_flags(lr_find)
+
+    for name, text in DELEGATED_COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+# ----------------------------------------------------------------------------
+# Quiet start-up and logging.
+
+# C++ log lines of TensorFlow's start-up (absl, before its log is
+# initialised, ignores TF_CPP_MIN_LOG_LEVEL), and the messages that only say
+# that this machine has no GPU.
+_STARTUP_NOISE = re.compile(
+    r"^([IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl::InitializeLog|"
+    r"To enable the following instructions:|E\d{4} .*(cuInit|cuda_platform|cuda_dnn|"
+    r"cuda_blas|cuda_fft))")
+
+
+def _import_tensorflow_quietly(verbosity):
+    """Imports TensorFlow with its C++ start-up chatter turned down.
+
+    TF_CPP_MIN_LOG_LEVEL hides INFO and WARNING lines of TensorFlow's C++
+    runtime, but the lines logged while its shared libraries load come
+    before absl's logging is initialised and ignore it (abseil/abseil-cpp
+    #1957): during the import and the first device query, stderr is
+    written to a file, and what is not start-up noise is written back.
+    """
+    if verbosity >= 1:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        import tensorflow  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    captured = tempfile.TemporaryFile()
+    failed = True
+    try:
+        os.dup2(captured.fileno(), 2)
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+        failed = False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode("utf-8", "replace")
+        captured.close()
+        kept = [line for line in text.splitlines()
+                if failed or not _STARTUP_NOISE.match(line)]
+        if kept:
+            sys.stderr.write("\n".join(kept) + "\n")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname}: {message}"
+        return message
+
+
+def configure_logging(verbosity):
+    """Python logging for the command: one handler on stderr, levels by verbosity."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+    ours = logging.DEBUG if verbosity >= 2 else logging.INFO if verbosity >= 0 else logging.WARNING
+    logging.getLogger("tfhub_ft").setLevel(ours)
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+    logging.captureWarnings(True)
+    if verbosity < 1:
+        # Deprecation notices of the libraries underneath ask nothing of the user.
+        import warnings
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def keras_progress(verbosity):
+    """(Keras `verbose`, callbacks factory) for the terminal or a log file.
+
+    On a terminal Keras draws its bars. Otherwise Keras is silent and one
+    line per epoch is logged, with no carriage returns or escape codes.
+    """
+    if verbosity < 0:
+        return 0, None
+    if sys.stdout.isatty():
+        return 1, None
+    return 0, lambda phase: [_epoch_logger(phase)]
+
+
+def _epoch_logger(phase):
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        """Logs one line per epoch: the phase, the epoch and its metrics."""
+
+        def on_train_begin(self, logs=None):
+            self.epochs = self.params.get("epochs")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = " ".join(f"{key}={value:.4f}" for key, value in (logs or {}).items()
+                               if isinstance(value, (int, float)))
+            logger.info("%s epoch %d/%s: %s (%.1f s)", phase, epoch + 1, self.epochs,
+                        metrics, time.perf_counter() - getattr(self, "start", time.perf_counter()))
+
+    return EpochLog()
+
+
+# ----------------------------------------------------------------------------
+# Subcommands.
+
+
+def _check_folder(name, path):
+    if path and not os.path.isdir(path):
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected a folder with one subfolder of images "
+            f"per class. Received: {name}={path!r}, which is not a folder.")
+
+
+def _check_writable(name, path):
+    """Fails before training, not after, where an output cannot be written."""
+    if not path:
+        return
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"Invalid value for `{name}`. Expected a folder path. Received: "
+                         f"{name}={path!r}, which is a file. Choose another path.")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        # Trying is the only sure test (root passes os.access on read-only mounts).
+        os.rmdir(tempfile.mkdtemp(prefix=".tfhub_ft-check-", dir=parent))
+    except OSError as error:
+        raise ValueError(f"Invalid value for `{name}`. Cannot write {path!r}: {error.strerror} "
+                         f"({parent!r}). Choose a folder you can write to.") from None
+
+
+def _train(args):
+    start = time.time()
+    config = config_from_args(args)
+    _check_folder("image_dir", args.image_dir)
+    _check_folder("validation_dir", args.validation_dir)
+    for name in TRAIN_OUTPUT_FLAGS:
+        _check_writable(name, getattr(args, name))
+    import tfhub_ft
+    from tfhub_ft import distribution
+
+    strategy = distribution.get_strategy(args.distribution_strategy, args.tpu)
+    tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy)
+    verbose, callbacks = keras_progress(args.verbosity)
+    options = dict(work_dir=args.work_dir, tensorboard_dir=args.tensorboard_dir,
+                   verbose=verbose, callbacks=callbacks)
+    if args.image_dir:
+        tuner.fit(args.image_dir, validation=args.validation_dir, **options)
+    else:
+        tuner.fit(args.tfds_name, data_dir=args.data_dir, **options)
+    metrics = tuner.validation_metrics
+    print(f"validation_accuracy={metrics['accuracy']:.4f} images={metrics['count']} "
+          f"wall_seconds={time.time() - start:.1f}", flush=True)
+    if args.export_dir:
+        # Every worker of a multi-worker run exports; only the chief writes.
+        exported = tuner.export(args.export_dir,
+                                tflite=None if args.tflite == "none" else args.tflite)
+        if exported:
+            print("exported", exported, flush=True)
+    if args.export_backbone_dir:
+        exported = tuner.export_backbone(args.export_backbone_dir)
+        if exported:
+            print("exported backbone", exported, flush=True)
+    if args.report_dir and strategy.extended.should_checkpoint:
+        tuner.report(args.report_dir)
+        print("report", os.path.abspath(args.report_dir), flush=True)
+    if args.tensorboard_dir:
+        print("tensorboard", os.path.abspath(args.tensorboard_dir), flush=True)
+    return 0
+
+
+def _evaluate(args):
+    _check_folder("image_dir", args.image_dir)
+    if not os.path.isdir(args.model):
+        raise ValueError(f"Invalid value for `model`. Expected an export folder. Received: "
+                         f"model={args.model!r}, which is not a folder.")
+    _check_writable("report_dir", args.report_dir)
+    from tfhub_ft import evaluation
+
+    result = evaluation.evaluate_export(args.model, args.image_dir, args.batch_size)
+    print(f"accuracy={result['accuracy']:.4f} loss={result['loss']:.4f} "
+          f"images={result['count']}")
+    width = max(len(row["class"]) for row in result["per_class"])
+    print(f"{'class':<{width}}  precision  recall      f1  support")
+    for row in result["per_class"]:
+        print(f"{row['class']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+              f"{row['f1']:6.4f}  {row['support']:7d}")
+    if args.report_dir:
+        evaluation.write_evaluation_report(result, args.report_dir)
+        print("report", os.path.abspath(args.report_dir))
+    return 0
+
+
+def _lr_find(args):
+    config = config_from_args(args)
+    _check_folder("image_dir", args.image_dir)
+    _check_folder("validation_dir", args.validation_dir)
+    _check_writable("plot_path", os.path.dirname(os.path.abspath(args.plot_path)))
+    import tfhub_ft
+    from tfhub_ft import distribution
+
+    strategy = distribution.get_strategy(args.distribution_strategy, args.tpu)
+    tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy)
+    source = args.image_dir or args.tfds_name
+    finding = tuner.find_learning_rate(
+        source, phase=args.phase, validation=args.validation_dir if args.image_dir else None,
+        data_dir=args.data_dir, min_learning_rate=args.min_learning_rate,
+        max_learning_rate=args.max_learning_rate, steps=args.steps, plot_path=args.plot_path)
+    flag = "head_learning_rate" if args.phase == "head" else "fine_tune_learning_rate"
+    print(f"suggested_learning_rate={finding.suggestion:.2e} (--{flag}={finding.suggestion:.2e})")
+    print(f"rule: {finding.rule}")
+    print("plot", os.path.abspath(finding.plot_path))
+    return 0
+
+
+def _delegate(name, argv):
+    import importlib
+
+    try:
+        module = importlib.import_module(f"tfhub_ft.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"tfhub_ft.{name}":
+            raise
+        raise UsageError(f"`{PROG} {name}` is not available in this build "
+                         f"(no tfhub_ft.{name} module).") from None
+    return module.main(argv)
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "lr_find": _lr_find}
+
+
+# ----------------------------------------------------------------------------
+# Errors and the entry point.
+
+
+def _raised_by_library(error):
+    """Whether `error` was raised by a `raise` statement in tfhub_ft's code."""
+    if isinstance(error, UsageError):
+        return True
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    filename = os.path.abspath(traceback.tb_frame.f_code.co_filename)
+    if not filename.startswith(_PACKAGE_DIR + os.sep):
+        return False
+    return linecache.getline(filename, traceback.tb_lineno).strip().startswith("raise")
+
+
+def _one_line(command, error, limit=600):
+    text = " ".join(str(error).split())
+    if len(text) > limit:
+        # Keep the start (what is wrong) and the end (usually the fix); an
+        # upstream message can list hundreds of names in between.
+        text = f"{text[:limit - 250]} ... {text[-200:]}"
+    return f"{PROG}{' ' + command if command else ''}: error: {text}"
+
+
+def main(argv=None):
+    """Runs the command; returns its exit status (0, or 2 for an error).
+
+    Args:
+        argv: The arguments after the program name; `sys.argv[1:]` when None.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        if command in DELEGATED_COMMANDS:
+            verbosity = _verbosity_of(argv)
+            configure_logging(verbosity)
+            _import_tensorflow_quietly(verbosity)
+            return _delegate(command, argv[1:]) or 0
+        args = build_parser().parse_args(argv)
+        configure_logging(args.verbosity)
+        _import_tensorflow_quietly(args.verbosity)
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError) as error:
+        if not _raised_by_library(error):
+            raise
+        sys.stdout.flush()
+        print(_one_line(command, error), file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _verbosity_of(argv):
+    for index, arg in enumerate(argv):
+        if arg.startswith("--verbosity="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--verbosity" and index + 1 < len(argv):
+            value = argv[index + 1]
+        else:
+            continue
+        try:
+            return int(value)
+        except ValueError:
+            raise UsageError(f"argument --verbosity: invalid int value: {value!r}") from None
+    return 0

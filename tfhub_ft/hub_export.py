@@ -1,0 +1,75 @@
+"""The fine-tuned backbone written back as a TF Hub image feature vector.
+
+A backbone fine-tuned on one domain is a better start for the next task in
+that domain. `HubBackbone` trains the loaded module's own variables, so the
+loaded module object already holds the fine-tuned weights: saving it again
+with `tf.saved_model.save` keeps its restored functions (`__call__` with
+each traced `training` value), its variable names and its object graph.
+The copy therefore has the same blocks, in the same order, and the same
+graph split as the original, and any TF Hub consumer can load it.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from tfhub_ft import export as export_lib
+
+logger = logging.getLogger(__name__)
+
+
+def export_backbone(backbone, export_dir):
+    """Writes a `HubBackbone`'s module, with its current weights, as a hub module.
+
+    The SavedModel follows the TF Hub reusable SavedModel convention for
+    image feature vectors: `__call__(images, training=False)` maps float32
+    [N, H, W, 3] RGB in [0, 1] to float32 [N, D] features, and it has
+    `variables`, `trainable_variables` and `regularization_losses`, exactly
+    as the module it was loaded from (with the original variable names).
+    Load it with `FineTuner(export_dir)`, `HubBackbone(export_dir)` or
+    `tensorflow_hub.KerasLayer(export_dir)` (tf_keras).
+
+    It is written to a temporary folder beside `export_dir` and renamed into
+    place, so a failed export leaves an earlier one intact.
+
+    Args:
+        backbone: A `HubBackbone` (fine-tuned or not).
+        export_dir: The folder to write; an earlier export there is replaced.
+
+    Returns:
+        The export folder path.
+
+    Raises:
+        TypeError: if `backbone` is not a `HubBackbone`.
+        ValueError: if `export_dir` is a file or its parent cannot be written.
+    """
+    from tfhub_ft.backbone import HubBackbone
+    if not isinstance(backbone, HubBackbone):
+        raise TypeError(
+            "Invalid value for `backbone`. Expected a HubBackbone (e.g. "
+            f"`FineTuner.backbone`). Received: backbone of type {type(backbone).__name__}")
+    export_dir = os.path.abspath(os.fspath(export_dir))
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(
+            f"Invalid value for `export_dir`. Expected a folder path. Received: "
+            f"{export_dir!r}, which is a file. Choose another path or remove it.")
+    parent = os.path.dirname(export_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write the backbone to {export_dir!r}: {error}. Choose a "
+            "folder you can write to.") from error
+    try:
+        with export_lib._quiet_tensorflow_logging():
+            tf.saved_model.save(backbone.module, staging)
+        export_lib._replace_folder(staging, export_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Exported the backbone as a TF Hub module to %s", export_dir)
+    return export_dir

@@ -1,0 +1,291 @@
+"""Batch prediction with an export: image files in, one CSV row per file out.
+
+    python -m tfhub_ft.predict --model=EXPORT_DIR --images=FOLDER_OR_GLOB \
+        --output=predictions.csv [--top_k=1] [--batch_size=32]
+
+`--model` is an export folder (`FineTuner.export`: the SavedModel and
+labels.txt) or a .tflite file with labels.txt beside it. Nothing from
+training is needed. A folder is read recursively (files with the extensions
+of `preprocessing.IMAGE_EXTENSIONS`, hidden ones skipped); a glob takes every
+file it matches (`**` included). The CSV has the columns `path`, `class_1`,
+`probability_1`, ..., `class_k`, `probability_k`, `error`; a file that cannot
+be read or decoded gets a row with its error and empty classes, and the run
+goes on.
+"""
+
+import argparse
+import csv
+import glob
+import logging
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from tfhub_ft import export as export_lib
+from tfhub_ft import preprocessing
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 1
+DEFAULT_BATCH_SIZE = 32
+
+
+def list_image_files(images):
+    """The image files a folder (recursively) or a glob names, sorted.
+
+    Args:
+        images: A folder, or a glob pattern (`**` matches any depth).
+
+    Returns:
+        List of file paths.
+
+    Raises:
+        ValueError: if nothing matches.
+    """
+    images = os.fspath(images)
+    if os.path.isdir(images):
+        paths = []
+        for root, folders, files in os.walk(images):
+            folders[:] = sorted(f for f in folders if not f.startswith("."))
+            paths.extend(os.path.join(root, name) for name in files
+                         if not name.startswith(".")
+                         and name.lower().endswith(preprocessing.IMAGE_EXTENSIONS))
+    else:
+        paths = [path for path in glob.glob(images, recursive=True) if os.path.isfile(path)]
+    if not paths:
+        raise ValueError(
+            f"Invalid value for `images`. Expected a folder with image files "
+            f"({', '.join(preprocessing.IMAGE_EXTENSIONS)}) or a glob matching "
+            f"files. Received: images={images!r}, which names no file.")
+    return sorted(paths)
+
+
+class _SavedModelClassifier:
+    """An export folder's `serving_default`: encoded images in, probabilities out."""
+
+    def __init__(self, export_dir):
+        self._serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+
+    def predict_batch(self, encoded):
+        """Encoded images -> float32 [N, C]; raises on any undecodable one."""
+        outputs = self._serve(image_bytes=tf.constant(encoded, tf.string))
+        return outputs["probabilities"].numpy()
+
+
+class _TFLiteFileClassifier:
+    """A .tflite file from `tflite.export_tflite`, resizing as training did."""
+
+    def __init__(self, path):
+        from tfhub_ft import tflite
+        self._classifier = tflite.TFLiteClassifier(path)
+
+    @property
+    def num_classes(self):
+        return self._classifier.num_classes
+
+    def predict_batch(self, encoded):
+        images = np.stack([
+            preprocessing.decode_and_resize(tf.constant(data), self._classifier.image_size).numpy()
+            for data in encoded])
+        return self._classifier.predict(images)
+
+
+def load_classifier(model):
+    """Loads an export for `predict_files`.
+
+    Args:
+        model: An export folder (SavedModel + labels.txt) or a .tflite file
+            with labels.txt in its folder.
+
+    Returns:
+        (classifier, class names): the classifier's `predict_batch` maps a
+        list of encoded images (bytes) to float32 probabilities [N, C].
+
+    Raises:
+        ValueError: if `model` is neither, or labels.txt is missing or does
+            not match the model's classes.
+    """
+    model = os.fspath(model)
+    if os.path.isfile(model) and model.endswith(".tflite"):
+        labels_dir = os.path.dirname(os.path.abspath(model))
+        classifier = _TFLiteFileClassifier(model)
+    elif os.path.isdir(model) and tf.saved_model.contains_saved_model(model):
+        labels_dir = model
+        classifier = _SavedModelClassifier(model)
+    else:
+        raise ValueError(
+            "Invalid value for `model`. Expected an export folder written by "
+            "`FineTuner.export` (saved_model.pb and labels.txt) or a .tflite "
+            f"file beside its labels.txt. Received: model={model!r}")
+    if not os.path.isfile(os.path.join(labels_dir, export_lib.LABELS_FILE)):
+        raise ValueError(
+            f"No {export_lib.LABELS_FILE} in {labels_dir!r}: the class names "
+            "are read from it. Keep the labels.txt written by the export "
+            "beside the model.")
+    class_names = export_lib.read_labels(labels_dir)
+    count = getattr(classifier, "num_classes", len(class_names))
+    if count != len(class_names):
+        raise ValueError(
+            f"{export_lib.LABELS_FILE} in {labels_dir!r} names {len(class_names)} "
+            f"classes but the model outputs {count}: they are not from the same export.")
+    return classifier, class_names
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _error_text(error):
+    message = getattr(error, "message", None) or str(error)
+    return f"{type(error).__name__}: {message.strip().splitlines()[0] if message.strip() else ''}"
+
+
+def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SIZE,
+                  verbose="auto"):
+    """Classifies image files with an export, in batches.
+
+    A batch that fails (a file that cannot be decoded) is run again one file
+    at a time, so only the bad files get an error and the others their
+    classes.
+
+    Args:
+        model: An export folder or a .tflite file (see `load_classifier`),
+            or the (classifier, class names) pair it returns.
+        paths: Image file paths.
+        top_k: Classes per file, 1 <= top_k <= number of classes.
+        batch_size: Files per model call (the .tflite model still runs one
+            image at a time).
+        verbose: "auto" shows a Keras progress bar when stdout is a
+            terminal; True or False force it on or off.
+
+    Returns:
+        One dict per path, in order: {"path": str, "classes": [top_k class
+        names, most probable first], "probabilities": [top_k floats in
+        [0, 1]], "error": "" or the reason the file was not classified
+        (then "classes" and "probabilities" are empty)}.
+
+    Raises:
+        ValueError: for an invalid `top_k` or `batch_size`, or a model that
+            cannot be loaded.
+    """
+    from tfhub_ft.config import check_integer
+    classifier, class_names = (model if isinstance(model, tuple) else load_classifier(model))
+    top_k = check_integer("top_k", top_k, 1, len(class_names))
+    batch_size = check_integer("batch_size", batch_size, 1)
+    if verbose == "auto":
+        verbose = sys.stdout.isatty()
+    import keras  # Only for its progress bar.
+    progress = keras.utils.Progbar(len(paths), verbose=1 if verbose else 0, unit_name="image")
+    rows = []
+    for start in range(0, len(paths), batch_size):
+        batch_rows, encoded, readable = [], [], []
+        for path in paths[start:start + batch_size]:
+            row = {"path": path, "classes": [], "probabilities": [], "error": ""}
+            try:
+                encoded.append(_read(path))
+                readable.append(row)
+            except OSError as error:
+                row["error"] = _error_text(error)
+            batch_rows.append(row)
+        if encoded:
+            for row, probabilities in zip(readable, _predict_or_isolate(classifier, encoded, readable)):
+                if probabilities is not None:
+                    top = np.argsort(-probabilities, kind="stable")[:top_k]
+                    row["classes"] = [class_names[i] for i in top]
+                    row["probabilities"] = [float(probabilities[i]) for i in top]
+        rows.extend(batch_rows)
+        progress.add(len(batch_rows))
+    failed = sum(1 for row in rows if row["error"])
+    logger.info("Classified %d of %d files%s.", len(rows) - failed, len(rows),
+                f"; {failed} could not be read or decoded" if failed else "")
+    return rows
+
+
+def _predict_or_isolate(classifier, encoded, rows):
+    """Probabilities per encoded image; None (and the row's error) for a bad one."""
+    try:
+        return list(classifier.predict_batch(encoded))
+    except tf.errors.OpError as error:
+        if len(encoded) == 1:
+            rows[0]["error"] = _error_text(error)
+            return [None]
+    return [_predict_or_isolate(classifier, [data], [row])[0]
+            for data, row in zip(encoded, rows)]
+
+
+def write_csv(rows, output, top_k):
+    """Writes `predict_files` rows as CSV: path, class_i, probability_i..., error.
+
+    Probabilities are written with 6 decimals; an error row has empty class
+    and probability cells.
+    """
+    header = ["path"]
+    for rank in range(1, top_k + 1):
+        header += [f"class_{rank}", f"probability_{rank}"]
+    header.append("error")
+    output = os.fspath(output)
+    if os.path.dirname(output):
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+    with open(output, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            cells = [row["path"]]
+            for rank in range(top_k):
+                if rank < len(row["classes"]):
+                    cells += [row["classes"][rank], f"{row['probabilities'][rank]:.6f}"]
+                else:
+                    cells += ["", ""]
+            cells.append(row["error"])
+            writer.writerow(cells)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m tfhub_ft.predict",
+        description="Classify image files with a tfhub_ft export; one CSV row per file.")
+    parser.add_argument("--model", required=True,
+                        help="Export folder (SavedModel + labels.txt) or a .tflite file "
+                             "with labels.txt beside it.")
+    parser.add_argument("--images", required=True,
+                        help="Folder (read recursively) or glob of image files.")
+    parser.add_argument("--output", required=True, help="CSV file to write.")
+    parser.add_argument("--top_k", type=int, default=DEFAULT_TOP_K,
+                        help="Classes per file (default %(default)s).")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="Files per model call (default %(default)s).")
+    return parser
+
+
+def main(argv=None):
+    """Command-line entry point.
+
+    Args:
+        argv: The arguments without the program name (e.g.
+            ["--model=export", "--images=photos", "--output=p.csv"]);
+            sys.argv[1:] when None.
+
+    Returns:
+        0 when the CSV was written (files that failed are in it). Invalid
+        arguments exit with status 2 and the reason, as argparse does.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        paths = list_image_files(args.images)
+        model = load_classifier(args.model)
+        rows = predict_files(model, paths, args.top_k, args.batch_size)
+    except ValueError as error:
+        parser.error(str(error))
+    write_csv(rows, args.output, args.top_k)
+    logger.info("Wrote %d rows to %s", len(rows), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

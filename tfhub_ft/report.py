@@ -1,0 +1,327 @@
+"""The run report: what a fine-tuning run did, as plots, tables and JSON.
+
+`write_report` (and `FineTuner.report`) write into one folder:
+
+    curves.png            loss and accuracy per epoch, training and
+                          validation, both phases on one epoch axis, the
+                          phase boundary marked
+    confusion_matrix.png  validation confusion matrix: counts, shaded by
+                          row-normalised share (recall per true class)
+    confusion_matrix.csv  the counts, rows true classes, columns predicted
+    per_class.csv         precision, recall, F1 and support per class,
+                          then macro and weighted averages
+    mistakes.png          the most confidently wrong validation images,
+                          titled true class, predicted class, probability
+    summary.json          config, hub handle, blocks unfrozen, image counts,
+                          skipped files, seconds per stage, metrics
+
+Metrics come from scikit-learn (`sklearn.metrics`); plots from matplotlib
+with the Agg backend, so no display is needed.
+"""
+
+import csv
+import json
+import logging
+import os
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CURVES_FILE = "curves.png"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+CONFUSION_MATRIX_CSV = "confusion_matrix.csv"
+PER_CLASS_FILE = "per_class.csv"
+MISTAKES_FILE = "mistakes.png"
+SUMMARY_FILE = "summary.json"
+PHASE_TITLES = {"head": "head (backbone frozen)", "fine_tune": "fine-tune"}
+PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _check_predictions(labels, probabilities, class_names):
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or probabilities.shape != (len(labels), len(class_names)):
+        raise ValueError(
+            "Invalid value for `probabilities`. Expected shape [N, C] = "
+            f"[{len(labels)}, {len(class_names)}] (one row per label, one column "
+            f"per class). Received: shape {probabilities.shape}")
+    return labels.astype(np.int64), probabilities
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    """int64 [C, C]: row = true class, column = predicted class (sklearn)."""
+    from sklearn import metrics
+    return metrics.confusion_matrix(labels, predictions, labels=np.arange(num_classes))
+
+
+def per_class_metrics(labels, predictions, class_names):
+    """Precision, recall, F1 and support per class, then the two averages.
+
+    Args:
+        labels: int [N] true classes in [0, C).
+        predictions: int [N] predicted classes in [0, C).
+        class_names: C names.
+
+    Returns:
+        A list of dicts with keys `PER_CLASS_COLUMNS`: one per class in
+        order, then "macro avg" (unweighted mean over classes) and
+        "weighted avg" (mean weighted by support). A class never predicted
+        has precision 0 (sklearn's `zero_division=0`).
+    """
+    from sklearn import metrics
+    classes = np.arange(len(class_names))
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0)
+    rows = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
+             "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)]
+    for average in ("macro", "weighted"):
+        p, r, f, _ = metrics.precision_recall_fscore_support(
+            labels, predictions, labels=classes, average=average, zero_division=0)
+        rows.append({"class": f"{average} avg", "precision": float(p), "recall": float(r),
+                     "f1": float(f), "support": int(support.sum())})
+    return rows
+
+
+def write_per_class_csv(rows, path):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value)
+                             for key, value in row.items()})
+    return path
+
+
+def write_confusion_matrix_csv(matrix, class_names, path):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *class_names])
+        for name, row in zip(class_names, matrix):
+            writer.writerow([name, *(int(count) for count in row)])
+    return path
+
+
+def plot_curves(history, path):
+    """Loss and accuracy per epoch of both phases on one epoch axis.
+
+    Args:
+        history: {"head": {...}, "fine_tune": {...}}, each a Keras history
+            dict (loss, accuracy, val_loss, val_accuracy lists); a phase
+            may be empty.
+        path: The PNG to write.
+    """
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    offset, boundaries = 0, []
+    for phase in ("head", "fine_tune"):
+        record = history.get(phase) or {}
+        epochs = len(record.get("loss", []))
+        if not epochs:
+            continue
+        x = np.arange(offset + 1, offset + epochs + 1)
+        for axis, metric in zip(axes, ("loss", "accuracy")):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                values = record.get(prefix + metric)
+                if values:
+                    color = "tab:blue" if phase == "head" else "tab:orange"
+                    label = f"{PHASE_TITLES[phase]}, {'validation' if prefix else 'training'}"
+                    axis.plot(x[:len(values)], values, style, color=color, marker="o",
+                              markersize=3, label=label)
+        if offset:
+            boundaries.append(offset + 0.5)
+        offset += epochs
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        for boundary in boundaries:
+            axis.axvline(boundary, color="0.4", linestyle=":", linewidth=1.5)
+            axis.text(boundary, 0.02, " fine-tuning starts", transform=axis.get_xaxis_transform(),
+                      va="bottom", ha="left", fontsize=8, color="0.3")
+        axis.set_xlabel("epoch (both phases, in order)")
+        axis.set_ylabel(metric if metric == "loss" else "accuracy (top-1)")
+        axis.set_title(f"{metric.capitalize()} per epoch")
+        axis.grid(True, alpha=0.3)
+        if offset:
+            axis.legend(fontsize=8)
+            axis.xaxis.get_major_locator().set_params(integer=True)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_confusion_matrix(matrix, class_names, path):
+    """Counts in each cell, shaded by the row-normalised share."""
+    plt = pyplot()
+    matrix = np.asarray(matrix)
+    count = len(class_names)
+    side = min(4 + 0.55 * count, 24)
+    figure, axis = plt.subplots(figsize=(side + 1.5, side), dpi=100)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    colorbar.set_label("share of the true class's images")
+    if count <= 40:
+        for row in range(count):
+            for column in range(count):
+                axis.text(column, row, str(int(matrix[row, column])), ha="center",
+                          va="center", fontsize=8 if count > 15 else 10,
+                          color="white" if shares[row, column] > 0.5 else "black")
+    axis.set_xticks(range(count))
+    axis.set_yticks(range(count))
+    axis.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor")
+    axis.set_yticklabels(class_names)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    axis.set_title(f"Confusion matrix, validation ({int(matrix.sum())} images, "
+                   f"accuracy {accuracy:.3f})")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def most_confident_mistakes(labels, probabilities, count=16):
+    """Indices of wrong predictions, most confident first.
+
+    Args:
+        labels: int [N]; probabilities: float [N, C].
+
+    Returns:
+        int64 [min(count, wrong)] indices into the N images.
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(-1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def plot_mistakes(images, labels, probabilities, class_names, path):
+    """A grid of images, each titled true, predicted and its probability.
+
+    Args:
+        images: uint8 [K, H, W, 3], the wrongly classified images (see
+            `most_confident_mistakes`).
+        labels: int [K] true classes; probabilities: float [K, C].
+        class_names: C names.
+        path: The PNG to write.
+    """
+    plt = pyplot()
+    count = len(labels)
+    columns = max(1, min(4, count))
+    rows = max(1, -(-count // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.8 * rows + 0.6),
+                                dpi=100, squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        predicted = int(np.argmax(probabilities[index]))
+        axis.imshow(np.asarray(images[index], np.uint8))
+        axis.set_title(f"true: {_short(class_names[labels[index]])}\n"
+                       f"predicted: {_short(class_names[predicted])} "
+                       f"({probabilities[index][predicted]:.0%})", fontsize=9)
+    if count == 0:
+        axes.flat[0].text(0.5, 0.5, "No validation image is misclassified.",
+                          ha="center", va="center")
+    figure.suptitle("Most confidently wrong validation images", fontsize=12)
+    # Half an inch above the grid for the title, clear of the first row's titles.
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / figure.get_figheight()))
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _short(name, limit=22):
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
+def write_report(report_dir, class_names, labels, probabilities, history=None,
+                 mistake_images=None, mistake_indices=None, summary=None):
+    """Writes the report files (see the module docstring) into `report_dir`.
+
+    Args:
+        report_dir: Folder, created if needed.
+        class_names: C class names, in label order.
+        labels: int [N] true validation classes.
+        probabilities: float [N, C] predicted validation probabilities.
+        history: {"head": ..., "fine_tune": ...} Keras histories; no
+            curves.png without it.
+        mistake_images: uint8 [K, H, W, 3], the images at `mistake_indices`
+            (`most_confident_mistakes` of labels and probabilities); no
+            mistakes.png without them.
+        mistake_indices: int [K], indices into the N validation images.
+        summary: Dict merged into summary.json (JSON-serialisable).
+
+    Returns:
+        {file name: path} of what was written.
+
+    Raises:
+        ValueError: if `probabilities` is not [N, C] or `report_dir` cannot
+            be written.
+    """
+    labels, probabilities = _check_predictions(labels, probabilities, class_names)
+    report_dir = os.fspath(report_dir)
+    try:
+        os.makedirs(report_dir, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"Invalid value for `report_dir`. Cannot create {report_dir!r}: {error}. "
+            "Choose a folder you can write to.") from error
+    join = lambda name: os.path.join(report_dir, name)  # noqa: E731
+    written = {}
+    predictions = probabilities.argmax(-1)
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    rows = per_class_metrics(labels, predictions, class_names)
+    written[CONFUSION_MATRIX_CSV] = write_confusion_matrix_csv(
+        matrix, class_names, join(CONFUSION_MATRIX_CSV))
+    written[CONFUSION_MATRIX_FILE] = plot_confusion_matrix(
+        matrix, class_names, join(CONFUSION_MATRIX_FILE))
+    written[PER_CLASS_FILE] = write_per_class_csv(rows, join(PER_CLASS_FILE))
+    if history is not None:
+        written[CURVES_FILE] = plot_curves(history, join(CURVES_FILE))
+    if mistake_images is not None:
+        indices = np.asarray(mistake_indices, np.int64)
+        written[MISTAKES_FILE] = plot_mistakes(
+            mistake_images, labels[indices], probabilities[indices], class_names,
+            join(MISTAKES_FILE))
+    from sklearn import metrics
+    content = dict(summary or {})
+    content.setdefault("validation_metrics", {})
+    content["validation_metrics"] = {
+        **content["validation_metrics"],
+        "accuracy": float(metrics.accuracy_score(labels, predictions)),
+        "macro_f1": rows[-2]["f1"], "weighted_f1": rows[-1]["f1"],
+        "count": int(len(labels))}
+    content["class_names"] = list(class_names)
+    if history is not None:
+        content["history"] = history
+    with open(join(SUMMARY_FILE), "w", encoding="utf-8") as f:
+        json.dump(_jsonable(content), f, indent=2)
+    written[SUMMARY_FILE] = join(SUMMARY_FILE)
+    logger.info("Wrote the report to %s (%s)", report_dir, ", ".join(sorted(written)))
+    return written
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

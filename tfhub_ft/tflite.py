@@ -1,0 +1,341 @@
+"""TFLite export of a trained classifier, with quantization and a parity check.
+
+The exported SavedModel decodes and resizes inside its graph, with ops
+TFLite does not have (`DecodeImage`; the antialiased resize is
+`ScaleAndTranslate`, neither a TFLite builtin nor a flex op). The TFLite
+model therefore takes images the caller has already resized, as TFLite
+image classifiers do, and only normalises them inside:
+
+    input:  uint8 [1, S, S, 3] RGB in [0, 255] (S: the training image size)
+    output: float32 [1, C] class probabilities, in labels.txt order
+
+Modes (`TFLITE_MODES`):
+    float32: no quantization.
+    float16: weights stored as float16, computed in float32 on CPU.
+    dynamic: dynamic-range quantization, int8 weights, float activations.
+    int8: full integer quantization, calibrated on a seeded sample of the
+        training images; uint8 input and float32 output as above (the
+        quantize and dequantize steps are inside the model).
+
+The interpreter is LiteRT's (`ai_edge_litert`), the runtime that
+`tf.lite.Interpreter` became; `tf.lite.Interpreter` itself is deprecated in
+TensorFlow 2.21 and warns on every use.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import time
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from tfhub_ft import preprocessing
+
+logger = logging.getLogger(__name__)
+
+TFLITE_MODES = ("float32", "float16", "dynamic", "int8")
+TFLITE_FILE = "model.tflite"
+PARITY_FILE = "tflite_parity.json"
+# Training images the int8 calibration sees: a few hundred is what the TFLite
+# post-training quantization guide recommends.
+REPRESENTATIVE_IMAGE_COUNT = 300
+# Under this top-1 agreement with the SavedModel an int8 model gets a warning.
+INT8_AGREEMENT_THRESHOLD = 0.97
+# The parity check runs the TFLite model one image at a time: at most this
+# many validation images (a seeded sample), so a large validation set does
+# not make every export slow.
+PARITY_IMAGE_COUNT = 1000
+
+
+def check_mode(mode):
+    """Returns `mode` if it is one of `TFLITE_MODES`, else raises ValueError."""
+    if mode not in TFLITE_MODES:
+        raise ValueError(
+            f"Invalid value for `tflite`. Expected one of {TFLITE_MODES} (or "
+            f"None for no TFLite model). Received: tflite={mode!r}")
+    return mode
+
+
+def sample_rows(length, count, seed=0):
+    """Seeded sorted row indices: `count` of range(length), or all of them.
+
+    Used to draw the int8 calibration images from the training images
+    (`REPRESENTATIVE_IMAGE_COUNT`) and to cap the parity check's validation
+    images (`PARITY_IMAGE_COUNT`).
+
+    Returns:
+        int64 numpy [min(length, count)], ascending.
+    """
+    return np.sort(np.random.default_rng(seed).permutation(length)[:count])
+
+
+class _TFLiteModule(tf.Module):
+    """The classifier behind a fixed-size uint8 input, for the converter."""
+
+    def __init__(self, model, image_size):
+        super().__init__(name="tflite_classifier")
+        self.model = model
+        # No autograph: the function has no Python control flow to convert.
+        self.classify = tf.function(
+            self._classify, autograph=False, input_signature=[
+                tf.TensorSpec([1, image_size, image_size, 3], tf.uint8, name="image")])
+
+    def _classify(self, image):
+        # The model's own preprocessing would add the resize (a tf.cond with
+        # ScaleAndTranslate in one branch); the input is already at size.
+        images = preprocessing.to_unit_range(image)
+        features = self.model.backbone(images, training=False)
+        logits = self.model.classify_features(features, training=False)
+        return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
+
+
+def convert(model, image_size, mode, representative_images=None):
+    """Converts an `ImageClassifier` to a TFLite flatbuffer.
+
+    Args:
+        model: A trained `model.ImageClassifier` (or a model with `backbone`
+            and `classify_features`).
+        image_size: int, the side S of the uint8 [1, S, S, 3] input.
+        mode: One of `TFLITE_MODES`.
+        representative_images: uint8 [N, S, S, 3] training images, needed
+            for "int8" (a few hundred: see `REPRESENTATIVE_IMAGE_COUNT`);
+            ignored otherwise.
+
+    Returns:
+        The .tflite file contents, bytes.
+
+    Raises:
+        ValueError: for an unknown mode, or int8 without representative
+            images of the right shape.
+    """
+    check_mode(mode)
+    module = _TFLiteModule(model, image_size)
+    function = module.classify.get_concrete_function()
+    with _quiet_converter_logging():
+        # Without `trackable_obj` the converter freezes the variables into
+        # constants (its older path, which it logs as deprecated). With it,
+        # it keeps them as resource variables initialised from a saved copy
+        # of `module`, and the hub module's restored variables came out
+        # unset: the float32 model agreed with the SavedModel on 23% of
+        # images. tests/test_tflite.py checks float32 parity to 1e-5.
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
+    if mode in ("float16", "dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        images = _check_representative_images(representative_images, image_size)
+
+        def representative_dataset():
+            for image in images:
+                yield [image[np.newaxis]]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_output_type = tf.float32
+    with _quiet_converter_logging(), warnings.catch_warnings():
+        # The frozen-graph path asks for input statistics whenever the
+        # inference type is integer, but this input is already uint8 and
+        # cast inside the model: nothing to supply, the warning is noise.
+        warnings.filterwarnings(
+            "ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
+def _check_representative_images(images, image_size):
+    expected = (image_size, image_size, 3)
+    if (images is None or not hasattr(images, "shape") or len(images) == 0
+            or tuple(images.shape[1:]) != expected or images.dtype != np.uint8):
+        received = None if images is None else (
+            f"{getattr(images, 'dtype', type(images).__name__)} "
+            f"{tuple(getattr(images, 'shape', ()))}")
+        raise ValueError(
+            "Invalid value for `representative_images`. Expected uint8 "
+            f"[N, {image_size}, {image_size}, 3] training images (N > 0) to "
+            f"calibrate int8 quantization. Received: {received}. Pass a "
+            "sample of the training images, or use tflite='dynamic'.")
+    return np.asarray(images)
+
+
+@contextlib.contextmanager
+def _quiet_converter_logging():
+    """Hides the converter's per-conversion INFO and WARNING lines (absl)."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+class TFLiteClassifier:
+    """Runs a classifier .tflite file written by `convert`.
+
+    Args:
+        model: Path of a .tflite file, or its contents (bytes).
+        num_threads: Interpreter threads; None lets LiteRT choose.
+
+    Attributes:
+        image_size: S of the uint8 [1, S, S, 3] input.
+        num_classes: C of the float32 [1, C] output.
+    """
+
+    def __init__(self, model, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+        if isinstance(model, (bytes, bytearray)):
+            self._interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+        else:
+            self._interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
+        self._interpreter.allocate_tensors()
+        (self._input,) = self._interpreter.get_input_details()
+        (self._output,) = self._interpreter.get_output_details()
+        shape = self._input["shape"]
+        if (len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3
+                or self._input["dtype"] != np.uint8):
+            raise ValueError(
+                f"The TFLite model takes {self._input['dtype'].__name__} "
+                f"{list(shape)}, not uint8 [1, S, S, 3]: it was not written by "
+                "tfhub_ft. Export it with `FineTuner.export(..., tflite=...)`.")
+        self.image_size = int(shape[1])
+        self.num_classes = int(self._output["shape"][-1])
+
+    def predict(self, images):
+        """Class probabilities, one image at a time.
+
+        Args:
+            images: uint8 [N, S, S, 3] RGB in [0, 255], already resized to
+                `image_size` (see `preprocessing.resize_images`).
+
+        Returns:
+            float32 numpy [N, C].
+        """
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"Invalid value for `images`. Expected uint8 [N, {self.image_size}, "
+                f"{self.image_size}, 3]. Received: {images.dtype} {images.shape}. "
+                "Resize them with `preprocessing.resize_images` first.")
+        outputs = np.empty((len(images), self.num_classes), np.float32)
+        for row, image in enumerate(images):
+            self._interpreter.set_tensor(self._input["index"], image[np.newaxis])
+            self._interpreter.invoke()
+            outputs[row] = self._dequantized_output()
+        return outputs
+
+    def _dequantized_output(self):
+        output = self._interpreter.get_tensor(self._output["index"])[0]
+        if self._output["dtype"] == np.float32:
+            return output
+        scale, zero_point = self._output["quantization"]
+        return (output.astype(np.float32) - zero_point) * scale
+
+
+def parity_report(tflite_model, saved_model_dir, images, labels, mode=None):
+    """Compares a .tflite model with the SavedModel it came from.
+
+    Both run on the same already-resized images: the TFLite model on the
+    uint8 pixels, the SavedModel's `serving_images` signature on the same
+    pixels / 255 (its resize is skipped at the training size).
+
+    Args:
+        tflite_model: Path of the .tflite file, or its contents.
+        saved_model_dir: The export folder (`export.export_saved_model`).
+        images: uint8 [N, S, S, 3] validation images.
+        labels: int [N] class indices.
+        mode: The conversion mode, recorded in the report.
+
+    Returns:
+        A dict: mode, images (N), top1_agreement (fraction of images where
+        both pick the same class), tflite_accuracy and saved_model_accuracy
+        (top-1, in [0, 1]), max_probability_difference (largest absolute
+        difference of any class probability), tflite_bytes (file size),
+        tflite_latency_ms (median milliseconds per image, one image per
+        call, on this machine's CPU).
+    """
+    classifier = TFLiteClassifier(tflite_model)
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    latencies = []
+    tflite_probabilities = np.empty((len(images), classifier.num_classes), np.float32)
+    for row in range(len(images)):
+        start = time.perf_counter()
+        tflite_probabilities[row] = classifier.predict(images[row:row + 1])[0]
+        latencies.append(time.perf_counter() - start)
+    serve = tf.saved_model.load(saved_model_dir).signatures["serving_images"]
+    saved_probabilities = np.concatenate([
+        serve(images=tf.constant(images[start:start + 64], tf.float32) / 255.0)[
+            "probabilities"].numpy()
+        for start in range(0, len(images), 64)])
+    tflite_top1 = tflite_probabilities.argmax(-1)
+    saved_top1 = saved_probabilities.argmax(-1)
+    size = (len(tflite_model) if isinstance(tflite_model, (bytes, bytearray))
+            else os.path.getsize(tflite_model))
+    return {
+        "mode": mode,
+        "images": int(len(images)),
+        "top1_agreement": float(np.mean(tflite_top1 == saved_top1)),
+        "tflite_accuracy": float(np.mean(tflite_top1 == labels)),
+        "saved_model_accuracy": float(np.mean(saved_top1 == labels)),
+        "max_probability_difference": float(
+            np.max(np.abs(tflite_probabilities - saved_probabilities))),
+        "tflite_bytes": int(size),
+        "tflite_latency_ms": float(np.median(latencies) * 1000.0),
+    }
+
+
+def export_tflite(model, image_size, export_dir, mode, representative_images=None,
+                  validation_images=None, validation_labels=None,
+                  int8_agreement_threshold=INT8_AGREEMENT_THRESHOLD):
+    """Writes `export_dir/model.tflite` and, with validation data, its parity report.
+
+    Called by `FineTuner.export(export_dir, tflite=mode)` on the staging
+    folder, after the SavedModel is saved there, so both are renamed into
+    place together.
+
+    Args:
+        model: The trained `ImageClassifier`.
+        image_size: S, the training image size.
+        export_dir: A folder holding the SavedModel of `model`.
+        mode: One of `TFLITE_MODES`.
+        representative_images: uint8 [N, S, S, 3] training images, for int8.
+        validation_images, validation_labels: uint8 [N, S, S, 3] and int
+            [N]; when given, the parity report is logged and written to
+            `export_dir/tflite_parity.json`.
+        int8_agreement_threshold: Top-1 agreement under which an int8 model
+            gets a WARNING.
+
+    Returns:
+        The parity report dict (see `parity_report`), or None without
+        validation data.
+    """
+    contents = convert(model, image_size, mode, representative_images)
+    path = os.path.join(export_dir, TFLITE_FILE)
+    with open(path, "wb") as f:
+        f.write(contents)
+    if validation_images is None or len(validation_images) == 0:
+        logger.info("Wrote %s (%s, %d bytes); no validation images for a parity check.",
+                    TFLITE_FILE, mode, len(contents))
+        return None
+    report = parity_report(path, export_dir, validation_images, validation_labels, mode)
+    with open(os.path.join(export_dir, PARITY_FILE), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    logger.info(
+        "TFLite %s model, %d bytes: top-1 agreement with the SavedModel %.4f on %d "
+        "validation images, accuracy %.4f (SavedModel %.4f), largest probability "
+        "difference %.4f, %.2f ms per image.", mode, report["tflite_bytes"],
+        report["top1_agreement"], report["images"], report["tflite_accuracy"],
+        report["saved_model_accuracy"], report["max_probability_difference"],
+        report["tflite_latency_ms"])
+    if mode == "int8" and report["top1_agreement"] < int8_agreement_threshold:
+        logger.warning(
+            "The int8 TFLite model agrees with the SavedModel on only %.1f%% of "
+            "the validation images (under %.1f%%): full integer quantization "
+            "costs this model accuracy. Export with tflite='dynamic' or "
+            "tflite='float16' instead.", 100 * report["top1_agreement"],
+            100 * int8_agreement_threshold)
+    return report
