@@ -114,16 +114,22 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
             f"({', '.join(preprocessing.IMAGE_EXTENSIONS)}). Add images or "
             "remove the folder."
         )
-    logger.info("Found %d images in %s (%s)%s", len(paths), image_files.display_path(directory),
-                ", ".join(counts),
-                f", {nested} nested folder(s) searched" if nested else "")
-    if left_out:
-        unsupported = [(p, why) for p, why in left_out if "cannot decode" in why
-                       or "link" in why or "cannot be read" in why]
-        log = logger.warning if unsupported else logger.info
-        log("Left out %d file(s) or folder(s) in %s: %s", len(left_out),
-            image_files.display_path(directory),
-            "; ".join(f"{image_files.display_path(p)} ({why})" for p, why in left_out))
+    # One line per folder: what was found and what was left out, with why;
+    # what the user may not expect (a format TensorFlow cannot decode, a
+    # broken link or a loop, an unreadable folder) is a warning of its own.
+    alarming = [(p, why) for p, why in left_out if "cannot decode" in why
+                or "link" in why or "cannot be read" in why]
+    quiet = [item for item in left_out if item not in alarming]
+    logger.info("Found %d images in %s (%s)%s%s", len(paths),
+                image_files.display_path(directory), ", ".join(counts),
+                f", {nested} nested folder(s) searched" if nested else "",
+                f"; left out {len(quiet)}: " + "; ".join(
+                    f"{image_files.display_path(p)} ({why})" for p, why in quiet)
+                if quiet else "")
+    if alarming:
+        logger.warning("Left out %d file(s) or folder(s) in %s: %s", len(alarming),
+                       image_files.display_path(directory), "; ".join(
+                           f"{image_files.display_path(p)} ({why})" for p, why in alarming))
     return paths, np.asarray(labels, np.int32), class_names
 
 
@@ -227,13 +233,13 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
     kept = np.asarray(usable, np.int64)[kept]
     skipped = [p for p in paths if p in reasons]
     if skipped:
-        listing = "\n  ".join(f"{image_files.display_path(p)}: {reasons[p]}" for p in skipped)
+        listing = "; ".join(f"{image_files.display_path(p)}: {reasons[p]}" for p in skipped)
         if config.on_bad_image == "error":
             raise ValueError(
                 f"{len(skipped)} file(s) in {image_files.display_path(directory)!r} cannot "
-                f"be used as images (on_bad_image='error'):\n  {listing}\nFix or "
+                f"be used as images (on_bad_image='error'): {listing}. Fix or "
                 "remove them, or pass on_bad_image='skip' to train without them.")
-        logger.warning("Skipped %d file(s) in %s that cannot be used as images:\n  %s",
+        logger.warning("Skipped %d file(s) in %s that cannot be used as images: %s",
                        len(skipped), image_files.display_path(directory), listing)
     if len(kept) == 0:
         raise ValueError(f"No image in {directory!r} could be decoded.")
