@@ -126,7 +126,9 @@ def test_skipped_files_on_the_tuner_and_strict_mode(tiny_backbone_path, tmp_path
     open(os.path.join(folder, "a", "x.jpg"), "wb").close()
     tuner = FineTuner(tiny_backbone_path, config=small_config)
     tuner.load_data(folder, validation_split=0.34)
-    assert tuner.skipped_files == [(os.path.join(folder, "a", "x.jpg"), "empty (0 bytes)")]
+    bad = os.path.join(folder, "a", "x.jpg")
+    assert tuner.skipped_files == [bad]
+    assert tuner.skip_reasons == {bad: "empty (0 bytes)"}
     strict = FineTuner(tiny_backbone_path, config=small_config, on_bad_image="error")
     with pytest.raises(ValueError, match=r"(?s)1 file\(s\).*x.jpg: empty \(0 bytes\)"):
         strict.fit(folder, verbose=0)

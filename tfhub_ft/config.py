@@ -68,7 +68,8 @@ class FineTuneConfig:
         cache_memory_mb: Megabytes of decoded images and cached activations
             kept in memory; beyond it they spill to files (0: all on disk).
         on_bad_image: What a file that cannot be used does: "skip" (logged
-            with its reason, listed in `FineTuner.skipped_files`) or "error"
+            with its reason, listed in `FineTuner.skipped_files` and
+            `FineTuner.skip_reasons`) or "error"
             (a ValueError listing every bad file, before training).
         max_image_pixels: Largest image accepted, height * width read from
             the file's header, in training and in the exported model.
