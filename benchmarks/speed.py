@@ -123,8 +123,8 @@ def split_epochs(train, validation):
                                      config.dropout_rate, (), 0)
             model.backbone.freeze_all()
             frozen = cache.compute_frozen_activations(
-                model, train, validation, config if split else config.replace(fine_tune_epochs=0),
-                arrays.ArrayBudget())
+                model, train, validation, config, arrays.ArrayBudget(),
+                recipe.plan_fine_tune(model.backbone, config).split if split else None)
             model.backbone.unfreeze_top_blocks(count)
             timer = EpochTimer()
             recipe.fine_tune(model, frozen, train, validation,

@@ -7,7 +7,7 @@ textured shapes), saves it as a TF Hub image feature vector, fine-tunes it
 with `tfhub_ft.FineTuner` on a different generated target task from a few
 images per class, compares with the same network trained from scratch on
 the same budget, then exports, reloads and predicts. No network, no data on
-disk. See `tfhub_ft.quickstart.run_quickstart` for the details.
+disk. See `tfhub_ft.demo.quickstart.run_quickstart` for the details.
 """
 
 import logging
@@ -21,10 +21,10 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 try:
-    from tfhub_ft import quickstart
+    from tfhub_ft.demo import quickstart
 except ImportError:  # Run from a checkout without `pip install -e .`.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tfhub_ft import quickstart
+    from tfhub_ft.demo import quickstart
 
 FLAGS = flags.FLAGS
 
@@ -32,7 +32,7 @@ flags.DEFINE_string("work_dir", None, "Folder for the backbones and the export "
                     "(default: a new temporary folder).")
 flags.DEFINE_integer("seed", 0, "Seed of the images, weights and shuffling.")
 flags.DEFINE_bool("fast", False, "A smaller pretraining run: "
-                  f"{quickstart.FAST_OPTIONS}.")
+                  f"{quickstart.PRESETS['fast']}.")
 
 
 def _progress_only(record):
@@ -47,14 +47,15 @@ def main(argv):
     absl_logging.get_absl_handler().addFilter(_progress_only)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="tfhub_ft_quickstart_")
-    options = quickstart.FAST_OPTIONS if FLAGS.fast else {}
-    result = quickstart.run_quickstart(work_dir, seed=FLAGS.seed, **options)
+    config = quickstart.QuickstartConfig.from_preset(
+        "fast" if FLAGS.fast else "default", seed=FLAGS.seed)
+    result = quickstart.run_quickstart(work_dir, config)
 
     chance = 1.0 / len(result.class_names)
     print(f"\nPretrained backbone: {result.source_accuracy:.1%} held-out accuracy "
           f"on the source task ({result.pretrain_seconds:.0f} s)")
     print(f"Target task, {len(result.class_names)} new classes, "
-          f"{quickstart.TARGET_TRAIN_IMAGES_PER_CLASS} training images each (chance {chance:.1%}):")
+          f"{config.train_images_per_class} training images each (chance {chance:.1%}):")
     print(f"  fine-tuned from the pretrained module: {result.fine_tuned_test_accuracy:.1%} "
           f"test, {result.fine_tuned_accuracy:.1%} validation ({result.fine_tune_seconds:.0f} s)")
     print(f"  same network from scratch:             {result.scratch_test_accuracy:.1%} "

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from tfhub_ft import testing
+from tests import fixtures
+from tfhub_ft.demo import shapes, tiny_backbone
 
 SHARED = os.environ.get(
     "TFHUB_FT_SHARED",
@@ -20,7 +21,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_backbone_path(tmp_path_factory):
     """A constant-initialised TinyBackbone saved in the hub format."""
-    return testing.build_tiny_backbone(
+    return tiny_backbone.build_tiny_backbone(
         str(tmp_path_factory.mktemp("hub") / "tiny"), constant_init=True)
 
 
@@ -28,13 +29,13 @@ def tiny_backbone_path(tmp_path_factory):
 def image_folders(tmp_path_factory):
     """(train dir, validation dir, corrupt paths, class names), 3 classes."""
     root = tmp_path_factory.mktemp("images")
-    images, labels, names = testing.make_shape_images(3, 16, 32, seed=1, task="target")
+    images, labels, names = shapes.make_shape_images(3, 16, 32, seed=1, task="target")
     train = str(root / "train")
-    corrupt = testing.write_image_folder(train, images, labels, names,
+    corrupt = fixtures.write_image_folder(train, images, labels, names,
                                          image_format="mixed", corrupt_files=3)
-    images, labels, _ = testing.make_shape_images(3, 4, 32, seed=2, task="target")
+    images, labels, _ = shapes.make_shape_images(3, 4, 32, seed=2, task="target")
     validation = str(root / "validation")
-    testing.write_image_folder(validation, images, labels, names, image_format="png")
+    fixtures.write_image_folder(validation, images, labels, names, image_format="png")
     return train, validation, corrupt, names
 
 
@@ -45,8 +46,3 @@ def small_config():
     return FineTuneConfig(image_size=32, batch_size=8, head_epochs=2,
                           fine_tune_epochs=2, unfreeze_blocks=2,
                           head_learning_rate=1e-2, fine_tune_learning_rate=1e-2)
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "slow: runs a subprocess (the tfhub_ft command); deselect with -m 'not slow'")

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import fixtures
 from tfhub_ft import backbone as backbone_lib
-from tfhub_ft import testing
 from tfhub_ft.backbone import HubBackbone, HubModuleError
+from tfhub_ft.demo import tiny_backbone
 
 
 def test_weights_wrap_module_variables(tiny_backbone_path):
@@ -81,13 +82,13 @@ def test_declared_image_size_and_module_without_one(tiny_backbone_path):
 
 
 def test_tf1_module_is_refused(tmp_path):
-    path = testing.save_tf1_hub_module_stub(str(tmp_path / "tf1"))
+    path = fixtures.save_tf1_hub_module_stub(str(tmp_path / "tf1"))
     with pytest.raises(HubModuleError, match="TF1 hub format"):
         HubBackbone(path)
 
 
 def test_feature_map_module_is_refused(tmp_path):
-    path = testing.save_non_feature_vector_module(str(tmp_path / "map"))
+    path = fixtures.save_non_feature_vector_module(str(tmp_path / "map"))
     with pytest.raises(HubModuleError, match=r"is not an image feature vector.*feature_vector"):
         HubBackbone(path)
 
@@ -176,7 +177,7 @@ def _solid_images(count, size=16, seed=0):
 # Issue 9, kind 8: input ranges, a calibration warning, and a classifier told
 # by its output values.
 def test_input_range_and_calibration(tmp_path, caplog):
-    path = testing.save_feature_vector_module(_ScalingModule(), str(tmp_path / "m"))
+    path = tiny_backbone.save_feature_vector_module(_ScalingModule(), str(tmp_path / "m"))
     images = _solid_images(16) / 255.0
     unit = HubBackbone(path, block_pattern=BLOCK)
     bytes_range = HubBackbone(path, input_range=(0, 255), block_pattern=BLOCK)
@@ -198,7 +199,7 @@ def test_input_range_and_calibration(tmp_path, caplog):
 def test_calibration_warning_in_fit(tmp_path, caplog):
     from tests import photos
     from tfhub_ft import FineTuner, FineTuneConfig
-    path = testing.save_feature_vector_module(_ScalingModule(), str(tmp_path / "m"))
+    path = tiny_backbone.save_feature_vector_module(_ScalingModule(), str(tmp_path / "m"))
     for label in ("a", "b"):
         os.makedirs(tmp_path / "data" / label)
         for i, image in enumerate(_solid_images(6, seed=ord(label))):
@@ -213,9 +214,9 @@ def test_calibration_warning_in_fit(tmp_path, caplog):
 
 
 def test_classifier_is_told_by_output_values(tmp_path, caplog):
-    probabilities = testing.save_feature_vector_module(
+    probabilities = tiny_backbone.save_feature_vector_module(
         _ScalingModule(width=10, softmax=True), str(tmp_path / "p"))
-    wide_features = testing.save_feature_vector_module(
+    wide_features = tiny_backbone.save_feature_vector_module(
         _ScalingModule(width=1001), str(tmp_path / "f"))
     with caplog.at_level("WARNING"):
         HubBackbone(probabilities, block_pattern=BLOCK)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfhub_ft import FineTuneConfig, arrays, build_classifier, cache, data
+from tfhub_ft import FineTuneConfig, arrays, build_classifier, cache, data, recipe
 from tfhub_ft.backbone import HubBackbone
 
 
@@ -20,11 +20,12 @@ def test_split_and_whole_backbone_give_the_same_features(tiny_backbone_path, set
     train, validation = sets
     model = build_classifier(HubBackbone(tiny_backbone_path), 2, 32, augmentation=("flip",))
     config = FineTuneConfig(batch_size=2, unfreeze_blocks=2)
+    plan = recipe.plan_fine_tune(model.backbone, config)
     split = cache.compute_frozen_activations(model, train, validation, config,
-                                             arrays.ArrayBudget())
+                                             arrays.ArrayBudget(), plan.split)
     # A zero budget puts every cached array in a file: same values.
     whole = cache.compute_frozen_activations(
-        model, train, validation, config.replace(fine_tune_epochs=0), arrays.ArrayBudget(0))
+        model, train, validation, config, arrays.ArrayBudget(0))
     assert split.split is not None and whole.split is None
     assert isinstance(whole.train_features[0], arrays.FileArray)
     assert len(split.train_features) == 2 and split.train_features[0].shape == (5, 16)
@@ -46,10 +47,14 @@ def test_no_split_when_batch_norm_trains(tiny_backbone_path, sets, caplog):
     train, validation = sets
     backbone = HubBackbone(tiny_backbone_path, batch_norm_trainable=True)
     model = build_classifier(backbone, 2, 32)
+    config = FineTuneConfig(batch_size=2, unfreeze_blocks=2)
     with caplog.at_level("INFO"):
         for _ in range(2):
+            plan = recipe.plan_fine_tune(backbone, config)
             frozen = cache.compute_frozen_activations(
-                model, train, validation, FineTuneConfig(batch_size=2, unfreeze_blocks=2), arrays.ArrayBudget())
+                model, train, validation, config, arrays.ArrayBudget(), plan.split)
+    assert plan.split is None and "batch norm trains" in plan.whole_module_reason
+    assert [block.name for block in plan.blocks] == ["block_3", "head"]
     assert frozen.split is None and len(frozen.train_features) == 1
     assert frozen.train_features[0].shape == (5, 16)
     assert caplog.text.count("batch norm trains") == 1  # said once

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfhub_ft import FineTuneConfig, data, testing
+from tests import fixtures
+from tfhub_ft import FineTuneConfig, data
 
 
 def test_list_image_folder_ignores_other_files(image_folders):
@@ -31,8 +32,8 @@ def test_corrupt_files_are_skipped_and_named(image_folders, caplog):
 
 
 def test_grayscale_and_rgba_become_rgb(tmp_path):
-    testing.write_grayscale_and_rgba(str(tmp_path / "a"), "a", count=2)
-    testing.write_grayscale_and_rgba(str(tmp_path / "b"), "b", count=1)
+    fixtures.write_grayscale_and_rgba(str(tmp_path / "a"), "a", count=2)
+    fixtures.write_grayscale_and_rgba(str(tmp_path / "b"), "b", count=1)
     image_set = data.load_image_folder(str(tmp_path), 16)
     assert image_set.images.shape == (6, 16, 16, 3)
 
@@ -43,7 +44,7 @@ def test_empty_class_and_single_class_are_errors(tmp_path):
         data.list_image_folder(str(tmp_path))
     (tmp_path / "two").mkdir()
     (tmp_path / "two" / "readme.txt").write_text("x")
-    testing.write_grayscale_and_rgba(str(tmp_path), "one", count=1)
+    fixtures.write_grayscale_and_rgba(str(tmp_path), "one", count=1)
     with pytest.raises(ValueError, match=r"class folder\(s\) \['two'\].*hold no image"):
         data.list_image_folder(str(tmp_path))
     with pytest.raises(ValueError, match="Invalid value for `image_dir`"):
@@ -51,7 +52,7 @@ def test_empty_class_and_single_class_are_errors(tmp_path):
 
 
 def test_class_whose_every_image_is_corrupt(tmp_path):
-    testing.write_grayscale_and_rgba(str(tmp_path), "good", count=1)
+    fixtures.write_grayscale_and_rgba(str(tmp_path), "good", count=1)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"\['bad'\].*failed to decode"):

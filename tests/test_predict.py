@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfhub_ft import FineTuneConfig, FineTuner, predict, testing
+from tests import fixtures
+from tfhub_ft import FineTuneConfig, FineTuner, predict
+from tfhub_ft.demo import shapes
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,8 @@ def export_dir(tiny_backbone_path, image_folders, tmp_path_factory):
 def photos(tmp_path_factory):
     """(folder, image paths, corrupt paths): two class folders, a nested one, bad files."""
     root = str(tmp_path_factory.mktemp("photos"))
-    images, labels, names = testing.make_shape_images(2, 3, 40, seed=3, task="target")
-    corrupt = testing.write_image_folder(root, images, labels, names,
+    images, labels, names = shapes.make_shape_images(2, 3, 40, seed=3, task="target")
+    corrupt = fixtures.write_image_folder(root, images, labels, names,
                                          image_format="mixed", corrupt_files=2)
     nested = os.path.join(root, "deeper", "still")
     os.makedirs(nested)

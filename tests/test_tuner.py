@@ -57,10 +57,11 @@ def test_image_size_default_and_override(tiny_backbone_path):
 
 
 def test_validation_classes_must_match(tiny_backbone_path, image_folders, tmp_path, small_config):
-    from tfhub_ft import testing
+    from tests import fixtures
+    from tfhub_ft.demo import shapes
     train, _, _, _ = image_folders
-    images, labels, _ = testing.make_shape_images(2, 2, 32, task="target")
-    testing.write_image_folder(str(tmp_path), images, labels, ["alien", "other"])
+    images, labels, _ = shapes.make_shape_images(2, 2, 32, task="target")
+    fixtures.write_image_folder(str(tmp_path), images, labels, ["alien", "other"])
     with pytest.raises(ValueError, match=r"validation data has class\(es\) \['alien', 'other'\]"):
         FineTuner(tiny_backbone_path, config=small_config).fit(train, str(tmp_path), verbose=0)
 

@@ -401,7 +401,7 @@ class HubBackbone(keras.layers.Layer):
                 self._wrapped[i].trainable = self._module_trainable[i]
         return chosen
 
-    def split_top_blocks(self, count: int):
+    def plan_split(self, count: int):
         """Cuts the module's graph below its top `count` blocks.
 
         Below the cut nothing trains, so (with batch norm in inference mode)
@@ -412,35 +412,35 @@ class HubBackbone(keras.layers.Layer):
         module's, the whole module is used instead.
 
         Returns:
-            A `BackboneSplit`, or None where the module cannot be split:
-            `count` is 0 (logged at INFO), batch norm trains (training mode
-            changes every block's output), the call graph could not be
-            traced, or the split failed (each logged once as a WARNING with
-            the reason and the cost).
+            (`BackboneSplit`, None), or (None, the reason) where the module
+            cannot be split: `count` is 0 (logged at INFO), batch norm
+            trains (training mode changes every block's output), the call
+            graph could not be traced, or the split failed (each logged
+            once as a WARNING with the reason and the cost).
         """
         chosen = blocks_lib.top_blocks(self.blocks, count)
         if not chosen:
-            self._log_split_fallback(logging.INFO, "no block is unfrozen")
-            return None
+            return self._no_split(logging.INFO, "no block is unfrozen")
         if self.batch_norm_trainable:
-            self._log_split_fallback(
+            return self._no_split(
                 logging.WARNING, "batch norm trains (batch_norm_trainable=True), "
                 "so every block's output changes")
-            return None
         if self._graph is None:
-            self._log_split_fallback(logging.WARNING, "its call graph could not be traced")
-            return None
+            return self._no_split(logging.WARNING, "its call graph could not be traced")
         indices = [i for block in chosen for i in block.variable_indices
                    if self._module_trainable[i]]
         try:
             split = BackboneSplit(self, self._graph.split(indices))
             self._check_split(split)
         except Exception as error:  # Fall back to the whole module, never fail the run.
-            self._log_split_fallback(
+            return self._no_split(
                 logging.WARNING, f"the split graph could not be built or run "
                 f"({type(error).__name__}: {error})")
-            return None
-        return split
+        return split, None
+
+    def split_top_blocks(self, count: int):
+        """`plan_split(count)`'s split: a `BackboneSplit`, or None."""
+        return self.plan_split(count)[0]
 
     def _check_split(self, split):
         """Runs the split once on two random images at the module's size.
@@ -486,9 +486,13 @@ class HubBackbone(keras.layers.Layer):
                 raise ValueError(f"its {what} differ from the whole module's by up to "
                                  f"{float(error):.3g}")
 
+    def _no_split(self, level, reason):
+        """Logs (once per reason) why there is no split; returns (None, reason)."""
+        if reason not in self._split_warnings:
+            self._log_split_fallback(level, reason)
+        return None, reason
+
     def _log_split_fallback(self, level, reason):
-        if reason in self._split_warnings:
-            return
         self._split_warnings.add(reason)
         cost = (" (about 3-5x slower per fine-tuning step)"
                 if level >= logging.WARNING else "")

@@ -10,18 +10,14 @@ beyond it (`arrays.ArrayBudget`).
 
 import dataclasses
 import logging
-from typing import List, Optional
+from typing import Optional
 
 import tensorflow as tf
 
 from tfhub_ft import arrays, distribution
+from tfhub_ft import augmentation as augmentation_lib
 
 logger = logging.getLogger(__name__)
-
-
-def augmentation_variants(augmentation) -> List[bool]:
-    """The deterministic pixel variants to cache: [plain] or [plain, mirrored]."""
-    return [False, True] if "flip" in augmentation else [False]
 
 
 def run_frozen(function, inputs, batch_size, budget, name):
@@ -73,42 +69,39 @@ class FrozenActivations:
     split: object = None
 
 
-def compute_frozen_activations(model, train, validation, config, budget) -> FrozenActivations:
+def compute_frozen_activations(model, train, validation, config, budget,
+                               split=None) -> FrozenActivations:
     """Runs the frozen layers once over both image sets.
 
-    Where phase 2 will fine-tune and the backbone can be split below the
-    unfrozen blocks, the bottom runs once and the features come from the top
-    applied to its (cached) output; else the whole backbone runs once.
+    With a `split` (phase 2 trains from cached activations: see
+    `recipe.plan_fine_tune`) the bottom runs once and the features come
+    from the top applied to its cached output; else the whole backbone runs
+    once.
 
     Args:
         model: `ImageClassifier` with its backbone frozen.
         train, validation: `data.ImageSet`s.
         config: `FineTuneConfig`.
         budget: `arrays.ArrayBudget` for the cached arrays.
+        split: The plan's `BackboneSplit`, or None.
     """
-    variants = augmentation_variants(model.augmentation)
-    split = None
-    if config.fine_tune_epochs > 0:
-        split = model.backbone.split_top_blocks(config.unfreeze_blocks)
+    variants = augmentation_lib.cached_variants(model.augmentation)
 
-    def pixels(flip):
-        def prepare(images):
-            images = model.preprocess(images)
-            return tf.reverse(images, axis=[2]) if flip else images
-        return prepare
-
-    def frozen(flip):
-        if split is None:
-            return lambda images: model.backbone(pixels(flip)(images), training=False)
-        return lambda images: split.bottom(pixels(flip)(images))
+    def frozen(mirrored):
+        def run(images):
+            images = augmentation_lib.apply_variant(model.preprocess(images), mirrored)
+            if split is None:
+                return model.backbone(images, training=False)
+            return split.bottom(images)
+        return run
 
     part = "features" if split is None else "boundary"
     logger.info("Running the frozen %s over %d training images (x%d variants) and "
                 "%d validation images, once", "backbone" if split is None else
                 "bottom of the backbone", len(train), len(variants), len(validation))
-    train_outputs = [run_frozen(frozen(flip), train.images, config.batch_size, budget,
-                                f"train-{part}-{'mirrored' if flip else 'plain'}")
-                     for flip in variants]
+    train_outputs = [run_frozen(frozen(mirrored), train.images, config.batch_size, budget,
+                                f"train-{part}-{augmentation_lib.variant_name(mirrored)}")
+                     for mirrored in variants]
     validation_outputs = run_frozen(frozen(False), validation.images, config.batch_size,
                                     budget, f"validation-{part}")
     if split is None:

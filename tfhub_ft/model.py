@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from tfhub_ft import augmentation as augmentation_lib
 from tfhub_ft import preprocessing
 
 
@@ -35,8 +36,7 @@ class ImageClassifier(keras.Model):
         self.num_classes = num_classes
         self.image_size = image_size
         self.augmentation = tuple(augmentation)
-        self.flip = (keras.layers.RandomFlip("horizontal", seed=seed)
-                     if "flip" in self.augmentation else None)
+        self.flip = augmentation_lib.online_layer(self.augmentation, seed)
         self.dropout = keras.layers.Dropout(dropout_rate, seed=seed)
         self.head = keras.layers.Dense(
             num_classes,

@@ -4,16 +4,54 @@ Each phase is a function of (model, cached activations, data, config) that
 returns its Keras history, so `FineTuner.fit` reads as the recipe itself.
 """
 
+import dataclasses
 import logging
 import math
+from typing import Optional, Tuple
 
 import keras
 import numpy as np
 
 from tfhub_ft import _keras_fit_workaround, cache, checkpoints
 from tfhub_ft import model as model_lib
+from tfhub_ft.blocks import top_blocks
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTunePlan:
+    """What phase 2 trains, and how: decided once, before phase 1.
+
+    Attributes:
+        blocks: The `blocks.Block`s phase 2 unfreezes, bottom to top (empty
+            when there is no phase 2).
+        split: The `backbone.BackboneSplit` phase 2 trains from (its bottom
+            is run once by the frozen pass), or None: phase 2 runs the whole
+            model on the images each step.
+        whole_module_reason: Why there is no split (None when there is).
+    """
+
+    blocks: Tuple = ()
+    split: object = None
+    whole_module_reason: Optional[str] = None
+
+
+def plan_fine_tune(backbone, config) -> FineTunePlan:
+    """Chooses phase 2's blocks and whether the backbone is split for it.
+
+    Args:
+        backbone: The `HubBackbone`.
+        config: `FineTuneConfig` (`fine_tune_epochs`, `unfreeze_blocks`).
+
+    Raises:
+        ValueError: if `unfreeze_blocks` exceeds the backbone's blocks.
+    """
+    if config.fine_tune_epochs == 0:
+        return FineTunePlan(whole_module_reason="no phase 2 (fine_tune_epochs=0)")
+    blocks = tuple(top_blocks(backbone.blocks, config.unfreeze_blocks))
+    split, reason = backbone.plan_split(config.unfreeze_blocks)
+    return FineTunePlan(blocks, split, reason)
 
 
 def classification_loss(config, labels=None, num_classes=None):

@@ -215,9 +215,10 @@ class FineTuner:
                 self.config.dropout_rate, self.config.augmentation,
                 self.config.seed)
             self.backbone.freeze_all()
+            plan = recipe.plan_fine_tune(self.backbone, self.config)
             with self._stage("frozen_pass"):
                 frozen = cache.compute_frozen_activations(
-                    self.model, train_set, validation_set, self.config, budget)
+                    self.model, train_set, validation_set, self.config, budget, plan.split)
                 for problem in backbone_lib.feature_problems(
                         arrays.take(frozen.train_features[0],
                                     np.arange(min(len(train_set), 64))),
@@ -230,8 +231,8 @@ class FineTuner:
                     self.model, frozen, train_set, validation_set, self.config, verbose,
                     checkpoint=work.phase("head"),
                     callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks))
-            unfrozen = self.backbone.unfreeze_top_blocks(self.config.unfreeze_blocks)
-            self.unfrozen_blocks = [block.name for block in unfrozen]
+            self.backbone.unfreeze_top_blocks(len(plan.blocks))
+            self.unfrozen_blocks = [block.name for block in plan.blocks]
             with self._stage("fine_tune"):
                 fine_tune_history = recipe.fine_tune(
                     self.model, frozen, train_set, validation_set, self.config, verbose,
@@ -533,9 +534,6 @@ class FineTuner:
         config = self.config
         if phase == "fine_tune" and config.fine_tune_epochs == 0:
             config = config.replace(fine_tune_epochs=1)
-        if phase == "head":
-            # No split of the backbone: the head's test needs only its features.
-            config = config.replace(fine_tune_epochs=0)
         budget = self._new_budget()
         train_set, validation_set = self.load_data(
             train, validation, validation_split, class_names, data_dir, budget)
@@ -546,16 +544,19 @@ class FineTuner:
                 self.backbone, classes, self.image_size, config.dropout_rate,
                 config.augmentation, config.seed)
             self.backbone.freeze_all()
+            # The head's test needs only the features: no split.
+            plan = (recipe.plan_fine_tune(self.backbone, config) if phase == "fine_tune"
+                    else recipe.FineTunePlan())
             frozen = cache.compute_frozen_activations(model, train_set, validation_set,
-                                                      config, budget)
-            loss = recipe.classification_loss(config)
+                                                      config, budget, plan.split)
+            loss = recipe.classification_loss(config, train_set.labels, model.num_classes)
             if phase == "head":
                 trainee = model_lib.CachedInputClassifier(model)
                 inputs = frozen.train_features
                 make_optimizer = keras.optimizers.Adam
             else:
                 recipe.train_head(model, frozen, train_set, validation_set, config, verbose=0)
-                self.backbone.unfreeze_top_blocks(config.unfreeze_blocks)
+                self.backbone.unfreeze_top_blocks(len(plan.blocks))
                 if frozen.split is not None:
                     trainee = model_lib.CachedInputClassifier(model, top=frozen.split.top)
                     inputs = frozen.train_boundary

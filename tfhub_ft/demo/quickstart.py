@@ -1,7 +1,7 @@
 """The offline quickstart: pretrain, save as a hub module, fine-tune, compare, serve.
 
-Everything runs on generated images (`tfhub_ft.testing.make_shape_images`)
-with no network and no data on disk, in a minute or two on a laptop CPU:
+Everything runs on generated images (`tfhub_ft.demo.shapes`) with no network
+and no data on disk, in a minute or two on a laptop CPU:
 
 1. `pretrain_backbone` trains a small convolutional `TinyBackbone` on the
    48-class *source* task (coloured, textured discs, squares, triangles and
@@ -13,8 +13,10 @@ with no network and no data on disk, in a minute or two on a laptop CPU:
    fine-tuned classifier, reloads it with plain `tf.saved_model.load` and
    classifies PNG bytes with it.
 
-`examples/quickstart.py` is the command-line front end. The defaults below
-were chosen by measurement on 2 shared CPU cores (see `run_quickstart`).
+The run is described by one frozen `QuickstartConfig`; `PRESETS` holds the
+named variants. `examples/quickstart.py` is the command-line front end. The
+defaults were chosen by measurement on 2 shared CPU cores (see
+`run_quickstart`).
 """
 
 import dataclasses
@@ -22,7 +24,7 @@ import logging
 import math
 import os
 import time
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import keras
 import numpy as np
@@ -31,59 +33,153 @@ import tensorflow as tf
 from tfhub_ft import backbone as backbone_lib
 from tfhub_ft import data as data_lib
 from tfhub_ft import model as model_lib
-from tfhub_ft import testing
 from tfhub_ft.config import FineTuneConfig, check_integer, check_positive_number
+from tfhub_ft.demo import shapes
+from tfhub_ft.demo import tiny_backbone
 from tfhub_ft.tuner import FineTuner
 
 logger = logging.getLogger(__name__)
 
-# Shared by both tasks: side of the generated square images, in pixels.
-IMAGE_SIZE = 32
-# Output channels of the TinyBackbone's stem, blocks and head (the features
-# have WIDTHS[-1] dimensions). In our trials (24, 48, 96, 96) reached ~0.55
-# target accuracy instead of ~0.59 with ~25% less pretraining time, and
-# 48-pixel images were slower and no better.
-WIDTHS = (32, 64, 128, 128)
-
-# Pretraining on the source task.
-SOURCE_CLASSES = testing.MAX_SOURCE_CLASSES  # 48: every source concept.
-SOURCE_IMAGES_PER_CLASS = 100
-SOURCE_TEST_IMAGES_PER_CLASS = 10
-PRETRAIN_EPOCHS = 15
-PRETRAIN_BATCH_SIZE = 64
-PRETRAIN_LEARNING_RATE = 3e-3
-
-# The target task: few training images per class.
-TARGET_CLASSES = 6
-TARGET_TRAIN_IMAGES_PER_CLASS = 15
-TARGET_VALIDATION_IMAGES_PER_CLASS = 30
-TARGET_TEST_IMAGES_PER_CLASS = 30
-
-# Fine-tuning (both arms use BATCH_SIZE and the same epoch budget).
-BATCH_SIZE = 16
-HEAD_EPOCHS = 10
-HEAD_LEARNING_RATE = 1e-2
-FINE_TUNE_EPOCHS = 10
-FINE_TUNE_LEARNING_RATE = 1e-3
-# Peak learning rate of the from-scratch arm: the best of 3e-3, 1e-2 and
-# 3e-2 for it in our trials (random weights need a larger rate than
-# pretrained ones), so the baseline is not handicapped by a fine-tuning rate.
-SCRATCH_LEARNING_RATE = 1e-2
-
-NUM_PREDICTIONS = 5
-
-# A smaller run (`examples/quickstart.py --fast`): about half the time; the
-# pretrained backbone is weaker (~0.65 held-out source accuracy) and the
-# transfer gain smaller (~15 points) but still clear.
-FAST_OPTIONS = {
-    "source_images_per_class": 60,
-    "pretrain_epochs": 12,
-    "widths": (24, 48, 96, 96),
-}
-
 PRETRAINED_DIR = "pretrained_backbone"
 SCRATCH_DIR = "scratch_backbone"
 EXPORT_DIR = "export"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+    """Everything that decides a quickstart run; checked when it is built.
+
+    Attributes:
+        source_classes: Source classes for pretraining, an integer in
+            [2, 48]; the default uses every source concept.
+        source_images_per_class: Pretraining images per class, >= 1.
+        source_test_images_per_class: Held-out source images per class
+            (drawn with seed `seed + 1`) for `source_accuracy`, >= 1.
+        pretrain_epochs: Pretraining epochs, >= 1.
+        pretrain_batch_size: Images per pretraining step, >= 1.
+        pretrain_learning_rate: Peak Adam learning rate of pretraining
+            (cosine-decayed to 0), a number > 0.
+        widths: Output channels of the `TinyBackbone`'s stem, then of each
+            block (both arms); the features have `widths[-1]` dimensions. In
+            our trials (24, 48, 96, 96) reached ~0.55 target accuracy instead
+            of ~0.59 with ~25% less pretraining time, and 48-pixel images were
+            slower and no better.
+        image_size: Side in pixels of the square images of every stage, an
+            integer >= 8.
+        target_classes: Target classes, an integer in [2, 15].
+        train_images_per_class: Target training images per class, >= 2.
+        validation_images_per_class: Target validation images per class, >= 1.
+        test_images_per_class: Target test images per class, >= 1.
+        batch_size: Images per fine-tuning step (both arms), >= 1.
+        head_epochs, head_learning_rate, fine_tune_epochs,
+        fine_tune_learning_rate: The fine-tuned arm's `FineTuneConfig`
+            (epochs >= 0, at least one in all; rates > 0).
+        scratch_learning_rate: Peak learning rate of the from-scratch arm,
+            > 0: the best of 3e-3, 1e-2 and 3e-2 for it in our trials (random
+            weights need a larger rate than pretrained ones), so the baseline
+            is not handicapped by a fine-tuning rate.
+        num_predictions: Test images to report predictions for, in
+            [0, target_classes * test_images_per_class].
+        seed: Non-negative integer; the run is a function of the config (up
+            to the nondeterminism of multi-threaded CPU kernels).
+
+    Raises:
+        ValueError: From the constructor and `replace`, naming the first
+            field out of range.
+    """
+
+    # Pretraining on the source task.
+    source_classes: int = shapes.MAX_SOURCE_CLASSES
+    source_images_per_class: int = 100
+    source_test_images_per_class: int = 10
+    pretrain_epochs: int = 15
+    pretrain_batch_size: int = 64
+    pretrain_learning_rate: float = 3e-3
+    widths: Tuple[int, ...] = (32, 64, 128, 128)
+    image_size: int = 32
+    # The target task: few training images per class.
+    target_classes: int = 6
+    train_images_per_class: int = 15
+    validation_images_per_class: int = 30
+    test_images_per_class: int = 30
+    # Fine-tuning (both arms use batch_size and the same epoch budget).
+    batch_size: int = 16
+    head_epochs: int = 10
+    head_learning_rate: float = 1e-2
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 1e-3
+    scratch_learning_rate: float = 1e-2
+    num_predictions: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        # Every field is checked before the minute of pretraining starts.
+        check_integer("source_classes", self.source_classes, 2,
+                      shapes.MAX_SOURCE_CLASSES)
+        check_integer("source_images_per_class", self.source_images_per_class, 1)
+        check_integer("source_test_images_per_class",
+                      self.source_test_images_per_class, 1)
+        check_integer("pretrain_epochs", self.pretrain_epochs, 1)
+        check_integer("pretrain_batch_size", self.pretrain_batch_size, 1)
+        object.__setattr__(self, "widths", tiny_backbone.check_widths(self.widths))
+        check_integer("image_size", self.image_size, 8)
+        check_integer("target_classes", self.target_classes, 2,
+                      shapes.MAX_TARGET_CLASSES)
+        check_integer("train_images_per_class", self.train_images_per_class, 2)
+        check_integer("validation_images_per_class",
+                      self.validation_images_per_class, 1)
+        check_integer("test_images_per_class", self.test_images_per_class, 1)
+        check_integer("batch_size", self.batch_size, 1)
+        check_integer("head_epochs", self.head_epochs, 0)
+        check_integer("fine_tune_epochs", self.fine_tune_epochs, 0)
+        if self.head_epochs + self.fine_tune_epochs == 0:
+            raise ValueError(
+                "Invalid values for `head_epochs` and `fine_tune_epochs`. "
+                "Expected at least one epoch in all. Received: head_epochs=0, "
+                "fine_tune_epochs=0")
+        for name in ("pretrain_learning_rate", "head_learning_rate",
+                     "fine_tune_learning_rate", "scratch_learning_rate"):
+            check_positive_number(name, getattr(self, name))
+        check_integer("num_predictions", self.num_predictions, 0,
+                      self.target_classes * self.test_images_per_class)
+        check_integer("seed", self.seed, 0)
+
+    def replace(self, **changes) -> "QuickstartConfig":
+        """Returns a checked copy with `changes` applied; unknown names are a TypeError."""
+        known = sorted(f.name for f in dataclasses.fields(self))
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise TypeError(
+                f"Unknown quickstart option(s) {unknown}. Known options: {known}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_preset(cls, name, **changes) -> "QuickstartConfig":
+        """Returns the config of `PRESETS[name]` with `changes` applied.
+
+        Raises:
+            ValueError: If `name` is not in `PRESETS`.
+            TypeError: If a change names no field.
+        """
+        if name not in PRESETS:
+            raise ValueError(
+                f"Invalid value for `name`. Expected one of {sorted(PRESETS)}. "
+                f"Received: name={name!r}")
+        return cls().replace(**{**PRESETS[name], **changes})
+
+
+# Named runs, as changes to the defaults. "fast" (`examples/quickstart.py
+# --fast`) takes about half the time; the pretrained backbone is weaker
+# (~0.65 held-out source accuracy) and the transfer gain smaller (~15
+# points) but still clear.
+PRESETS = {
+    "default": {},
+    "fast": {
+        "source_images_per_class": 60,
+        "pretrain_epochs": 12,
+        "widths": (24, 48, 96, 96),
+    },
+}
 
 
 class Prediction(NamedTuple):
@@ -151,39 +247,26 @@ class QuickstartResult:
         return self.fine_tuned_test_accuracy - self.scratch_test_accuracy
 
 
-def pretrain_backbone(path, source_classes=SOURCE_CLASSES,
-                      images_per_class=SOURCE_IMAGES_PER_CLASS,
-                      test_images_per_class=SOURCE_TEST_IMAGES_PER_CLASS,
-                      image_size=IMAGE_SIZE, epochs=PRETRAIN_EPOCHS,
-                      widths=WIDTHS, batch_size=PRETRAIN_BATCH_SIZE,
-                      learning_rate=PRETRAIN_LEARNING_RATE, seed=0,
-                      verbose=0):
+def pretrain_backbone(path, config=QuickstartConfig(), verbose=0):
     """Trains a `TinyBackbone` on the generated source task and saves it.
 
-    The backbone (He-normal initialised with `seed`) is wrapped in a
-    `HubBackbone` with batch norm in training mode, every block unfrozen,
-    under a Dense head (`build_classifier`, horizontal-flip augmentation);
-    the whole network trains with Adam and a cosine-decayed learning rate on
-    `source_classes * images_per_class` images drawn with `seed`. The
+    The backbone (`TinyBackbone(config.widths)`, He-normal initialised with
+    `config.seed`) is wrapped in a `HubBackbone` with batch norm in training
+    mode, every block unfrozen, under a Dense head (`build_classifier`,
+    horizontal-flip augmentation); the whole network trains for
+    `config.pretrain_epochs` with Adam and a cosine-decayed learning rate
+    (peak `config.pretrain_learning_rate`, batches of
+    `config.pretrain_batch_size`) on `config.source_classes *
+    config.source_images_per_class` images drawn with `config.seed`. The
     backbone alone is then saved as a TF2 SavedModel in the TF Hub image
-    feature-vector convention (`testing.save_feature_vector_module`):
+    feature-vector convention (`tiny_backbone.save_feature_vector_module`):
     float32 images [N, H, W, 3] in [0, 1] -> float32 features
     [N, widths[-1]].
 
     Args:
         path: Folder to write the SavedModel to.
-        source_classes: Source classes, an integer in [2, 48].
-        images_per_class: Training images per class, an integer >= 1.
-        test_images_per_class: Held-out images per class (drawn with seed
-            `seed + 1`) for `source_accuracy`, an integer >= 1.
-        image_size: Image side in pixels, an integer >= 8.
-        epochs: Training epochs, an integer >= 1.
-        widths: Output channels of the stem, then of each block (see
-            `testing.TinyBackbone`).
-        batch_size: Images per step, an integer >= 1.
-        learning_rate: Peak Adam learning rate, a number > 0.
-        seed: Non-negative integer seeding the images, the initial weights,
-            the head and the shuffling.
+        config: A `QuickstartConfig`; its `source_*`, `pretrain_*`,
+            `widths`, `image_size` and `seed` fields are used.
         verbose: Keras `fit` verbosity.
 
     Returns:
@@ -193,57 +276,51 @@ def pretrain_backbone(path, source_classes=SOURCE_CLASSES,
         str), "seconds" (float, wall time including image generation).
 
     Raises:
-        ValueError: If an argument is out of range.
+        ValueError: If `path` is not a folder path.
+        TypeError: If `config` is not a `QuickstartConfig`.
     """
-    source_classes = check_integer("source_classes", source_classes, 2,
-                                testing.MAX_SOURCE_CLASSES)
-    images_per_class = check_integer("images_per_class", images_per_class, 1)
-    test_images_per_class = check_integer("test_images_per_class",
-                                       test_images_per_class, 1)
-    image_size = check_integer("image_size", image_size, 8)
-    epochs = check_integer("epochs", epochs, 1)
-    widths = testing.check_widths(widths)
-    batch_size = check_integer("batch_size", batch_size, 1)
-    check_positive_number("learning_rate", learning_rate)
-    seed = check_integer("seed", seed, 0)
+    _check_config(config)
     path = _check_path("path", path)
-
+    seed = config.seed
     start = time.perf_counter()
-    images, labels, class_names = testing.make_shape_images(
-        source_classes, images_per_class, image_size, seed=seed, task="source")
-    test_images, test_labels, _ = testing.make_shape_images(
-        source_classes, test_images_per_class, image_size, seed=seed + 1,
-        task="source")
+    images, labels, class_names = shapes.make_shape_images(
+        config.source_classes, config.source_images_per_class,
+        config.image_size, seed=seed, task="source")
+    test_images, test_labels, _ = shapes.make_shape_images(
+        config.source_classes, config.source_test_images_per_class,
+        config.image_size, seed=seed + 1, task="source")
     logger.info("Pretraining a TinyBackbone%s on %d source images of %d "
-                "classes for %d epochs", widths, len(labels), source_classes,
-                epochs)
+                "classes for %d epochs", config.widths, len(labels),
+                config.source_classes, config.pretrain_epochs)
 
     keras.utils.set_random_seed(seed)
-    tiny = testing.TinyBackbone(widths=widths, seed=seed)
+    tiny = tiny_backbone.TinyBackbone(widths=config.widths, seed=seed)
     backbone = backbone_lib.HubBackbone(
         "quickstart_pretraining", module=tiny, batch_norm_trainable=True)
-    model = model_lib.build_classifier(backbone, source_classes, image_size,
-                                       dropout_rate=0.0, augmentation=("flip",),
-                                       seed=seed)
+    model = model_lib.build_classifier(backbone, config.source_classes,
+                                       config.image_size, dropout_rate=0.0,
+                                       augmentation=("flip",), seed=seed)
     backbone.unfreeze_top_blocks(len(backbone.blocks))
+    batch_size = config.pretrain_batch_size
     train = data_lib.ImageSet(images, labels, class_names).to_dataset(
         batch_size, shuffle=True, seed=seed, one_hot=False)
-    steps = epochs * math.ceil(len(labels) / batch_size)
+    steps = config.pretrain_epochs * math.ceil(len(labels) / batch_size)
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(learning_rate, steps)),
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+            config.pretrain_learning_rate, steps)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-    history = model.fit(train, epochs=epochs, verbose=verbose, shuffle=False)
+    history = model.fit(train, epochs=config.pretrain_epochs, verbose=verbose,
+                        shuffle=False)
     test = data_lib.ImageSet(test_images, test_labels, class_names).to_dataset(
         batch_size * 4, one_hot=False)
     _, source_accuracy = model.evaluate(test, verbose=0)
 
-    testing.save_feature_vector_module(tiny, path)
+    tiny_backbone.save_feature_vector_module(tiny, path)
     seconds = time.perf_counter() - start
     logger.info("Pretrained in %.1f s: held-out source accuracy %.3f (chance "
                 "%.3f); saved to %s", seconds, source_accuracy,
-                1.0 / source_classes, path)
+                1.0 / config.source_classes, path)
     return {
         "path": path,
         "source_accuracy": float(source_accuracy),
@@ -253,25 +330,10 @@ def pretrain_backbone(path, source_classes=SOURCE_CLASSES,
     }
 
 
-def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
-                   source_images_per_class=SOURCE_IMAGES_PER_CLASS,
-                   source_test_images_per_class=SOURCE_TEST_IMAGES_PER_CLASS,
-                   pretrain_epochs=PRETRAIN_EPOCHS,
-                   pretrain_learning_rate=PRETRAIN_LEARNING_RATE,
-                   widths=WIDTHS, image_size=IMAGE_SIZE,
-                   target_classes=TARGET_CLASSES,
-                   train_images_per_class=TARGET_TRAIN_IMAGES_PER_CLASS,
-                   validation_images_per_class=TARGET_VALIDATION_IMAGES_PER_CLASS,
-                   test_images_per_class=TARGET_TEST_IMAGES_PER_CLASS,
-                   batch_size=BATCH_SIZE, head_epochs=HEAD_EPOCHS,
-                   head_learning_rate=HEAD_LEARNING_RATE,
-                   fine_tune_epochs=FINE_TUNE_EPOCHS,
-                   fine_tune_learning_rate=FINE_TUNE_LEARNING_RATE,
-                   scratch_learning_rate=SCRATCH_LEARNING_RATE,
-                   num_predictions=NUM_PREDICTIONS, seed=0, verbose=0):
+def run_quickstart(work_dir, config=QuickstartConfig(), verbose=0):
     """Pretrains, fine-tunes, compares with training from scratch, exports.
 
-    Steps, all offline:
+    Steps, all offline (the numbers are `config`'s fields):
 
     1. `pretrain_backbone` on the source task, saved to
        `work_dir/pretrained_backbone`.
@@ -305,108 +367,65 @@ def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
        with plain `tf.saved_model.load`, and its "serving_default" signature
        classifies the PNG-encoded test images.
 
-    With the defaults (about 1 minute on 2 CPU cores), pretraining reaches
-    ~0.9 held-out source accuracy (chance 0.02), and the fine-tuned model
-    beats the one trained from scratch by about 25-30 points on the target
-    test images (~0.55-0.6 against ~0.3, chance 0.17).
+    With the default config (about 1 minute on 2 CPU cores), pretraining
+    reaches ~0.9 held-out source accuracy (chance 0.02), and the fine-tuned
+    model beats the one trained from scratch by about 25-30 points on the
+    target test images (~0.55-0.6 against ~0.3, chance 0.17).
 
     Args:
         work_dir: Folder for the backbones and the export; created if
             missing.
-        source_classes, source_images_per_class, source_test_images_per_class,
-        pretrain_epochs, pretrain_learning_rate: See `pretrain_backbone`
-            (`source_classes`, `images_per_class`, `test_images_per_class`,
-            `epochs`, `learning_rate`).
-        widths: Channels of the TinyBackbone (both arms).
-        image_size: Image side in pixels for every stage, an integer >= 8.
-        target_classes: Target classes, an integer in [2, 15].
-        train_images_per_class: Target training images per class, >= 2.
-        validation_images_per_class: Target validation images per class, >= 1.
-        test_images_per_class: Target test images per class, >= 1.
-        batch_size: Images per fine-tuning step (both arms).
-        head_epochs, head_learning_rate, fine_tune_epochs,
-        fine_tune_learning_rate: The fine-tuned arm's `FineTuneConfig`.
-        scratch_learning_rate: Peak learning rate of the from-scratch arm.
-        num_predictions: Test images to report predictions for, in
-            [0, target_classes * test_images_per_class].
-        seed: Non-negative integer; the run is a function of the seed (up to
-            the nondeterminism of multi-threaded CPU kernels).
+        config: A `QuickstartConfig` (checked when it was built).
         verbose: Keras `fit` verbosity of every training.
 
     Returns:
         A `QuickstartResult`.
 
     Raises:
-        ValueError: If an argument is out of range.
+        ValueError: If `work_dir` is not a folder path.
+        TypeError: If `config` is not a `QuickstartConfig`.
     """
     start = time.perf_counter()
-    # Every argument is checked before the minute of pretraining starts.
-    check_integer("source_classes", source_classes, 2, testing.MAX_SOURCE_CLASSES)
-    check_integer("source_images_per_class", source_images_per_class, 1)
-    check_integer("source_test_images_per_class", source_test_images_per_class, 1)
-    check_integer("pretrain_epochs", pretrain_epochs, 1)
-    check_positive_number("pretrain_learning_rate", pretrain_learning_rate)
-    widths = testing.check_widths(widths)
-    target_classes = check_integer("target_classes", target_classes, 2,
-                                testing.MAX_TARGET_CLASSES)
-    train_images_per_class = check_integer("train_images_per_class",
-                                        train_images_per_class, 2)
-    validation_images_per_class = check_integer(
-        "validation_images_per_class", validation_images_per_class, 1)
-    test_images_per_class = check_integer("test_images_per_class",
-                                       test_images_per_class, 1)
-    head_epochs = check_integer("head_epochs", head_epochs, 0)
-    fine_tune_epochs = check_integer("fine_tune_epochs", fine_tune_epochs, 0)
-    total_epochs = head_epochs + fine_tune_epochs
-    if total_epochs == 0:
-        raise ValueError(
-            "Invalid values for `head_epochs` and `fine_tune_epochs`. Expected "
-            "at least one epoch in all. Received: head_epochs=0, "
-            "fine_tune_epochs=0")
-    check_positive_number("scratch_learning_rate", scratch_learning_rate)
-    num_predictions = check_integer("num_predictions", num_predictions, 0,
-                                 target_classes * test_images_per_class)
-    seed = check_integer("seed", seed, 0)
+    _check_config(config)
     work_dir = _check_path("work_dir", work_dir)
-    # FineTuneConfig checks image_size, batch_size and the learning rates.
+    seed = config.seed
+    total_epochs = config.head_epochs + config.fine_tune_epochs
     common = FineTuneConfig(
-        image_size=image_size, batch_size=batch_size,
-        unfreeze_blocks=len(widths) + 1,  # stem, a block per widths[1:], head
+        image_size=config.image_size, batch_size=config.batch_size,
+        unfreeze_blocks=len(config.widths) + 1,  # stem, a block per widths[1:], head
         early_stopping_patience=total_epochs, seed=seed)
     fine_tune_config = common.replace(
-        head_epochs=head_epochs, head_learning_rate=head_learning_rate,
-        fine_tune_epochs=fine_tune_epochs,
-        fine_tune_learning_rate=fine_tune_learning_rate)
+        head_epochs=config.head_epochs,
+        head_learning_rate=config.head_learning_rate,
+        fine_tune_epochs=config.fine_tune_epochs,
+        fine_tune_learning_rate=config.fine_tune_learning_rate)
     scratch_config = common.replace(
         head_epochs=0, fine_tune_epochs=total_epochs,
-        fine_tune_learning_rate=scratch_learning_rate,
+        fine_tune_learning_rate=config.scratch_learning_rate,
         batch_norm_trainable=True)
     os.makedirs(work_dir, exist_ok=True)
 
     pretrained = pretrain_backbone(
-        os.path.join(work_dir, PRETRAINED_DIR), source_classes=source_classes,
-        images_per_class=source_images_per_class,
-        test_images_per_class=source_test_images_per_class,
-        image_size=image_size, epochs=pretrain_epochs, widths=widths,
-        learning_rate=pretrain_learning_rate, seed=seed, verbose=verbose)
+        os.path.join(work_dir, PRETRAINED_DIR), config, verbose=verbose)
 
     train, validation, test = (
-        data_lib.ImageSet(*testing.make_shape_images(
-            target_classes, count, image_size, seed=seed + offset,
-            task="target"))
-        for offset, count in enumerate((train_images_per_class,
-                                        validation_images_per_class,
-                                        test_images_per_class)))
+        data_lib.ImageSet(*shapes.make_shape_images(
+            config.target_classes, count, config.image_size,
+            seed=seed + offset, task="target"))
+        for offset, count in enumerate((config.train_images_per_class,
+                                        config.validation_images_per_class,
+                                        config.test_images_per_class)))
     class_names = list(train.class_names)
     logger.info("Target task: %d classes %s, %d training images per class",
-                target_classes, class_names, train_images_per_class)
+                config.target_classes, class_names,
+                config.train_images_per_class)
 
     fine_tuned, fine_tune_seconds = _fit(
         pretrained["path"], fine_tune_config, train, validation, "fine-tuned",
         verbose)
 
-    scratch_path = testing.save_feature_vector_module(
-        testing.TinyBackbone(widths=widths, seed=seed),
+    scratch_path = tiny_backbone.save_feature_vector_module(
+        tiny_backbone.TinyBackbone(widths=config.widths, seed=seed),
         os.path.join(work_dir, SCRATCH_DIR))
     scratch, scratch_seconds = _fit(
         scratch_path, scratch_config, train, validation, "from scratch",
@@ -418,7 +437,8 @@ def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
                 fine_tuned_test, scratch_test)
 
     export_dir = fine_tuned.export(os.path.join(work_dir, EXPORT_DIR))
-    exported_accuracy, predictions = _serve(export_dir, test, num_predictions)
+    exported_accuracy, predictions = _serve(export_dir, test,
+                                            config.num_predictions)
     total_seconds = time.perf_counter() - start
     logger.info("Quickstart done in %.1f s", total_seconds)
     return QuickstartResult(
@@ -436,6 +456,14 @@ def run_quickstart(work_dir, source_classes=SOURCE_CLASSES,
         predictions=predictions,
         total_seconds=total_seconds,
     )
+
+
+def _check_config(config):
+    if not isinstance(config, QuickstartConfig):
+        raise TypeError(
+            "Invalid type for `config`. Expected a `QuickstartConfig`, e.g. "
+            "QuickstartConfig(seed=1) or QuickstartConfig.from_preset('fast'). "
+            f"Received: config of type {type(config).__name__}")
 
 
 def _fit(hub_path, config, train, validation, name, verbose):
