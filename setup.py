@@ -28,8 +28,8 @@ setuptools.setup(
         "scikit-learn>=1.3",
         "tensorboard>=2.16,<2.22",
     ],
-    # Pillow writes the BMP and GIF test images (tests/fixtures.py).
-    extras_require={"test": ["pytest>=7", "Pillow>=9"]},
+    # Pillow writes the test images (tests/fixtures.py, tests/photos.py).
+    extras_require={"test": ["pytest>=7", "Pillow>=9.4"]},
     entry_points={"console_scripts": ["tfhub_ft=tfhub_ft.cli:main"]},
     license="Apache-2.0",
 )

@@ -8,6 +8,7 @@ import tensorflow as tf
 from tests import fixtures
 from tfhub_ft import backbone as backbone_lib
 from tfhub_ft.backbone import HubBackbone, HubModuleError
+from tfhub_ft.demo import tiny_backbone
 
 
 def test_weights_wrap_module_variables(tiny_backbone_path):
@@ -146,3 +147,82 @@ def test_cached_url_resolves_offline(monkeypatch, tmp_path, tiny_backbone_path):
     path = backbone_lib.resolve_handle(url)
     assert os.path.isdir(path) and path.startswith(str(tmp_path))
     assert HubBackbone(path).feature_dim == 16
+
+
+BLOCK = r"(dense)"
+
+
+class _ScalingModule(tf.Module):
+    """A feature vector that computes `(x / 255) * 2 - 1` first: it expects
+    pixels in [0, 255]."""
+
+    def __init__(self, width=4, softmax=False):
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.kernel = tf.Variable(rng.normal(size=(3, width)).astype(np.float32),
+                                  name="dense/kernel")
+        self.softmax = softmax
+
+    @tf.function
+    def __call__(self, images, training=False):
+        features = tf.matmul(tf.reduce_mean(images / 255.0 * 2.0 - 1.0, [1, 2]), self.kernel)
+        return tf.nn.softmax(features) if self.softmax else tf.nn.relu(features)
+
+
+def _solid_images(count, size=16, seed=0):
+    colours = np.random.default_rng(seed).integers(0, 256, (count, 1, 1, 3))
+    return np.broadcast_to(colours, (count, size, size, 3)).astype(np.uint8)
+
+
+# Issue 9, kind 8: input ranges, a calibration warning, and a classifier told
+# by its output values.
+def test_input_range_and_calibration(tmp_path, caplog):
+    path = tiny_backbone.save_feature_vector_module(_ScalingModule(), str(tmp_path / "m"))
+    images = _solid_images(16) / 255.0
+    unit = HubBackbone(path, block_pattern=BLOCK)
+    bytes_range = HubBackbone(path, input_range=(0, 255), block_pattern=BLOCK)
+    np.testing.assert_allclose(bytes_range(images).numpy(),
+                               unit.module(tf.constant(images * 255.0, tf.float32)).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    problems = backbone_lib.feature_problems(unit(images).numpy())
+    assert len(problems) == 1 and "near-constant across 16 training images" in problems[0]
+    assert "try (0, 255) or (-1, 1)" in problems[0]
+    assert backbone_lib.feature_problems(bytes_range(images).numpy(), (0, 255)) == []
+    saturated = np.full((8, 5), 6.0)
+    saturated[:, 0] = np.linspace(0, 5, 8)
+    assert "saturated" in backbone_lib.feature_problems(saturated)[0]
+    with pytest.raises(ValueError, match=r"Invalid value for `input_range`.*Received: "
+                                         r"input_range=\(1, 0\)"):
+        HubBackbone(path, input_range=(1, 0), block_pattern=BLOCK)
+
+
+def test_calibration_warning_in_fit(tmp_path, caplog):
+    from tests import photos
+    from tfhub_ft import FineTuner, FineTuneConfig
+    path = tiny_backbone.save_feature_vector_module(_ScalingModule(), str(tmp_path / "m"))
+    for label in ("a", "b"):
+        os.makedirs(tmp_path / "data" / label)
+        for i, image in enumerate(_solid_images(6, seed=ord(label))):
+            (tmp_path / "data" / label / f"{i}.png").write_bytes(photos.encode(image, "PNG"))
+    config = FineTuneConfig(image_size=16, batch_size=4, head_epochs=1, fine_tune_epochs=0)
+    for input_range, warned in [((0.0, 1.0), True), ((0.0, 255.0), False)]:
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            FineTuner(path, config=config, input_range=input_range, block_pattern=BLOCK).fit(
+                str(tmp_path / "data"), validation_split=0.34, verbose=0)
+        assert ("features are near-constant" in caplog.text) == warned
+
+
+def test_classifier_is_told_by_output_values(tmp_path, caplog):
+    probabilities = tiny_backbone.save_feature_vector_module(
+        _ScalingModule(width=10, softmax=True), str(tmp_path / "p"))
+    wide_features = tiny_backbone.save_feature_vector_module(
+        _ScalingModule(width=1001), str(tmp_path / "f"))
+    with caplog.at_level("WARNING"):
+        HubBackbone(probabilities, block_pattern=BLOCK)
+    assert "look like class probabilities" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        HubBackbone(wide_features, input_range=(0, 255), block_pattern=BLOCK)
+    assert not caplog.text
+    assert backbone_lib.classifier_output_kind(-np.ones((2, 1000))) == "ImageNet logits"

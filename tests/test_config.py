@@ -25,7 +25,21 @@ def test_augmentation_accepts_comma_string():
     ({"dropout_rate": -0.1}, r"dropout_rate=-0.1"),
     ({"validation_split": 1.0}, r"validation_split=1.0"),
     ({"augmentation": ("rotate",)}, r"Expected names from \('flip',\)"),
+    ({"on_bad_image": "ignore"}, r"Expected one of \('skip', 'error'\). Received: on_bad_image='ignore'"),
+    ({"max_image_pixels": 0}, r"max_image_pixels=0"),
+    ({"exif_orientation": "yes"}, r"Expected True or False. Received: exif_orientation='yes'"),
+    ({"class_weight": "auto"}, r"Expected one of \('none', 'balanced'\)"),
+    ({"input_range": (255, 0)}, r"Expected \(low, high\) with low < high.*input_range=\(255, 0\)"),
+    ({"input_range": "0"}, r"input_range='0'"),
+    ({"near_duplicate_threshold": 0}, r"Expected a cosine similarity in \(0, 1\]"),
+    ({"drop_near_duplicates": 1}, r"drop_near_duplicates=1"),
 ])
 def test_invalid_values_name_the_option(changes, message):
     with pytest.raises(ValueError, match=message):
         FineTuneConfig(**changes)
+
+
+def test_input_range_accepts_pairs_and_flag_strings():
+    assert FineTuneConfig(input_range=(0, 255)).input_range == (0.0, 255.0)
+    assert FineTuneConfig(input_range="-1,1").input_range == (-1.0, 1.0)
+    assert FineTuneConfig(input_range=["0", "255"]).input_range == (0.0, 255.0)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests import fixtures
-from tfhub_ft import data
+from tfhub_ft import FineTuneConfig, data
 
 
 def test_list_image_folder_ignores_other_files(image_folders):
@@ -112,3 +112,155 @@ def test_to_dataset_one_hot_batches():
     batches = list(image_set.to_dataset(2))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
     np.testing.assert_array_equal(batches[0][1].numpy(), [[1, 0, 0], [0, 1, 0]])
+
+
+def _jpeg(seed=0, size=16):
+    from tests import photos
+    image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return photos.encode(image, "JPEG", quality=90)
+
+
+# Issue 9, kind 3: WebP/JFIF are listed, links and nested folders followed
+# (with loop detection), and what is left out is logged with why.
+def test_scan_lists_webp_jfif_links_nested_and_logs_what_it_leaves_out(tmp_path, caplog):
+    from tests import photos
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    (tmp_path / "a" / "nested" / "deeper").mkdir(parents=True)
+    (tmp_path / "a" / "x.webp").write_bytes(photos.encode(image, "WEBP", quality=90))
+    (tmp_path / "a" / "y.JFIF").write_bytes(_jpeg(1))
+    (tmp_path / "a" / "nested" / "deeper" / "z.jpe").write_bytes(_jpeg(2))
+    (tmp_path / "a" / "scan.tif").write_bytes(b"II*\x00")
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    (tmp_path / "a" / ".hidden.jpg").write_bytes(_jpeg(3))
+    (tmp_path / "a" / "nested" / "loop").symlink_to(tmp_path / "a")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "w.png").write_bytes(photos.encode(image, "PNG"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    with caplog.at_level("INFO", logger="tfhub_ft.data"):
+        paths, labels, names = data.list_image_folder(str(tmp_path / "."))
+        image_set = data.load_images(str(tmp_path), 8)
+    assert names == ["a", "b", "elsewhere"]
+    assert sorted(os.path.basename(p) for p in paths) == ["w.png", "w.png", "x.webp", "y.JFIF",
+                                                          "z.jpe"]
+    assert len(image_set) == 5
+    assert "a: 3, b: 1, elsewhere: 1" in caplog.text
+    assert "nested folder(s) searched" in caplog.text
+    for expected in ["scan.tif (an image format TensorFlow cannot decode",
+                     "notes.txt (not an image file name", ".hidden.jpg (hidden)",
+                     "loop (folder already listed", "dangling.jpg (broken link)"]:
+        assert expected in caplog.text
+    assert any(r.levelname == "WARNING" and "Left out" in r.message for r in caplog.records)
+
+
+# Issue 9, kind 4: every bad file is named with its reason, before training.
+def test_bad_files_are_reported_with_reasons(tmp_path, caplog):
+    from tests import photos
+    good = _jpeg(0, 32)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "good.jpg").write_bytes(good)
+    (tmp_path / "a" / "x.jpg").write_bytes(b"")
+    (tmp_path / "a" / "cut.jpg").write_bytes(good[:int(len(good) * 0.6)])
+    (tmp_path / "a" / "junk_after_end.jpg").write_bytes(good + b"trailing junk")
+    (tmp_path / "b" / "page.png").write_bytes(b"<html>not an image</html>")
+    (tmp_path / "b" / "cut.png").write_bytes(photos.encode(photos.asymmetric_image(), "PNG")[:-20])
+    (tmp_path / "b" / "big.jpg").write_bytes(photos.jpeg_with_size(12000, 12000))
+    config = FineTuneConfig(max_image_pixels=10**8)
+    with caplog.at_level("INFO"):
+        image_set = data.load_images(str(tmp_path), 8, config=config)
+    reasons = {os.path.basename(p): r for p, r in image_set.skip_reasons.items()}
+    assert reasons == {
+        "x.jpg": "empty (0 bytes)",
+        "cut.jpg": f"truncated JPEG (no end marker; {int(len(good) * 0.6):,} bytes, cut short)",
+        "page.png": "unknown format (not JPEG, PNG, GIF, BMP or WebP; first bytes "
+                    "3c 68 74 6d 6c 3e 6e 6f)",
+        "cut.png": "truncated PNG (no IEND chunk at the end)",
+        "big.jpg": "too large: 12000 x 12000 pixels = 144,000,000, above "
+                   "max_image_pixels=100,000,000",
+    }
+    assert len(image_set) == 3  # two good.jpg and the one with junk after its end
+    for path, reason in image_set.skip_reasons.items():
+        assert f"{path}: {reason}" in caplog.text
+    assert "13 bytes after the JPEG end marker (ignored)" in caplog.text
+    with pytest.raises(ValueError, match=r"(?s)5 file\(s\) in .* cannot be used as images "
+                                         r"\(on_bad_image='error'\):.*x.jpg: empty.*page.png.*"
+                                         r"on_bad_image='skip'"):
+        data.load_images(str(tmp_path), 8, config=config.replace(on_bad_image="error"))
+
+
+def test_decoder_errors_are_reasons_too(tmp_path):
+    good = _jpeg(0, 32)
+    # A GIF header with nothing behind it: the header check passes, the
+    # decoder fails, and its message is the reason.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "ok.jpg").write_bytes(good)
+    (tmp_path / "b" / "ok.jpg").write_bytes(good)
+    (tmp_path / "b" / "odd.gif").write_bytes(b"GIF89a" + b"\x01" * 20)
+    image_set = data.load_images(str(tmp_path), 8)
+    assert [os.path.basename(p) for p in image_set.skipped] == ["odd.gif"]
+    assert image_set.skip_reasons[image_set.skipped[0]].startswith(
+        "TensorFlow could not decode it: ")
+
+
+# Issue 9, kind 6: names that are not UTF-8 are read and shown escaped.
+def test_names_that_are_not_utf8(tmp_path, caplog):
+    root = os.fsencode(str(tmp_path))
+    for name in (b"caf\xe9", b"plain"):
+        os.mkdir(os.path.join(root, name))
+        with open(os.path.join(root, name, b"caf\xe9.jpg"), "wb") as f:
+            f.write(_jpeg(len(name)))
+    with open(os.path.join(root, b"plain", b"\xff\xfebad.jpg"), "wb") as f:
+        f.write(b"")
+    with caplog.at_level("WARNING"):
+        image_set = data.load_images(str(tmp_path), 8)
+    assert len(image_set) == 2
+    assert image_set.class_names == ["caf\\xe9", "plain"]
+    assert os.fsencode(image_set.paths[0]).endswith(b"caf\xe9.jpg")
+    assert "\\xff\\xfebad.jpg: empty (0 bytes)" in caplog.text
+
+
+# Issue 9, kind 7: a held-out split that would be empty or miss a class.
+def test_validation_split_checks(caplog):
+    with pytest.raises(ValueError, match=r"need at least 2 images per class for a "
+                                         r"validation split, or pass validation data"):
+        data.check_validation_split(np.array([0, 1]), ["a", "b"], 0.2)
+    with caplog.at_level("WARNING"):
+        data.check_validation_split(np.array([0] + [1] * 20), ["a", "b"], 0.2)
+    assert "No validation image for class(es) 'a' (1 image(s))" in caplog.text
+
+
+# Issue 9, kind 10: imbalance is logged.
+def test_class_balance_warning(caplog):
+    with caplog.at_level("WARNING"):
+        counts = data.check_class_balance(np.repeat([0, 1, 2], [10, 4, 2]), ["t", "s", "k"])
+    assert counts.tolist() == [10, 4, 2]
+    assert "Imbalanced classes: 't' has 10 training images, 5.0x the 2 of 'k'" in caplog.text
+    assert "class_weight='balanced'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        data.check_class_balance(np.repeat([0, 1], [9, 2]), ["t", "s"])
+    assert not caplog.text
+
+
+@pytest.mark.slow
+def test_command_reads_names_that_are_not_utf8(tiny_backbone_path, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_checkpoints import FLOWERS, environment
+    root = os.fsencode(str(tmp_path / "photos"))
+    for c, name in enumerate((b"caf\xe9", b"th\xe9")):
+        os.makedirs(os.path.join(root, name))
+        for i in range(3):
+            with open(os.path.join(root, name, b"\xe9t\xe9%d.jpg" % i), "wb") as f:
+                f.write(_jpeg(10 * c + i))
+    result = subprocess.run(
+        [sys.executable, FLOWERS, f"--hub_url={tiny_backbone_path}",
+         f"--image_dir={tmp_path / 'photos'}", "--image_size=32", "--batch_size=4",
+         "--head_epochs=1", "--fine_tune_epochs=0", f"--export_dir={tmp_path / 'export'}"],
+        env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation_accuracy=" in result.stdout and "images=2" in result.stdout

@@ -86,6 +86,103 @@ def test_export_before_fit_is_an_error(tiny_backbone_path, tmp_path):
         FineTuner(tiny_backbone_path).export(str(tmp_path / "m"))
 
 
+def _serve(path, encoded):
+    loaded = tf.saved_model.load(path)
+    return loaded.signatures["serving_default"](
+        image_bytes=tf.constant(encoded))["probabilities"].numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    return trained.export(str(tmp_path_factory.mktemp("export") / "model"))
+
+
+# Issue 9, kinds 1, 2, 3: serving decodes transparency, EXIF orientation and
+# WebP exactly as training does.
+def test_serving_decodes_like_training(trained, exported):
+    from PIL import Image
+    from tests import photos
+
+    transparent = photos.encode(Image.new("RGBA", (8, 8), (0, 128, 0, 0)), "PNG")
+    raw = photos.asymmetric_image(32, 64)
+    portrait = photos.encode(raw, "JPEG", quality=95, exif=photos.exif_block(6))
+    webp = photos.encode(raw, "WEBP", lossless=True)
+    served = _serve(exported, [transparent, portrait, webp])
+    upright = tf.image.rot90(tf.io.decode_jpeg(portrait), 3).numpy()
+    assert upright.shape == (64, 32, 3)
+    expected = np.concatenate([
+        trained.predict(np.full((1, 8, 8, 3), 255, np.uint8)),
+        trained.predict(upright[None]),
+        trained.predict(raw[None]),
+    ])
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    green = trained.predict(np.tile(np.array([0, 128, 0], np.uint8), (1, 8, 8, 1)))
+    assert not np.allclose(served[0], green[0], atol=1e-4)
+
+
+def test_exif_orientation_can_be_turned_off(trained, tmp_path):
+    from tests import photos
+
+    raw = photos.asymmetric_image(32, 64)
+    portrait = photos.encode(raw, "JPEG", quality=95, exif=photos.exif_block(6))
+    path = export.export_saved_model(trained.model, trained.class_names, str(tmp_path / "m"),
+                                     32, exif_orientation=False)
+    np.testing.assert_allclose(
+        _serve(path, [portrait]), trained.predict(tf.io.decode_jpeg(portrait).numpy()[None]),
+        rtol=1e-5, atol=1e-6)
+
+
+# Issue 9, kinds 5 and 9: the pixel limit holds in serving, and a bad element
+# fails the request with an error that names it.
+def test_serving_errors_name_the_element(trained, exported, tmp_path):
+    from tests import photos
+
+    good = photos.encode(photos.asymmetric_image(), "JPEG")
+    junk = np.random.default_rng(0).integers(0, 256, 10, dtype=np.uint8).tobytes()
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[1\] is not a JPEG, PNG, GIF, BMP or WebP image"):
+        _serve(exported, [good, junk])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[2\] is a truncated JPEG file"):
+        _serve(exported, [good, good, good[:len(good) // 2]])
+    path = export.export_saved_model(trained.model, trained.class_names, str(tmp_path / "m"),
+                                     32, max_pixels=10**8)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[2\] is too large: its header says 12000 x "
+                             r"12000 pixels = 144000000, above max_image_pixels=100000000"):
+        _serve(path, [good, good, photos.jpeg_with_size(12000, 12000)])
+
+
+def test_large_jpeg_serves_as_it_trains(trained, exported, tmp_path):
+    from PIL import Image
+    from tests import photos
+    from tfhub_ft import data
+
+    image = Image.fromarray(photos.asymmetric_image(40, 60)).resize((1200, 800))
+    encoded = photos.encode(image, "JPEG", quality=90)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "big.jpg").write_bytes(encoded)
+    decoded = data.load_images(str(tmp_path), 32).images[:1]
+    np.testing.assert_allclose(_serve(exported, [encoded]), trained.predict(decoded),
+                               rtol=1e-5, atol=1e-6)
+
+
+# Issue 9, kind 8: the module's input range is part of the exported graph.
+def test_input_range_is_baked_into_the_export(tiny_backbone_path, tmp_path):
+    from tfhub_ft import model as model_lib
+    from tfhub_ft.backbone import HubBackbone
+
+    backbone = HubBackbone(tiny_backbone_path, input_range=(-1.0, 1.0))
+    model = model_lib.build_classifier(backbone, 2, 32)
+    path = export.export_saved_model(model, ["a", "b"], str(tmp_path / "m"), 32)
+    images, encoded = encoded_images(3, 32)
+    served = _serve(path, encoded)
+    expected = tf.nn.softmax(model(images)).numpy()
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    module_features = backbone.module(tf.constant(images / 255.0 * 2 - 1, tf.float32))
+    np.testing.assert_allclose(backbone(images / 255.0).numpy(), module_features.numpy(),
+                               rtol=1e-5, atol=1e-6)
 class _Records(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)

@@ -103,3 +103,14 @@ def test_fixed_size_module_refuses_a_contradicting_image_size(saved_shapes):
     with pytest.raises(ValueError, match=r"Expected 32: the module .* takes only "
                                          r"32x32 images\. Received: image_size=64"):
         FineTuner(path, image_size=64)
+
+
+def test_split_is_used_with_another_input_range(saved_shapes, caplog):
+    path, _ = saved_shapes["slim_cond_network"]
+    backbone = HubBackbone(path, input_range=(0, 255))
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        split = backbone.split_top_blocks(3)
+    assert split is not None and not caplog.records
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[7, 8])
+    np.testing.assert_allclose(split.top(split.bottom(images)).numpy(),
+                               backbone(images).numpy(), rtol=1e-5, atol=1e-5)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfhub_ft import FineTuner
+from tfhub_ft import FineTuner, recipe
 
 
 def snapshot(tuner):
@@ -84,3 +84,24 @@ def test_fine_tune_schedule_is_a_cosine_from_the_peak_to_zero():
     # 10 steps an epoch, 20 in all.
     assert [float(schedule(step)) for step in (0, 10, 20, 40)] == pytest.approx(
         [1e-3, 5e-4, 0.0, 0.0], abs=1e-9)
+
+
+# Issue 9, kind 10: class_weight="balanced" weights each image's loss.
+def test_balanced_class_weights_and_weighted_loss():
+    import keras
+
+    from tfhub_ft import FineTuneConfig
+    labels = np.repeat([0, 1, 2], [6, 2, 4])
+    weights = recipe.balanced_class_weights(labels, 4)
+    np.testing.assert_allclose(weights, [12 / 18, 12 / 6, 12 / 12, 0.0])
+    loss = recipe.classification_loss(FineTuneConfig(class_weight="balanced",
+                                                     label_smoothing=0.0), labels, 4)
+    assert isinstance(loss, recipe.WeightedCategoricalCrossentropy)
+    y_true = np.eye(4, dtype=np.float32)[[0, 1, 2]]
+    logits = np.array([[2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 3.0]], np.float32)
+    plain = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)(
+        y_true, logits).numpy()
+    np.testing.assert_allclose(float(loss(y_true, logits)),
+                               np.mean(plain * weights[[0, 1, 2]]), rtol=1e-6)
+    assert isinstance(recipe.classification_loss(FineTuneConfig()),
+                      keras.losses.CategoricalCrossentropy)

@@ -1,3 +1,4 @@
+import os
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,3 +90,94 @@ def test_more_blocks_than_the_backbone_has_trains_them_all(tiny_backbone_path, c
         tuner = FineTuner(tiny_backbone_path, unfreeze_blocks=50)
     assert tuner.config.unfreeze_blocks == 5
     assert "fine-tuning all of them" in caplog.text
+
+
+def _write_folder(root, counts, seed=0, size=24):
+    """Class folders of solid-colour-with-noise PNGs: {class: count}."""
+    from tests import photos
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(count):
+            image = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (size, size, 3)),
+                            0, 255).astype(np.uint8)
+            with open(os.path.join(root, name, f"{i:03d}.png"), "wb") as f:
+                f.write(photos.encode(image, "PNG"))
+    return str(root)
+
+
+# Issue 9, kind 7: a split too small to mean anything stops before building.
+def test_tiny_splits_fail_before_building(tiny_backbone_path, tmp_path, small_config, caplog):
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    folder = _write_folder(tmp_path / "one_each", {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match="need at least 2 images per class for a "
+                                         "validation split, or pass validation data"):
+        tuner.fit(folder, validation_split=0.2, verbose=0)
+    assert tuner.model is None
+    folder = _write_folder(tmp_path / "lopsided", {"a": 1, "b": 20})
+    with caplog.at_level("WARNING"):
+        _, validation = tuner.load_data(folder, validation_split=0.2)
+    assert validation.labels.tolist() == [1] * 4
+    assert "No validation image for class(es) 'a' (1 image(s))" in caplog.text
+
+
+# Issue 9, kind 4: bad files are kept on the tuner; strict mode stops.
+def test_skipped_files_on_the_tuner_and_strict_mode(tiny_backbone_path, tmp_path, small_config):
+    folder = _write_folder(tmp_path / "data", {"a": 3, "b": 3})
+    open(os.path.join(folder, "a", "x.jpg"), "wb").close()
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    tuner.load_data(folder, validation_split=0.34)
+    bad = os.path.join(folder, "a", "x.jpg")
+    assert tuner.skipped_files == [bad]
+    assert tuner.skip_reasons == {bad: "empty (0 bytes)"}
+    strict = FineTuner(tiny_backbone_path, config=small_config, on_bad_image="error")
+    with pytest.raises(ValueError, match=r"(?s)1 file\(s\).*x.jpg: empty \(0 bytes\)"):
+        strict.fit(folder, verbose=0)
+    assert strict.model is None
+
+
+# Issue 9, kind 10: both phases train with the balanced loss.
+def test_balanced_class_weight_in_both_phases(tiny_backbone_path, tmp_path, small_config,
+                                              monkeypatch, caplog):
+    from tfhub_ft import recipe
+    losses = []
+    original = recipe.classification_loss
+
+    def recording(config, labels=None, num_classes=None):
+        losses.append(original(config, labels, num_classes))
+        return losses[-1]
+
+    monkeypatch.setattr(recipe, "classification_loss", recording)
+    folder = _write_folder(tmp_path / "data", {"shirt": 10, "skirt": 2})
+    tuner = FineTuner(tiny_backbone_path, config=small_config, class_weight="balanced")
+    with caplog.at_level("WARNING"):
+        tuner.fit(folder, validation=folder, verbose=0)
+    assert "Imbalanced classes: 'shirt' has 10 training images, 5.0x the 2 of 'skirt'" \
+        in caplog.text
+    assert len(losses) == 2
+    for loss in losses:
+        assert isinstance(loss, recipe.WeightedCategoricalCrossentropy)
+        np.testing.assert_allclose(loss.class_weights, [12 / 20, 12 / 4])
+
+
+# Issue 9, kind 11: validation images that are nearly training images.
+def test_near_duplicate_validation_images(tiny_backbone_path, tmp_path, small_config, caplog):
+    import shutil
+    train = _write_folder(tmp_path / "train", {"a": 6, "b": 6}, seed=1)
+    validation = _write_folder(tmp_path / "validation", {"a": 3, "b": 3}, seed=2)
+    for name in ("a", "b"):
+        shutil.copy(os.path.join(train, name, "000.png"),
+                    os.path.join(validation, name, "copy.png"))
+    config = small_config.replace(fine_tune_epochs=0, near_duplicate_threshold=0.99999)
+    tuner = FineTuner(tiny_backbone_path, config=config)
+    with caplog.at_level("WARNING"):
+        tuner.fit(train, validation, verbose=0)
+    pairs = sorted((os.path.relpath(v, validation), os.path.relpath(t, train))
+                   for v, t, _ in tuner.near_duplicates)
+    assert pairs == [("a/copy.png", "a/000.png"), ("b/copy.png", "b/000.png")]
+    assert all(s > 0.99999 for _, _, s in tuner.near_duplicates)
+    assert "2 of 8 validation image(s) are near-duplicates" in caplog.text
+    assert tuner.validation_metrics["count"] == 8
+    dropping = FineTuner(tiny_backbone_path, config=config.replace(drop_near_duplicates=True))
+    dropping.fit(train, validation, verbose=0)
+    assert dropping.validation_metrics["count"] == 6

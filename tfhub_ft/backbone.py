@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfhub_ft import blocks as blocks_lib
 from tfhub_ft import module_graph
+from tfhub_ft.config import check_input_range
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,61 @@ def declared_image_size(module) -> Optional[int]:
     return None
 
 
+def classifier_output_kind(outputs) -> Optional[str]:
+    """Whether a module's outputs look like a classifier's, by their values.
+
+    Args:
+        outputs: float numpy [N, D], the module's outputs for N probe images.
+
+    Returns:
+        "class probabilities" (every row in [0, 1] and summing to 1),
+        "ImageNet logits" (1000 or 1001 values with negatives: feature
+        vectors of ImageNet models end with a ReLU or average pooling of
+        non-negative maps far more often than not), or None.
+    """
+    outputs = np.asarray(outputs, np.float64)
+    if outputs.shape[1] >= 2 and outputs.min() >= 0 and outputs.max() <= 1 \
+            and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
+        return "class probabilities"
+    if outputs.shape[1] in (1000, 1001) and outputs.min() < 0:
+        return "ImageNet logits"
+    return None
+
+
+def feature_problems(features, input_range=(0.0, 1.0)) -> list:
+    """Signs that a module gets pixels in a range it does not expect.
+
+    Args:
+        features: float numpy [N, D], N >= 2 images' features.
+        input_range: The range the module was fed, named in the messages.
+
+    Returns:
+        A list of messages (empty when the features look healthy):
+        near-constant (the spread across images is under 1% of the
+        features' magnitude, as when a module that expects [0, 255] gets
+        [0, 1]), or saturated (more than half of the values sit at the
+        largest magnitude, as when pixels are much larger than expected).
+    """
+    features = np.asarray(features, np.float64)
+    if features.shape[0] < 2:
+        return []
+    problems = []
+    magnitude = np.abs(features).mean()
+    spread = features.std(axis=0).mean()
+    hint = (f"the module may expect another pixel range than input_range="
+            f"{tuple(input_range)}: try (0, 255) or (-1, 1) (`input_range`)")
+    if magnitude > 0 and spread < 0.01 * magnitude:
+        problems.append(
+            f"features are near-constant across {features.shape[0]} training "
+            f"images (spread {spread:.3g} against magnitude {magnitude:.3g}); {hint}")
+    peak = np.abs(features).max()
+    if peak > 0 and np.mean(np.abs(features) >= peak * (1 - 1e-6)) > 0.5:
+        problems.append(
+            f"over half of the feature values sit at the largest magnitude "
+            f"{peak:.3g} (saturated); {hint}")
+    return problems
+
+
 class HubBackbone(keras.layers.Layer):
     """Keras 3 layer running a hub image feature-vector module.
 
@@ -153,15 +209,20 @@ class HubBackbone(keras.layers.Layer):
         batch_norm_trainable: Run batch norm in training mode when training.
         block_pattern: Overrides the block rules (see `blocks.block_of`).
         module: An already loaded module (then `hub_handle` only names it).
+        input_range: (low, high), the pixel range the module expects: the
+            layer maps its [0, 1] input linearly onto it. (0, 1) is the TF
+            Hub convention; some modules scale inside and expect (0, 255)
+            or (-1, 1).
     """
 
     def __init__(self, hub_handle, batch_norm_trainable=False,
-                 block_pattern=None, module=None, **kwargs):
+                 block_pattern=None, module=None, input_range=(0.0, 1.0), **kwargs):
         kwargs.setdefault("name", "hub_backbone")
         super().__init__(**kwargs)
         self.hub_handle = os.fspath(hub_handle) if isinstance(hub_handle, os.PathLike) else hub_handle
         self.batch_norm_trainable = bool(batch_norm_trainable)
         self.block_pattern = block_pattern
+        self.input_range = check_input_range(input_range)
         self._module = module if module is not None else load_feature_vector_module(
             resolve_handle(hub_handle))
         self._module_variables = list(self._module.variables)
@@ -227,13 +288,16 @@ class HubBackbone(keras.layers.Layer):
     def _probe_feature_dim(self) -> int:
         size = self.image_size or DEFAULT_IMAGE_SIZE
         strategy = tf.distribute.get_strategy()
+        # Black and mid-gray: two images whose outputs show what they are.
+        probe = self.to_input_range(tf.stack([tf.zeros([size, size, 3]),
+                                              tf.fill([size, size, 3], 0.5)]))
         try:
             output = strategy.experimental_local_results(strategy.run(
-                lambda: self._module(tf.zeros([1, size, size, 3]), training=False)))[0]
+                lambda: self._module(probe, training=False)))[0]
         except Exception as error:
             raise HubModuleError(
                 f"The module {self.hub_handle!r} failed on a float32 image "
-                f"batch [1, {size}, {size}, 3]: {error}. An image feature "
+                f"batch [2, {size}, {size}, 3]: {error}. An image feature "
                 "vector takes float32 [N, H, W, 3] RGB in [0, 1]."
             ) from error
         if not isinstance(output, tf.Tensor) or output.shape.rank != 2 or not output.dtype.is_floating:
@@ -246,12 +310,13 @@ class HubBackbone(keras.layers.Layer):
                 "feature map)."
             )
         dim = int(output.shape[1])
-        if dim in (1000, 1001):
+        looks_like = classifier_output_kind(output.numpy())
+        if looks_like:
             logger.warning(
-                "The module %r returns %d values per image: it looks like an "
-                "ImageNet classifier, not a feature vector. Fine-tuning on "
-                "its logits works poorly; prefer its 'feature_vector' version.",
-                self.hub_handle, dim)
+                "The module %r returns %d values per image that look like %s: "
+                "it is probably a classifier, not a feature vector. "
+                "Fine-tuning on its outputs works poorly; prefer its "
+                "'feature_vector' version.", self.hub_handle, dim, looks_like)
         return dim
 
     def resolve_image_size(self, image_size=None) -> int:
@@ -274,8 +339,16 @@ class HubBackbone(keras.layers.Layer):
                 "Leave image_size unset to use the module's size.")
         return image_size
 
-    def call(self, images, training=False):
+    def to_input_range(self, images):
+        """Maps float32 images in [0, 1] onto `input_range`."""
+        low, high = self.input_range
         images = tf.cast(images, tf.float32)
+        if (low, high) == (0.0, 1.0):
+            return images
+        return images * (high - low) + low
+
+    def call(self, images, training=False):
+        images = self.to_input_range(images)
         run_training = bool(training) and self.batch_norm_trainable
         return self._module(images, training=run_training)
 
@@ -398,8 +471,10 @@ class HubBackbone(keras.layers.Layer):
         def compare():
             boundary = split.bottom(images)
             got = [split.top(boundary)] + gradients(lambda: split.top(boundary))
-            want = [self._module(images, training=False)] + gradients(
-                lambda: whole(images, self._wrapped))
+            # The bottom maps the images onto `input_range` itself.
+            module_images = self.to_input_range(images)
+            want = [self._module(module_images, training=False)] + gradients(
+                lambda: whole(module_images, self._wrapped))
             if [g is None for g in got] != [w is None for w in want]:
                 raise ValueError("it leaves out gradients the whole module has")
             return [(tf.reduce_max(tf.abs(g - w)), tf.reduce_max(tf.abs(w)))
@@ -429,7 +504,8 @@ class HubBackbone(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(hub_handle=self.hub_handle,
-                      batch_norm_trainable=self.batch_norm_trainable)
+                      batch_norm_trainable=self.batch_norm_trainable,
+                      input_range=list(self.input_range))
         return config
 
 
@@ -450,7 +526,7 @@ class BackboneSplit:
 
     def bottom(self, images):
         """float32 images [N, H, W, 3] in [0, 1] -> tuple of boundary tensors."""
-        return tuple(self._graph.run_bottom(tf.cast(images, tf.float32),
+        return tuple(self._graph.run_bottom(self._backbone.to_input_range(images),
                                             self._backbone._wrapped))
 
 

@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 from tfhub_ft.checks import check_integer, check_positive_number
 
 AUGMENTATIONS = ("flip",)
+ON_BAD_IMAGE = ("skip", "error")
+CLASS_WEIGHTS = ("none", "balanced")
 
 # A real ImageNet MobileNetV2 feature vector on TF Hub (served from Kaggle
 # Models since 2024), the default of the example scripts.
@@ -65,6 +67,26 @@ class FineTuneConfig:
             then raise an error instead of running.
         cache_memory_mb: Megabytes of decoded images and cached activations
             kept in memory; beyond it they spill to files (0: all on disk).
+        on_bad_image: What a file that cannot be used does: "skip" (logged
+            with its reason, listed in `FineTuner.skipped_files` and
+            `FineTuner.skip_reasons`) or "error"
+            (a ValueError listing every bad file, before training).
+        max_image_pixels: Largest image accepted, height * width read from
+            the file's header, in training and in the exported model.
+        exif_orientation: Turn JPEGs upright by their EXIF orientation tag,
+            in training and in the exported model.
+        class_weight: "none", or "balanced": the loss of each image is
+            weighted by N / (C * count of its class), in both phases.
+        input_range: (low, high) pixel range the hub module expects, such
+            as (0, 1) (the TF Hub convention), (0, 255) or (-1, 1); baked
+            into the export, whose inputs stay as documented.
+        near_duplicate_threshold: Cosine similarity of frozen features
+            above which a validation image counts as a near-duplicate of a
+            training image, in (0, 1]. 0.95 was measured on the shared
+            clothing photos (BUILD_NOTES.md): no distinct pair reaches it,
+            re-encoded copies do.
+        drop_near_duplicates: Drop the near-duplicate validation images from
+            validation (they are always reported).
     """
 
     image_size: Optional[int] = None
@@ -84,6 +106,13 @@ class FineTuneConfig:
     seed: int = 0
     deterministic: bool = False
     cache_memory_mb: int = 4096
+    on_bad_image: str = "skip"
+    max_image_pixels: int = 200_000_000
+    exif_orientation: bool = True
+    class_weight: str = "none"
+    input_range: Tuple[float, float] = (0.0, 1.0)
+    near_duplicate_threshold: float = 0.95
+    drop_near_duplicates: bool = False
 
     def __post_init__(self):
         _check_int(self, "image_size", minimum=8, optional=True)
@@ -114,6 +143,21 @@ class FineTuneConfig:
                 "in (0, 1). Received: "
                 f"validation_split={self.validation_split!r}"
             )
+        _check_choice(self, "on_bad_image", ON_BAD_IMAGE)
+        _check_int(self, "max_image_pixels", minimum=1)
+        _check_choice(self, "class_weight", CLASS_WEIGHTS)
+        for name in ("exif_orientation", "drop_near_duplicates"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"Invalid value for `{name}`. Expected True or False. "
+                    f"Received: {name}={getattr(self, name)!r}")
+        object.__setattr__(self, "input_range", check_input_range(self.input_range))
+        threshold = self.near_duplicate_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not 0 < threshold <= 1:
+            raise ValueError(
+                "Invalid value for `near_duplicate_threshold`. Expected a cosine "
+                f"similarity in (0, 1]. Received: near_duplicate_threshold={threshold!r}")
         augmentation = self.augmentation
         if isinstance(augmentation, str):
             augmentation = tuple(a for a in augmentation.split(",") if a)
@@ -134,6 +178,38 @@ class FineTuneConfig:
                 f"{sorted(f.name for f in dataclasses.fields(self))}"
             )
         return dataclasses.replace(self, **changes)
+
+
+def check_input_range(value):
+    """Returns `value` as a (low, high) tuple of floats, low < high.
+
+    Accepts a pair of numbers or a string "low,high" (as a command flag).
+
+    Raises:
+        ValueError: otherwise, naming the common ranges.
+    """
+    pair = value
+    if isinstance(pair, str):
+        pair = [p for p in pair.replace("(", "").replace(")", "").split(",") if p.strip()]
+    try:
+        low, high = (float(v) for v in pair)
+        valid = low < high
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            "Invalid value for `input_range`. Expected (low, high) with low < "
+            "high: (0, 1) for TF Hub modules, (0, 255) or (-1, 1) for modules "
+            f"that scale inside. Received: input_range={value!r}")
+    return (low, high)
+
+
+def _check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected one of {choices}. "
+            f"Received: {name}={value!r}")
 
 
 def _check_int(config, name, minimum, optional=False):

@@ -12,7 +12,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfhub_ft import arrays, preprocessing
+from tfhub_ft import arrays, image_files, preprocessing
+from tfhub_ft.config import FineTuneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +27,25 @@ class ImageSet:
             memory budget) an `arrays.FileArray`.
         labels: int32 [N] in [0, len(class_names)).
         class_names: One name per class, in label order.
-        skipped: Paths of files that could not be decoded.
+        skipped: Paths of files that could not be used.
+        skip_reasons: {path: why} for every path in `skipped`.
+        paths: The file of every image (folder sources), else None.
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: List[str]
     skipped: List[str] = dataclasses.field(default_factory=list)
+    skip_reasons: dict = dataclasses.field(default_factory=dict)
+    paths: Optional[List[str]] = None
 
     def __len__(self):
         return len(self.labels)
 
     def subset(self, indices) -> "ImageSet":
+        paths = None if self.paths is None else [self.paths[i] for i in indices]
         return ImageSet(arrays.subset(self.images, indices), self.labels[indices],
-                        self.class_names)
+                        self.class_names, paths=paths)
 
     def to_dataset(self, batch_size, shuffle=False, seed=0, one_hot=True):
         """A batched tf.data pipeline of (uint8 images, labels).
@@ -55,11 +61,16 @@ class ImageSet:
 def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     """Lists an image folder with one subfolder per class.
 
-    Files whose extension is not in `preprocessing.IMAGE_EXTENSIONS` are
-    ignored, and so are hidden files and folders.
+    Each class folder is searched recursively: nested folders and links (to
+    files or folders, with loop detection) are followed. Files whose
+    extension is not in `preprocessing.IMAGE_EXTENSIONS` are left out, and
+    so are hidden files and folders; every file or folder left out is
+    logged with why, and so is the number of images per class.
 
     Returns:
-        (paths, labels int32 [N], class names sorted alphabetically).
+        (paths, labels int32 [N], class names sorted alphabetically). A
+        class name that is not valid UTF-8 is shown with escapes
+        (`image_files.display_path`).
 
     Raises:
         ValueError: if the folder is missing, has fewer than two class
@@ -72,54 +83,81 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
             f"subfolder of images per class. Received: {directory!r}, which "
             "is not a folder."
         )
-    class_names = sorted(
+    folders = sorted(
         name for name in os.listdir(directory)
         if not name.startswith(".") and os.path.isdir(os.path.join(directory, name)))
+    class_names = [image_files.display_path(name) for name in folders]
     if len(class_names) < 2:
         raise ValueError(
             f"The image folder {directory!r} has {len(class_names)} class "
             f"subfolder(s) {class_names}; a classifier needs at least two. Put "
             "each class's images in a subfolder named after the class."
         )
-    paths, labels, empty = [], [], []
-    for label, name in enumerate(class_names):
-        class_dir = os.path.join(directory, name)
-        files = []
-        for root, dirs, filenames in os.walk(class_dir):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files.extend(
-                os.path.join(root, f) for f in sorted(filenames)
-                if not f.startswith(".")
-                and f.lower().endswith(preprocessing.IMAGE_EXTENSIONS))
-        if not files:
-            empty.append(name)
-        paths.extend(files)
-        labels.extend([label] * len(files))
+    paths, labels, empty, left_out, counts, nested = [], [], [], [], [], 0
+    for label, folder in enumerate(folders):
+        scan = image_files.scan_class_folder(os.path.join(directory, folder),
+                                             preprocessing.IMAGE_EXTENSIONS)
+        if not scan.files:
+            empty.append(class_names[label])
+        paths.extend(scan.files)
+        labels.extend([label] * len(scan.files))
+        left_out.extend(scan.left_out)
+        counts.append(f"{class_names[label]}: {len(scan.files)}")
+        nested += scan.nested_folders
+    top_files = [name for name in os.listdir(directory)
+                 if not os.path.isdir(os.path.join(directory, name))]
+    left_out.extend((os.path.join(directory, name), "a file outside the class folders")
+                    for name in sorted(top_files) if not name.startswith("."))
     if empty:
         raise ValueError(
             f"The class folder(s) {empty} in {directory!r} hold no image "
             f"({', '.join(preprocessing.IMAGE_EXTENSIONS)}). Add images or "
             "remove the folder."
         )
+    # One line per folder: what was found and what was left out, with why;
+    # what the user may not expect (a format TensorFlow cannot decode, a
+    # broken link or a loop, an unreadable folder) is a warning of its own.
+    alarming = [(p, why) for p, why in left_out if "cannot decode" in why
+                or "link" in why or "cannot be read" in why]
+    quiet = [item for item in left_out if item not in alarming]
+    logger.info("Found %d images in %s (%s)%s%s", len(paths),
+                image_files.display_path(directory), ", ".join(counts),
+                f", {nested} nested folder(s) searched" if nested else "",
+                f"; left out {len(quiet)}: " + "; ".join(
+                    f"{image_files.display_path(p)} ({why})" for p, why in quiet)
+                if quiet else "")
+    if alarming:
+        logger.warning("Left out %d file(s) or folder(s) in %s: %s", len(alarming),
+                       image_files.display_path(directory), "; ".join(
+                           f"{image_files.display_path(p)} ({why})" for p, why in alarming))
     return paths, np.asarray(labels, np.int32), class_names
 
 
-def decode_files(paths: Sequence[str], image_size: int, budget=None):
+def decode_files(paths: Sequence[str], image_size: int, budget=None,
+                 max_pixels=None, exif_orientation=True):
     """Decodes and resizes image files in parallel, skipping broken ones.
 
     Args:
+        paths: File paths (str, as `os` returns them; sent to TensorFlow as
+            bytes, so names that are not UTF-8 work).
         budget: `arrays.ArrayBudget` the images are stored in (memory, or
             files past the budget); all in memory when None.
+        max_pixels, exif_orientation: As `preprocessing.decode_image`.
 
     Returns:
         (images uint8 [M, S, S, 3], indices int [M] of the decoded paths,
-        skipped paths). Order follows `paths`.
+        {path: why} of the skipped paths). Order follows `paths`.
     """
-    def load(index, path):
-        return preprocessing.decode_and_resize(tf.io.read_file(path), image_size), index
+    def load(index, path, name):
+        image = preprocessing.decode_and_resize(
+            tf.io.read_file(path), image_size, max_pixels, exif_orientation, name=name)
+        return image, index
 
+    encoded_paths = [os.fsencode(p) for p in paths]
+    names = [image_files.display_path(p) for p in paths]
     dataset = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(paths)), list(paths)))
+        (np.arange(len(paths)), tf.constant(encoded_paths, tf.string, [len(paths)]),
+         tf.constant(names, tf.string, [len(paths)])))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     # A corrupt file fails its own element only; its index is missing after.
@@ -136,7 +174,20 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None):
     kept = np.sort(kept)
     if len(kept) < len(paths):
         images = arrays.subset(images, kept)
-    return images, kept, [paths[i] for i in skipped]
+    reasons = {paths[i]: _decode_error(encoded_paths[i], names[i], image_size, max_pixels,
+                                       exif_orientation) for i in skipped}
+    return images, kept, reasons
+
+
+def _decode_error(path, name, image_size, max_pixels, exif_orientation):
+    """Decodes one file again, eagerly, for the reason it failed."""
+    try:
+        preprocessing.decode_and_resize(tf.io.read_file(path), image_size, max_pixels,
+                                        exif_orientation, name=name)
+    except tf.errors.OpError as error:
+        message = " ".join(error.message.split())
+        return f"TensorFlow could not decode it: {message[:300]}"
+    return "could not be decoded"
 
 
 def _with_progress(dataset, total):
@@ -151,17 +202,49 @@ def _with_progress(dataset, total):
         yield batch
 
 
-def load_image_folder(directory, image_size, budget=None) -> ImageSet:
-    """Decodes an image folder into an `ImageSet`, warning about bad files."""
+def load_image_folder(directory, image_size, budget=None, config=None) -> ImageSet:
+    """Decodes an image folder into an `ImageSet`.
+
+    Every file is checked first (`image_files.check_image_files`, in
+    parallel); a bad file is skipped and logged with its path and reason,
+    or, with `config.on_bad_image == "error"`, the whole list is raised.
+
+    Args:
+        config: `FineTuneConfig` for `on_bad_image`, `max_image_pixels` and
+            `exif_orientation`; the defaults when None.
+
+    Raises:
+        ValueError: with `on_bad_image="error"` and any bad file (all are
+            listed); when no image, or no image of some class, can be used.
+    """
+    config = config or FineTuneConfig()
     paths, labels, class_names = list_image_folder(directory)
-    images, kept, skipped = decode_files(paths, image_size, budget)
+    checks = image_files.check_image_files(paths, config.max_image_pixels)
+    reasons = {c.path: c.problem for c in checks if c.problem}
+    notes = [c for c in checks if c.note]
+    if notes:
+        logger.info("%d file(s) with oddities, used anyway: %s", len(notes), "; ".join(
+            f"{image_files.display_path(c.path)} ({c.note})" for c in notes))
+    usable = [i for i, p in enumerate(paths) if p not in reasons]
+    images, kept, decode_reasons = decode_files(
+        [paths[i] for i in usable], image_size, budget, config.max_image_pixels,
+        config.exif_orientation)
+    reasons.update(decode_reasons)
+    kept = np.asarray(usable, np.int64)[kept]
+    skipped = [p for p in paths if p in reasons]
     if skipped:
-        logger.warning(
-            "Skipped %d file(s) in %s that could not be decoded as images: %s",
-            len(skipped), directory, ", ".join(skipped))
+        listing = "; ".join(f"{image_files.display_path(p)}: {reasons[p]}" for p in skipped)
+        if config.on_bad_image == "error":
+            raise ValueError(
+                f"{len(skipped)} file(s) in {image_files.display_path(directory)!r} cannot "
+                f"be used as images (on_bad_image='error'): {listing}. Fix or "
+                "remove them, or pass on_bad_image='skip' to train without them.")
+        logger.warning("Skipped %d file(s) in %s that cannot be used as images: %s",
+                       len(skipped), image_files.display_path(directory), listing)
     if len(kept) == 0:
         raise ValueError(f"No image in {directory!r} could be decoded.")
-    result = ImageSet(images, labels[kept], class_names, skipped)
+    result = ImageSet(images, labels[kept], class_names, skipped,
+                      {p: reasons[p] for p in skipped}, [paths[i] for i in kept])
     missing = sorted(set(range(len(class_names))) - set(result.labels.tolist()))
     if missing:
         raise ValueError(
@@ -199,6 +282,63 @@ def stratified_split(labels, validation_fraction, seed=0):
         validation.extend(members[:count])
         train.extend(members[count:])
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(validation, np.int64))
+
+
+def check_validation_split(labels, class_names, validation_fraction, seed=0):
+    """Checks, before anything is built, that a validation split means something.
+
+    Raises:
+        ValueError: when the split would hold no image at all (every class
+            has fewer than 2 images).
+
+    Logs a warning naming each class that gets no validation image (the
+    validation accuracy then covers the other classes only).
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(class_names))
+    _, validation = stratified_split(labels, validation_fraction, seed)
+    if len(validation) == 0:
+        raise ValueError(
+            "Cannot hold out a validation split: need at least 2 images per "
+            "class for a validation split, or pass validation data. Images "
+            f"per class: {dict(zip(class_names, counts.tolist()))}.")
+    warn_missing_validation_classes(labels[validation], class_names, counts)
+
+
+def warn_missing_validation_classes(validation_labels, class_names, train_counts=None):
+    """Warns about each class that has no validation image."""
+    present = set(np.asarray(validation_labels).tolist())
+    missing = [i for i in range(len(class_names)) if i not in present]
+    if missing:
+        named = ", ".join(
+            f"{class_names[i]!r}" + (f" ({train_counts[i]} image(s))"
+                                     if train_counts is not None else "")
+            for i in missing)
+        logger.warning(
+            "No validation image for class(es) %s: the validation accuracy "
+            "covers the other classes only. Give each class at least 2 images "
+            "(or pass validation data with every class).", named)
+
+
+def check_class_balance(labels, class_names, ratio=5.0, class_weight="none"):
+    """Warns when the largest class has `ratio` times the images of the smallest.
+
+    Returns:
+        int numpy [C], the images per class.
+    """
+    counts = np.bincount(np.asarray(labels), minlength=len(class_names))
+    largest, smallest = int(counts.argmax()), int(counts.argmin())
+    if counts[smallest] > 0 and counts[largest] >= ratio * counts[smallest]:
+        advice = ("the loss is weighted by class_weight='balanced'"
+                  if class_weight == "balanced" else
+                  "pass class_weight='balanced' to weight the loss inversely to "
+                  "class frequency, or add images of the small classes")
+        logger.warning(
+            "Imbalanced classes: %r has %d training images, %.1fx the %d of %r; %s. "
+            "Watch the per-class recall, not only the accuracy.",
+            class_names[largest], counts[largest], counts[largest] / counts[smallest],
+            counts[smallest], class_names[smallest], advice)
+    return counts
 
 
 def load_tfds(name, split, image_size, data_dir=None) -> ImageSet:
@@ -273,7 +413,7 @@ def is_tfds_name(source) -> bool:
 
 
 def load_images(source, image_size, class_names=None, split="train",
-                data_dir=None, budget=None) -> ImageSet:
+                data_dir=None, budget=None, config=None) -> ImageSet:
     """Loads any supported data source into an `ImageSet`.
 
     Args:
@@ -284,6 +424,8 @@ def load_images(source, image_size, class_names=None, split="train",
         class_names: Class names for a `tf.data.Dataset` source.
         budget: `arrays.ArrayBudget` for decoded folder images (in memory
             when None).
+        config: `FineTuneConfig` of the folder checks and decoding (see
+            `load_image_folder`); the defaults when None.
 
     Raises:
         TypeError: for an unsupported source.
@@ -295,7 +437,7 @@ def load_images(source, image_size, class_names=None, split="train",
     if is_tfds_name(source):
         return load_tfds(source, split, image_size, data_dir)
     if isinstance(source, (str, os.PathLike)):
-        return load_image_folder(source, image_size, budget)
+        return load_image_folder(source, image_size, budget, config)
     raise TypeError(
         "Invalid value for the data. Expected an image folder path, a TFDS "
         "dataset name, or a tf.data.Dataset of (image, label). Received: "
@@ -315,4 +457,4 @@ def match_classes(image_set: ImageSet, class_names, name) -> ImageSet:
     mapping = np.asarray([list(class_names).index(c) for c in image_set.class_names],
                          np.int32)
     return ImageSet(image_set.images, mapping[image_set.labels], list(class_names),
-                    image_set.skipped)
+                    image_set.skipped, image_set.skip_reasons, image_set.paths)

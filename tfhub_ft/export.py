@@ -23,10 +23,13 @@ LABELS_FILE = "labels.txt"
 class _ServingModule(tf.Module):
     """Holds the classifier and its labels for `tf.saved_model.save`."""
 
-    def __init__(self, model, class_names, image_size):
+    def __init__(self, model, class_names, image_size, max_pixels=None,
+                 exif_orientation=True):
         super().__init__(name="classifier")
         self.model = model
         self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.exif_orientation = exif_orientation
         self.class_names = tf.constant(list(class_names))
 
     def _outputs(self, images):
@@ -41,9 +44,14 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_image_bytes(self, image_bytes):
+        def decode(element):
+            index, encoded = element
+            return preprocessing.decode_and_resize(
+                encoded, self.image_size, self.max_pixels, self.exif_orientation,
+                name=tf.strings.format("image_bytes[{}]", index))
+
         images = tf.map_fn(
-            lambda encoded: preprocessing.decode_and_resize(encoded, self.image_size),
-            image_bytes,
+            decode, (tf.range(tf.size(image_bytes)), image_bytes),
             fn_output_signature=tf.TensorSpec(
                 [self.image_size, self.image_size, 3], tf.uint8))
         return self._outputs(images)
@@ -54,13 +62,20 @@ class _ServingModule(tf.Module):
         return self._outputs(images)
 
 
-def export_saved_model(model, class_names, export_dir, image_size, write_extras=None):
+def export_saved_model(model, class_names, export_dir, image_size, write_extras=None,
+                       max_pixels=None, exif_orientation=True):
     """Writes the classifier as a SavedModel, atomically, with labels.txt.
 
     Signatures:
-        serving_default: image_bytes tf.string [N] (encoded JPEG, PNG, GIF or
-            BMP) -> probabilities float32 [N, C], class_ids int32 [N],
-            classes tf.string [N] (top-1 label).
+        serving_default: image_bytes tf.string [N] (encoded JPEG, PNG, GIF,
+            BMP or WebP, decoded as in training: transparency over white,
+            EXIF orientation when `exif_orientation`, at most `max_pixels`)
+            -> probabilities float32 [N, C], class_ids int32 [N], classes
+            tf.string [N] (top-1 label). One element that cannot be decoded
+            fails the whole request with an InvalidArgumentError; for an
+            unknown format, a truncated JPEG or PNG, or an image above
+            `max_pixels` the message names the element ("image_bytes[3] is
+            not a JPEG, ..."); other decoder errors do not.
         serving_images: images float32 [N, H, W, 3] RGB in [0, 1], any H, W
             -> the same outputs.
 
@@ -72,6 +87,10 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
             after the SavedModel and labels.txt are written there and before
             the rename, so that what it writes (e.g. `tflite.export_tflite`'s
             model.tflite) is part of the same atomic export.
+        max_pixels: Largest image (height * width from its header) that
+            `serving_default` decodes, or None for no limit.
+        exif_orientation: Whether `serving_default` applies EXIF
+            orientation (as training did).
 
     Returns:
         The export folder path.
@@ -80,7 +99,8 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
         ValueError: if `export_dir` is a file or its parent cannot be written.
     """
     with atomic_folder(export_dir, "the export") as staging:
-        module = _ServingModule(model, class_names, image_size)
+        module = _ServingModule(model, class_names, image_size, max_pixels,
+                                exif_orientation)
         with quiet_saving_logs():
             tf.saved_model.save(module, staging, signatures={
                 "serving_default": module.serve_image_bytes,

@@ -10,6 +10,7 @@ import math
 from typing import Optional, Tuple
 
 import keras
+import numpy as np
 
 from tfhub_ft import _keras_fit_workaround, cache, checkpoints
 from tfhub_ft import model as model_lib
@@ -53,9 +54,63 @@ def plan_fine_tune(backbone, config) -> FineTunePlan:
     return FineTunePlan(blocks, split, reason)
 
 
-def classification_loss(config):
+def classification_loss(config, labels=None, num_classes=None):
+    """The cross-entropy of both phases, from logits, with label smoothing.
+
+    With `config.class_weight == "balanced"` each image's loss is weighted
+    by `balanced_class_weights(labels, num_classes)` of its class.
+    """
+    if config.class_weight == "balanced":
+        return WeightedCategoricalCrossentropy(
+            balanced_class_weights(labels, num_classes), config.label_smoothing)
     return keras.losses.CategoricalCrossentropy(
         from_logits=True, label_smoothing=config.label_smoothing)
+
+
+def balanced_class_weights(labels, num_classes):
+    """Weights N / (C * count of the class), as scikit-learn's "balanced".
+
+    A uniform class distribution gets weight 1 everywhere, and the weights
+    average to 1 over the training images.
+
+    Args:
+        labels: int [N] training labels in [0, num_classes).
+
+    Returns:
+        float numpy [num_classes]; a class without images gets 0.
+    """
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights
+
+
+class WeightedCategoricalCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy from logits, each example's loss weighted
+    by its class's weight (read from the one-hot label).
+
+    Args:
+        class_weights: float [C].
+        label_smoothing: As `keras.losses.CategoricalCrossentropy`.
+    """
+
+    def __init__(self, class_weights, label_smoothing=0.0, name="weighted_crossentropy"):
+        super().__init__(name=name)
+        self.class_weights = [float(w) for w in class_weights]
+        self.label_smoothing = label_smoothing
+        self._crossentropy = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=label_smoothing, reduction=None)
+
+    def call(self, y_true, y_pred):
+        weights = keras.ops.sum(
+            keras.ops.cast(y_true, "float32") * keras.ops.array(self.class_weights, "float32"),
+            axis=-1)
+        return self._crossentropy(y_true, y_pred) * weights
+
+    def get_config(self):
+        return {"class_weights": self.class_weights,
+                "label_smoothing": self.label_smoothing, "name": self.name}
 
 
 def train_head(model, frozen, train, validation, config, verbose="auto",
@@ -83,7 +138,8 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
         return {}
     head = model_lib.CachedInputClassifier(model)
     head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-                 loss=classification_loss(config), metrics=["accuracy"])
+                 loss=classification_loss(config, train.labels, model.num_classes),
+                 metrics=["accuracy"])
     classes = model.num_classes
     return _fit(
         head, cache.training_batches(frozen.train_features, train.labels, classes, config),
@@ -139,7 +195,8 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
         train_batches = cache.training_batches([train.images], train.labels, classes, config)
         validation_batches = cache.evaluation_batches(validation.images, validation.labels,
                                                       classes, config)
-    trainee.compile(optimizer=optimizer, loss=classification_loss(config),
+    trainee.compile(optimizer=optimizer,
+                    loss=classification_loss(config, train.labels, classes),
                     metrics=["accuracy"])
     return _fit(
         trainee, train_batches, validation_batches.dataset(), config.fine_tune_epochs,

@@ -17,7 +17,7 @@ from tfhub_ft import arrays
 from tfhub_ft import backbone as backbone_lib
 from tfhub_ft import cache, checkpoints
 from tfhub_ft import data as data_lib
-from tfhub_ft import distribution
+from tfhub_ft import distribution, duplicates, image_files
 from tfhub_ft import export as export_lib
 from tfhub_ft import lr_finder
 from tfhub_ft import model as model_lib
@@ -65,7 +65,15 @@ class FineTuner:
             `export`): "load" (listing and decoding the images),
             "frozen_pass", "head", "fine_tune", "validation", "export".
         unfrozen_blocks: Names of the blocks fine-tuned, after `fit`.
-        skipped_files: Files that could not be decoded, after `fit`.
+        skipped_files: Files the last `load_data` (or `fit`) could not use,
+            training and validation.
+        skip_reasons: {path: why} for every path in `skipped_files`
+            (empty, truncated, unknown format, too large, decoder message).
+        near_duplicates: [(validation path, training path, cosine
+            similarity)] of the validation images of the last `fit` whose
+            frozen features nearly equal a training image's (see
+            `near_duplicate_threshold`); indices stand in for paths when the
+            data has none.
         validation_labels, validation_probabilities: int [N] and float32
             [N, C] on the validation images, after `fit` (for `report`).
     """
@@ -82,7 +90,7 @@ class FineTuner:
         with self.strategy.scope():
             self.backbone = backbone_lib.HubBackbone(
                 hub_handle, batch_norm_trainable=self.config.batch_norm_trainable,
-                block_pattern=block_pattern)
+                block_pattern=block_pattern, input_range=self.config.input_range)
         self.image_size = self.backbone.resolve_image_size(self.config.image_size)
         block_count = len(self.backbone.blocks)
         if self.config.unfreeze_blocks > block_count:
@@ -102,6 +110,8 @@ class FineTuner:
         self.stage_seconds = {}
         self.unfrozen_blocks = []
         self.skipped_files = []
+        self.skip_reasons = {}
+        self.near_duplicates = []
         self.validation_labels = None
         self.validation_probabilities = None
         self._mistakes = None
@@ -124,15 +134,24 @@ class FineTuner:
 
         Returns:
             (train `ImageSet`, validation `ImageSet`).
+
+        Raises:
+            ValueError: when a held-out split would be empty (every class
+                has fewer than 2 images), or with `on_bad_image="error"`
+                and a bad file. A class without validation images is a
+                warning.
         """
         size = self.image_size
         budget = budget or self._new_budget()
         is_tfds = data_lib.is_tfds_name(train)
         train_set = data_lib.load_images(train, size, class_names, split="train",
-                                         data_dir=data_dir, budget=budget)
+                                         data_dir=data_dir, budget=budget, config=self.config)
         self.skipped_files = list(train_set.skipped)
+        self.skip_reasons = dict(train_set.skip_reasons)
         if validation is None:
             fraction = validation_split or self.config.validation_split
+            data_lib.check_validation_split(train_set.labels, train_set.class_names,
+                                            fraction, self.config.seed)
             train_indices, validation_indices = data_lib.stratified_split(
                 train_set.labels, fraction, self.config.seed)
             return train_set.subset(train_indices), train_set.subset(validation_indices)
@@ -140,10 +159,15 @@ class FineTuner:
             validation_set = data_lib.load_tfds(train, validation, size, data_dir)
         else:
             validation_set = data_lib.load_images(
-                validation, size, class_names or train_set.class_names, budget=budget)
+                validation, size, class_names or train_set.class_names, budget=budget,
+                config=self.config)
         self.skipped_files += list(validation_set.skipped)
-        return train_set, data_lib.match_classes(
+        self.skip_reasons.update(validation_set.skip_reasons)
+        validation_set = data_lib.match_classes(
             validation_set, train_set.class_names, "validation")
+        data_lib.warn_missing_validation_classes(validation_set.labels,
+                                                 train_set.class_names)
+        return train_set, validation_set
 
     def fit(self, train, validation=None, validation_split=None,
             class_names=None, data_dir=None, verbose="auto", work_dir=None,
@@ -174,6 +198,8 @@ class FineTuner:
                 train, validation, validation_split, class_names, data_dir, budget)
         logger.info("Training on %d images, validating on %d, %d classes",
                     len(train_set), len(validation_set), len(train_set.class_names))
+        data_lib.check_class_balance(train_set.labels, train_set.class_names,
+                                     class_weight=self.config.class_weight)
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(self.config.seed)
@@ -193,6 +219,13 @@ class FineTuner:
             with self._stage("frozen_pass"):
                 frozen = cache.compute_frozen_activations(
                     self.model, train_set, validation_set, self.config, budget, plan.split)
+                for problem in backbone_lib.feature_problems(
+                        arrays.take(frozen.train_features[0],
+                                    np.arange(min(len(train_set), 64))),
+                        self.config.input_range):
+                    logger.warning("Calibration of %s: %s", self.backbone.hub_handle, problem)
+                validation_set, frozen = self._check_near_duplicates(
+                    train_set, validation_set, frozen)
             with self._stage("head"):
                 head_history = recipe.train_head(
                     self.model, frozen, train_set, validation_set, self.config, verbose,
@@ -248,8 +281,52 @@ class FineTuner:
         self._parity_data = (arrays.take(validation_set.images, rows),
                              validation_set.labels[rows])
 
+    def _check_near_duplicates(self, train_set, validation_set, frozen):
+        """Reports (and with `drop_near_duplicates` drops) validation images
+        whose frozen features nearly equal a training image's."""
+        found = duplicates.find_near_duplicates(
+            frozen.train_features[0], frozen.validation_features,
+            self.config.near_duplicate_threshold)
+
+        def name(image_set, index):
+            return (image_files.display_path(image_set.paths[index])
+                    if image_set.paths is not None else f"#{index}")
+
+        self.near_duplicates = [
+            (name(validation_set, d.validation_index), name(train_set, d.train_index),
+             d.similarity) for d in found]
+        if not found:
+            return validation_set, frozen
+        dropping = self.config.drop_near_duplicates
+        logger.warning(
+            "%d of %d validation image(s) are near-duplicates of training images "
+            "(cosine similarity of frozen features >= %g)%s: %s", len(found),
+            len(validation_set), self.config.near_duplicate_threshold,
+            "; dropped from validation" if dropping else
+            "; they flatter the validation score (drop_near_duplicates=True removes them)",
+            "; ".join(f"{v} ~ {t} ({s:.3f})" for v, t, s in self.near_duplicates))
+        if not dropping:
+            return validation_set, frozen
+        flagged = {d.validation_index for d in found}
+        keep = np.asarray([i for i in range(len(validation_set)) if i not in flagged],
+                          np.int64)
+        if len(keep) == 0:
+            raise ValueError(
+                "Every validation image is a near-duplicate of a training image; "
+                "nothing would be left to validate on. Pass other validation "
+                "data, or drop_near_duplicates=False.")
+        frozen.validation_features = arrays.subset(frozen.validation_features, keep)
+        if frozen.validation_boundary is not None:
+            frozen.validation_boundary = tuple(
+                arrays.subset(part, keep) for part in frozen.validation_boundary)
+        return validation_set.subset(keep), frozen
+
     def _new_budget(self):
         return arrays.ArrayBudget(self.config.cache_memory_mb * 2**20)
+
+    def _decode_options(self):
+        return {"max_pixels": self.config.max_image_pixels,
+                "exif_orientation": self.config.exif_orientation}
 
     def _require_model(self):
         if self.model is None:
@@ -286,7 +363,8 @@ class FineTuner:
         self._require_model()
         image_set = data_lib.match_classes(
             data_lib.load_images(data, self.image_size,
-                                 class_names or self.class_names, split, data_dir),
+                                 class_names or self.class_names, split, data_dir,
+                                 config=self.config),
             self.class_names, "evaluation")
         return self._score(image_set)
 
@@ -345,11 +423,13 @@ class FineTuner:
             with self._stage("export"):
                 return export_lib.export_saved_model(self.model, self.class_names,
                                                      export_dir, self.image_size,
-                                                     write_extras=write_extras)
+                                                     write_extras=write_extras,
+                                                     **self._decode_options())
         scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
         try:
             export_lib.export_saved_model(self.model, self.class_names,
-                                          os.path.join(scratch, "export"), self.image_size)
+                                          os.path.join(scratch, "export"), self.image_size,
+                                          **self._decode_options())
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return None
@@ -469,7 +549,7 @@ class FineTuner:
                     else recipe.FineTunePlan())
             frozen = cache.compute_frozen_activations(model, train_set, validation_set,
                                                       config, budget, plan.split)
-            loss = recipe.classification_loss(config)
+            loss = recipe.classification_loss(config, train_set.labels, model.num_classes)
             if phase == "head":
                 trainee = model_lib.CachedInputClassifier(model)
                 inputs = frozen.train_features
