@@ -110,7 +110,7 @@ def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_fol
     tuner = FineTuner(tiny_backbone_path, config=small_config)
     history = tuner.fit(train, validation, verbose=0, tensorboard_dir=tmp_path / "tb")
     assert tuner.history is history
-    assert set(tuner.stage_seconds) == {"load", "frozen_pass", "head", "fine_tune", "validation"}
+    assert set(tuner.stage_seconds) == {"load", "decode", "frozen_pass", "head", "fine_tune", "validation"}
     for phase in ("head", "fine_tune"):
         assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= _scalar_tags(
             tmp_path / "tb" / phase / "train"), phase
@@ -126,7 +126,7 @@ def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_fol
     assert len(summary["blocks_unfrozen"]) == small_config.unfreeze_blocks
     assert summary["image_counts"] == {"train": 48, "validation": 12}
     assert sorted(summary["skipped_files"]) == sorted(corrupt)
-    assert set(summary["stage_seconds"]) == {"load", "frozen_pass", "head", "fine_tune",
+    assert set(summary["stage_seconds"]) == {"load", "decode", "frozen_pass", "head", "fine_tune",
                                              "validation", "export"}
     assert summary["validation_metrics"]["accuracy"] == pytest.approx(
         tuner.validation_metrics["accuracy"])

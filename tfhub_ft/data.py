@@ -7,6 +7,7 @@ backbone's size and kept as uint8, so epochs never decode a JPEG again.
 import dataclasses
 import logging
 import os
+import time
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,6 +31,8 @@ class ImageSet:
         skipped: Paths of files that could not be used.
         skip_reasons: {path: why} for every path in `skipped`.
         paths: The file of every image (folder sources), else None.
+        decode_seconds: Wall seconds spent decoding the files (folder
+            sources), a part of the time `load_images` took.
     """
 
     images: np.ndarray
@@ -38,6 +41,7 @@ class ImageSet:
     skipped: List[str] = dataclasses.field(default_factory=list)
     skip_reasons: dict = dataclasses.field(default_factory=dict)
     paths: Optional[List[str]] = None
+    decode_seconds: float = 0.0
 
     def __len__(self):
         return len(self.labels)
@@ -191,13 +195,14 @@ def _decode_error(path, name, image_size, max_pixels, exif_orientation):
 
 
 def _with_progress(dataset, total):
-    """Yields the batches, logging progress about every 10%."""
+    """Yields the batches, logging progress about every 10% (DEBUG: the
+    command shows one line per stage, `load_image_folder` logs it)."""
     done, step = 0, max(total // 10, 1)
     next_report = step
     for batch in dataset:
         done += int(batch[1].shape[0])
         if done >= next_report and total >= 1000:
-            logger.info("Decoded %d/%d images", done, total)
+            logger.debug("Decoded %d/%d images", done, total)
             next_report += step
         yield batch
 
@@ -226,9 +231,12 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
         logger.info("%d file(s) with oddities, used anyway: %s", len(notes), "; ".join(
             f"{image_files.display_path(c.path)} ({c.note})" for c in notes))
     usable = [i for i, p in enumerate(paths) if p not in reasons]
+    start = time.perf_counter()
     images, kept, decode_reasons = decode_files(
         [paths[i] for i in usable], image_size, budget, config.max_image_pixels,
         config.exif_orientation)
+    decode_seconds = time.perf_counter() - start
+    logger.info("Decoded %d images in %.1f s", len(kept), decode_seconds)
     reasons.update(decode_reasons)
     kept = np.asarray(usable, np.int64)[kept]
     skipped = [p for p in paths if p in reasons]
@@ -244,7 +252,8 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
     if len(kept) == 0:
         raise ValueError(f"No image in {directory!r} could be decoded.")
     result = ImageSet(images, labels[kept], class_names, skipped,
-                      {p: reasons[p] for p in skipped}, [paths[i] for i in kept])
+                      {p: reasons[p] for p in skipped}, [paths[i] for i in kept],
+                      decode_seconds)
     missing = sorted(set(range(len(class_names))) - set(result.labels.tolist()))
     if missing:
         raise ValueError(

@@ -62,8 +62,9 @@ class FineTuner:
             images and cached activations of the last `fit`.
         history: `fit`'s return value, after `fit`.
         stage_seconds: Wall seconds of each stage of the last `fit` (and
-            `export`): "load" (listing and decoding the images),
-            "frozen_pass", "head", "fine_tune", "validation", "export".
+            `export`): "load" (listing and checking the image files),
+            "decode" (decoding them), "frozen_pass", "head", "fine_tune",
+            "validation", "export".
         unfrozen_blocks: Names of the blocks fine-tuned, after `fit`.
         skipped_files: Files the last `load_data` (or `fit`) could not use,
             training and validation.
@@ -108,6 +109,7 @@ class FineTuner:
         self._parity_data = None
         self.history = None
         self.stage_seconds = {}
+        self._decode_seconds = 0.0
         self.unfrozen_blocks = []
         self.skipped_files = []
         self.skip_reasons = {}
@@ -148,6 +150,7 @@ class FineTuner:
                                          data_dir=data_dir, budget=budget, config=self.config)
         self.skipped_files = list(train_set.skipped)
         self.skip_reasons = dict(train_set.skip_reasons)
+        self._decode_seconds = train_set.decode_seconds
         if validation is None:
             fraction = validation_split or self.config.validation_split
             data_lib.check_validation_split(train_set.labels, train_set.class_names,
@@ -163,6 +166,7 @@ class FineTuner:
                 config=self.config)
         self.skipped_files += list(validation_set.skipped)
         self.skip_reasons.update(validation_set.skip_reasons)
+        self._decode_seconds += validation_set.decode_seconds
         validation_set = data_lib.match_classes(
             validation_set, train_set.class_names, "validation")
         data_lib.warn_missing_validation_classes(validation_set.labels,
@@ -196,6 +200,9 @@ class FineTuner:
         with self._stage("load"):
             train_set, validation_set = self.load_data(
                 train, validation, validation_split, class_names, data_dir, budget)
+        # "load" is listing and checking the files; "decode", decoding them.
+        self.stage_seconds["decode"] = self._decode_seconds
+        self.stage_seconds["load"] -= self._decode_seconds
         logger.info("Training on %d images, validating on %d, %d classes",
                     len(train_set), len(validation_set), len(train_set.class_names))
         data_lib.check_class_balance(train_set.labels, train_set.class_names,
