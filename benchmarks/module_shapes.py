@@ -6,7 +6,8 @@ The re-saved module has the same weights under TF-Slim names
 `tf.nn` ops in a `tf.Module`, lists its `variables` in alphabetical order
 (`expanded_conv_10` before `expanded_conv_2`), and its `__call__` passes
 `training` as a boolean tensor to one `tf.cond` around the whole network
-(batch statistics and moving-average updates in the True branch).
+(batch statistics and moving-average updates in the True branch). Batch
+norm is fused, as TF-Slim exported TF Hub's MobileNets.
 
     python benchmarks/module_shapes.py [--repeats=1]
 
@@ -65,15 +66,19 @@ def build_slim_module(original, path):
         return variables[f"MobilenetV2/{scope}"]
 
     def batch_norm(x, scope, training):
+        # Fused, as TF-Slim's batch_norm(fused=True) exported TF Hub's
+        # MobileNets (and as the Keras original runs it).
         gamma, beta = get(f"{scope}/gamma"), get(f"{scope}/beta")
         moving_mean, moving_variance = get(f"{scope}/moving_mean"), get(f"{scope}/moving_variance")
         if training:
-            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=_EPSILON, is_training=True)
             moving_mean.assign(moving_mean * _MOMENTUM + mean * (1 - _MOMENTUM))
             moving_variance.assign(moving_variance * _MOMENTUM + variance * (1 - _MOMENTUM))
-        else:
-            mean, variance = moving_mean, moving_variance
-        return tf.nn.batch_normalization(x, mean, variance, beta, gamma, _EPSILON)
+            return y
+        return tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, moving_mean, moving_variance, epsilon=_EPSILON,
+            is_training=False)[0]
 
     def conv(x, scope, training, relu=True, stride=1):
         x = tf.nn.conv2d(x, get(f"{scope}/weights"), stride, "SAME")
@@ -139,7 +144,7 @@ def main(argv):
     print("blocks by position (original -> Slim re-save), order from "
           f"{original.backbone.block_order_source} / {slim.backbone.block_order_source}:")
     for a, b in zip(original.backbone.blocks, slim.backbone.blocks):
-        same = a.variable_indices and a.parameter_count == b.parameter_count
+        same = a.parameter_count == b.parameter_count
         print(f"  {a.name:>10} -> {b.name:<18} {'same size' if same else 'DIFFERENT'}")
     train, validation = original.load_data(FLAGS.train_dir, FLAGS.validation_dir)
     results = {"original": [], "slim + tf.cond": []}
