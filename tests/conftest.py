@@ -14,8 +14,8 @@ SHARED = os.environ.get(
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: runs a subprocess (kill and resume, several workers, "
-        "the commands); `pytest -m 'not slow'` leaves them out")
+        "markers", "slow: trains a model end to end or runs a subprocess (a second "
+        "or more each); `pytest -m 'not slow'` is the quick loop, under a minute")
 
 
 @pytest.fixture(scope="session")

@@ -196,6 +196,7 @@ def test_input_range_and_calibration(tmp_path, caplog):
         HubBackbone(path, input_range=(1, 0), block_pattern=BLOCK)
 
 
+@pytest.mark.slow
 def test_calibration_warning_in_fit(tmp_path, caplog):
     from tests import photos
     from tfhub_ft import FineTuner, FineTuneConfig

@@ -16,6 +16,7 @@ def sets():
     return train, validation
 
 
+@pytest.mark.slow
 def test_split_and_whole_backbone_give_the_same_features(tiny_backbone_path, sets):
     train, validation = sets
     model = build_classifier(HubBackbone(tiny_backbone_path), 2, 32, augmentation=("flip",))

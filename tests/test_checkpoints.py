@@ -112,6 +112,7 @@ def test_deterministic_must_be_a_bool():
         FineTuneConfig(deterministic="yes")
 
 
+@pytest.mark.slow
 def test_same_seed_repeats_bit_for_bit_with_or_without_a_work_dir(
         tiny_backbone_path, image_folders, uninterrupted, tmp_path):
     export_dir = str(tmp_path / "export")
@@ -173,6 +174,7 @@ def train_phase(work_dir, crash=None):
 
 @pytest.mark.parametrize("crash", [CrashAt(epoch=2), CrashAt(at_train_end=True)],
                          ids=["after-the-best-epoch", "after-early-stopping"])
+@pytest.mark.slow
 def test_phase_resumes_with_early_stopping_state(tmp_path, crash):
     history, weights, state = train_phase(str(tmp_path / "uninterrupted"))
     record = state["phases"]["fine_tune"]

@@ -18,6 +18,7 @@ def test_list_image_folder_ignores_other_files(image_folders):
     assert labels.dtype == np.int32 and set(labels.tolist()) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_corrupt_files_are_skipped_and_named(image_folders, caplog):
     train, _, corrupt, _ = image_folders
     with caplog.at_level("WARNING"):
@@ -31,6 +32,7 @@ def test_corrupt_files_are_skipped_and_named(image_folders, caplog):
         assert path in caplog.text
 
 
+@pytest.mark.slow
 def test_grayscale_and_rgba_become_rgb(tmp_path):
     fixtures.write_grayscale_and_rgba(str(tmp_path / "a"), "a", count=2)
     fixtures.write_grayscale_and_rgba(str(tmp_path / "b"), "b", count=1)
@@ -51,6 +53,7 @@ def test_empty_class_and_single_class_are_errors(tmp_path):
         data.list_image_folder(str(tmp_path / "missing"))
 
 
+@pytest.mark.slow
 def test_class_whose_every_image_is_corrupt(tmp_path):
     fixtures.write_grayscale_and_rgba(str(tmp_path), "good", count=1)
     (tmp_path / "bad").mkdir()
@@ -122,6 +125,7 @@ def _jpeg(seed=0, size=16):
 
 # Issue 9, kind 3: WebP/JFIF are listed, links and nested folders followed
 # (with loop detection), and what is left out is logged with why.
+@pytest.mark.slow
 def test_scan_lists_webp_jfif_links_nested_and_logs_what_it_leaves_out(tmp_path, caplog):
     from tests import photos
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -155,6 +159,7 @@ def test_scan_lists_webp_jfif_links_nested_and_logs_what_it_leaves_out(tmp_path,
 
 
 # Issue 9, kind 4: every bad file is named with its reason, before training.
+@pytest.mark.slow
 def test_bad_files_are_reported_with_reasons(tmp_path, caplog):
     from tests import photos
     good = _jpeg(0, 32)

@@ -23,6 +23,7 @@ def encoded_images(count, size, seed=0):
     return images, [tf.io.encode_png(image).numpy() for image in images]
 
 
+@pytest.mark.slow
 def test_round_trip_with_plain_tensorflow(trained, tmp_path):
     path = trained.export(str(tmp_path / "model"))
     assert read_labels(path) == trained.class_names
@@ -38,6 +39,7 @@ def test_round_trip_with_plain_tensorflow(trained, tmp_path):
     np.testing.assert_allclose(floats["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_serving_resizes_any_size_and_format(trained, tmp_path):
     path = trained.export(str(tmp_path / "model"))
     loaded = tf.saved_model.load(path)
@@ -48,6 +50,7 @@ def test_serving_resizes_any_size_and_format(trained, tmp_path):
     np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_failed_export_keeps_the_earlier_one(trained, tmp_path, monkeypatch):
     path = trained.export(str(tmp_path / "model"))
     before = sorted(os.listdir(path))
@@ -63,6 +66,7 @@ def test_failed_export_keeps_the_earlier_one(trained, tmp_path, monkeypatch):
     tf.saved_model.load(path)
 
 
+@pytest.mark.slow
 def test_export_replaces_an_earlier_export(trained, tmp_path):
     path = str(tmp_path / "model")
     os.makedirs(path)
@@ -99,6 +103,7 @@ def exported(trained, tmp_path_factory):
 
 # Issue 9, kinds 1, 2, 3: serving decodes transparency, EXIF orientation and
 # WebP exactly as training does.
+@pytest.mark.slow
 def test_serving_decodes_like_training(trained, exported):
     from PIL import Image
     from tests import photos
@@ -120,6 +125,7 @@ def test_serving_decodes_like_training(trained, exported):
     assert not np.allclose(served[0], green[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_exif_orientation_can_be_turned_off(trained, tmp_path):
     from tests import photos
 
@@ -134,6 +140,7 @@ def test_exif_orientation_can_be_turned_off(trained, tmp_path):
 
 # Issue 9, kinds 5 and 9: the pixel limit holds in serving, and a bad element
 # fails the request with an error that names it.
+@pytest.mark.slow
 def test_serving_errors_name_the_element(trained, exported, tmp_path):
     from tests import photos
 
@@ -153,6 +160,7 @@ def test_serving_errors_name_the_element(trained, exported, tmp_path):
         _serve(path, [good, good, photos.jpeg_with_size(12000, 12000)])
 
 
+@pytest.mark.slow
 def test_large_jpeg_serves_as_it_trains(trained, exported, tmp_path):
     from PIL import Image
     from tests import photos
@@ -169,6 +177,7 @@ def test_large_jpeg_serves_as_it_trains(trained, exported, tmp_path):
 
 
 # Issue 9, kind 8: the module's input range is part of the exported graph.
+@pytest.mark.slow
 def test_input_range_is_baked_into_the_export(tiny_backbone_path, tmp_path):
     from tfhub_ft import model as model_lib
     from tfhub_ft.backbone import HubBackbone

@@ -1,8 +1,11 @@
+import pytest
+
 from tests import module_shapes
 from tfhub_ft import inspect as inspect_lib
 from tfhub_ft.backbone import HubBackbone
 
 
+@pytest.mark.slow
 def test_inspect_prints_blocks_sizes_order_and_split(tiny_backbone_path, capsys):
     assert inspect_lib.main([tiny_backbone_path]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -24,6 +27,7 @@ def test_inspect_prints_blocks_sizes_order_and_split(tiny_backbone_path, capsys)
     assert lines[-1].split() == ["total", "2,588"]
 
 
+@pytest.mark.slow
 def test_inspect_marks_blocks_ordered_by_name(tmp_path):
     path, _ = module_shapes.slim_mobilenet(tmp_path / "slim", blocks=2)
     backbone = HubBackbone(path)

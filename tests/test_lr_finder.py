@@ -60,6 +60,7 @@ def test_smoothing_is_bias_corrected():
     np.testing.assert_allclose(lr_finder.smooth([2.0, 2.0, 2.0]), [2.0, 2.0, 2.0])
 
 
+@pytest.mark.slow
 def test_find_learning_rate_on_cached_activations(tiny_backbone_path, image_folders,
                                                   small_config, tmp_path):
     train, validation, _, _ = image_folders

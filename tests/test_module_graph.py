@@ -113,6 +113,7 @@ def test_conditionals_on_a_computed_predicate_are_left_alone():
     assert {"Switch", "Merge"} <= _op_types(graph_def)
 
 
+@pytest.mark.slow
 def test_failed_trace_orders_blocks_by_name_and_warns(tmp_path, monkeypatch, caplog):
     from tests import module_shapes
     from tfhub_ft import module_graph

@@ -46,6 +46,7 @@ def split_and_whole_gradients(backbone, count, size):
     return split_gradients(images), whole_gradients(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_blocks_in_forward_order_from_the_trace(saved_shapes, shape, caplog):
     path, expected = saved_shapes[shape]
@@ -56,6 +57,7 @@ def test_blocks_in_forward_order_from_the_trace(saved_shapes, shape, caplog):
     assert not caplog.records
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_unfreeze_top_blocks_trains_exactly_their_variables(saved_shapes, shape):
     path, expected = saved_shapes[shape]
@@ -70,6 +72,7 @@ def test_unfreeze_top_blocks_trains_exactly_their_variables(saved_shapes, shape)
     assert all("moving_" not in name for name in trainable_names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_split_equals_whole_module_features_and_gradients(saved_shapes, shape):
     path, expected = saved_shapes[shape]
@@ -84,6 +87,7 @@ def test_split_equals_whole_module_features_and_gradients(saved_shapes, shape):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_two_phase_recipe_runs_to_the_end_with_the_split(
         saved_shapes, shape, image_folders, small_config, caplog):
@@ -105,6 +109,7 @@ def test_fixed_size_module_refuses_a_contradicting_image_size(saved_shapes):
         FineTuner(path, image_size=64)
 
 
+@pytest.mark.slow
 def test_split_is_used_with_another_input_range(saved_shapes, caplog):
     path, _ = saved_shapes["slim_cond_network"]
     backbone = HubBackbone(path, input_range=(0, 255))

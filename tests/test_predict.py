@@ -60,6 +60,7 @@ def test_listing_is_recursive_and_skips_non_images(photos):
         p for p in paths if p.endswith(".png"))
 
 
+@pytest.mark.slow
 def test_a_row_per_file_bad_files_included(export_dir, photos, tmp_path):
     root, paths, corrupt = photos
     output = str(tmp_path / "out" / "predictions.csv")
@@ -92,6 +93,7 @@ def test_errors_name_the_file_problem(export_dir, photos):
     assert missing[0]["error"].startswith("FileNotFoundError: ")
 
 
+@pytest.mark.slow
 def test_progress_bar_only_when_asked(export_dir, photos, capsys):
     _, paths, _ = photos
     predict.predict_files(export_dir, paths[:3], verbose=False)
@@ -100,6 +102,7 @@ def test_progress_bar_only_when_asked(export_dir, photos, capsys):
     assert "3/3" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_tflite_input_matches_the_saved_model(export_dir, photos):
     _, paths, corrupt = photos
     saved = predict.predict_files(export_dir, paths, top_k=3, verbose=False)

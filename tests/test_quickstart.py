@@ -25,6 +25,7 @@ def tiny_run(tmp_path_factory):
     return work_dir, quickstart.run_quickstart(str(work_dir), TINY)
 
 
+@pytest.mark.slow
 def test_result_fields(tiny_run):
     work_dir, result = tiny_run
     _, _, names = shapes.make_shape_images(3, 1, 16, task="target")
@@ -85,6 +86,7 @@ def test_pretrained_backbone_is_a_hub_feature_vector(tiny_run):
     assert [b.name for b in tuner.backbone.blocks] == ["stem", "block_1", "head"]
 
 
+@pytest.mark.slow
 def test_pretrain_backbone_learns_and_saves(tmp_path):
     config = quickstart.QuickstartConfig(
         source_classes=3, source_images_per_class=6,

@@ -15,6 +15,7 @@ def changed(before, tuner):
                   if not np.array_equal(before[v.name], v.numpy()))
 
 
+@pytest.mark.slow
 def test_phase_one_changes_no_backbone_variable(tiny_backbone_path, image_folders, small_config):
     train, validation, _, _ = image_folders
     tuner = FineTuner(tiny_backbone_path, config=small_config.replace(fine_tune_epochs=0))
@@ -29,6 +30,7 @@ def test_phase_one_changes_no_backbone_variable(tiny_backbone_path, image_folder
     (1, ["head"]),
     (3, ["block_2", "block_3", "head"]),
 ])
+@pytest.mark.slow
 def test_phase_two_changes_exactly_the_top_blocks(
         tiny_backbone_path, image_folders, small_config, unfreeze_blocks, expected_blocks):
     train, _, _, _ = image_folders
@@ -46,6 +48,7 @@ def test_phase_two_changes_exactly_the_top_blocks(
     assert changed(before, tuner) == expected
 
 
+@pytest.mark.slow
 def test_trainable_batch_norm_updates_moving_statistics(tiny_backbone_path, image_folders, small_config):
     train, validation, _, _ = image_folders
     tuner = FineTuner(tiny_backbone_path, config=small_config.replace(
@@ -55,6 +58,7 @@ def test_trainable_batch_norm_updates_moving_statistics(tiny_backbone_path, imag
     assert any("moving_mean" in name for name in changed(before, tuner))
 
 
+@pytest.mark.slow
 def test_diverging_fine_tune_falls_back_to_the_head_phase(tiny_backbone_path, image_folders,
                                                           small_config):
     train, validation, _, _ = image_folders

@@ -104,6 +104,7 @@ def _scalar_tags(folder):
     return tags
 
 
+@pytest.mark.slow
 def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_folders,
                                                    small_config, tmp_path):
     train, validation, corrupt, names = image_folders

@@ -40,6 +40,7 @@ def trained(tiny_backbone_path):
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "dynamic": 5e-2, "int8": 0.1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", tflite.TFLITE_MODES)
 def test_round_trip_per_mode(trained, tmp_path, mode):
     path = trained.export(str(tmp_path / "model"), tflite=mode)
@@ -89,6 +90,7 @@ def test_representative_images_are_a_seeded_training_sample(trained):
     assert not np.array_equal(rows, tflite.sample_rows(1000, 300, seed=1))
 
 
+@pytest.mark.slow
 def test_int8_under_the_threshold_warns(trained, tmp_path, caplog):
     path = export.export_saved_model(trained.model, trained.class_names,
                                      str(tmp_path / "model"), SIZE)
@@ -125,6 +127,7 @@ def test_invalid_mode_and_missing_calibration_images_are_explained(trained, tmp_
         tflite.convert(trained.model, SIZE, "int8", np.zeros((4, 16, 16, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_failed_conversion_keeps_the_earlier_export(trained, tmp_path, monkeypatch):
     path = trained.export(str(tmp_path / "model"))
     before = sorted(os.listdir(path))

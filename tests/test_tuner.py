@@ -6,6 +6,7 @@ import tensorflow as tf
 from tfhub_ft import FineTuneConfig, FineTuner
 
 
+@pytest.mark.slow
 def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, image_folders, small_config):
     train, validation, _, names = image_folders
     tuner = FineTuner(tiny_backbone_path, config=small_config)
@@ -21,6 +22,7 @@ def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, imag
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fit_on_tf_data_dataset(tiny_backbone_path, small_config):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
@@ -32,6 +34,7 @@ def test_fit_on_tf_data_dataset(tiny_backbone_path, small_config):
     assert tuner.validation_metrics["count"] == 6
 
 
+@pytest.mark.slow
 def test_same_seed_repeats(tiny_backbone_path, image_folders, small_config):
     train, validation, _, _ = image_folders
     results = []
@@ -56,6 +59,7 @@ def test_image_size_default_and_override(tiny_backbone_path):
     assert FineTuner(tiny_backbone_path, image_size=48).image_size == 48
 
 
+@pytest.mark.slow
 def test_validation_classes_must_match(tiny_backbone_path, image_folders, tmp_path, small_config):
     from tests import fixtures
     from tfhub_ft.demo import shapes
@@ -66,6 +70,7 @@ def test_validation_classes_must_match(tiny_backbone_path, image_folders, tmp_pa
         FineTuner(tiny_backbone_path, config=small_config).fit(train, str(tmp_path), verbose=0)
 
 
+@pytest.mark.slow
 def test_fit_under_a_mirrored_strategy(tiny_backbone_path, image_folders, small_config):
     train, validation, _, _ = image_folders
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
@@ -74,6 +79,7 @@ def test_fit_under_a_mirrored_strategy(tiny_backbone_path, image_folders, small_
     assert tuner.validation_metrics["count"] == 12
 
 
+@pytest.mark.slow
 def test_spilling_to_disk_gives_the_same_model(tiny_backbone_path, image_folders, small_config):
     train, validation, _, _ = image_folders
     results = []
@@ -107,6 +113,7 @@ def _write_folder(root, counts, seed=0, size=24):
 
 
 # Issue 9, kind 7: a split too small to mean anything stops before building.
+@pytest.mark.slow
 def test_tiny_splits_fail_before_building(tiny_backbone_path, tmp_path, small_config, caplog):
     tuner = FineTuner(tiny_backbone_path, config=small_config)
     folder = _write_folder(tmp_path / "one_each", {"a": 1, "b": 1})
@@ -122,6 +129,7 @@ def test_tiny_splits_fail_before_building(tiny_backbone_path, tmp_path, small_co
 
 
 # Issue 9, kind 4: bad files are kept on the tuner; strict mode stops.
+@pytest.mark.slow
 def test_skipped_files_on_the_tuner_and_strict_mode(tiny_backbone_path, tmp_path, small_config):
     folder = _write_folder(tmp_path / "data", {"a": 3, "b": 3})
     open(os.path.join(folder, "a", "x.jpg"), "wb").close()
@@ -137,6 +145,7 @@ def test_skipped_files_on_the_tuner_and_strict_mode(tiny_backbone_path, tmp_path
 
 
 # Issue 9, kind 10: both phases train with the balanced loss.
+@pytest.mark.slow
 def test_balanced_class_weight_in_both_phases(tiny_backbone_path, tmp_path, small_config,
                                               monkeypatch, caplog):
     from tfhub_ft import recipe
@@ -161,6 +170,7 @@ def test_balanced_class_weight_in_both_phases(tiny_backbone_path, tmp_path, smal
 
 
 # Issue 9, kind 11: validation images that are nearly training images.
+@pytest.mark.slow
 def test_near_duplicate_validation_images(tiny_backbone_path, tmp_path, small_config, caplog):
     import shutil
     train = _write_folder(tmp_path / "train", {"a": 6, "b": 6}, seed=1)
