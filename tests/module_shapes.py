@@ -366,6 +366,34 @@ def keras_exported(path, seed=0, width=4, blocks=3):
     return str(path), ["stem"] + [f"block_{n}" for n in range(1, blocks + 1)] + ["head"]
 
 
+def split_and_whole_gradients(backbone, count, size):
+    """Unfreezes the top `count` blocks and returns ((features, gradients)
+    through the split, (features, gradients) through the whole backbone)
+    for three random images of side `size`."""
+    split = backbone.split_top_blocks(count)
+    assert split is not None
+    backbone.unfreeze_top_blocks(count)
+    trainable = backbone.trainable_weights
+    images = tf.random.stateless_uniform([3, size, size, 3], seed=[5, 6])
+
+    @tf.function
+    def split_gradients(images):
+        boundary = split.bottom(images)
+        with tf.GradientTape() as tape:
+            features = split.top(boundary)
+            loss = tf.reduce_sum(features ** 2)
+        return features, tape.gradient(loss, trainable)
+
+    @tf.function
+    def whole_gradients(images):
+        with tf.GradientTape() as tape:
+            features = backbone(images)
+            loss = tf.reduce_sum(features ** 2)
+        return features, tape.gradient(loss, trainable)
+
+    return split_gradients(images), whole_gradients(images)
+
+
 BUILDERS = {
     "keras_exported": keras_exported,
     "slim_cond_network": lambda path: slim_mobilenet(path, cond="network"),

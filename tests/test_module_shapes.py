@@ -21,31 +21,6 @@ def saved_shapes(tmp_path_factory):
 SHAPES = sorted(module_shapes.BUILDERS)
 
 
-def split_and_whole_gradients(backbone, count, size):
-    split = backbone.split_top_blocks(count)
-    assert split is not None
-    backbone.unfreeze_top_blocks(count)
-    trainable = backbone.trainable_weights
-    images = tf.random.stateless_uniform([3, size, size, 3], seed=[5, 6])
-
-    @tf.function
-    def split_gradients(images):
-        boundary = split.bottom(images)
-        with tf.GradientTape() as tape:
-            features = split.top(boundary)
-            loss = tf.reduce_sum(features ** 2)
-        return features, tape.gradient(loss, trainable)
-
-    @tf.function
-    def whole_gradients(images):
-        with tf.GradientTape() as tape:
-            features = backbone(images)
-            loss = tf.reduce_sum(features ** 2)
-        return features, tape.gradient(loss, trainable)
-
-    return split_gradients(images), whole_gradients(images)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_blocks_in_forward_order_from_the_trace(saved_shapes, shape, caplog):
@@ -78,7 +53,7 @@ def test_split_equals_whole_module_features_and_gradients(saved_shapes, shape):
     path, expected = saved_shapes[shape]
     backbone = HubBackbone(path)
     count = len(expected) // 2
-    (features, gradients), (want_features, want_gradients) = split_and_whole_gradients(
+    (features, gradients), (want_features, want_gradients) = module_shapes.split_and_whole_gradients(
         backbone, count, 32)
     np.testing.assert_allclose(features.numpy(), want_features.numpy(), rtol=1e-5, atol=1e-5)
     assert len(gradients) == len(want_gradients) > 0
