@@ -461,20 +461,23 @@ class HubBackbone(keras.layers.Layer):
         top_variables = [self._wrapped[i].value for i in split.top_variable_indices]
         whole = self._graph.whole()
 
-        def gradients(compute):
+        def features_and_gradients(compute):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(top_variables)
-                loss = tf.reduce_sum(tf.square(compute()))
-            return tape.gradient(loss, top_variables)
+                features = compute()
+                loss = tf.reduce_sum(tf.square(features))
+            return features, tape.gradient(loss, top_variables)
 
         # Eager: a new tf.function per check would retrace each time.
         def compare():
             boundary = split.bottom(images)
-            got = [split.top(boundary)] + gradients(lambda: split.top(boundary))
+            features, split_gradients = features_and_gradients(lambda: split.top(boundary))
+            got = [features] + split_gradients
             # The bottom maps the images onto `input_range` itself.
             module_images = self.to_input_range(images)
-            want = [self._module(module_images, training=False)] + gradients(
+            _, traced_gradients = features_and_gradients(
                 lambda: whole(module_images, self._wrapped))
+            want = [self._module(module_images, training=False)] + traced_gradients
             if [g is None for g in got] != [w is None for w in want]:
                 raise ValueError("it leaves out gradients the whole module has")
             return [(tf.reduce_max(tf.abs(g - w)), tf.reduce_max(tf.abs(w)))
@@ -491,15 +494,12 @@ class HubBackbone(keras.layers.Layer):
     def _no_split(self, level, reason):
         """Logs (once per reason) why there is no split; returns (None, reason)."""
         if reason not in self._split_warnings:
-            self._log_split_fallback(level, reason)
+            self._split_warnings.add(reason)
+            cost = (" (about 3-5x slower per fine-tuning step)"
+                    if level >= logging.WARNING else "")
+            logger.log(level, "Not splitting %s: %s; fine-tuning runs the whole "
+                       "module forward each step%s.", self.hub_handle, reason, cost)
         return None, reason
-
-    def _log_split_fallback(self, level, reason):
-        self._split_warnings.add(reason)
-        cost = (" (about 3-5x slower per fine-tuning step)"
-                if level >= logging.WARNING else "")
-        logger.log(level, "Not splitting %s: %s; fine-tuning runs the whole "
-                   "module forward each step%s.", self.hub_handle, reason, cost)
 
     def get_config(self):
         config = super().get_config()
