@@ -161,6 +161,33 @@ def fine_tune_schedule(config, train_size):
         config.fine_tune_learning_rate, steps_per_epoch * config.fine_tune_epochs)
 
 
+def fine_tune_optimizer(learning_rate, config):
+    """Phase 2's optimizer: AdamW with the config's weight decay, none on
+    batch-norm scales and biases (decaying them only pulls the pretrained
+    normalisation away from what the following layers expect).
+
+    Args:
+        learning_rate: A float or a Keras schedule.
+    """
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def fine_tune_trainee(model, frozen, train, validation):
+    """What phase 2 trains and on what: the top of a split backbone on the
+    cached boundary tensors, or the whole model on the images.
+
+    Returns:
+        (Keras model, training inputs: one array tuple per augmentation
+        variant, validation inputs).
+    """
+    if frozen.split is not None:
+        return (model_lib.CachedInputClassifier(model, top=frozen.split.top),
+                frozen.train_boundary, frozen.validation_boundary)
+    return model, [train.images], validation.images
+
+
 def fine_tune(model, frozen, train, validation, config, verbose="auto",
               checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("fine_tune"), callbacks=()):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
@@ -178,23 +205,13 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
     """
     if config.fine_tune_epochs == 0:
         return {}
-    optimizer = keras.optimizers.AdamW(fine_tune_schedule(config, len(train)),
-                                       weight_decay=config.weight_decay)
-    # Decaying the batch-norm scales and biases only pulls the pretrained
-    # normalisation away from what the following layers expect.
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    optimizer = fine_tune_optimizer(fine_tune_schedule(config, len(train)), config)
     classes = model.num_classes
-    if frozen.split is not None:
-        trainee = model_lib.CachedInputClassifier(model, top=frozen.split.top)
-        train_batches = cache.training_batches(frozen.train_boundary, train.labels, classes,
-                                               config)
-        validation_batches = cache.evaluation_batches(
-            frozen.validation_boundary, validation.labels, classes, config)
-    else:
-        trainee = model
-        train_batches = cache.training_batches([train.images], train.labels, classes, config)
-        validation_batches = cache.evaluation_batches(validation.images, validation.labels,
-                                                      classes, config)
+    trainee, train_inputs, validation_inputs = fine_tune_trainee(
+        model, frozen, train, validation)
+    train_batches = cache.training_batches(train_inputs, train.labels, classes, config)
+    validation_batches = cache.evaluation_batches(validation_inputs, validation.labels,
+                                                  classes, config)
     trainee.compile(optimizer=optimizer,
                     loss=classification_loss(config, train.labels, classes),
                     metrics=["accuracy"])

@@ -564,16 +564,11 @@ class FineTuner:
             else:
                 recipe.train_head(model, frozen, train_set, validation_set, config, verbose=0)
                 self.backbone.unfreeze_top_blocks(len(plan.blocks))
-                if frozen.split is not None:
-                    trainee = model_lib.CachedInputClassifier(model, top=frozen.split.top)
-                    inputs = frozen.train_boundary
-                else:
-                    trainee, inputs = model, [train_set.images]
+                trainee, inputs, _ = recipe.fine_tune_trainee(
+                    model, frozen, train_set, validation_set)
 
                 def make_optimizer(rate):
-                    optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-                    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-                    return optimizer
+                    return recipe.fine_tune_optimizer(rate, config)
             batches = cache.training_batches(inputs, train_set.labels, classes, config)
             finding = lr_finder.range_test(
                 trainee, batches.batches, make_optimizer, loss, min_learning_rate,
