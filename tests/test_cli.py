@@ -233,3 +233,10 @@ def test_a_long_error_keeps_its_start_and_end():
     line = cli._one_line("train", ValueError("Bad thing. " + "name, " * 500 + "Fix it so."))
     assert line.startswith("tfhub_ft train: error: Bad thing. name,")
     assert line.endswith("Fix it so.") and len(line) < 650
+
+
+def test_tflite_flag_choices_are_the_export_modes():
+    # Written out in cli (which must not import TensorFlow to parse flags).
+    from tfhub_ft import tflite
+
+    assert cli.TFLITE_CHOICES == ("none",) + tuple(tflite.TFLITE_MODES)
