@@ -18,6 +18,9 @@ setuptools.setup(
         "tensorflow-hub>=0.16,<0.17",
         "tf-keras>=2.16,<2.22",
         "tensorflow-datasets>=4.9",
+        # tensorflow-datasets imports it to download and prepare a dataset
+        # (tfds.load("tf_flowers") on a fresh install) but does not declare it.
+        "importlib_resources>=5.0",
         "absl-py>=1.0",
         "numpy>=1.26",
         # LiteRT's interpreter runs the exported .tflite files (the parity

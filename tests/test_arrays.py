@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,33 @@ def test_batch_source_variants_and_one_hot(tmp_path):
     dataset = source.dataset()
     assert dataset.cardinality().numpy() == 3
     assert sum(x.shape[0] for x, _ in dataset) == 8
+
+
+def test_row_writer_known_and_unknown_lengths(tmp_path):
+    values = np.arange(10 * 3, dtype=np.int16).reshape(10, 3)
+    budget = arrays.ArrayBudget(100, directory=str(tmp_path))
+    known = arrays.RowWriter(budget, (3,), np.int16, "known", rows=10)  # 60 bytes: memory
+    for start in range(0, 10, 4):
+        known.append(values[start:start + 4])
+    np.testing.assert_array_equal(known.finish(), values)
+    with pytest.raises(ValueError, match="more rows than its stated length"):
+        known.append(values[:1])
+    short = arrays.RowWriter(budget, (3,), np.int16, "short", rows=10)  # past the budget
+    short.append(values[:7])
+    view = short.finish()
+    assert isinstance(view, arrays.FileArray) and view.shape == (7, 3)
+    np.testing.assert_array_equal(arrays.take(view, np.arange(7)), values[:7])
+    # Unknown length: staged in a file, placed by the budget at the end.
+    fits = arrays.RowWriter(budget, (3,), np.int16, "fits")
+    fits.append(values[:3])
+    fits.append(values[3:5])
+    placed = fits.finish()
+    assert isinstance(placed, np.ndarray) and budget.used_bytes == 60 + 30
+    np.testing.assert_array_equal(placed, values[:5])
+    spills = arrays.RowWriter(budget, (3,), np.int16, "spills")
+    for row in values:
+        spills.append(row[None])
+    kept = spills.finish()
+    assert isinstance(kept, arrays.FileArray) and budget.spilled_bytes == 60 + 60
+    np.testing.assert_array_equal(arrays.take(kept, np.arange(10)), values)
+    assert sorted(os.listdir(tmp_path)) == ["001-short.bin", "003-spills.bin"]  # 002-fits: removed

@@ -162,6 +162,20 @@ def test_a_missing_delegated_module_is_a_one_line_error(run_in_process, monkeypa
     assert "not available in this build" in line
 
 
+def test_a_package_tfds_lacks_is_a_one_line_error(run_in_process, monkeypatch, capsys,
+                                                  tiny_backbone_path):
+    import tensorflow_datasets as tfds
+
+    def load(name, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                  name="importlib_resources")
+
+    monkeypatch.setattr(tfds, "load", load)
+    line = _one_line_error(capsys, run_in_process(
+        ["train", f"--hub_url={tiny_backbone_path}", "--tfds_name=tf_flowers"]))
+    assert "`pip install importlib_resources`" in line and "Offline" not in line
+
+
 def _command(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)

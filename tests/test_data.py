@@ -100,6 +100,157 @@ def test_tfds_offline_error(tmp_path):
         data.load_images("no_such_dataset_xyz", 8, data_dir=str(tmp_path))
 
 
+# Issue 10: tf.data and TFDS sources stream into the budget's arrays.
+def _stream_source(count=600, seed=0):
+    """(dataset of uint8 [10, 12, 3] images and labels in [0, 3), its images
+    decoded with no budget): more than two write batches of 256."""
+    images = np.random.default_rng(seed).integers(0, 256, (count, 10, 12, 3), dtype=np.uint8)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(count) % 3))
+    return dataset, data.load_images(dataset, 8)
+
+
+def test_tf_data_larger_than_the_budget_streams_to_a_spill_file(tmp_path):
+    from tfhub_ft import arrays
+    dataset, in_memory = _stream_source()
+    assert isinstance(in_memory.images, np.ndarray)
+    budget = arrays.ArrayBudget(4096, directory=str(tmp_path))
+    streamed = data.load_images(dataset, 8, class_names=["a", "b", "c"], budget=budget)
+    assert isinstance(streamed.images, arrays.FileArray)
+    assert streamed.images.shape == (600, 8, 8, 3)
+    np.testing.assert_array_equal(arrays.take(streamed.images, np.arange(600)), in_memory.images)
+    np.testing.assert_array_equal(streamed.labels, in_memory.labels)
+    assert streamed.class_names == ["a", "b", "c"]
+    assert budget.spilled_bytes == 600 * 8 * 8 * 3 and budget.used_bytes <= 4096
+    assert os.listdir(tmp_path) == ["001-images.bin"]
+    # A small source after it still fits the memory left.
+    small = data.load_images(dataset.take(10), 8, budget=budget)
+    assert isinstance(small.images, np.ndarray) and budget.used_bytes == 10 * 8 * 8 * 3
+
+
+def test_tf_data_of_unknown_length_streams_too(tmp_path):
+    from tfhub_ft import arrays
+    dataset, in_memory = _stream_source()
+    kept = in_memory.labels != 1
+    filtered = dataset.filter(lambda image, label: label != 1)
+    assert int(filtered.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    # Past the budget the staging file is the spill file.
+    small = arrays.ArrayBudget(4096, directory=str(tmp_path / "small"))
+    spilled = data.load_images(filtered, 8, budget=small)
+    assert isinstance(spilled.images, arrays.FileArray)
+    np.testing.assert_array_equal(arrays.take(spilled.images, np.arange(kept.sum())),
+                                  in_memory.images[kept])
+    np.testing.assert_array_equal(spilled.labels, in_memory.labels[kept])
+    assert small.spilled_bytes == kept.sum() * 8 * 8 * 3 and small.used_bytes == 0
+    # Within the budget it is read back into memory and its file deleted;
+    # a batched dataset with a ragged last batch has no known length either.
+    large = arrays.ArrayBudget(10**6, directory=str(tmp_path / "large"))
+    for source in (filtered, dataset.batch(7)):
+        before = large.used_bytes
+        result = data.load_images(source, 8, budget=large)
+        assert isinstance(result.images, np.ndarray)
+        expected = in_memory.images[kept] if source is filtered else in_memory.images
+        np.testing.assert_array_equal(result.images, expected)
+        assert large.used_bytes - before == expected.nbytes
+    assert large.spilled_bytes == 0 and os.listdir(tmp_path / "large") == []
+
+
+def test_infinite_and_empty_datasets_are_errors():
+    dataset, _ = _stream_source(4)
+    for infinite in (dataset.repeat(), dataset.batch(2).repeat()):
+        with pytest.raises(ValueError, match=r"Invalid value for `dataset`. Expected a finite "
+                                             r"tf.data.Dataset.*Received: a dataset of infinite "
+                                             r"length.*dataset.take\(n\)"):
+            data.load_images(infinite, 8)
+    with pytest.raises(ValueError, match="Received: an empty dataset"):
+        data.load_images(dataset.filter(lambda image, label: label > 5), 8)
+    with pytest.raises(ValueError, match=r"element 2 of the dataset has label 2"):
+        data.load_images(dataset, 8, class_names=["a", "b"])
+
+
+@pytest.mark.slow
+def test_spill_files_of_every_source_are_removed_at_exit(image_folders, tmp_path):
+    import subprocess
+    import sys
+    train, _, _, _ = image_folders
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    script = f"""
+import os, tempfile
+import numpy as np, tensorflow as tf
+from tfhub_ft import arrays, data
+images = np.zeros((300, 4, 4, 3), np.uint8)
+dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(300) % 2))
+budget = arrays.ArrayBudget(0)
+for source in (dataset, dataset.filter(lambda i, l: True), {train!r}):
+    assert isinstance(data.load_images(source, 8, budget=budget).images, arrays.FileArray)
+spill, = [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("tfhub_ft_cache_")]
+print(sorted(os.listdir(os.path.join(tempfile.gettempdir(), spill))))
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, TMPDIR=str(temporary), PYTHONPATH=root),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == str(
+        ["001-images.bin", "002-images.bin", "003-images.bin"])
+    assert not [name for name in os.listdir(temporary) if name.startswith("tfhub_ft_cache_")]
+
+
+_FLOWERS = ["dandelion", "daisy", "tulips", "sunflowers", "roses"]
+
+
+def _record_tfds_loads(monkeypatch):
+    """Wraps tfds.load to record its keyword arguments."""
+    import tensorflow_datasets as tfds
+    calls, real = [], tfds.load
+
+    def load(name, **kwargs):
+        calls.append((name, kwargs))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(tfds, "load", load)
+    return calls
+
+
+def test_tfds_source_streams_with_its_label_names(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from tfhub_ft import arrays
+    calls = _record_tfds_loads(monkeypatch)
+    budget = arrays.ArrayBudget(1024, directory=str(tmp_path / "spill"))
+    with tfds.testing.mock_data(num_examples=12):
+        for split in ("train[:80%]", "train"):
+            image_set = data.load_images("tf_flowers", 16, split=split,
+                                         data_dir=str(tmp_path / "tfds"), budget=budget)
+            assert image_set.class_names == _FLOWERS
+            assert image_set.images.shape == (len(image_set), 16, 16, 3)
+            assert image_set.images.dtype == np.uint8 and len(image_set) > 0
+            assert image_set.labels.dtype == np.int32
+            assert 0 <= image_set.labels.min() and image_set.labels.max() < 5
+            assert isinstance(image_set.images, arrays.FileArray)
+    assert [(name, kwargs["split"], kwargs["data_dir"]) for name, kwargs in calls] == [
+        ("tf_flowers", "train[:80%]", str(tmp_path / "tfds")),
+        ("tf_flowers", "train", str(tmp_path / "tfds"))]
+    assert budget.spilled_bytes > 0 and budget.used_bytes <= 1024
+
+
+def test_a_missing_package_is_named_not_called_offline(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def load(name, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                  name="importlib_resources")
+
+    monkeypatch.setattr(tfds, "load", load)
+    with pytest.raises(ImportError, match=r"Could not load the TFDS dataset 'tf_flowers' "
+                                          r"\(split 'train'\): a Python module that loading "
+                                          r"TFDS datasets needs is not installed \(No module "
+                                          r"named 'importlib_resources'\). Install it: "
+                                          r"`pip install importlib_resources`.") as caught:
+        data.load_images("tf_flowers", 8)
+    assert "Offline" not in str(caught.value)
+
+
 def test_match_classes_relabels_and_rejects_unknown():
     image_set = data.ImageSet(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1], np.int32),
                               ["b", "c"])

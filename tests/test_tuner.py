@@ -91,6 +91,49 @@ def test_spilling_to_disk_gives_the_same_model(tiny_backbone_path, image_folders
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
 
 
+# Issue 10: the tuner's budget reaches TFDS and tf.data sources too.
+def test_load_data_streams_tfds_and_tf_data_into_the_budget(tiny_backbone_path, tmp_path,
+                                                            small_config, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from tfhub_ft import arrays
+    from tests.test_data import _FLOWERS, _record_tfds_loads
+    calls = _record_tfds_loads(monkeypatch)
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    budget = arrays.ArrayBudget(0, directory=str(tmp_path / "spill"))
+    with tfds.testing.mock_data(num_examples=20):
+        train_set, validation_set = tuner.load_data(
+            "tf_flowers", validation="train[80%:]", data_dir=str(tmp_path / "tfds"),
+            budget=budget)
+    assert train_set.class_names == _FLOWERS
+    assert isinstance(train_set.images, arrays.FileArray)
+    assert isinstance(validation_set.images, arrays.FileArray)
+    assert train_set.images.shape[1:] == (32, 32, 3) and len(validation_set) > 0
+    assert [(kwargs["split"], kwargs["data_dir"]) for _, kwargs in calls] == [
+        ("train", str(tmp_path / "tfds")), ("train[80%:]", str(tmp_path / "tfds"))]
+    images = np.random.default_rng(0).integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(20) % 2))
+    spilled = budget.spilled_bytes
+    train_set, validation_set = tuner.load_data(dataset.filter(lambda i, l: True),
+                                                validation=dataset.take(6), budget=budget)
+    assert isinstance(train_set.images, arrays.FileArray) and len(validation_set) == 6
+    assert budget.spilled_bytes - spilled == 26 * 32 * 32 * 3 and budget.used_bytes == 0
+
+
+@pytest.mark.slow
+def test_fit_on_a_tfds_dataset(tiny_backbone_path, tmp_path, small_config):
+    import tensorflow_datasets as tfds
+
+    from tests.test_data import _FLOWERS
+    tuner = FineTuner(tiny_backbone_path, config=small_config.replace(
+        cache_memory_mb=0, fine_tune_epochs=1))
+    with tfds.testing.mock_data(num_examples=30):
+        tuner.fit("tf_flowers", data_dir=str(tmp_path), verbose=0)
+    assert tuner.class_names == _FLOWERS
+    assert tuner.cache_usage["spilled_bytes"] > 0 and tuner.cache_usage["memory_bytes"] == 0
+    assert tuner.validation_metrics["count"] > 0
+
+
 def test_more_blocks_than_the_backbone_has_trains_them_all(tiny_backbone_path, caplog):
     with caplog.at_level("WARNING"):
         tuner = FineTuner(tiny_backbone_path, unfreeze_blocks=50)

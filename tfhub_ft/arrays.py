@@ -3,7 +3,8 @@
 Decoded images and cached activations are written once and read in batches
 many times. `ArrayBudget.allocate` gives a numpy array while the budget
 lasts and a `FileArray` after it; both are read with `take(array, rows)`, so
-the pipeline never needs the whole dataset in memory.
+the pipeline never needs the whole dataset in memory. `RowWriter` fills such
+an array batch by batch from a stream whose length may not be known.
 """
 
 import atexit
@@ -64,6 +65,19 @@ class FileArray:
             raise ValueError("A FileArray subset is read-only.")
         values = np.ascontiguousarray(values, dtype=self.dtype)
         os.pwrite(self._file.fileno(), values.tobytes(), start * self._row_bytes)
+
+    def append(self, values):
+        """Writes `values` [M, ...] after the last row, growing the file by M rows."""
+        self.write(self._stored_rows, values)
+        self._stored_rows += len(values)
+
+    def remove(self):
+        """Closes and deletes the file; the array (and any subset) is unusable after."""
+        self._file.close()
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
 
     def read(self, rows):
         """Returns the given rows (int array) as a numpy array [len(rows), ...]."""
@@ -156,19 +170,118 @@ class ArrayBudget:
         os.makedirs(self._directory, exist_ok=True)
         return self._directory
 
+    def _new_path(self, name):
+        self._count += 1
+        return os.path.join(self._spill_directory(), f"{self._count:03d}-{name}.bin")
+
+    def fits(self, nbytes) -> bool:
+        """Whether `nbytes` more can be kept in memory."""
+        return self.used_bytes + nbytes <= self.memory_bytes
+
     def allocate(self, shape: Sequence[int], dtype, name="array"):
         """A new array of `shape`: numpy if it fits the budget, else a FileArray."""
         dtype = np.dtype(dtype)
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if self.used_bytes + size <= self.memory_bytes:
+        if self.fits(size):
             self.used_bytes += size
             return np.empty(shape, dtype)
-        self._count += 1
-        path = os.path.join(self._spill_directory(), f"{self._count:03d}-{name}.bin")
+        path = self._new_path(name)
         logger.info("Spilling %s (%.0f MB) to %s: over the %.0f MB memory budget",
                     name, size / 2**20, path, self.memory_bytes / 2**20)
         self.spilled_bytes += size
         return FileArray(path, shape, dtype)
+
+    def staging_file(self, row_shape: Sequence[int], dtype, name="array") -> FileArray:
+        """An empty `FileArray` [0, *row_shape] that grows with `append`.
+
+        For rows whose count is not known in advance; not counted in the
+        budget until `settle` places it.
+        """
+        return FileArray(self._new_path(name), (0,) + tuple(row_shape), dtype)
+
+    def settle(self, staged: FileArray, name="array"):
+        """Places a complete staging file: in memory if it fits the budget
+        (read back, the file deleted), else kept as the spill file it is.
+
+        Returns:
+            A numpy array or `staged` itself, with the same rows.
+        """
+        size = staged.nbytes
+        if self.fits(size):
+            self.used_bytes += size
+            out = np.empty(staged.shape, staged.dtype)
+            # Read back in slices of about 16 MB, so no second full copy exists.
+            row_bytes = max(1, size // max(1, len(staged)))
+            step = max(1, (16 << 20) // row_bytes)
+            for start in range(0, len(staged), step):
+                rows = np.arange(start, min(start + step, len(staged)))
+                out[start:start + len(rows)] = staged.read(rows)
+            staged.remove()
+            return out
+        logger.info("Spilling %s (%.0f MB) to %s: over the %.0f MB memory budget",
+                    name, size / 2**20, staged.path, self.memory_bytes / 2**20)
+        self.spilled_bytes += size
+        return staged
+
+
+class RowWriter:
+    """Fills a budget's array batch by batch, its row count known or not.
+
+    With `rows` known the array is allocated once (memory, or a file past
+    the budget). With `rows=None` the rows go to a staging file that grows
+    as they come and is placed by the budget at `finish` (read into memory
+    if it fits). Why a file rather than a growing array in memory: memory
+    never holds more than the budget plus one batch (a growing numpy array
+    copies itself, holding old and new at once), a stream larger than RAM
+    still works, and the stream is read once (a counting pass would run a
+    decoding pipeline twice, and a one-shot or random pipeline may not give
+    the same rows twice). The cost, when the rows fit the budget after all,
+    is writing them to disk and reading them back once.
+
+    Args:
+        budget: The `ArrayBudget`.
+        row_shape: Shape of one row.
+        dtype: numpy dtype.
+        name: Names the array in logs and spill files.
+        rows: The row count, or None when unknown.
+    """
+
+    def __init__(self, budget: ArrayBudget, row_shape: Sequence[int], dtype, name="array",
+                 rows: Optional[int] = None):
+        self._budget = budget
+        self._name = name
+        self._rows = rows
+        self.count = 0
+        if rows is None:
+            self._array = budget.staging_file(row_shape, dtype, name)
+        else:
+            self._array = budget.allocate((rows,) + tuple(row_shape), dtype, name)
+
+    def append(self, values):
+        """Writes `values` [M, *row_shape] after the rows written so far.
+
+        Raises:
+            ValueError: past the `rows` given.
+        """
+        if self._rows is None:
+            self._array.append(values)
+        else:
+            if self.count + len(values) > self._rows:
+                raise ValueError(
+                    f"{self._name}: {self.count + len(values)} rows written into an array "
+                    f"of {self._rows}; the stream gave more rows than its stated length.")
+            write(self._array, self.count, values)
+        self.count += len(values)
+
+    def finish(self):
+        """The array of the rows written: numpy, or a `FileArray` past the budget."""
+        if self._rows is None:
+            return self._budget.settle(self._array, self._name)
+        if self.count < self._rows:
+            # Fewer rows than stated: a view of those written (no copy).
+            return (self._array[:self.count] if isinstance(self._array, np.ndarray)
+                    else self._array.subset(np.arange(self.count)))
+        return self._array
 
 
 class BatchSource:

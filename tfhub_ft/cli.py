@@ -593,7 +593,9 @@ def main(argv=None):
         configure_logging(args.verbosity)
         _import_tensorflow_quietly(args.verbosity)
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError) as error:
+    # ImportError: the library names a missing package with its pip command
+    # (load_tfds); one raised elsewhere keeps its traceback.
+    except (ValueError, TypeError, ImportError) as error:
         if not _raised_by_library(error):
             raise
         sys.stdout.flush()

@@ -350,19 +350,63 @@ def check_class_balance(labels, class_names, ratio=5.0, class_weight="none"):
     return counts
 
 
-def load_tfds(name, split, image_size, data_dir=None) -> ImageSet:
+# Module names whose pip package is named otherwise.
+_PIP_NAMES = {"tensorflow_datasets": "tensorflow-datasets", "PIL": "Pillow"}
+
+
+def _missing_module(error):
+    """The ImportError in `error` or its causes, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ImportError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
     """Loads a TFDS image classification dataset with its label names.
 
-    Raises:
-        ValueError: if the dataset cannot be loaded (offline: pass
-            `data_dir` where it was prepared) or has no image/label features.
-    """
-    import tensorflow_datasets as tfds
+    The images stream into `budget`'s arrays (memory up to the budget,
+    files past it), as `dataset_to_image_set` describes.
 
+    Args:
+        name: TFDS name, e.g. "tf_flowers".
+        split: TFDS split, slices included ("train", "train[:80%]").
+        image_size: Side of the square uint8 images to keep.
+        data_dir: TFDS data folder (TFDS's default when None).
+        budget: `arrays.ArrayBudget`; everything in memory when None.
+
+    Returns:
+        `ImageSet`: uint8 [N, S, S, 3], int32 labels [N], the label names
+        of the dataset's info ("0", "1", ... when it has none).
+
+    Raises:
+        ImportError: when a Python package TFDS needs is not installed (it
+            is named, with the `pip install` command).
+        ValueError: if the dataset cannot be loaded otherwise (offline:
+            pass `data_dir` where it was prepared) or has no image/label
+            features.
+    """
     try:
+        import tensorflow_datasets as tfds
+
         dataset, info = tfds.load(name, split=split, data_dir=data_dir,
                                   with_info=True, as_supervised=True)
     except Exception as error:
+        missing = _missing_module(error)
+        if missing is not None:
+            # Not an offline problem: tensorflow-datasets imports packages
+            # it does not declare (importlib_resources, to prepare a
+            # download), so a fresh install fails here.
+            module = (missing.name or "").split(".")[0]
+            fix = (f"Install it: `pip install {_PIP_NAMES.get(module, module)}`." if module
+                   else "Install the package it names with `pip install`.")
+            raise ImportError(
+                f"Could not load the TFDS dataset {name!r} (split {split!r}): a Python "
+                f"module that loading TFDS datasets needs is not installed ({missing}). "
+                f"{fix}") from error
         raise ValueError(
             f"Could not load the TFDS dataset {name!r} (split {split!r}): "
             f"{error}. Offline, prepare it on a machine with network access "
@@ -371,25 +415,77 @@ def load_tfds(name, split, image_size, data_dir=None) -> ImageSet:
     label_feature = info.features[info.supervised_keys[1]]
     class_names = list(getattr(label_feature, "names", None) or
                        [str(i) for i in range(label_feature.num_classes)])
-    return dataset_to_image_set(dataset, image_size, class_names)
+    return dataset_to_image_set(dataset, image_size, class_names, budget)
 
 
-def dataset_to_image_set(dataset, image_size, class_names=None) -> ImageSet:
-    """Materialises an unbatched tf.data.Dataset of (image, label).
+# Rows decoded and written at a time: large enough to keep the parallel
+# resize busy, small enough (7 MB at 96 px, 38 MB at 224) next to a budget.
+_STREAM_BATCH = 256
 
-    Images may be uint8 in [0, 255] or float in [0, 1], of any size.
+
+def _dataset_length(dataset):
+    """The element count of `dataset`, or None when tf.data cannot tell.
+
+    Raises:
+        ValueError: for an infinite dataset.
+    """
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "Invalid value for `dataset`. Expected a finite tf.data.Dataset: every "
+            "image is decoded and kept once, so the data must end. Received: a "
+            "dataset of infinite length (a `.repeat()` without a count?). Pass a "
+            "finite part, e.g. `dataset.take(n)`, or leave out the `.repeat()` "
+            "(the epochs are fit's to repeat).")
+    if cardinality == tf.data.UNKNOWN_CARDINALITY:
+        return None
+    return cardinality
+
+
+def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> ImageSet:
+    """Decodes a tf.data.Dataset of (image, label) into an `ImageSet`, streaming.
+
+    Images may be uint8 in [0, 255] or float in [0, 1], of any size, one per
+    element or batched (then unbatched here). They are resized and written
+    256 at a time into an array of `budget`: memory up to the budget, a
+    spill file past it, so a dataset larger than memory can be used. A
+    dataset whose length tf.data knows gets its array once; one whose length
+    is unknown (after `filter`, or `unbatch` with a ragged last batch, or
+    `from_generator`) is staged in a file that grows and is read into memory
+    at the end if it fits (`arrays.RowWriter` says why);
+    `dataset.apply(tf.data.experimental.assert_cardinality(n))` avoids the
+    file.
+
+    Args:
+        dataset: Elements (image [H, W, 3] or [B, H, W, 3], int label [] or [B]).
+        image_size: Side of the square uint8 images to keep.
+        class_names: One name per label; "0" ... up to the largest label when None.
+        budget: `arrays.ArrayBudget`; everything in memory when None.
+
+    Returns:
+        `ImageSet`: uint8 [N, S, S, 3] (numpy, or `arrays.FileArray` past the
+        budget), int32 labels [N], in the dataset's order.
 
     Raises:
         TypeError: if the elements are not (image, label) pairs.
-        ValueError: if a label is outside `class_names`.
+        ValueError: if the dataset is infinite or empty, or a label is
+            outside `class_names`.
     """
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise TypeError(
             "Invalid value for `dataset`. Expected a tf.data.Dataset of "
             f"(image, label) pairs. Received elements of {spec}")
+    _dataset_length(dataset)  # an infinite dataset fails before unbatching
     if spec[0].shape.rank == 4:
         dataset = dataset.unbatch()
+    length = _dataset_length(dataset)
+    if length is None:
+        logger.info(
+            "The dataset's length is unknown to tf.data: its images are staged in a "
+            "file that grows, then read into memory if they fit the budget. "
+            "`dataset.apply(tf.data.experimental.assert_cardinality(n))` skips the file; "
+            "if the dataset never ends, pass `dataset.take(n)`.")
 
     def prepare(image, label):
         image = preprocessing.resize_images(image, image_size)
@@ -397,22 +493,46 @@ def dataset_to_image_set(dataset, image_size, class_names=None) -> ImageSet:
             image = tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255), tf.uint8)
         return image, tf.cast(label, tf.int32)
 
-    images, labels = [], []
-    for image_batch, label_batch in dataset.map(
-            prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(256):
-        images.append(image_batch.numpy())
-        labels.append(label_batch.numpy())
-    if not images:
-        raise ValueError("Invalid value for `dataset`: it is empty.")
+    batches = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True).batch(_STREAM_BATCH).prefetch(1)
+    budget = budget or arrays.ArrayBudget()
+    writer = arrays.RowWriter(budget, (image_size, image_size, 3), np.uint8, "images",
+                              rows=length)
+    labels = []  # int32, 4 bytes an image: small next to the images
+    start = time.perf_counter()
+    for image_batch, label_batch in _with_progress(batches, length or 0):
+        batch_labels = label_batch.numpy()
+        _check_labels(batch_labels, class_names, writer.count)
+        writer.append(image_batch.numpy())
+        labels.append(batch_labels)
+    images = writer.finish()
+    seconds = time.perf_counter() - start
+    if not labels:
+        raise ValueError("Invalid value for `dataset`. Expected images. Received: an "
+                         "empty dataset.")
     labels = np.concatenate(labels)
+    logger.info("Decoded %d images from the dataset in %.1f s (%s)", len(labels), seconds,
+                "in memory" if isinstance(images, np.ndarray) else "past the memory "
+                "budget, in a spill file")
     if class_names is None:
         class_names = [str(i) for i in range(int(labels.max()) + 1)]
-    if labels.min() < 0 or labels.max() >= len(class_names):
-        raise ValueError(
-            f"Labels must lie in [0, {len(class_names)}) for class names "
-            f"{list(class_names)}; the dataset has labels in "
-            f"[{labels.min()}, {labels.max()}].")
-    return ImageSet(np.concatenate(images), labels, list(class_names))
+    return ImageSet(images, labels, list(class_names), decode_seconds=seconds)
+
+
+def _check_labels(labels, class_names, offset):
+    """Raises at the first label outside [0, len(class_names)) (or below 0
+    without class names); `offset` is the index of labels[0] in the dataset."""
+    limit = len(class_names) if class_names is not None else np.iinfo(np.int32).max
+    bad = np.flatnonzero((labels < 0) | (labels >= limit))
+    if not len(bad):
+        return
+    where = f"element {offset + int(bad[0])} of the dataset has label {int(labels[bad[0]])}"
+    if class_names is None:
+        raise ValueError(f"Labels must be 0 or more (class indices); {where}. Map the "
+                         "labels to 0, 1, ... with `dataset.map`.")
+    raise ValueError(
+        f"Labels must lie in [0, {limit}) for class names {list(class_names)}; {where}. "
+        "Pass `class_names` with one name per label, or map the labels into that range.")
 
 
 def is_tfds_name(source) -> bool:
@@ -431,20 +551,23 @@ def load_images(source, image_size, class_names=None, split="train",
             or an `ImageSet`.
         image_size: Side of the square uint8 images to keep.
         class_names: Class names for a `tf.data.Dataset` source.
-        budget: `arrays.ArrayBudget` for decoded folder images (in memory
-            when None).
+        budget: `arrays.ArrayBudget` the decoded images of a folder, TFDS
+            or tf.data source are written into (memory up to the budget,
+            spill files past it); all in memory when None.
         config: `FineTuneConfig` of the folder checks and decoding (see
             `load_image_folder`); the defaults when None.
 
     Raises:
         TypeError: for an unsupported source.
+        ValueError, ImportError: see `load_image_folder`, `load_tfds`,
+            `dataset_to_image_set`.
     """
     if isinstance(source, ImageSet):
         return source
     if isinstance(source, tf.data.Dataset):
-        return dataset_to_image_set(source, image_size, class_names)
+        return dataset_to_image_set(source, image_size, class_names, budget)
     if is_tfds_name(source):
-        return load_tfds(source, split, image_size, data_dir)
+        return load_tfds(source, split, image_size, data_dir, budget)
     if isinstance(source, (str, os.PathLike)):
         return load_image_folder(source, image_size, budget, config)
     raise TypeError(

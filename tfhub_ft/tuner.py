@@ -131,8 +131,9 @@ class FineTuner:
             validation_split: Overrides the config's fraction.
             class_names: Class names of a tf.data.Dataset source.
             data_dir: TFDS data folder.
-            budget: `arrays.ArrayBudget` for the decoded images; a new one
-                of `config.cache_memory_mb` when None.
+            budget: `arrays.ArrayBudget` the decoded images of every source
+                (folder, TFDS, tf.data) are written into; a new one of
+                `config.cache_memory_mb` when None.
 
         Returns:
             (train `ImageSet`, validation `ImageSet`).
@@ -140,8 +141,10 @@ class FineTuner:
         Raises:
             ValueError: when a held-out split would be empty (every class
                 has fewer than 2 images), or with `on_bad_image="error"`
-                and a bad file. A class without validation images is a
-                warning.
+                and a bad file, or for an infinite tf.data source. A class
+                without validation images is a warning.
+            ImportError: when a package TFDS needs is missing (named, with
+                its `pip install`).
         """
         size = self.image_size
         budget = budget or self._new_budget()
@@ -159,7 +162,7 @@ class FineTuner:
                 train_set.labels, fraction, self.config.seed)
             return train_set.subset(train_indices), train_set.subset(validation_indices)
         if is_tfds and data_lib.is_tfds_name(validation):
-            validation_set = data_lib.load_tfds(train, validation, size, data_dir)
+            validation_set = data_lib.load_tfds(train, validation, size, data_dir, budget)
         else:
             validation_set = data_lib.load_images(
                 validation, size, class_names or train_set.class_names, budget=budget,
@@ -371,7 +374,7 @@ class FineTuner:
         image_set = data_lib.match_classes(
             data_lib.load_images(data, self.image_size,
                                  class_names or self.class_names, split, data_dir,
-                                 config=self.config),
+                                 budget=self._new_budget(), config=self.config),
             self.class_names, "evaluation")
         return self._score(image_set)
 
