@@ -44,6 +44,19 @@ def test_same_seed_repeats(tiny_backbone_path, image_folders, small_config):
     np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_decode_seconds_count_only_what_fit_decoded(tiny_backbone_path, image_folders,
+                                                    small_config):
+    train, validation, _, _ = image_folders
+    config = small_config.replace(fine_tune_epochs=0)
+    tuner = FineTuner(tiny_backbone_path, config=config)
+    train_set, validation_set = tuner.load_data(train, validation)
+    assert train_set.decode_seconds > 0
+    tuner.fit(train_set, validation_set, verbose=0)
+    assert tuner.stage_seconds["decode"] == 0.0
+    assert tuner.stage_seconds["load"] >= 0.0
+
+
 def test_options_and_config_are_checked(tiny_backbone_path):
     assert FineTuner(tiny_backbone_path, unfreeze_blocks=1).config.unfreeze_blocks == 1
     with pytest.raises(TypeError, match="Unknown fine-tuning option"):

@@ -251,6 +251,11 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
 def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks, checkpoint):
     """Keras fit of one phase through its checkpoint (`checkpoints.PlainPhase`
     when the run has no work directory)."""
+    if not trainee.optimizer.built:
+        # Slot variables created inside the first training step make
+        # tf.function trace that step twice (variables may only be made on
+        # a first trace): built here, phase 2 starts about 3 s sooner.
+        trainee.optimizer.build(trainee.trainable_weights)
     with _keras_fit_workaround.keras_fit_under_strategy(trainee, train_batches.element_spec):
         return checkpoint.fit(trainee, train_batches, validation_data, epochs,
                               callbacks, verbose)

@@ -153,7 +153,8 @@ class FineTuner:
                                          data_dir=data_dir, budget=budget, config=self.config)
         self.skipped_files = list(train_set.skipped)
         self.skip_reasons = dict(train_set.skip_reasons)
-        self._decode_seconds = train_set.decode_seconds
+        # An ImageSet passed in was decoded before this call: not this run's time.
+        self._decode_seconds = train_set.decode_seconds if train_set is not train else 0.0
         if validation is None:
             fraction = validation_split or self.config.validation_split
             data_lib.check_validation_split(train_set.labels, train_set.class_names,
@@ -169,7 +170,8 @@ class FineTuner:
                 config=self.config)
         self.skipped_files += list(validation_set.skipped)
         self.skip_reasons.update(validation_set.skip_reasons)
-        self._decode_seconds += validation_set.decode_seconds
+        if validation_set is not validation:
+            self._decode_seconds += validation_set.decode_seconds
         validation_set = data_lib.match_classes(
             validation_set, train_set.class_names, "validation")
         data_lib.warn_missing_validation_classes(validation_set.labels,
