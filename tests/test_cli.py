@@ -25,7 +25,10 @@ def test_every_config_field_has_a_flag_with_its_default_and_help():
     helps = cli.config_field_help()
     for field in dataclasses.fields(FineTuneConfig):
         assert field.name in flags, field.name
-        assert flags[field.name].default == getattr(FineTuneConfig(), field.name), field.name
+        # Unset flags fall back to the preset; the help shows the plain default.
+        assert flags[field.name].default is cli._UNSET, field.name
+        default = cli._format_default(getattr(FineTuneConfig(), field.name))
+        assert f"(default: {default})" in flags[field.name].help, field.name
         assert helps.get(field.name), f"FineTuneConfig's docstring does not document {field.name}"
         assert helps[field.name] in flags[field.name].help
 
@@ -51,6 +54,25 @@ def test_flags_parse_into_a_config():
     args = cli.build_parser().parse_args(["train", "--deterministic=false",
                                           "--augmentation=flip"])
     assert cli.config_from_args(args) == FineTuneConfig()
+
+
+def test_preset_flag_starts_from_the_preset_and_explicit_flags_win():
+    parser = cli.build_parser()
+    thorough = FineTuneConfig.thorough()
+    assert thorough != FineTuneConfig()
+    args = parser.parse_args(["train", "--preset=thorough"])
+    assert cli.config_from_args(args) == thorough
+    # An explicit flag wins even when it repeats the plain default.
+    changed = [f.name for f in dataclasses.fields(FineTuneConfig)
+               if getattr(thorough, f.name) != getattr(FineTuneConfig(), f.name)]
+    for field in changed:
+        value = getattr(FineTuneConfig(), field)
+        text = ("none" if value is None else
+                ",".join(value) if isinstance(value, tuple) else str(value))
+        args = parser.parse_args(["train", "--preset=thorough", f"--{field}={text}"])
+        assert cli.config_from_args(args) == thorough.replace(**{field: value}), field
+    with pytest.raises(cli.UsageError, match="--preset"):
+        parser.parse_args(["train", "--preset=fastest"])
 
 
 def test_flags_are_generated_for_any_field_type():

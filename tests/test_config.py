@@ -43,3 +43,22 @@ def test_input_range_accepts_pairs_and_flag_strings():
     assert FineTuneConfig(input_range=(0, 255)).input_range == (0.0, 255.0)
     assert FineTuneConfig(input_range="-1,1").input_range == (-1.0, 1.0)
     assert FineTuneConfig(input_range=["0", "255"]).input_range == (0.0, 255.0)
+
+
+def test_presets_are_changes_to_the_defaults():
+    from tfhub_ft.config import PRESETS
+    assert FineTuneConfig.from_preset("default") == FineTuneConfig()
+    assert FineTuneConfig.thorough() == FineTuneConfig().replace(**PRESETS["thorough"])
+    assert FineTuneConfig.thorough(seed=3).seed == 3
+    with pytest.raises(ValueError, match=r"Invalid value for `preset`. Expected one of "
+                                         r"\['default', 'thorough'\]. Received: preset='x'"):
+        FineTuneConfig.from_preset("x")
+    with pytest.raises(TypeError, match="Unknown fine-tuning option"):
+        FineTuneConfig.thorough(epochs=3)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.1, True, "0.8"])
+def test_layer_decay_is_checked(value):
+    with pytest.raises(ValueError, match=r"Invalid value for `layer_decay`. Expected a factor "
+                                         r"in \(0, 1\]"):
+        FineTuneConfig(layer_decay=value)

@@ -109,3 +109,23 @@ def test_balanced_class_weights_and_weighted_loss():
                                np.mean(plain * weights[[0, 1, 2]]), rtol=1e-6)
     assert isinstance(recipe.classification_loss(FineTuneConfig()),
                       keras.losses.CategoricalCrossentropy)
+
+
+def test_layer_rate_scales_decay_from_the_top_block_down():
+    assert recipe.layer_rate_scales(3, 0.5) == [0.25, 0.5, 1.0]
+    assert recipe.layer_rate_scales(2, 1.0) == [1.0, 1.0]
+    assert recipe.layer_rate_scales(0, 0.5) == []
+
+
+def test_fine_tune_optimizer_scales_each_blocks_rate():
+    import keras
+    from tfhub_ft import FineTuneConfig
+    bottom, top, head = (keras.Variable(np.ones(3, "float32")) for _ in range(3))
+    optimizer = recipe.fine_tune_optimizer(
+        0.1, FineTuneConfig(layer_decay=0.5, weight_decay=0.0), [[bottom], [top]])
+    optimizer.build([bottom, top, head])
+    optimizer.apply([np.ones(3, "float32")] * 3, [bottom, top, head])
+    # Adam's first step moves each weight by its learning rate.
+    np.testing.assert_allclose(bottom.numpy(), 1 - 0.05, rtol=1e-5)
+    np.testing.assert_allclose(top.numpy(), 1 - 0.1, rtol=1e-5)
+    np.testing.assert_allclose(head.numpy(), 1 - 0.1, rtol=1e-5)

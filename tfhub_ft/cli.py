@@ -186,24 +186,42 @@ def add_config_flags(parser, config_class=config_lib.FineTuneConfig):
     """
     group = parser.add_argument_group(
         "recipe (FineTuneConfig fields; defaults from tfhub_ft/config.py)")
+    presets = getattr(config_lib, "PRESETS", {}) if hasattr(config_class, "from_preset") else {}
+    if presets:
+        described = "; ".join(
+            f"{name}: " + (", ".join(f"{k}={_format_default(v)}" for k, v in changes.items())
+                           or "the defaults below")
+            for name, changes in presets.items())
+        group.add_argument("--preset", default="default", choices=sorted(presets),
+                           help=f"Named recipe the flags below start from ({described}); "
+                                "a flag given explicitly wins (default: default).")
     for flag in config_flags(config_class):
         name, text = flag["name"], flag["help"]
         text = f"{text} (default: {_format_default(flag['default'])})"
+        # Unset flags stay _UNSET, so that a preset's value is not overridden
+        # by a default the user never typed.
         if flag["is_bool"]:
             group.add_argument(f"--{name}", type=flag["parse"], nargs="?", const=True,
-                               default=flag["default"], metavar=flag["metavar"],
+                               default=_UNSET, metavar=flag["metavar"],
                                help=text.replace("%", "%%"))
             group.add_argument(f"--no{name}", dest=name, action="store_false",
                                help=argparse.SUPPRESS)
         else:
-            group.add_argument(f"--{name}", type=flag["parse"], default=flag["default"],
+            group.add_argument(f"--{name}", type=flag["parse"], default=_UNSET,
                                metavar=flag["metavar"], help=text.replace("%", "%%"))
 
 
+_UNSET = argparse.Namespace()  # a marker no flag value can equal
+
+
 def config_from_args(args, config_class=config_lib.FineTuneConfig):
-    """The `FineTuneConfig` of parsed flags (validated by the config)."""
-    return config_class(**{field.name: getattr(args, field.name)
-                           for field in dataclasses.fields(config_class)})
+    """The `FineTuneConfig` of parsed flags: the `--preset` (when the class
+    has presets), then every flag given explicitly (validated by the config)."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(config_class)
+             if getattr(args, field.name, _UNSET) is not _UNSET}
+    if hasattr(config_class, "from_preset"):
+        return config_class.from_preset(getattr(args, "preset", "default"), **given)
+    return config_class(**given)
 
 
 def _add_data_flags(parser, tfds_default="tf_flowers"):

@@ -44,6 +44,12 @@ class FineTuneConfig:
         fine_tune_learning_rate: Peak learning rate of phase 2; it decays
             along a cosine to 0 over the phase.
         unfreeze_blocks: Number of top backbone blocks trained in phase 2.
+        layer_decay: Layer-wise learning-rate decay of phase 2, in (0, 1]:
+            the head and the top unfrozen block train at
+            `fine_tune_learning_rate`, each block below at `layer_decay`
+            times the rate of the block above (discriminative fine-tuning:
+            Howard & Ruder 2018, ULMFiT; Bao et al. 2022, BEiT). 1.0: one
+            rate for all.
         label_smoothing: Label smoothing of the cross-entropy, in [0, 1).
         dropout_rate: Dropout before the Dense head, in [0, 1).
         weight_decay: Decoupled weight decay (AdamW) in phase 2.
@@ -96,6 +102,7 @@ class FineTuneConfig:
     fine_tune_epochs: int = 6
     fine_tune_learning_rate: float = 3e-4
     unfreeze_blocks: int = 8
+    layer_decay: float = 1.0
     label_smoothing: float = 0.1
     dropout_rate: float = 0.2
     weight_decay: float = 1e-4
@@ -137,6 +144,11 @@ class FineTuneConfig:
                     f"Invalid value for `{name}`. Expected a number in "
                     f"[0, 1). Received: {name}={value!r}"
                 )
+        decay = self.layer_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise ValueError(
+                "Invalid value for `layer_decay`. Expected a factor in (0, 1] (1.0 "
+                f"turns it off; 0.7-0.9 is usual). Received: layer_decay={decay!r}")
         if not 0 < self.validation_split < 1:
             raise ValueError(
                 "Invalid value for `validation_split`. Expected a fraction "
@@ -169,6 +181,25 @@ class FineTuneConfig:
                 f"{AUGMENTATIONS}. Received: augmentation={self.augmentation!r}"
             )
 
+    @classmethod
+    def from_preset(cls, name, **changes) -> "FineTuneConfig":
+        """The config of `PRESETS[name]`, with `changes` applied on top.
+
+        Raises:
+            ValueError: If `name` is not in `PRESETS`.
+            TypeError: If a change names no field.
+        """
+        if name not in PRESETS:
+            raise ValueError(
+                f"Invalid value for `preset`. Expected one of {sorted(PRESETS)}. "
+                f"Received: preset={name!r}")
+        return cls().replace(**{**PRESETS[name], **changes})
+
+    @classmethod
+    def thorough(cls, **changes) -> "FineTuneConfig":
+        """`from_preset("thorough", **changes)`: slower, more accurate."""
+        return cls.from_preset("thorough", **changes)
+
     def replace(self, **changes) -> "FineTuneConfig":
         """Returns a copy with `changes` applied; unknown names are an error."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -178,6 +209,19 @@ class FineTuneConfig:
                 f"{sorted(f.name for f in dataclasses.fields(self))}"
             )
         return dataclasses.replace(self, **changes)
+
+
+# Named recipes, as changes to the defaults (presets as data). The default
+# is the fast point of the accuracy-time frontier; "thorough" trades time
+# for accuracy (benchmarks/frontier.py, BUILD_NOTES.md).
+PRESETS = {
+    "default": {},
+    "thorough": {
+        "image_size": 224,
+        "augmentation": ("flip",),
+        "fine_tune_epochs": 6,
+    },
+}
 
 
 def check_input_range(value):

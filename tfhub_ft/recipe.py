@@ -161,17 +161,58 @@ def fine_tune_schedule(config, train_size):
         config.fine_tune_learning_rate, steps_per_epoch * config.fine_tune_epochs)
 
 
-def fine_tune_optimizer(learning_rate, config):
+def fine_tune_optimizer(learning_rate, config, blocks=()):
     """Phase 2's optimizer: AdamW with the config's weight decay, none on
     batch-norm scales and biases (decaying them only pulls the pretrained
-    normalisation away from what the following layers expect).
+    normalisation away from what the following layers expect), and with
+    `config.layer_decay` < 1 a lower rate for each lower block
+    (`layer_rate_scales`).
 
     Args:
         learning_rate: A float or a Keras schedule.
+        blocks: The unfrozen blocks' Keras variables, one list per block,
+            bottom to top (only read when `config.layer_decay` < 1).
     """
-    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    scales = [(variable, scale) for scale, variables in zip(
+        layer_rate_scales(len(blocks), config.layer_decay), blocks) for variable in variables]
+    optimizer = LayerwiseAdamW(scales, learning_rate, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer
+
+
+def layer_rate_scales(block_count, layer_decay):
+    """Learning-rate factors of `block_count` blocks, bottom to top: the top
+    block gets 1, each block below `layer_decay` times the one above.
+
+    Returns:
+        A list of floats in (0, 1].
+    """
+    return [layer_decay ** (block_count - 1 - i) for i in range(block_count)]
+
+
+class LayerwiseAdamW(keras.optimizers.AdamW):
+    """AdamW whose update of each variable uses the learning rate times its
+    scale (1 for variables without one, such as the head's).
+
+    Adam's step is invariant to a gradient's scale, so the rates themselves
+    are scaled, per variable, in `update_step`.
+
+    Args:
+        scales: [(Keras variable, factor)] for the variables to scale.
+        Others: as `keras.optimizers.AdamW`.
+    """
+
+    def __init__(self, scales, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # _var_key: the key Keras's own per-variable state uses, the same for
+        # a Keras variable and the tf.Variable update_step receives.
+        self._rate_scales = {self._var_key(v): scale for v, scale in scales if scale != 1.0}
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._rate_scales.get(self._var_key(variable), 1.0)
+        if scale != 1.0:
+            learning_rate = keras.ops.multiply(learning_rate, scale)
+        return super().update_step(gradient, variable, learning_rate)
 
 
 def fine_tune_trainee(model, frozen, train, validation):
@@ -205,7 +246,10 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
     """
     if config.fine_tune_epochs == 0:
         return {}
-    optimizer = fine_tune_optimizer(fine_tune_schedule(config, len(train)), config)
+    optimizer = fine_tune_optimizer(
+        fine_tune_schedule(config, len(train)), config,
+        [model.backbone.block_variables(block)
+         for block in top_blocks(model.backbone.blocks, config.unfreeze_blocks)])
     classes = model.num_classes
     trainee, train_inputs, validation_inputs = fine_tune_trainee(
         model, frozen, train, validation)
