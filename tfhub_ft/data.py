@@ -5,7 +5,6 @@ backbone's size and kept as uint8, so epochs never decode a JPEG again.
 """
 
 import dataclasses
-import functools
 import logging
 import os
 import time
@@ -153,7 +152,11 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
         (images uint8 [M, S, S, 3], indices int [M] of the decoded paths,
         {path: why} of the skipped paths). Order follows `paths`.
     """
-    load = _file_decoder(image_size, max_pixels, exif_orientation)
+    decode = preprocessing.traced_decoder(image_size, max_pixels, exif_orientation)
+
+    def load(index, path, name):
+        return decode(tf.io.read_file(path), name), index
+
     encoded_paths = [os.fsencode(p) for p in paths]
     names = [image_files.display_path(p) for p in paths]
     dataset = tf.data.Dataset.from_tensor_slices(
@@ -178,26 +181,6 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
     reasons = {paths[i]: _decode_error(encoded_paths[i], names[i], image_size, max_pixels,
                                        exif_orientation) for i in skipped}
     return images, kept, reasons
-
-
-@functools.lru_cache(maxsize=None)
-def _file_decoder(image_size, max_pixels, exif_orientation):
-    """The decode of one file, (index, path, display name) -> (image, index),
-    as a `tf.function` traced once per process and settings.
-
-    `Dataset.map` traces a Python function anew on every call; the decode
-    graph (format, EXIF, alpha, size checks) takes about a second to trace,
-    paid twice per run (training and validation folders) and again by every
-    `load_data`. A traced `tf.function` inside the map is reused instead.
-    """
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
-                                  tf.TensorSpec([], tf.string)])
-    def load(index, path, name):
-        image = preprocessing.decode_and_resize(
-            tf.io.read_file(path), image_size, max_pixels, exif_orientation, name=name)
-        return image, index
-
-    return load
 
 
 def _decode_error(path, name, image_size, max_pixels, exif_orientation):

@@ -44,11 +44,12 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_image_bytes(self, image_bytes):
+        decoder = preprocessing.traced_decoder(self.image_size, self.max_pixels,
+                                               self.exif_orientation)
+
         def decode(element):
             index, encoded = element
-            return preprocessing.decode_and_resize(
-                encoded, self.image_size, self.max_pixels, self.exif_orientation,
-                name=tf.strings.format("image_bytes[{}]", index))
+            return decoder(encoded, tf.strings.format("image_bytes[{}]", index))
 
         images = tf.map_fn(
             decode, (tf.range(tf.size(image_bytes)), image_bytes),

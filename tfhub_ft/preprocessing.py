@@ -17,6 +17,8 @@ Everything here is TensorFlow graph ops (the export calls it inside a
   least twice the target size.
 """
 
+import functools
+
 import tensorflow as tf
 
 from tfhub_ft.config import FineTuneConfig
@@ -519,3 +521,22 @@ def decode_and_resize(encoded, image_size, max_pixels=_DEFAULTS.max_image_pixels
     return resize_images(
         decode_image(encoded, image_size, max_pixels, exif_orientation_enabled, name),
         image_size)
+
+
+@functools.lru_cache(maxsize=None)
+def traced_decoder(image_size, max_pixels=_DEFAULTS.max_image_pixels,
+                   exif_orientation_enabled=_DEFAULTS.exif_orientation):
+    """`decode_and_resize` as a `tf.function` of (encoded, name), both
+    tf.string scalars, traced once per process and settings.
+
+    The decode graph (format, EXIF, alpha, size checks) takes about a
+    second to trace. Training's file decoding (`data.decode_files`, once
+    per folder) and the export's `serving_default` call this one function,
+    so a run traces it once.
+    """
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string)])
+    def decode(encoded, name):
+        return decode_and_resize(encoded, image_size, max_pixels, exif_orientation_enabled,
+                                 name=name)
+
+    return decode
