@@ -53,7 +53,7 @@ def test_flags_parse_into_a_config():
                                     head_learning_rate=3e-3)
     args = cli.build_parser().parse_args(["train", "--deterministic=false",
                                           "--augmentation=flip"])
-    assert cli.config_from_args(args) == FineTuneConfig()
+    assert cli.config_from_args(args) == FineTuneConfig(augmentation=("flip",))
 
 
 def test_preset_flag_starts_from_the_preset_and_explicit_flags_win():
