@@ -62,3 +62,13 @@ def test_layer_decay_is_checked(value):
     with pytest.raises(ValueError, match=r"Invalid value for `layer_decay`. Expected a factor "
                                          r"in \(0, 1\]"):
         FineTuneConfig(layer_decay=value)
+
+
+def test_choose_image_size_from_the_shorter_sides():
+    from tfhub_ft.config import choose_image_size
+    assert choose_image_size([32] * 5) == 160
+    assert choose_image_size([32, 32, 500, 500, 500]) == 224
+    assert choose_image_size([111, 111, 112]) == 160
+    assert choose_image_size([112, 112, 50]) == 224
+    assert choose_image_size([]) == 224
+    assert choose_image_size([0, 0]) == 224

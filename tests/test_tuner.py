@@ -72,6 +72,20 @@ def test_image_size_default_and_override(tiny_backbone_path):
     assert FineTuner(tiny_backbone_path, image_size=48).image_size == 48
 
 
+def test_small_training_images_choose_the_small_image_size(tiny_backbone_path, image_folders,
+                                                           caplog):
+    train, validation, _, _ = image_folders  # 32 x 32 images
+    tuner = FineTuner(tiny_backbone_path)
+    with caplog.at_level("INFO", logger="tfhub_ft"):
+        train_set, validation_set = tuner.load_data(train, validation)
+    assert tuner.image_size == 160
+    assert train_set.images.shape[1:] == validation_set.images.shape[1:] == (160, 160, 3)
+    assert "Image size 160: the median training image's shorter side is 32 px" in caplog.text
+    tuner = FineTuner(tiny_backbone_path, image_size=48)
+    assert tuner.load_data(train, validation)[0].images.shape[1] == 48
+    assert tuner.image_size == 48
+
+
 @pytest.mark.slow
 def test_validation_classes_must_match(tiny_backbone_path, image_folders, tmp_path, small_config):
     from tests import fixtures

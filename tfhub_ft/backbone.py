@@ -17,11 +17,9 @@ import tensorflow as tf
 
 from tfhub_ft import blocks as blocks_lib
 from tfhub_ft import module_graph
-from tfhub_ft.config import check_input_range
+from tfhub_ft.config import DEFAULT_IMAGE_SIZE, check_input_range
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_IMAGE_SIZE = 224
 
 # Kaggle Models handles: owner/model/framework/variation[/version].
 _KAGGLE_HANDLE = re.compile(

@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_ft import arrays, image_files, preprocessing
-from tfhub_ft.config import FineTuneConfig
+from tfhub_ft.config import (DEFAULT_IMAGE_SIZE, SMALL_IMAGE_SIDE, SMALL_IMAGE_SIZE,
+                             FineTuneConfig, choose_image_size)
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,9 @@ def _with_progress(dataset, total):
 def load_image_folder(directory, image_size, budget=None, config=None) -> ImageSet:
     """Decodes an image folder into an `ImageSet`.
 
+    `image_size` None chooses it from the files' header sizes
+    (`config.choose_image_size`), logged with the reason.
+
     Every file is checked first (`image_files.check_image_files`, in
     parallel); a bad file is skipped and logged with its path and reason,
     or, with `config.on_bad_image == "error"`, the whole list is raised.
@@ -225,6 +229,14 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
     config = config or FineTuneConfig()
     paths, labels, class_names = list_image_folder(directory)
     checks = image_files.check_image_files(paths, config.max_image_pixels)
+    if image_size is None:
+        sides = [min(c.height, c.width) for c in checks if c.height and c.width]
+        image_size = choose_image_size(sides)
+        if sides:
+            logger.info("Image size %d: the median training image's shorter side is %d px "
+                        "(image_size=%d by default, %d under %d px; pass image_size to choose)",
+                        image_size, sorted(sides)[len(sides) // 2], DEFAULT_IMAGE_SIZE,
+                        SMALL_IMAGE_SIZE, SMALL_IMAGE_SIDE)
     reasons = {c.path: c.problem for c in checks if c.problem}
     notes = [c for c in checks if c.note]
     if notes:
@@ -374,7 +386,9 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
     Args:
         name: TFDS name, e.g. "tf_flowers".
         split: TFDS split, slices included ("train", "train[:80%]").
-        image_size: Side of the square uint8 images to keep.
+        image_size: Side of the square uint8 images to keep; None: chosen
+            from a folder's images (`load_image_folder`), else
+            `DEFAULT_IMAGE_SIZE`.
         data_dir: TFDS data folder (TFDS's default when None).
         budget: `arrays.ArrayBudget`; everything in memory when None.
 
@@ -562,6 +576,9 @@ def load_images(source, image_size, class_names=None, split="train",
         ValueError, ImportError: see `load_image_folder`, `load_tfds`,
             `dataset_to_image_set`.
     """
+    if image_size is None and not (isinstance(source, (str, os.PathLike))
+                                   and not is_tfds_name(source)):
+        image_size = DEFAULT_IMAGE_SIZE
     if isinstance(source, ImageSet):
         return source
     if isinstance(source, tf.data.Dataset):

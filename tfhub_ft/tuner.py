@@ -93,6 +93,8 @@ class FineTuner:
                 hub_handle, batch_norm_trainable=self.config.batch_norm_trainable,
                 block_pattern=block_pattern, input_range=self.config.input_range)
         self.image_size = self.backbone.resolve_image_size(self.config.image_size)
+        self._image_size_from_data = (self.config.image_size is None
+                                      and self.backbone.image_size is None)
         block_count = len(self.backbone.blocks)
         if self.config.unfreeze_blocks > block_count:
             # The default suits deep backbones; a shallow one is trained whole.
@@ -146,11 +148,15 @@ class FineTuner:
             ImportError: when a package TFDS needs is missing (named, with
                 its `pip install`).
         """
-        size = self.image_size
+        # Neither the config nor the module fixes the size: the training
+        # images choose it (config.choose_image_size), validation follows.
+        size = None if self._image_size_from_data else self.image_size
         budget = budget or self._new_budget()
         is_tfds = data_lib.is_tfds_name(train)
         train_set = data_lib.load_images(train, size, class_names, split="train",
                                          data_dir=data_dir, budget=budget, config=self.config)
+        if size is None:
+            self.image_size = size = int(train_set.images.shape[1])
         self.skipped_files = list(train_set.skipped)
         self.skip_reasons = dict(train_set.skip_reasons)
         # An ImageSet passed in was decoded before this call: not this run's time.
