@@ -1,0 +1,111 @@
+"""The accuracy-time frontier: whole commands, beside the old tool's recipe.
+
+Every variant is one `tfhub_ft train` command (a fresh process: Python and
+TensorFlow start-up, decoding, both phases, validation and the SavedModel
+export all count), run on each dataset's training folder and scored on its
+real validation folder; `old_tool` is TF Hub's make_image_classifier recipe
+(benchmarks/old_tool.py). One run prints every row, so the ratios compare
+runs made minutes apart on the same machine.
+
+    python benchmarks/frontier.py                      # the variants below
+    python benchmarks/frontier.py --variants='old_tool;default;small:--image_size=160'
+
+What the recipe's levers cost was measured with it and with in-process
+sweeps; the tables are in BUILD_NOTES.md ("The accuracy-time frontier").
+
+A variant is `name:flags` (flags of `tfhub_ft train`, space-separated);
+`old_tool` and `default` need no flags.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("hub_url", common.BACKBONE, "Backbone folder.")
+flags.DEFINE_list("datasets", ["clothing-small", "cifar10-small"],
+                  "Folders under shared/data with train/ and validation/.")
+flags.DEFINE_string(
+    "variants",
+    "old_tool;default;thorough:--preset=thorough;"
+    "thorough_balanced:--preset=thorough --class_weight=balanced;image224:--image_size=224",
+    "Semicolon-separated `name:flags` variants.")
+flags.DEFINE_integer("repeats", 1, "Runs of each variant (rows alternate between variants).")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ACCURACY = re.compile(r"validation_accuracy=([0-9.]+)")
+
+
+def command(name, variant_flags, train_dir, validation_dir, export_dir):
+    if name == "old_tool":
+        return [sys.executable, os.path.join(HERE, "old_tool.py"), f"--hub_url={FLAGS.hub_url}",
+                f"--image_dir={train_dir}", f"--validation_dir={validation_dir}",
+                f"--export_dir={export_dir}", *variant_flags]
+    return [sys.executable, "-m", "tfhub_ft", "train", f"--hub_url={FLAGS.hub_url}",
+            f"--image_dir={train_dir}", f"--validation_dir={validation_dir}",
+            f"--export_dir={export_dir}", "--verbosity=-1", *variant_flags]
+
+
+def run(argv):
+    """Runs one command; returns (wall seconds, validation accuracy)."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    found = ACCURACY.findall(result.stdout)
+    if result.returncode or not found:
+        sys.exit(f"{' '.join(argv)} failed ({result.returncode}):\n"
+                 f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return seconds, float(found[-1])
+
+
+def main(argv):
+    del argv
+    variants = []
+    for text in filter(None, (v.strip() for v in FLAGS.variants.split(";"))):
+        name, _, rest = text.partition(":")
+        variants.append((name, rest.split()))
+    folders = {d: os.path.join(common.SHARED, "data", d) for d in FLAGS.datasets}
+    common.require(FLAGS.hub_url, *folders.values())
+    print(f"Machine: {common.machine()}", flush=True)
+    results = {}
+    for dataset, folder in folders.items():
+        for _ in range(FLAGS.repeats):
+            for name, variant_flags in variants:
+                export_dir = tempfile.mkdtemp(prefix="frontier-")
+                try:
+                    seconds, accuracy = run(command(
+                        name, variant_flags, os.path.join(folder, "train"),
+                        os.path.join(folder, "validation"), os.path.join(export_dir, "m")))
+                finally:
+                    shutil.rmtree(export_dir, ignore_errors=True)
+                results.setdefault((dataset, name), []).append((seconds, accuracy))
+                print(f"{dataset:16s} {name:24s} {seconds:6.1f} s  accuracy {accuracy:.4f}",
+                      flush=True)
+
+    def mean(rows, i):
+        return sum(r[i] for r in rows) / len(rows)
+
+    header = " | ".join(f"{d}: wall, accuracy, vs old tool" for d in folders)
+    print(f"\n| variant | {header} |\n|---|" + "---|" * len(folders))
+    for name, _ in variants:
+        cells = []
+        for dataset in folders:
+            rows = results[(dataset, name)]
+            seconds, accuracy = mean(rows, 0), mean(rows, 1)
+            old = results.get((dataset, "old_tool"))
+            versus = (f"{seconds / mean(old, 0):.2f}x time, "
+                      f"{100 * (accuracy - mean(old, 1)):+.1f} pts") if old else ""
+            cells.append(f"{seconds:.0f} s, {accuracy:.4f}, {versus}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    app.run(main)
