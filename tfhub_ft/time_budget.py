@@ -234,12 +234,13 @@ def plan_phase_start(phase, config_epochs, budget_s, used_s, reserve_s, used_by,
         else:
             effect = ("the head alone is trained (or set fine_tune_epochs=0 to skip "
                       "phase 2 without this warning)")
-        more = f"+ ~{needed:.0f} s" if needed else f"plus the time {name} needs"
+        above = (f"~{math.ceil(used_s + reserve_s + needed)} s" if needed else
+                 f"{math.ceil(used_s + reserve_s)} s plus the time {name} needs")
         return PhasePlan(
             phase, 0, config_epochs, deadline_s=used_s, steps=0, reason=(
                 f"{spent}. {name.capitalize()} skipped, {effect}. Raise time_budget_s "
-                f"(--time_budget) above {math.ceil(used_s + reserve_s)} s {more}, or "
-                "load less (fewer or smaller images, image_size)."))
+                f"(--time_budget) above {above}, or load less (fewer or smaller "
+                "images, image_size)."))
     share, why = 1.0, ""
     if phase == "head" and fine_tune_s is not None:
         if left >= fine_tune_s:
