@@ -39,7 +39,9 @@ def test_readme_flag_table_lists_exactly_the_train_flags():
     documented = set()
     for row in rows:
         documented.update(re.findall(r"`--(\w+)`", row.split("|")[1]))
-    assert documented == set(_train_flags())
+    # A flag may be documented by its alias (--time_budget for time_budget_s).
+    aliases = {alias: name for name, names in cli.FLAG_ALIASES.items() for alias in names}
+    assert {aliases.get(flag, flag) for flag in documented} == set(_train_flags())
 
 
 def test_flags_parse_into_a_config():
@@ -73,6 +75,16 @@ def test_preset_flag_starts_from_the_preset_and_explicit_flags_win():
         assert cli.config_from_args(args) == thorough.replace(**{field: value}), field
     with pytest.raises(cli.UsageError, match="--preset"):
         parser.parse_args(["train", "--preset=fastest"])
+
+
+def test_time_budget_flag_parses():
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["train", "--time_budget=90"])).time_budget_s == 90.0
+    assert cli.config_from_args(parse(["train", "--time_budget_s=1.5"])).time_budget_s == 1.5
+    assert cli.config_from_args(parse(["train", "--time_budget=none"])).time_budget_s is None
+    assert cli.config_from_args(parse(["train"])).time_budget_s is None
+    with pytest.raises(cli.UsageError, match="invalid parse_optional value"):
+        parse(["train", "--time_budget=soon"])
 
 
 def test_flags_are_generated_for_any_field_type():
@@ -143,6 +155,11 @@ def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folde
             "--distribution_strategy=mirorred"],
         "invalid choice": ["fly"],
         "Invalid value for `model`": ["evaluate", f"--model={tmp_path}", f"--image_dir={train}"],
+        "Invalid value for `time_budget_s`. Expected a number of seconds > 0": [
+            "train", "--time_budget=0"],
+        "a time budget cannot be combined with `work_dir`": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            "--time_budget=60", f"--work_dir={tmp_path / 'work'}"],
     }
     for expected, argv in cases.items():
         line = _one_line_error(capsys, run_in_process(argv))

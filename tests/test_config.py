@@ -33,6 +33,13 @@ def test_augmentation_accepts_comma_string():
     ({"input_range": "0"}, r"input_range='0'"),
     ({"near_duplicate_threshold": 0}, r"Expected a cosine similarity in \(0, 1\]"),
     ({"drop_near_duplicates": 1}, r"drop_near_duplicates=1"),
+    ({"time_budget_s": 0}, r"Invalid value for `time_budget_s`. Expected a number of seconds "
+                           r"> 0, or None for no budget. Received: time_budget_s=0$"),
+    ({"time_budget_s": -5.0}, r"time_budget_s=-5.0"),
+    ({"time_budget_s": "90"}, r"time_budget_s='90'"),
+    ({"time_budget_s": True}, r"time_budget_s=True"),
+    ({"time_budget_s": float("nan")}, r"time_budget_s=nan"),
+    ({"time_budget_s": float("inf")}, r"time_budget_s=inf"),
 ])
 def test_invalid_values_name_the_option(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -72,3 +79,9 @@ def test_choose_image_size_from_the_shorter_sides():
     assert choose_image_size([112, 112, 50]) == 224
     assert choose_image_size([]) == 224
     assert choose_image_size([0, 0]) == 224
+
+
+def test_time_budget_is_seconds_or_none():
+    assert FineTuneConfig().time_budget_s is None
+    assert FineTuneConfig(time_budget_s=90).time_budget_s == 90
+    assert FineTuneConfig(time_budget_s=0.5).time_budget_s == 0.5

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfhub_ft import FineTuner, recipe
+from tfhub_ft import FineTuneConfig, FineTuner, recipe
 
 
 def snapshot(tuner):
@@ -129,3 +129,260 @@ def test_fine_tune_optimizer_scales_each_blocks_rate():
     np.testing.assert_allclose(bottom.numpy(), 1 - 0.05, rtol=1e-5)
     np.testing.assert_allclose(top.numpy(), 1 - 0.1, rtol=1e-5)
     np.testing.assert_allclose(head.numpy(), 1 - 0.1, rtol=1e-5)
+
+
+# Issue 10: a time budget. The planner and the phase timer are pure; a fake
+# clock drives them (no timing asserts on real time).
+
+class FakeClock:
+    """A clock that moves only when told (`advance`), or by `tick` per reading."""
+
+    def __init__(self, tick=0.0):
+        self.now, self.tick = 100.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def _budget(seconds, clock, used=0.0, reserve=0.0):
+    from tfhub_ft import time_budget
+    budget = time_budget.TimeBudget(seconds, start=clock.now - used, clock=clock)
+    budget.reserve_s = reserve
+    return budget
+
+
+def _run_phase(timer, clock, config_epochs, steps_per_epoch, step_seconds, validation_s,
+               start_validation_s=0.0):
+    """Drives a PhaseTimer as Keras's fit loop calls its callbacks; returns
+    (epochs run, steps run). `step_seconds(step)` is each step's duration."""
+    timer.train_begin()
+    clock.advance(start_validation_s)
+    epochs = steps = 0
+    for _ in range(config_epochs):
+        timer.epoch_begin()
+        stop = False
+        for _ in range(steps_per_epoch):
+            if timer.steps_done == 0:
+                timer.first_batch_begin()
+            clock.advance(step_seconds(steps))
+            steps += 1
+            if timer.batch_end():
+                stop = True
+                break
+        clock.advance(validation_s)
+        epochs += 1
+        if timer.epoch_end() or stop:
+            break
+    timer.train_end()
+    return epochs, steps
+
+
+def test_phase_start_gives_phase_one_half_of_what_is_left_or_skips_when_spent():
+    from tfhub_ft import time_budget
+    ample = time_budget.plan_phase_start("head", 10, budget_s=90, used_s=30, reserve_s=6,
+                                         used_by="loading", fine_tune_s=10.0)
+    assert ample.epochs == 10 and ample.deadline_s == pytest.approx(30 + 0.5 * 54)
+    assert "(0.5 of the 54.0 s left, the rest for phase 2)" in ample.reason
+    alone = time_budget.plan_phase_start("head", 10, 90, 30, 6, "loading")
+    assert alone.deadline_s == pytest.approx(84)
+    # Less left than phase 2's first epoch needs: phase 1 may take it all,
+    # and phase 2 does not start.
+    short = time_budget.plan_phase_start("head", 10, 40, 28, 8, "loading", fine_tune_s=9.0)
+    assert short.deadline_s == pytest.approx(32) and "(all of it" in short.reason
+    unreachable = time_budget.plan_phase_start("fine_tune", 6, 40, 30, 8, "loading",
+                                               fine_tune_s=9.0)
+    assert unreachable.epochs == 0
+    assert "the 2.0 s left cannot fit a first phase 2 epoch (~9.0 s" in unreachable.reason
+    assert "Raise time_budget_s (--time_budget) above ~47 s" in unreachable.reason
+    spent = time_budget.plan_phase_start("fine_tune", 6, budget_s=40, used_s=37.5,
+                                         reserve_s=4, used_by="loading")
+    assert spent.epochs == 0 and spent.steps == 0
+    assert "Time budget 40 s already spent before phase 2" in spent.reason
+    assert "Raise time_budget_s (--time_budget) above 42 s" in spent.reason
+    head = time_budget.plan_phase_start("head", 10, 20, 23.0, 5, "loading")
+    assert head.epochs == 0 and "head is untrained" in head.reason
+
+
+def test_plan_epochs_ample_tight_and_cut():
+    from tfhub_ft import time_budget
+    start = time_budget.PhasePlan("fine_tune", 6, 6, deadline_s=80.0)
+
+    def plan(used_s, steps_done):
+        # 10 steps of 0.5 s and 1 s of validation: 6 s an epoch.
+        return time_budget.plan_epochs(start, 90, 10, used_s, steps_per_epoch=10,
+                                       steps_done=steps_done, step_s=0.5, validation_s=1.0,
+                                       used_by="loading")
+    ample = plan(used_s=20.0, steps_done=10)
+    assert (ample.epochs, ample.steps) == (6, 60)
+    assert "so 6 of 6 fine-tune epochs" in ample.reason
+    # 20 s left after epoch 1: three more whole epochs fit (18 s), not four.
+    tight = plan(used_s=60.0, steps_done=10)
+    assert (tight.epochs, tight.steps, tight.epoch_seconds) == (4, 40, 6.0)
+    assert tight.reason == (
+        "Time budget 90 s: 60.0 s used by loading, phase 2 epoch ~6.0 s (10 steps of "
+        "500 ms + 1.0 s validation), 20.0 s left for phase 2, so 4 of 6 fine-tune "
+        "epochs (reserving 10.0 s for validation and export)")
+    # Mid-epoch (the first plan): finishing the epoch takes 4.5 s, 2.5 s are
+    # left: cut it to the 3 more steps that end before its validation.
+    cut = plan(used_s=77.5, steps_done=3)
+    assert (cut.epochs, cut.steps) == (1, 6)
+    assert "epoch 1 cut to 6 of 10 steps" in cut.reason
+    # Nothing more fits at an epoch's end: stop where it is.
+    assert plan(used_s=76.0, steps_done=20).epochs == 2
+
+
+def test_phase_timer_plans_moves_the_cosine_and_ends_within_the_deadline():
+    from tfhub_ft import time_budget
+    clock = FakeClock()
+    budget = _budget(40, clock, used=20.0, reserve=4.0)
+    start = time_budget.plan_phase_start("fine_tune", 6, 40, budget.used(), 4.0, "loading")
+    moves, lines = [], []
+    timer = time_budget.PhaseTimer(
+        budget, start, steps_per_epoch=10, validation_steps=3, used_by="loading",
+        validates_at_start=True, on_plan=lambda plan, step: moves.append((step, plan.steps)),
+        log=lines.append)
+    # The first step traces (3 s), the others take 0.5 s, validation 0.4 s:
+    # 16 s for phase 2 -> 1 s start validation + 3 s + 4.5 s + 0.4 s for
+    # epoch 1, then 5.4 s epochs: one more fits, a third does not.
+    epochs, steps = _run_phase(timer, clock, 6, 10, lambda step: 3.0 if step == 0 else 0.5,
+                               validation_s=0.4, start_validation_s=1.0)
+    assert (epochs, steps) == (2, 20)
+    assert budget.used() <= 40 - 4.0
+    # Planned after 5 timed steps (step 6), the cosine's end set then.
+    assert moves[0] == (6, 20) and timer.plan.steps == 20
+    assert timer.plan.epochs == 2 and timer.stopped_reason == "planned end"
+    assert lines[0].startswith("Time budget 40 s: ") and "so 2 of 6 fine-tune epochs" in lines[0]
+    assert lines[-1].startswith("Time budget: phase 2 ran 2 of 6 epochs (20 steps)")
+    assert "(another (~5.4 s) would not end in the" in lines[-1]
+
+
+def test_phase_timer_stops_mid_epoch_rather_than_overrun():
+    from tfhub_ft import time_budget
+    clock = FakeClock()
+    budget = _budget(40, clock, used=20.0, reserve=4.0)
+    start = time_budget.plan_phase_start("fine_tune", 6, 40, budget.used(), 4.0, "loading")
+    lines = []
+    timer = time_budget.PhaseTimer(budget, start, steps_per_epoch=10, validation_steps=3,
+                                   used_by="loading", log=lines.append)
+    # Steps slow down to 3 s after the plan (the machine got busy): the
+    # timer stops before a step that would end past the deadline.
+    epochs, steps = _run_phase(timer, clock, 6, 10, lambda step: 0.5 if step < 12 else 3.0,
+                               validation_s=0.4)
+    assert budget.used() <= 40 - 4.0
+    assert timer.stopped_reason == "deadline" and steps < 2 * 10
+    assert "(stopped after step" in lines[-1] and "the next would not have ended" in lines[-1]
+
+
+def test_phase_timer_cuts_a_first_epoch_that_does_not_fit():
+    from tfhub_ft import time_budget
+    clock = FakeClock()
+    budget = _budget(30, clock, used=20.0, reserve=4.0)
+    start = time_budget.plan_phase_start("fine_tune", 6, 30, budget.used(), 4.0, "loading")
+    moves = []
+    timer = time_budget.PhaseTimer(budget, start, steps_per_epoch=100, validation_steps=3,
+                                   used_by="loading", on_plan=lambda p, s: moves.append(s))
+    epochs, steps = _run_phase(timer, clock, 6, 100, lambda step: 0.1, validation_s=0.2)
+    # 6 s for phase 2: the first plan cuts epoch 1 to what ends before its
+    # validation (a validation estimated at 3 steps' time until measured).
+    assert epochs == 1 and steps == timer.plan.steps < 100
+    assert budget.used() <= 30 - 4.0
+    assert "cut to" in timer.plan.reason
+
+
+def test_replannable_cosine_is_keras_cosine_and_moves_its_end_without_a_retrace():
+    import tensorflow as tf
+
+    schedule = recipe.ReplannableCosineDecay(1e-3, 20)
+    keras_cosine = recipe.keras.optimizers.schedules.CosineDecay(1e-3, 20)
+    traces = []
+
+    @tf.function
+    def rate(step):
+        traces.append(1)
+        return schedule(step)
+
+    assert [float(rate(tf.constant(s))) for s in (0, 5, 10, 20)] == pytest.approx(
+        [float(keras_cosine(s)) for s in (0, 5, 10, 20)], abs=1e-9)
+    before = float(rate(tf.constant(5)))
+    schedule.replan(5, 10)  # the end moves from step 20 to 10
+    assert float(rate(tf.constant(5))) == pytest.approx(before)  # continuous
+    assert float(rate(tf.constant(10))) == pytest.approx(0.0, abs=1e-9)
+    assert 0 < float(rate(tf.constant(7))) < float(keras_cosine(7))
+    assert len(traces) == 1
+
+
+def test_a_replanned_end_reaches_the_traced_train_step():
+    import keras
+
+    schedule = recipe.ReplannableCosineDecay(0.1, 100)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=recipe.fine_tune_optimizer(schedule, FineTuneConfig()),
+                  loss="mse")
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    # The cosine now ends at step 4: the traced step trains step 3 at a
+    # positive rate, step 4 at rate 0.
+    schedule.replan(3, 4)
+    weights = [w.copy() for w in model.get_weights()]
+    model.train_on_batch(x, y)
+    assert not np.array_equal(weights[0], model.get_weights()[0])
+    weights = [w.copy() for w in model.get_weights()]
+    model.train_on_batch(x, y)
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.slow
+def test_fit_within_a_budget_on_a_fake_clock(tiny_backbone_path, image_folders, small_config,
+                                             tmp_path, caplog):
+    import json
+    import logging
+
+    train, validation, _, _ = image_folders
+    # Every reading of the clock moves it 0.05 s: the run's plans follow
+    # from how often the code reads it, not from this machine's speed.
+    clock = FakeClock(tick=0.05)
+    config = small_config.replace(head_epochs=3, fine_tune_epochs=30, time_budget_s=12)
+    tuner = FineTuner(tiny_backbone_path, config=config, clock=clock)
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        history = tuner.fit(train, validation, verbose=0)
+    plan = tuner.time_plan
+    assert plan.budget_s == 12 and plan.reserve_s > 0
+    assert plan.epochs_run == {"head": 3, "fine_tune": plan.fine_tune.epochs}
+    assert 1 <= plan.fine_tune.epochs < 30 and len(history["fine_tune"]["loss"]) \
+        == plan.fine_tune.epochs
+    assert plan.used_s <= 12 - plan.reserve_s + 1.0
+    assert any("fine-tune epochs (reserving" in r.message for r in caplog.records)
+    tuner.report(tmp_path / "report")
+    with open(tmp_path / "report" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["time_plan"]["fine_tune"]["epochs"] == plan.fine_tune.epochs
+
+
+@pytest.mark.slow
+def test_a_spent_budget_skips_both_phases_with_warnings(tiny_backbone_path, image_folders,
+                                                        small_config, caplog):
+    train, validation, _, _ = image_folders
+    clock = FakeClock(tick=0.05)
+    tuner = FineTuner(tiny_backbone_path, config=small_config.replace(time_budget_s=1),
+                      clock=clock, start_time=clock.now - 5)
+    history = tuner.fit(train, validation, verbose=0)
+    assert history == {"head": {}, "fine_tune": {}}
+    assert tuner.time_plan.epochs_run == {"head": 0, "fine_tune": 0}
+    warnings = [r.message for r in caplog.records
+                if r.levelname == "WARNING" and "Time budget" in r.message]
+    assert len(warnings) == 1 and "already spent before phase 1" in warnings[0]
+    assert "Phase 1 skipped, and phase 2 with it, so the head is untrained" in warnings[0]
+    assert tuner.time_plan.fine_tune.reason == "skipped with phase 1: the budget was spent"
+    assert tuner.unfrozen_blocks == []
+
+
+def test_a_budget_with_a_work_dir_is_refused(tiny_backbone_path, small_config, tmp_path):
+    tuner = FineTuner(tiny_backbone_path, config=small_config.replace(time_budget_s=60))
+    with pytest.raises(ValueError, match="cannot be combined with `work_dir`"):
+        tuner.fit("no/such/folder", work_dir=tmp_path / "work")

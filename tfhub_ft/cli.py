@@ -47,6 +47,8 @@ DELEGATED_COMMANDS = {
     "predict": "Predict the classes of images with an exported model (tfhub_ft.predict).",
     "inspect": "List a hub module's blocks, sizes and feature size (tfhub_ft.inspect).",
 }
+# Shorter names a config field's flag also takes (README's table shows them).
+FLAG_ALIASES = {"time_budget_s": ("time_budget",)}
 TRUE_WORDS = ("1", "true", "t", "yes", "y", "on")
 FALSE_WORDS = ("0", "false", "f", "no", "n", "off")
 
@@ -182,7 +184,8 @@ def add_config_flags(parser, config_class=config_lib.FineTuneConfig):
     """Adds `--FIELD` for every config field to an argparse parser.
 
     A bool field also takes `--FIELD` alone (true) and `--noFIELD`; a tuple
-    takes a comma-separated list; an optional field takes `none`.
+    takes a comma-separated list; an optional field takes `none`. A field in
+    `FLAG_ALIASES` also takes its aliases (`--time_budget`).
     """
     group = parser.add_argument_group(
         "recipe (FineTuneConfig fields; defaults from tfhub_ft/config.py)")
@@ -200,14 +203,15 @@ def add_config_flags(parser, config_class=config_lib.FineTuneConfig):
         text = f"{text} (default: {_format_default(flag['default'])})"
         # Unset flags stay _UNSET, so that a preset's value is not overridden
         # by a default the user never typed.
+        names = [f"--{alias}" for alias in FLAG_ALIASES.get(name, ())] + [f"--{name}"]
         if flag["is_bool"]:
-            group.add_argument(f"--{name}", type=flag["parse"], nargs="?", const=True,
+            group.add_argument(*names, dest=name, type=flag["parse"], nargs="?", const=True,
                                default=_UNSET, metavar=flag["metavar"],
                                help=text.replace("%", "%%"))
             group.add_argument(f"--no{name}", dest=name, action="store_false",
                                help=argparse.SUPPRESS)
         else:
-            group.add_argument(f"--{name}", type=flag["parse"], default=_UNSET,
+            group.add_argument(*names, dest=name, type=flag["parse"], default=_UNSET,
                                metavar=flag["metavar"], help=text.replace("%", "%%"))
 
 
@@ -466,20 +470,31 @@ def _check_writable(name, path):
 
 
 def _train(args):
+    """`tfhub_ft train`. `args.start_time` (a `time.monotonic` reading, set
+    by `main`) is when the command started, where `--time_budget` counts
+    from (when the tuner is created if missing)."""
     start = time.time()
     config = config_from_args(args)
     _check_folder("image_dir", args.image_dir)
     _check_folder("validation_dir", args.validation_dir)
     for name in TRAIN_OUTPUT_FLAGS:
         _check_writable(name, getattr(args, name))
+    from tfhub_ft import time_budget
+
+    time_budget.check_time_budget_use(config.time_budget_s, args.work_dir,
+                                      args.distribution_strategy == "multi_worker")
     import tfhub_ft
     from tfhub_ft import distribution
 
     strategy = distribution.get_strategy(args.distribution_strategy, args.tpu)
-    tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy)
+    tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy,
+                               start_time=getattr(args, "start_time", None))
     verbose, callbacks = keras_progress(args.verbosity)
+    # The budget's reserve covers the final validation and the export; the
+    # command adds its process's exit (TensorFlow's teardown).
     options = dict(work_dir=args.work_dir, tensorboard_dir=args.tensorboard_dir,
-                   verbose=verbose, callbacks=callbacks)
+                   verbose=verbose, callbacks=callbacks,
+                   budget_reserve_s=config_lib.TIME_BUDGET_EXIT_S if config.time_budget_s else 0.0)
     if args.image_dir:
         tuner.fit(args.image_dir, validation=args.validation_dir, **options)
     else:
@@ -599,6 +614,7 @@ def main(argv=None):
     Args:
         argv: The arguments after the program name; `sys.argv[1:]` when None.
     """
+    started = time.monotonic()  # where `train --time_budget` counts from
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
     try:
@@ -610,6 +626,7 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         configure_logging(args.verbosity)
         _import_tensorflow_quietly(args.verbosity)
+        args.start_time = started
         return COMMANDS[args.command](args)
     # ImportError: the library names a missing package with its pip command
     # (load_tfds); one raised elsewhere keeps its traceback.

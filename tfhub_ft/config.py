@@ -33,6 +33,31 @@ CLASS_WEIGHTS = ("none", "balanced")
 DEFAULT_HUB_URL = (
     "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
 
+# What a time budget (`FineTuneConfig.time_budget_s`) reserves before it can
+# measure it (tfhub_ft/time_budget.py; measurements in BUILD_NOTES.md).
+# The export of the classifier was measured at 3.6-3.8 s for the shared
+# MobileNetV2 0.35, which took 2.6 s to load (`FineTuner` created), and at
+# 0.9-1.3 s for the tests' tiny backbone (0.12 s to load): about 1 s + 1.1x
+# the loading. Reserved: BASE + PER_LOAD x the loading, a second above both.
+TIME_BUDGET_EXPORT_BASE_S = 1.5
+TIME_BUDGET_EXPORT_PER_LOAD = 1.25
+# The final validation scoring: the frozen pass's seconds per image times the
+# validation images, plus this for tracing the whole model (measured: 1.3 s
+# for 341 images, 1.7 s for 500, where the per-image share is 0.7 and 1.2 s).
+TIME_BUDGET_TRACE_S = 1.0
+# Phase 1 may use at most this share of the time left when phase 2 follows.
+TIME_BUDGET_HEAD_SHARE = 0.5
+# Phase 2 starts only if its first epoch, guessed as this factor times the
+# frozen pass's seconds per image times the training images, fits (its epochs
+# are then planned from its measured steps). Measured with 8 blocks unfrozen,
+# from phase 2's start to its first epoch's end: 1.0x on the clothing photos
+# (1.4x, and 1.6x on CIFAR-10, before the optimizer was built ahead of the
+# first step).
+TIME_BUDGET_FIRST_EPOCH_FACTOR = 1.2
+# The `tfhub_ft` command's exit after its last line (TensorFlow's teardown):
+# measured 1.0 s after importing TensorFlow alone, 1.8 s after a run.
+TIME_BUDGET_EXIT_S = 2.0
+
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneConfig:
@@ -108,6 +133,16 @@ class FineTuneConfig:
             re-encoded copies do.
         drop_near_duplicates: Drop the near-duplicate validation images from
             validation (they are always reported).
+        time_budget_s: Seconds the whole run may take, or None (no budget).
+            Counted from the `FineTuner`'s creation (or the `start_time` it
+            is given; the command's start), through loading, the frozen
+            pass, both phases, the final validation scoring and one export
+            (estimated and reserved): phase 1 takes at most half of what is
+            left (all when phase 2 would not fit), phase 2 plans its epochs
+            (and its cosine) from its measured step time and stops before an
+            epoch that would not fit; a phase the budget cannot reach is
+            skipped with a warning. Not with a `work_dir` (a resumed run
+            could not repeat the timing).
     """
 
     image_size: Optional[int] = None
@@ -135,6 +170,7 @@ class FineTuneConfig:
     input_range: Tuple[float, float] = (0.0, 1.0)
     near_duplicate_threshold: float = 0.95
     drop_near_duplicates: bool = False
+    time_budget_s: Optional[float] = None
 
     def __post_init__(self):
         _check_int(self, "image_size", minimum=8, optional=True)
@@ -185,6 +221,13 @@ class FineTuneConfig:
             raise ValueError(
                 "Invalid value for `near_duplicate_threshold`. Expected a cosine "
                 f"similarity in (0, 1]. Received: near_duplicate_threshold={threshold!r}")
+        budget = self.time_budget_s
+        if budget is not None and (
+                isinstance(budget, bool) or not isinstance(budget, (int, float))
+                or not 0 < budget < float("inf")):
+            raise ValueError(
+                "Invalid value for `time_budget_s`. Expected a number of seconds > 0, "
+                f"or None for no budget. Received: time_budget_s={budget!r}")
         augmentation = self.augmentation
         if isinstance(augmentation, str):
             augmentation = tuple(a for a in augmentation.split(",") if a)

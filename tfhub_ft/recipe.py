@@ -114,7 +114,8 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
 
 
 def train_head(model, frozen, train, validation, config, verbose="auto",
-               checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("head"), callbacks=()):
+               checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("head"), callbacks=(),
+               phase_timer=None):
     """Phase 1: trains the Dense head with the whole backbone frozen.
 
     The head trains on the cached backbone features (`frozen`), each image
@@ -130,6 +131,10 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
             and resumes an interrupted phase; by default a
             `checkpoints.PlainPhase` (no checkpoints).
         callbacks: Extra Keras callbacks (timing, logging).
+        phase_timer: None, or under a time budget a function of
+            (steps_per_epoch, validation_steps, validates_at_start, on_plan)
+            returning the phase's `time_budget.PhaseTimer`, which may stop
+            the phase early.
 
     Returns:
         The Keras history dict (loss, accuracy, val_loss, val_accuracy).
@@ -141,11 +146,16 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
                  loss=classification_loss(config, train.labels, model.num_classes),
                  metrics=["accuracy"])
     classes = model.num_classes
-    return _fit(
-        head, cache.training_batches(frozen.train_features, train.labels, classes, config),
-        cache.evaluation_batches(
-            frozen.validation_features, validation.labels, classes, config).dataset(),
-        config.head_epochs, verbose, callbacks, checkpoint)
+    train_batches = cache.training_batches(frozen.train_features, train.labels, classes,
+                                           config)
+    validation_batches = cache.evaluation_batches(
+        frozen.validation_features, validation.labels, classes, config)
+    if phase_timer is not None:
+        callbacks = [TimeBudgetCallback(phase_timer(
+            steps_per_epoch=train_batches.steps, validation_steps=validation_batches.steps,
+            validates_at_start=False, on_plan=None)), *callbacks]
+    return _fit(head, train_batches, validation_batches.dataset(), config.head_epochs,
+                verbose, callbacks, checkpoint)
 
 
 def fine_tune_schedule(config, train_size):
@@ -159,6 +169,101 @@ def fine_tune_schedule(config, train_size):
     steps_per_epoch = math.ceil(train_size / config.batch_size)
     return keras.optimizers.schedules.CosineDecay(
         config.fine_tune_learning_rate, steps_per_epoch * config.fine_tune_epochs)
+
+
+class ReplannableCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """A cosine decay to 0 whose end can be moved while training.
+
+    Phase 2's schedule under a time budget. Keras traces the train function
+    once, at the first step, and a `CosineDecay`'s step count is a Python
+    number baked into that trace; the step count is only known once steps
+    have been timed, after that trace. This schedule reads its end from
+    variables, so `replan` takes effect at the next step without a retrace
+    (tests/test_recipe.py checks the rate a fitted model's optimizer uses).
+    The other way, a short probe that times steps before the phase's `fit`,
+    would train steps outside the phase (or throw them away) and time them
+    through another trace; here every timed step is one of the phase's.
+    From a replan the rate continues from where it was along a cosine that
+    reaches 0 at the new end: rate = peak * (1 + cos(pi * p)) / 2, with the
+    progress p going linearly from its value at the replan to 1 at the end.
+    Before any replan it is `CosineDecay(peak, decay_steps)`.
+
+    Args:
+        initial_learning_rate: The peak rate, at step 0.
+        decay_steps: The end until the first `replan`.
+    """
+
+    def __init__(self, initial_learning_rate, decay_steps):
+        super().__init__()
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = int(decay_steps)
+
+        def variable(value, name):
+            return keras.Variable(float(value), dtype="float32", trainable=False, name=name)
+
+        self.start_step = variable(0, "cosine_start_step")
+        self.start_progress = variable(0, "cosine_start_progress")
+        self.end_step = variable(max(1, self.decay_steps), "cosine_end_step")
+
+    def progress(self, step):
+        """The cosine's progress in [0, 1] at `step`, in Python."""
+        start, end = float(self.start_step.numpy()), float(self.end_step.numpy())
+        done = float(self.start_progress.numpy())
+        fraction = min(max((step - start) / max(end - start, 1.0), 0.0), 1.0)
+        return done + (1.0 - done) * fraction
+
+    def replan(self, step, end_step):
+        """Makes the rate reach 0 at `end_step`, continuing from `step`."""
+        progress = self.progress(step)
+        self.start_progress.assign(progress)
+        self.start_step.assign(float(step))
+        self.end_step.assign(float(max(end_step, step + 1)))
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        span = ops.maximum(self.end_step - self.start_step, 1.0)
+        fraction = ops.clip((step - self.start_step) / span, 0.0, 1.0)
+        progress = self.start_progress + (1.0 - self.start_progress) * fraction
+        return self.initial_learning_rate * 0.5 * (1.0 + ops.cos(math.pi * progress))
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps}
+
+
+class TimeBudgetCallback(keras.callbacks.Callback):
+    """Feeds a phase's `time_budget.PhaseTimer` and stops the phase when it says.
+
+    Put first among the phase's callbacks, so that its `on_train_begin`
+    runs before early stopping's evaluation (timed as the first estimate of
+    a validation) and its `on_epoch_end` right after the validation.
+    """
+
+    def __init__(self, timer):
+        super().__init__()
+        self.timer = timer
+
+    def on_train_begin(self, logs=None):
+        self.timer.train_begin()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.timer.epoch_begin()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.timer.steps_done == 0:
+            self.timer.first_batch_begin()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.timer.batch_end():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.timer.epoch_end():
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.timer.train_end()
 
 
 def fine_tune_optimizer(learning_rate, config, blocks=()):
@@ -230,14 +335,17 @@ def fine_tune_trainee(model, frozen, train, validation):
 
 
 def fine_tune(model, frozen, train, validation, config, verbose="auto",
-              checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("fine_tune"), callbacks=()):
+              checkpoint=checkpoints.NO_WORK_DIRECTORY.phase("fine_tune"), callbacks=(),
+              phase_timer=None):
     """Phase 2: trains the unfrozen top blocks and the head at a low rate.
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
     phase, and early stopping on validation loss that restores the best
     weights, the phase's starting weights included. With a split backbone
     only the top runs, from the cached boundary tensors; otherwise the whole
-    model runs on the images.
+    model runs on the images. Under a time budget (`phase_timer`) the
+    cosine is a `ReplannableCosineDecay` that the timer's plans move to the
+    planned end.
 
     Args: as `train_head`.
 
@@ -246,8 +354,14 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
     """
     if config.fine_tune_epochs == 0:
         return {}
+    if phase_timer is None:
+        schedule = fine_tune_schedule(config, len(train))
+    else:
+        schedule = ReplannableCosineDecay(
+            config.fine_tune_learning_rate,
+            math.ceil(len(train) / config.batch_size) * config.fine_tune_epochs)
     optimizer = fine_tune_optimizer(
-        fine_tune_schedule(config, len(train)), config,
+        schedule, config,
         [model.backbone.block_variables(block)
          for block in top_blocks(model.backbone.blocks, config.unfreeze_blocks)])
     classes = model.num_classes
@@ -259,11 +373,16 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
     trainee.compile(optimizer=optimizer,
                     loss=classification_loss(config, train.labels, classes),
                     metrics=["accuracy"])
-    return _fit(
-        trainee, train_batches, validation_batches.dataset(), config.fine_tune_epochs,
-        verbose, [EarlyStoppingFromStart(
-            validation_batches, patience=config.early_stopping_patience), *callbacks],
-        checkpoint)
+    callbacks = [EarlyStoppingFromStart(
+        validation_batches, patience=config.early_stopping_patience), *callbacks]
+    if phase_timer is not None:
+        # First, so that it times early stopping's evaluation at the start.
+        callbacks.insert(0, TimeBudgetCallback(phase_timer(
+            steps_per_epoch=train_batches.steps, validation_steps=validation_batches.steps,
+            validates_at_start=True,
+            on_plan=lambda plan, step: schedule.replan(step, plan.steps))))
+    return _fit(trainee, train_batches, validation_batches.dataset(),
+                config.fine_tune_epochs, verbose, callbacks, checkpoint)
 
 
 class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):

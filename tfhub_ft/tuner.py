@@ -22,6 +22,7 @@ from tfhub_ft import export as export_lib
 from tfhub_ft import lr_finder
 from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
+from tfhub_ft import time_budget as time_budget_lib
 from tfhub_ft import tflite as tflite_lib
 from tfhub_ft.config import FineTuneConfig
 
@@ -48,6 +49,12 @@ class FineTuner:
             The backbone, model and optimizers are created in its scope.
         block_pattern: Overrides how variables are grouped into blocks (see
             `blocks.block_of`).
+        start_time: Where the config's `time_budget_s` counts from, a
+            reading of `clock`: the command passes when it started. None:
+            now, before the backbone loads. The first `fit` counts from it;
+            a later `fit` from its own start.
+        clock: The budget's clock, a function returning seconds;
+            `time.monotonic` by default (tests pass a fake one).
         **options: Fields of `FineTuneConfig` to change, e.g.
             `unfreeze_blocks=2`.
 
@@ -77,10 +84,15 @@ class FineTuner:
             data has none.
         validation_labels, validation_probabilities: int [N] and float32
             [N, C] on the validation images, after `fit` (for `report`).
+        time_plan: With `time_budget_s`, the last `fit`'s
+            `time_budget.TimePlan` (the reserve, each phase's last plan and
+            reason, the epochs run); else None.
     """
 
     def __init__(self, hub_handle, config=None, strategy=None,
-                 block_pattern=None, **options):
+                 block_pattern=None, start_time=None, clock=None, **options):
+        self._clock = clock or time.monotonic
+        self._budget_start = self._clock() if start_time is None else start_time
         config = config or FineTuneConfig()
         if not isinstance(config, FineTuneConfig):
             raise TypeError(
@@ -88,10 +100,13 @@ class FineTuner:
                 f"Received: config={config!r}")
         self.config = config.replace(**options) if options else config
         self.strategy = strategy or tf.distribute.get_strategy()
+        loading = self._clock()
         with self.strategy.scope():
             self.backbone = backbone_lib.HubBackbone(
                 hub_handle, batch_norm_trainable=self.config.batch_norm_trainable,
                 block_pattern=block_pattern, input_range=self.config.input_range)
+        # A time budget estimates the export from it (time_budget.estimate_reserve).
+        self._backbone_load_seconds = self._clock() - loading
         self.image_size = self.backbone.resolve_image_size(self.config.image_size)
         self._image_size_from_data = (self.config.image_size is None
                                       and self.backbone.image_size is None)
@@ -120,6 +135,7 @@ class FineTuner:
         self.validation_probabilities = None
         self._mistakes = None
         self._image_counts = None
+        self.time_plan = None
 
     def load_data(self, train, validation=None, validation_split=None,
                   class_names=None, data_dir=None, budget=None):
@@ -186,7 +202,7 @@ class FineTuner:
 
     def fit(self, train, validation=None, validation_split=None,
             class_names=None, data_dir=None, verbose="auto", work_dir=None,
-            tensorboard_dir=None, callbacks=None):
+            tensorboard_dir=None, callbacks=None, budget_reserve_s=0.0):
         """Trains the head, then fine-tunes the top blocks.
 
         Args: see `load_data`; `verbose` is passed to Keras `fit`;
@@ -201,11 +217,24 @@ class FineTuner:
             `callbacks`: extra Keras callbacks for both phases, or a
             function from the phase name ("head", "fine_tune") to a list
             of them.
+            `budget_reserve_s`: with the config's `time_budget_s`, seconds the
+            budget keeps, beyond the final validation and one `export`, for
+            what the caller does after them (the command: its exit).
+
+        Under `time_budget_s` (see `time_budget`), the budget counts from
+        the tuner's `start_time`; a phase it cannot reach is skipped with a
+        warning, and `time_plan` records what was planned and run.
 
         Returns:
             {"head": phase-1 history, "fine_tune": phase-2 history}, each a
             dict of per-epoch lists (loss, accuracy, val_loss, val_accuracy).
+
+        Raises:
+            ValueError: for `time_budget_s` with `work_dir` or under a
+                multi-worker strategy.
         """
+        time_budget = self._start_budget(work_dir)
+        self.time_plan = None
         self.stage_seconds = {}
         budget = self._new_budget()
         with self._stage("load"):
@@ -234,6 +263,7 @@ class FineTuner:
                 self.config.seed)
             self.backbone.freeze_all()
             plan = recipe.plan_fine_tune(self.backbone, self.config)
+            frozen_start = self._clock()
             with self._stage("frozen_pass"):
                 frozen = cache.compute_frozen_activations(
                     self.model, train_set, validation_set, self.config, budget, plan.split)
@@ -244,18 +274,36 @@ class FineTuner:
                     logger.warning("Calibration of %s: %s", self.backbone.hub_handle, problem)
                 validation_set, frozen = self._check_near_duplicates(
                     train_set, validation_set, frozen)
+            timers, plans = {}, {}
+            if time_budget is not None:
+                self._reserve_time(time_budget, self._clock() - frozen_start, len(train_set),
+                                   len(frozen.train_features), len(validation_set),
+                                   budget_reserve_s)
+            head_timer = self._phase_timer("head", time_budget, "loading and the frozen pass",
+                                           timers, plans)
             with self._stage("head"):
-                head_history = recipe.train_head(
-                    self.model, frozen, train_set, validation_set, self.config, verbose,
-                    checkpoint=work.phase("head"),
-                    callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks))
-            self.backbone.unfreeze_top_blocks(len(plan.blocks))
-            self.unfrozen_blocks = [block.name for block in plan.blocks]
+                if "head" in plans and plans["head"].epochs == 0:
+                    head_history = {}
+                else:
+                    head_history = recipe.train_head(
+                        self.model, frozen, train_set, validation_set, self.config, verbose,
+                        checkpoint=work.phase("head"),
+                        callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks),
+                        phase_timer=head_timer)
+            fine_tune_timer = self._phase_timer(
+                "fine_tune", time_budget, "loading, the frozen pass and phase 1", timers, plans)
             with self._stage("fine_tune"):
-                fine_tune_history = recipe.fine_tune(
-                    self.model, frozen, train_set, validation_set, self.config, verbose,
-                    checkpoint=work.phase("fine_tune", self.unfrozen_blocks),
-                    callbacks=self._phase_callbacks("fine_tune", tensorboard_dir, callbacks))
+                if "fine_tune" in plans and plans["fine_tune"].epochs == 0:
+                    fine_tune_history, self.unfrozen_blocks = {}, []
+                else:
+                    self.backbone.unfreeze_top_blocks(len(plan.blocks))
+                    self.unfrozen_blocks = [block.name for block in plan.blocks]
+                    fine_tune_history = recipe.fine_tune(
+                        self.model, frozen, train_set, validation_set, self.config, verbose,
+                        checkpoint=work.phase("fine_tune", self.unfrozen_blocks),
+                        callbacks=self._phase_callbacks("fine_tune", tensorboard_dir,
+                                                        callbacks),
+                        phase_timer=fine_tune_timer)
         work.finish()
         self.cache_usage = {"memory_bytes": budget.used_bytes,
                             "spilled_bytes": budget.spilled_bytes}
@@ -264,9 +312,70 @@ class FineTuner:
         self._image_counts = {"train": len(train_set), "validation": len(validation_set)}
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))
+        if time_budget is not None:
+            self.time_plan = time_budget_lib.TimePlan(
+                time_budget.seconds, time_budget.reserve_s, time_budget.reserve_reason,
+                head=timers["head"].plan if "head" in timers else plans.get("head"),
+                fine_tune=(timers["fine_tune"].plan if "fine_tune" in timers
+                           else plans.get("fine_tune")),
+                epochs_run={"head": len(head_history.get("loss", [])),
+                            "fine_tune": len(fine_tune_history.get("loss", []))},
+                used_s=time_budget.used())
+            left = time_budget.seconds - self.time_plan.used_s
+            logger.info("Time budget %g s: fit done at %.1f s, %s (%.1f s reserved for "
+                        "them)", time_budget.seconds, self.time_plan.used_s,
+                        f"leaving {left:.1f} s for the export and after" if left >= 0 else
+                        f"{-left:.1f} s over before the export", time_budget.reserve_s)
         self._keep_tflite_data(train_set, validation_set)
         self.history = {"head": head_history, "fine_tune": fine_tune_history}
         return self.history
+
+    def _start_budget(self, work_dir):
+        """The `TimeBudget` of a `fit` (None without `time_budget_s`): from the
+        tuner's start for the first `fit`, from now for a later one."""
+        start = self._clock() if self._budget_start is None else self._budget_start
+        self._budget_start = None
+        if self.config.time_budget_s is None:
+            return None
+        time_budget_lib.check_time_budget_use(
+            self.config.time_budget_s, work_dir,
+            multi_worker=isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy))
+        return time_budget_lib.TimeBudget(self.config.time_budget_s, start, self._clock)
+
+    def _reserve_time(self, time_budget, frozen_seconds, train_count, variants,
+                      validation_count, extra_s):
+        """Estimates (and logs) what the budget keeps for validation and
+        export, and phase 2's first epoch, from the frozen pass."""
+        frozen_images = train_count * variants + validation_count
+        time_budget.reserve_s, time_budget.reserve_reason = time_budget_lib.estimate_reserve(
+            frozen_seconds, frozen_images, validation_count, self._backbone_load_seconds,
+            extra_s)
+        time_budget.fine_tune_s = time_budget_lib.estimate_fine_tune_epoch(
+            frozen_seconds, frozen_images, train_count)
+        logger.info("Time budget %g s: reserving %.1f s after the phases: %s",
+                    time_budget.seconds, time_budget.reserve_s, time_budget.reserve_reason)
+
+    def _phase_timer(self, phase, time_budget, used_by, timers, plans):
+        """A phase's start under the budget: its plan goes in `plans[phase]`
+        (logged, or a warning when it is skipped), and the returned function
+        makes its `PhaseTimer` (kept in `timers[phase]`). None without a
+        budget or without epochs of the phase."""
+        epochs = self.config.head_epochs if phase == "head" else self.config.fine_tune_epochs
+        if time_budget is None or not epochs:
+            return None
+        if phase == "fine_tune" and "head" in plans and plans["head"].epochs == 0:
+            # Phase 1's warning said that the budget was spent.
+            plans[phase] = time_budget_lib.PhasePlan(
+                phase, 0, epochs, deadline_s=time_budget.used(), steps=0,
+                reason="skipped with phase 1: the budget was spent")
+            return None
+        plans[phase] = time_budget_lib.phase_plan_for(phase, self.config, time_budget, used_by)
+
+        def make_timer(**options):
+            timers[phase] = time_budget_lib.PhaseTimer(time_budget, plans[phase],
+                                                       used_by=used_by, **options)
+            return timers[phase]
+        return make_timer
 
     @contextlib.contextmanager
     def _stage(self, name):
@@ -507,6 +616,8 @@ class FineTuner:
             "validation_metrics": dict(self.validation_metrics or {}),
             "cache_usage": self.cache_usage,
         }
+        if self.time_plan is not None:
+            summary["time_plan"] = dataclasses.asdict(self.time_plan)
         return report_lib.write_report(
             report_dir, self.class_names, self.validation_labels,
             self.validation_probabilities, history=self.history,
