@@ -33,6 +33,6 @@ setuptools.setup(
     ],
     # Pillow writes the test images (tests/fixtures.py, tests/photos.py).
     extras_require={"test": ["pytest>=7", "Pillow>=9.4"]},
-    entry_points={"console_scripts": ["tfhub_ft=tfhub_ft.cli:main"]},
+    entry_points={"console_scripts": ["tfhub_ft=tfhub_ft.cli:run"]},
     license="Apache-2.0",
 )

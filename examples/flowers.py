@@ -14,4 +14,4 @@ import sys
 from tfhub_ft import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.main(["train", *sys.argv[1:]]))
+    cli.run(["train", *sys.argv[1:]])

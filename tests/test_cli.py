@@ -215,8 +215,9 @@ def test_a_package_tfds_lacks_is_a_one_line_error(run_in_process, monkeypatch, c
     assert "`pip install importlib_resources`" in line and "Offline" not in line
 
 
-def _command(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _command(*args, cwd=None, **environment):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **environment)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run([sys.executable, "-m", "tfhub_ft", *map(str, args)], env=env,
                           cwd=cwd, capture_output=True, text=True, timeout=600)
@@ -227,6 +228,8 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     train, validation, _, names = image_folders
     recipe = ["--image_size=32", "--batch_size=8", "--head_epochs=2", "--fine_tune_epochs=2",
               "--unfreeze_blocks=2"]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     done = _command("train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
                     f"--validation_dir={validation}", f"--export_dir={tmp_path / 'export'}",
                     f"--report_dir={tmp_path / 'report'}",
@@ -258,8 +261,13 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
 
     done = _command("lr_find", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
                     f"--validation_dir={validation}", "--steps=20",
-                    f"--plot_path={tmp_path / 'lr_find.png'}", *recipe)
+                    f"--plot_path={tmp_path / 'lr_find.png'}", "--cache_memory_mb=0", *recipe,
+                    TMPDIR=str(scratch))
     assert done.returncode == 0, done.stderr
+    # The fast exit (cli.run) still runs the exit handlers: the spill folder
+    # of a run whose arrays all went to disk is removed.
+    assert "over the 0 MB memory budget" in done.stdout + done.stderr
+    assert os.listdir(scratch) == []
     assert re.search(r"^suggested_learning_rate=\S+ \(--head_learning_rate=\S+\)$",
                      done.stdout, re.MULTILINE)
     assert os.path.getsize(tmp_path / "lr_find.png") > 0

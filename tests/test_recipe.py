@@ -347,7 +347,9 @@ def test_fit_within_a_budget_on_a_fake_clock(tiny_backbone_path, image_folders, 
     # Every reading of the clock moves it 0.05 s: the run's plans follow
     # from how often the code reads it, not from this machine's speed.
     clock = FakeClock(tick=0.05)
-    config = small_config.replace(head_epochs=3, fine_tune_epochs=30, time_budget_s=12)
+    # Patience above the epochs: only the budget may end phase 2 here.
+    config = small_config.replace(head_epochs=3, fine_tune_epochs=30, time_budget_s=12,
+                                  early_stopping_patience=30)
     tuner = FineTuner(tiny_backbone_path, config=config, clock=clock)
     with caplog.at_level(logging.INFO, logger="tfhub_ft"):
         history = tuner.fit(train, validation, verbose=0)

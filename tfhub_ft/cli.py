@@ -23,6 +23,7 @@ traceback.
 """
 
 import argparse
+import atexit
 import dataclasses
 import inspect
 import json
@@ -606,6 +607,28 @@ def _one_line(command, error, limit=600):
         # upstream message can list hundreds of names in between.
         text = f"{text[:limit - 250]} ... {text[-200:]}"
     return f"{PROG}{' ' + command if command else ''}: error: {text}"
+
+
+def run(argv=None):
+    """The console entry point (`tfhub_ft`, `python -m tfhub_ft`,
+    examples/flowers.py): `main`, then a fast exit.
+
+    With TensorFlow loaded, the interpreter's own teardown after a run takes
+    about 2 s the user waits for at the end of every command (measured in
+    BUILD_NOTES.md). Once `main` has returned (its files written and
+    renamed into place), the output is flushed, the exit handlers run (the
+    spill folders are removed there) and the process ends without that
+    teardown. Where CPython's `atexit._run_exitfuncs` is missing, the exit
+    is the normal one.
+    """
+    status = int(main(argv) or 0)
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is None:
+        sys.exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    run_exit_handlers()  # logging's shutdown is one of them
+    os._exit(status)
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_ft import backbone as backbone_lib
+from tfhub_ft import config as config_lib
 from tfhub_ft import data as data_lib
 from tfhub_ft import model as model_lib
 from tfhub_ft.checks import check_integer, check_positive_number
@@ -162,11 +163,7 @@ class QuickstartConfig:
             ValueError: If `name` is not in `PRESETS`.
             TypeError: If a change names no field.
         """
-        if name not in PRESETS:
-            raise ValueError(
-                f"Invalid value for `name`. Expected one of {sorted(PRESETS)}. "
-                f"Received: name={name!r}")
-        return cls().replace(**{**PRESETS[name], **changes})
+        return config_lib.apply_preset(cls, PRESETS, name, changes)
 
 
 # Named runs, as changes to the defaults. "fast" (`examples/quickstart.py
