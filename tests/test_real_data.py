@@ -13,6 +13,7 @@ from tests.conftest import SHARED
 
 BACKBONE = os.path.join(SHARED, "models", "mobilenet_v2_035_feature_vector")
 CLOTHING = os.path.join(SHARED, "data", "clothing-small")
+CIFAR = os.path.join(SHARED, "data", "cifar10-small")
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("TFHUB_FT_REAL_DATA") != "1",
@@ -46,6 +47,16 @@ def test_default_recipe_on_clothing(tmp_path):
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
     assert outputs["probabilities"].shape == (4, 10)
     np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1, rtol=1e-5)
+
+
+@pytest.mark.skipif(not os.path.isdir(CIFAR), reason=f"{CIFAR} not found")
+def test_small_images_choose_the_small_image_size():
+    from tfhub_ft import FineTuner
+    tuner = FineTuner(BACKBONE)
+    train, validation = tuner.load_data(os.path.join(CIFAR, "train"),
+                                        os.path.join(CIFAR, "validation"))
+    assert tuner.image_size == 160
+    assert train.images.shape[1:] == validation.images.shape[1:] == (160, 160, 3)
 
 
 def test_real_backbone_reexports_as_a_hub_module(tmp_path):
