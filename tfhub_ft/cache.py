@@ -96,9 +96,10 @@ def compute_frozen_activations(model, train, validation, config, budget,
         return run
 
     part = "features" if split is None else "boundary"
-    logger.info("Running the frozen %s over %d training images (x%d variants) and "
-                "%d validation images, once", "backbone" if split is None else
-                "bottom of the backbone", len(train), len(variants), len(validation))
+    copies = " (and each mirrored: flip)" if len(variants) > 1 else ""
+    logger.info("Running the frozen %s over %d training images%s and %d validation "
+                "images, once", "backbone" if split is None else "bottom of the backbone",
+                len(train), copies, len(validation))
     train_outputs = [run_frozen(frozen(mirrored), train.images, config.batch_size, budget,
                                 f"train-{part}-{augmentation_lib.variant_name(mirrored)}")
                      for mirrored in variants]
