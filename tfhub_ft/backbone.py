@@ -223,6 +223,14 @@ class HubBackbone(keras.layers.Layer):
         self.input_range = check_input_range(input_range)
         self._module = module if module is not None else load_feature_vector_module(
             resolve_handle(hub_handle))
+        # Tracked, the restored module's own functions (every signature it
+        # was saved with) would be re-saved in each export beside the
+        # classifier's traced ones, never called: 0.55 s and 1.9 MB of the
+        # 7.3 MB export on the shared MobileNetV2. Its variables are saved
+        # through the Keras variables wrapping them.
+        untrack = getattr(self, "_delete_tracking", None)
+        if untrack is not None:
+            untrack("_module")
         self._module_variables = list(self._module.variables)
         trainable_ids = {id(v) for v in self._module.trainable_variables}
         # A Keras 3 (TensorFlow backend) Variable built from a tf.Variable
