@@ -27,6 +27,8 @@ Every builder returns (path, expected block names bottom to top).
 import numpy as np
 import tensorflow as tf
 
+from tfhub_ft.demo import tiny_backbone
+
 _EPSILON = 1e-3
 _MOMENTUM = 0.99
 
@@ -70,18 +72,10 @@ def _batch_norm_training(x, gamma, beta, moving_mean, moving_variance):
     return tf.nn.batch_normalization(x, mean, variance, beta, gamma, _EPSILON)
 
 
-def _save(path, call, variables, trainable_variables):
+def _save(path, call, variables, trainable_variables, image_size=None):
     """Saves `call(images, training)` as a hub feature vector at `path`."""
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    for training in (False, True):
-        call.get_concrete_function(spec, training=training)
-    root = tf.__internal__.tracking.AutoTrackable()
-    root.__call__ = call
-    root.variables = list(variables)
-    root.trainable_variables = list(trainable_variables)
-    root.regularization_losses = []
-    tf.saved_model.save(root, path)
-    return str(path)
+    return tiny_backbone.save_feature_vector_function(call, variables, trainable_variables,
+                                                      path, image_size)
 
 
 def slim_mobilenet(path, cond="network", blocks=11, width=4, seed=0):
@@ -301,16 +295,8 @@ def vit(path, blocks=3, seed=0, dim=8, patch=8, image_size=32):
             x = x + tf.nn.gelu(y @ w1 + b1) @ w2 + b2
         return _layer_norm(x, *final)[:, 0]
 
-    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-    for training in (False, True):
-        call.get_concrete_function(spec, training=training)
-    root = tf.__internal__.tracking.AutoTrackable()
-    root.__call__ = call
-    root.variables = list(v.all)
-    root.trainable_variables = list(v.all)
-    root.regularization_losses = []
-    tf.saved_model.save(root, str(path))
-    return (str(path), ["stem"] + [f"encoderblock_{n}" for n in range(blocks)] + ["head"])
+    return (_save(path, call, v.all, v.all, image_size),
+            ["stem"] + [f"encoderblock_{n}" for n in range(blocks)] + ["head"])
 
 
 def nested_functions(path, seed=0, width=4, blocks=3):

@@ -198,8 +198,6 @@ def save_feature_vector_module(module, path):
             "Invalid type for `module`. Expected a `tf.Module`. "
             f"Received: module of type {type(module).__name__}"
         )
-    path = os.fspath(path)
-    image_spec = tf.TensorSpec([None, None, None, 3], tf.float32)
     module_call = module.__call__
 
     # A fresh function traced only for any image shape: the module's own may
@@ -209,14 +207,34 @@ def save_feature_vector_module(module, path):
     def call(images, training=False):
         return module_call(images, training=training)
 
+    return save_feature_vector_function(call, module.variables, module.trainable_variables,
+                                        path)
+
+
+def save_feature_vector_function(call, variables, trainable_variables, path,
+                                 image_size=None):
+    """Saves `call(images, training)` as a TF Hub image feature vector.
+
+    Args:
+        call: A `tf.function` of float32 images `[N, S, S, 3]` and a Python
+            bool `training`; traced here for both values of `training`.
+        variables, trainable_variables: What the module exposes, in order.
+        path: Directory to write the SavedModel to.
+        image_size: The fixed side the module takes, or None for any size.
+
+    Returns:
+        `path` as a str.
+    """
+    path = os.fspath(path)
+    image_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
     for training in (False, True):
         call.get_concrete_function(image_spec, training=training)
     # A bare trackable root, because `tf.Module.variables` is a read-only
     # property and hub consumers read these as plain saved attributes.
     root = tf.__internal__.tracking.AutoTrackable()
     root.__call__ = call
-    root.variables = list(module.variables)
-    root.trainable_variables = list(module.trainable_variables)
+    root.variables = list(variables)
+    root.trainable_variables = list(trainable_variables)
     root.regularization_losses = []
     tf.saved_model.save(root, path)
     return path
