@@ -70,7 +70,8 @@ def map_batches(function, dataset):
     # on the Python code object: the functions of different calls (bottom,
     # top, classifier) are different computations, not one retraced.
     step = tf.function(functools.partial(_run_on_replicas, strategy, function),
-                       input_signature=[_relax_batch_dimension(batches.element_spec)])
+                       input_signature=[_relax_batch_dimension(batches.element_spec)],
+                       autograph=False)
     for batch in batches:
         for replica_output in strategy.experimental_local_results(step(batch)):
             yield tf.nest.map_structure(lambda t: t.numpy(), replica_output)

