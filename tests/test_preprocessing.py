@@ -16,6 +16,21 @@ def test_resize_keeps_dtype_and_skips_same_size():
     np.testing.assert_allclose(floats.numpy(), 1.0, atol=1e-6)
 
 
+def test_resize_shrinks_by_area_and_enlarges_bilinear():
+    # Shrinking 4x4 -> 2x2 averages each 2x2 block (area interpolation).
+    image = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1).repeat(3, axis=-1)
+    shrunk = preprocessing.resize_images(tf.constant(image), 2).numpy()[0, :, :, 0]
+    np.testing.assert_allclose(shrunk, [[2.5, 4.5], [10.5, 12.5]])
+    # Enlarging is bilinear with half-pixel centres: [0, 4] -> [0, 1, 3, 4].
+    row = np.array([[0.0, 4.0]] * 2, np.float32).reshape(1, 2, 2, 1).repeat(3, axis=-1)
+    enlarged = preprocessing.resize_images(tf.constant(row), 4).numpy()[0, 0, :, 0]
+    np.testing.assert_allclose(enlarged, [0.0, 1.0, 3.0, 4.0])
+    # One side shrinking, the other growing: antialiased bilinear, still exact
+    # on a constant image.
+    mixed = preprocessing.resize_images(tf.fill([1, 8, 2, 3], 0.5), 4).numpy()
+    np.testing.assert_allclose(mixed, 0.5, atol=1e-6)
+
+
 def test_to_unit_range():
     np.testing.assert_allclose(
         preprocessing.to_unit_range(tf.constant([0, 255], tf.uint8)).numpy(), [0.0, 1.0])

@@ -23,6 +23,21 @@ def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, imag
 
 
 @pytest.mark.slow
+def test_validation_scored_from_the_cache_equals_the_whole_model(tiny_backbone_path,
+                                                                 image_folders, small_config):
+    train, validation, _, _ = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    tuner.fit(train, validation, verbose=0)
+    assert tuner.unfrozen_blocks  # phase 2 ran on a split backbone
+    # fit scores the validation images from the cached boundary tensors;
+    # evaluate runs them through the whole classifier.
+    metrics = tuner.evaluate(validation)
+    assert metrics["count"] == tuner.validation_metrics["count"] == 12
+    assert metrics["accuracy"] == tuner.validation_metrics["accuracy"]
+    np.testing.assert_allclose(metrics["loss"], tuner.validation_metrics["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
 def test_fit_on_tf_data_dataset(tiny_backbone_path, small_config):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
