@@ -352,3 +352,24 @@ def test_map_batches_traces_once_per_call_without_retracing_warnings():
         tf_logger.removeHandler(handler)
     assert [m for m in handler.messages if "retracing" in m] == []
     assert traces == [None] * 8  # one trace per call, batch dimension unknown
+
+
+def test_map_batches_reuses_the_trace_of_the_same_function():
+    import tensorflow as tf
+
+    traces = []
+
+    def double(batch):
+        traces.append(batch.shape[0])
+        return batch * 2
+
+    # The training images, then the validation images: same structure.
+    for size in (5, 3):
+        dataset = tf.data.Dataset.from_tensor_slices(np.ones([size, 2], np.float32)).batch(4)
+        outputs = np.concatenate(list(distribution.map_batches(double, dataset)))
+        np.testing.assert_array_equal(outputs, np.full([size, 2], 2.0))
+    assert traces == [None]
+    # Another structure is another trace.
+    list(distribution.map_batches(double, tf.data.Dataset.from_tensor_slices(
+        np.ones([3, 5], np.float32)).batch(4)))
+    assert traces == [None, None]
