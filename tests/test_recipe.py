@@ -203,8 +203,13 @@ def test_phase_start_gives_phase_one_half_of_what_is_left_or_skips_when_spent():
     assert spent.epochs == 0 and spent.steps == 0
     assert "Time budget 40 s already spent before phase 2" in spent.reason
     assert "Raise time_budget_s (--time_budget) above 42 s" in spent.reason
+    # Phase 1 is never skipped: one epoch over the budget, not a random head.
     head = time_budget.plan_phase_start("head", 10, 20, 23.0, 5, "loading")
-    assert head.epochs == 0 and "head is untrained" in head.reason
+    assert head.epochs == 1 and head.over_budget
+    assert "One head epoch runs anyway, over the budget" in head.reason
+    assert "phase 2 is skipped" not in head.reason
+    head = time_budget.plan_phase_start("head", 10, 20, 23.0, 5, "loading", fine_tune_s=3.0)
+    assert head.epochs == 1 and "and phase 2 is skipped" in head.reason
 
 
 def test_plan_epochs_ample_tight_and_cut():
@@ -367,20 +372,21 @@ def test_fit_within_a_budget_on_a_fake_clock(tiny_backbone_path, image_folders, 
 
 
 @pytest.mark.slow
-def test_a_spent_budget_skips_both_phases_with_warnings(tiny_backbone_path, image_folders,
-                                                        small_config, caplog):
+def test_a_spent_budget_trains_one_head_epoch_and_skips_phase_2(
+        tiny_backbone_path, image_folders, small_config, caplog):
     train, validation, _, _ = image_folders
     clock = FakeClock(tick=0.05)
     tuner = FineTuner(tiny_backbone_path, config=small_config.replace(time_budget_s=1),
                       clock=clock, start_time=clock.now - 5)
     history = tuner.fit(train, validation, verbose=0)
-    assert history == {"head": {}, "fine_tune": {}}
-    assert tuner.time_plan.epochs_run == {"head": 0, "fine_tune": 0}
+    assert len(history["head"]["loss"]) == 1 and history["fine_tune"] == {}
+    assert tuner.time_plan.epochs_run == {"head": 1, "fine_tune": 0}
     warnings = [r.message for r in caplog.records
                 if r.levelname == "WARNING" and "Time budget" in r.message]
     assert len(warnings) == 1 and "already spent before phase 1" in warnings[0]
-    assert "Phase 1 skipped, and phase 2 with it, so the head is untrained" in warnings[0]
-    assert tuner.time_plan.fine_tune.reason == "skipped with phase 1: the budget was spent"
+    assert "One head epoch runs anyway, over the budget" in warnings[0]
+    assert "and phase 2 is skipped" in warnings[0]
+    assert tuner.time_plan.fine_tune.reason == "skipped: the budget was spent before phase 1"
     assert tuner.unfrozen_blocks == []
 
 

@@ -90,6 +90,9 @@ class PhasePlan:
         epoch_seconds: Estimated seconds of one epoch, its steps and its
             validation; None until measured.
         reason: One readable line: what was chosen and why.
+        over_budget: The budget was spent before phase 1, which runs one
+            epoch anyway (untimed): an untrained head would make the
+            classifier no better than chance.
     """
 
     phase: str
@@ -99,6 +102,7 @@ class PhasePlan:
     steps: Optional[int] = None
     epoch_seconds: Optional[float] = None
     reason: str = ""
+    over_budget: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +216,9 @@ def plan_phase_start(phase, config_epochs, budget_s, used_s, reserve_s, used_by,
 
     Returns:
         A `PhasePlan` (`epochs` is 0 when the phase is skipped; else the
-        config's, until measured).
+        config's, until measured). Phase 1 is never skipped: with the
+        budget spent it runs one epoch over it (`over_budget`), and phase 2
+        is skipped.
     """
     name, _ = PHASE_NAMES[phase]
     left = budget_s - reserve_s - used_s
@@ -226,21 +232,23 @@ def plan_phase_start(phase, config_epochs, budget_s, used_s, reserve_s, used_by,
                  "from the frozen pass)")
         needed = fine_tune_s
     if left <= 0 or needed:
-        if phase == "head":
-            effect = ("so the head is untrained and the classifier no better than "
-                      "chance") if fine_tune_s is None else (
-                "and phase 2 with it, so the head is untrained and the classifier no "
-                "better than chance")
-        else:
-            effect = ("the head alone is trained (or set fine_tune_epochs=0 to skip "
-                      "phase 2 without this warning)")
         above = (f"~{math.ceil(used_s + reserve_s + needed)} s" if needed else
                  f"{math.ceil(used_s + reserve_s)} s plus the time {name} needs")
+        advice = (f"Raise time_budget_s (--time_budget) above {above}, or load less "
+                  "(fewer or smaller images, image_size).")
+        if phase == "head":
+            # On cached features an epoch takes well under a second; a head
+            # left at its random start would make the export useless.
+            skipped = "" if fine_tune_s is None else ", and phase 2 is skipped"
+            return PhasePlan(
+                phase, 1, config_epochs, deadline_s=used_s, over_budget=True, reason=(
+                    f"{spent}. One head epoch runs anyway, over the budget (without it "
+                    f"the head is untrained and the classifier no better than chance)"
+                    f"{skipped}. {advice}"))
         return PhasePlan(
             phase, 0, config_epochs, deadline_s=used_s, steps=0, reason=(
-                f"{spent}. {name.capitalize()} skipped, {effect}. Raise time_budget_s "
-                f"(--time_budget) above {above}, or load less (fewer or smaller "
-                "images, image_size)."))
+                f"{spent}. {name.capitalize()} skipped, the head alone is trained (or set "
+                f"fine_tune_epochs=0 to skip phase 2 without this warning). {advice}"))
     share, why = 1.0, ""
     if phase == "head" and fine_tune_s is not None:
         if left >= fine_tune_s:
@@ -492,7 +500,7 @@ def phase_plan_for(phase, config, budget, used_by):
     epochs = config.head_epochs if phase == "head" else config.fine_tune_epochs
     plan = plan_phase_start(phase, epochs, budget.seconds, budget.used(), budget.reserve_s,
                             used_by, budget.fine_tune_s if config.fine_tune_epochs else None)
-    if plan.epochs == 0:
+    if plan.epochs == 0 or plan.over_budget:
         logger.warning(plan.reason)
     else:
         logger.info(plan.reason)

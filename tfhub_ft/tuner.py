@@ -282,14 +282,13 @@ class FineTuner:
             head_timer = self._phase_timer("head", time_budget, "loading and the frozen pass",
                                            timers, plans)
             with self._stage("head"):
-                if "head" in plans and plans["head"].epochs == 0:
-                    head_history = {}
-                else:
-                    head_history = recipe.train_head(
-                        self.model, frozen, train_set, validation_set, self.config, verbose,
-                        checkpoint=work.phase("head"),
-                        callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks),
-                        phase_timer=head_timer)
+                over_budget = "head" in plans and plans["head"].over_budget
+                head_history = recipe.train_head(
+                    self.model, frozen, train_set, validation_set,
+                    self.config.replace(head_epochs=1) if over_budget else self.config,
+                    verbose, checkpoint=work.phase("head"),
+                    callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks),
+                    phase_timer=head_timer)
             fine_tune_timer = self._phase_timer(
                 "fine_tune", time_budget, "loading, the frozen pass and phase 1", timers, plans)
             with self._stage("fine_tune"):
@@ -369,13 +368,15 @@ class FineTuner:
         epochs = self.config.head_epochs if phase == "head" else self.config.fine_tune_epochs
         if time_budget is None or not epochs:
             return None
-        if phase == "fine_tune" and "head" in plans and plans["head"].epochs == 0:
+        if phase == "fine_tune" and "head" in plans and plans["head"].over_budget:
             # Phase 1's warning said that the budget was spent.
             plans[phase] = time_budget_lib.PhasePlan(
                 phase, 0, epochs, deadline_s=time_budget.used(), steps=0,
-                reason="skipped with phase 1: the budget was spent")
+                reason="skipped: the budget was spent before phase 1")
             return None
         plans[phase] = time_budget_lib.phase_plan_for(phase, self.config, time_budget, used_by)
+        if plans[phase].over_budget:
+            return None  # its one epoch is not timed: it runs whatever the clock says
 
         def make_timer(**options):
             timers[phase] = time_budget_lib.PhaseTimer(time_budget, plans[phase],
