@@ -7,6 +7,10 @@ import pytest
 from tests import fixtures
 from tfhub_ft.demo import shapes, tiny_backbone
 
+# No split checks remembered between tests (or from the user's cache): the
+# tests of a failing check need it to run. test_backbone turns it on.
+os.environ["TFHUB_FT_CACHE_DIR"] = ""
+
 SHARED = os.environ.get(
     "TFHUB_FT_SHARED",
     os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared"))

@@ -227,3 +227,32 @@ def test_classifier_is_told_by_output_values(tmp_path, caplog):
         HubBackbone(wide_features, input_range=(0, 255), block_pattern=BLOCK)
     assert not caplog.text
     assert backbone_lib.classifier_output_kind(-np.ones((2, 1000))) == "ImageNet logits"
+
+
+def test_a_passed_split_check_is_remembered(tiny_backbone_path, tmp_path, monkeypatch):
+    checks = []
+    original = HubBackbone._check_split
+
+    def counted(self, split):
+        checks.append(len(split.top_variable_indices))
+        return original(self, split)
+
+    monkeypatch.setattr(HubBackbone, "_check_split", counted)
+    monkeypatch.setenv("TFHUB_FT_CACHE_DIR", str(tmp_path / "cache"))
+    assert HubBackbone(tiny_backbone_path).split_top_blocks(2) is not None
+    assert len(checks) == 1 and len(os.listdir(tmp_path / "cache" / "split_checks")) == 1
+    # The same module and cut, in a new process or a new backbone: not checked again.
+    assert HubBackbone(tiny_backbone_path).split_top_blocks(2) is not None
+    assert len(checks) == 1
+    # Another cut is checked.
+    assert HubBackbone(tiny_backbone_path).split_top_blocks(1) is not None
+    assert len(checks) == 2
+    # Off (TFHUB_FT_CACHE_DIR=""), or a folder that cannot be written: checked every time.
+    monkeypatch.setenv("TFHUB_FT_CACHE_DIR", "")
+    HubBackbone(tiny_backbone_path).split_top_blocks(2)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("TFHUB_FT_CACHE_DIR", str(blocked))
+    HubBackbone(tiny_backbone_path).split_top_blocks(2)
+    HubBackbone(tiny_backbone_path).split_top_blocks(2)
+    assert len(checks) == 5

@@ -85,3 +85,17 @@ def test_time_budget_is_seconds_or_none():
     assert FineTuneConfig().time_budget_s is None
     assert FineTuneConfig(time_budget_s=90).time_budget_s == 90
     assert FineTuneConfig(time_budget_s=0.5).time_budget_s == 0.5
+
+
+def test_cache_dir(monkeypatch, tmp_path):
+    from tfhub_ft.config import cache_dir
+    monkeypatch.setenv("TFHUB_FT_CACHE_DIR", str(tmp_path))
+    assert cache_dir() == str(tmp_path)
+    monkeypatch.setenv("TFHUB_FT_CACHE_DIR", "")
+    assert cache_dir() is None
+    monkeypatch.delenv("TFHUB_FT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == str(tmp_path / "xdg" / "tfhub_ft")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == str(tmp_path / "home" / ".cache" / "tfhub_ft")

@@ -6,6 +6,7 @@ weights (wrapped, not copied), grouped into blocks that are frozen or trained
 one by one.
 """
 
+import hashlib
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from tfhub_ft import blocks as blocks_lib
 from tfhub_ft import module_graph
-from tfhub_ft.config import DEFAULT_IMAGE_SIZE, check_input_range
+from tfhub_ft.config import DEFAULT_IMAGE_SIZE, cache_dir, check_input_range
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +222,11 @@ class HubBackbone(keras.layers.Layer):
         self.batch_norm_trainable = bool(batch_norm_trainable)
         self.block_pattern = block_pattern
         self.input_range = check_input_range(input_range)
+        # The local folder of the module (None for a module object), which
+        # keys the cache of split checks.
+        self._module_path = None if module is not None else resolve_handle(hub_handle)
         self._module = module if module is not None else load_feature_vector_module(
-            resolve_handle(hub_handle))
+            self._module_path)
         # Tracked, the restored module's own functions (every signature it
         # was saved with) would be re-saved in each export beside the
         # classifier's traced ones, never called: 0.55 s and 1.9 MB of the
@@ -418,7 +422,11 @@ class HubBackbone(keras.layers.Layer):
 
         The split is run once on two random images before it is returned;
         if it fails to build or run, or its features differ from the whole
-        module's, the whole module is used instead.
+        module's, the whole module is used instead. A check that passed is
+        remembered in the cache folder (`config.cache_dir`), keyed by the
+        module's graph, the cut, and the code and TensorFlow version that
+        build it, and not run again: about 1.2 s of each run on the shared
+        MobileNetV2.
 
         Returns:
             (`BackboneSplit`, None), or (None, the reason) where the module
@@ -440,7 +448,11 @@ class HubBackbone(keras.layers.Layer):
                    if self._module_trainable[i]]
         try:
             split = BackboneSplit(self, self._graph.split(indices))
-            self._check_split(split)
+            passed = _split_check_marker(self._module_path, split.top_variable_indices,
+                                         self.image_size or DEFAULT_IMAGE_SIZE)
+            if passed is None or not os.path.exists(passed):
+                self._check_split(split)
+                _record(passed)
         except Exception as error:  # Fall back to the whole module, never fail the run.
             return self._no_split(
                 logging.WARNING, f"the split graph could not be built or run "
@@ -516,6 +528,44 @@ class HubBackbone(keras.layers.Layer):
                       batch_norm_trainable=self.batch_norm_trainable,
                       input_range=list(self.input_range))
         return config
+
+
+def _split_check_marker(module_path, top_variable_indices, image_size):
+    """The file saying that this split of this module passed its check, or
+    None when checks are not remembered (a module object, a remote folder,
+    or no cache folder).
+
+    The key is what the check's outcome depends on: the module's graph
+    (saved_model.pb; its weights change the numbers, not whether the cut
+    is right), the cut, the image size, and the code that builds and runs
+    the split (this file, module_graph.py, TensorFlow's version).
+    """
+    root = cache_dir()
+    if root is None or module_path is None or not os.path.isdir(module_path):
+        return None
+    digest = hashlib.sha256()
+    for path in (os.path.join(module_path, "saved_model.pb"), __file__,
+                 module_graph.__file__):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest.update(repr((sorted(top_variable_indices), image_size,
+                        tf.__version__)).encode())
+    return os.path.join(root, "split_checks", digest.hexdigest())
+
+
+def _record(marker):
+    """Writes a split-check marker (nothing when it is None or the cache
+    folder is not writable: the check then runs again next time)."""
+    if marker is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        partial = f"{marker}.{os.getpid()}.tmp"
+        with open(partial, "w") as f:
+            f.write("passed\n")
+        os.replace(partial, marker)
+    except OSError as error:
+        logger.debug("Could not record the split check in %s: %s", marker, error)
 
 
 class BackboneSplit:

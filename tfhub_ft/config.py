@@ -10,6 +10,7 @@ slower, more accurate one.
 """
 
 import dataclasses
+import os
 from typing import Optional, Tuple
 
 from tfhub_ft.checks import check_integer, check_positive_number
@@ -27,6 +28,21 @@ SMALL_IMAGE_SIDE = 112
 AUGMENTATIONS = ("flip",)
 ON_BAD_IMAGE = ("skip", "error")
 CLASS_WEIGHTS = ("none", "balanced")
+
+# Where tfhub_ft keeps what it can reuse between runs (which module splits
+# passed their check, `backbone.HubBackbone.plan_split`).
+CACHE_DIR_ENV = "TFHUB_FT_CACHE_DIR"
+
+
+def cache_dir() -> Optional[str]:
+    """$TFHUB_FT_CACHE_DIR, else $XDG_CACHE_HOME/tfhub_ft (~/.cache/tfhub_ft);
+    None when TFHUB_FT_CACHE_DIR is set to "" (nothing is cached)."""
+    chosen = os.environ.get(CACHE_DIR_ENV)
+    if chosen is not None:
+        return chosen or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tfhub_ft")
+
 
 # A real ImageNet MobileNetV2 feature vector on TF Hub (served from Kaggle
 # Models since 2024), the default of the example scripts.
