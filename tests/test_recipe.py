@@ -212,6 +212,22 @@ def test_phase_start_gives_phase_one_half_of_what_is_left_or_skips_when_spent():
     assert head.epochs == 1 and "and phase 2 is skipped" in head.reason
 
 
+def test_estimate_reserve_from_the_frozen_pass_and_the_load():
+    from tfhub_ft import config, time_budget
+    # 1,000 frozen images in 2 s: 2 ms each; 100 validation images; a 3 s load.
+    seconds, reason = time_budget.estimate_reserve(2.0, 1000, 100, 3.0, extra_s=0.5)
+    validation = 0.002 * 100 + config.TIME_BUDGET_TRACE_S
+    export = config.TIME_BUDGET_EXPORT_BASE_S + config.TIME_BUDGET_EXPORT_PER_LOAD * 3.0
+    assert seconds == pytest.approx(validation + export + 0.5)
+    assert "100 images at the frozen pass's 2.0 ms" in reason and "0.5 s more" in reason
+    # Scored from the cached boundary tensors: a share of that, the top only.
+    cached, reason = time_budget.estimate_reserve(2.0, 1000, 100, 3.0, cached_scoring=True)
+    assert cached == pytest.approx(
+        config.TIME_BUDGET_CACHED_SCORING_SHARE * 0.002 * 100
+        + config.TIME_BUDGET_CACHED_SCORING_S + export)
+    assert "0.25x the frozen pass's 2.0 ms" in reason
+
+
 def test_plan_epochs_ample_tight_and_cut():
     from tfhub_ft import time_budget
     start = time_budget.PhasePlan("fine_tune", 6, 6, deadline_s=80.0)

@@ -153,7 +153,7 @@ class TimeBudget:
 
 
 def estimate_reserve(frozen_seconds, frozen_images, validation_images, load_seconds,
-                     extra_s=0.0):
+                     extra_s=0.0, cached_scoring=False):
     """Seconds to keep for the final validation scoring and one export.
 
     Args:
@@ -164,16 +164,24 @@ def estimate_reserve(frozen_seconds, frozen_images, validation_images, load_seco
         load_seconds: What loading the backbone (creating the `FineTuner`)
             took; the export is estimated from it (config.py).
         extra_s: Added as it is (the command's exit).
+        cached_scoring: The final scoring reads the cached boundary tensors
+            of a split backbone (the top only), not the images.
 
     Returns:
         (seconds, a readable account of them).
     """
     per_image = frozen_seconds / max(frozen_images, 1)
-    validation = per_image * validation_images + config_lib.TIME_BUDGET_TRACE_S
+    if cached_scoring:
+        share, fixed = (config_lib.TIME_BUDGET_CACHED_SCORING_SHARE,
+                        config_lib.TIME_BUDGET_CACHED_SCORING_S)
+        how = f"{share:g}x the frozen pass's {per_image * 1000:.1f} ms + {fixed:g} s"
+    else:
+        share, fixed = 1.0, config_lib.TIME_BUDGET_TRACE_S
+        how = f"the frozen pass's {per_image * 1000:.1f} ms + {fixed:g} s"
+    validation = share * per_image * validation_images + fixed
     export = (config_lib.TIME_BUDGET_EXPORT_BASE_S
               + config_lib.TIME_BUDGET_EXPORT_PER_LOAD * load_seconds)
-    reason = (f"{validation:.1f} s for validation ({validation_images} images at the "
-              f"frozen pass's {per_image * 1000:.1f} ms + {config_lib.TIME_BUDGET_TRACE_S:g} s), "
+    reason = (f"{validation:.1f} s for validation ({validation_images} images at {how}), "
               f"{export:.1f} s for the export ({config_lib.TIME_BUDGET_EXPORT_BASE_S:g} s + "
               f"{config_lib.TIME_BUDGET_EXPORT_PER_LOAD:g}x the {load_seconds:.1f} s the "
               "backbone took to load)")

@@ -278,7 +278,7 @@ class FineTuner:
             if time_budget is not None:
                 self._reserve_time(time_budget, self._clock() - frozen_start, len(train_set),
                                    len(frozen.train_features), len(validation_set),
-                                   budget_reserve_s)
+                                   budget_reserve_s, cached_scoring=frozen.split is not None)
             head_timer = self._phase_timer("head", time_budget, "loading and the frozen pass",
                                            timers, plans)
             with self._stage("head"):
@@ -348,13 +348,13 @@ class FineTuner:
         return time_budget_lib.TimeBudget(self.config.time_budget_s, start, self._clock)
 
     def _reserve_time(self, time_budget, frozen_seconds, train_count, variants,
-                      validation_count, extra_s):
+                      validation_count, extra_s, cached_scoring):
         """Estimates (and logs) what the budget keeps for validation and
         export, and phase 2's first epoch, from the frozen pass."""
         frozen_images = train_count * variants + validation_count
         time_budget.reserve_s, time_budget.reserve_reason = time_budget_lib.estimate_reserve(
             frozen_seconds, frozen_images, validation_count, self._backbone_load_seconds,
-            extra_s)
+            extra_s, cached_scoring)
         time_budget.fine_tune_s = time_budget_lib.estimate_fine_tune_epoch(
             frozen_seconds, frozen_images, train_count)
         logger.info("Time budget %g s: reserving %.1f s after the phases: %s",
