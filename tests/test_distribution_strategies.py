@@ -363,13 +363,17 @@ def test_map_batches_reuses_the_trace_of_the_same_function():
         traces.append(batch.shape[0])
         return batch * 2
 
-    # The training images, then the validation images: same structure.
+    # The training images, then the validation images: the same structure.
+    kept = {}
     for size in (5, 3):
         dataset = tf.data.Dataset.from_tensor_slices(np.ones([size, 2], np.float32)).batch(4)
-        outputs = np.concatenate(list(distribution.map_batches(double, dataset)))
+        outputs = np.concatenate(list(distribution.map_batches(double, dataset, kept)))
         np.testing.assert_array_equal(outputs, np.full([size, 2], 2.0))
-    assert traces == [None]
-    # Another structure is another trace.
+    assert traces == [None] and len(kept) == 1
+    # Another structure is another trace; without the dict, every call traces.
+    list(distribution.map_batches(double, tf.data.Dataset.from_tensor_slices(
+        np.ones([3, 5], np.float32)).batch(4), kept))
+    assert traces == [None, None]
     list(distribution.map_batches(double, tf.data.Dataset.from_tensor_slices(
         np.ones([3, 5], np.float32)).batch(4)))
-    assert traces == [None, None]
+    assert traces == [None, None, None]

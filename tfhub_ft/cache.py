@@ -20,7 +20,7 @@ from tfhub_ft import augmentation as augmentation_lib
 logger = logging.getLogger(__name__)
 
 
-def run_frozen(function, inputs, batch_size, budget, name):
+def run_frozen(function, inputs, batch_size, budget, name, traces=None):
     """Runs a frozen function over arrays in batches, storing its outputs.
 
     Args:
@@ -28,13 +28,14 @@ def run_frozen(function, inputs, batch_size, budget, name):
         inputs: array or tuple of arrays [N, ...] (numpy or `FileArray`).
         budget: `arrays.ArrayBudget` the outputs are allocated from.
         name: Names the outputs in logs and spill files.
+        traces: As `distribution.map_batches`.
 
     Returns:
         Array(s) [N, ...], as `function` returns (numpy or `FileArray`).
     """
     source = arrays.BatchSource(inputs, batch_size=batch_size)
     outputs, returns_tuple, start = None, False, 0
-    for output in distribution.map_batches(function, source.dataset()):
+    for output in distribution.map_batches(function, source.dataset(), traces):
         returns_tuple = isinstance(output, tuple)
         parts = output if returns_tuple else (output,)
         if outputs is None:
@@ -105,12 +106,14 @@ def compute_frozen_activations(model, train, validation, config, budget,
                 "images, once", "backbone" if split is None else "bottom of the backbone",
                 len(train), copies, len(validation))
     frozen_functions = [frozen(mirrored) for mirrored in variants]
+    traces = {}
     train_outputs = [run_frozen(function, train.images, config.batch_size, budget,
-                                f"train-{part}-{augmentation_lib.variant_name(mirrored)}")
+                                f"train-{part}-{augmentation_lib.variant_name(mirrored)}",
+                                traces)
                      for function, mirrored in zip(frozen_functions, variants)]
     # The plain variant's function (the first) again, so its trace is reused.
     validation_outputs = run_frozen(frozen_functions[0], validation.images, config.batch_size,
-                                    budget, f"validation-{part}")
+                                    budget, f"validation-{part}", traces)
     if split is None:
         return FrozenActivations(train_outputs, validation_outputs)
     return FrozenActivations(
