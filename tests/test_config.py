@@ -96,6 +96,8 @@ def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("TFHUB_FT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == str(tmp_path / "xdg" / "tfhub_ft")
-    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # as the XDG spec says
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == str(tmp_path / "home" / ".cache" / "tfhub_ft")
+    monkeypatch.setenv("TFHUB_FT_CACHE_DIR", "~/mine")
+    assert cache_dir() == str(tmp_path / "home" / "mine")

@@ -17,10 +17,11 @@ def test_resize_keeps_dtype_and_skips_same_size():
 
 
 def test_resize_shrinks_by_area_and_enlarges_bilinear():
-    # Shrinking 4x4 -> 2x2 averages each 2x2 block (area interpolation).
-    image = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1).repeat(3, axis=-1)
+    # Shrinking decoded (uint8) images 4x4 -> 2x2 averages each 2x2 block
+    # (area interpolation).
+    image = (np.arange(16).reshape(1, 4, 4, 1).repeat(3, axis=-1) * 10).astype(np.uint8)
     shrunk = preprocessing.resize_images(tf.constant(image), 2).numpy()[0, :, :, 0]
-    np.testing.assert_allclose(shrunk, [[2.5, 4.5], [10.5, 12.5]])
+    np.testing.assert_array_equal(shrunk, [[25, 45], [105, 125]])
     # Enlarging is bilinear with half-pixel centres: [0, 4] -> [0, 1, 3, 4].
     row = np.array([[0.0, 4.0]] * 2, np.float32).reshape(1, 2, 2, 1).repeat(3, axis=-1)
     enlarged = preprocessing.resize_images(tf.constant(row), 4).numpy()[0, 0, :, 0]
@@ -29,6 +30,20 @@ def test_resize_shrinks_by_area_and_enlarges_bilinear():
     # on a constant image.
     mixed = preprocessing.resize_images(tf.fill([1, 8, 2, 3], 0.5), 4).numpy()
     np.testing.assert_allclose(mixed, 0.5, atol=1e-6)
+
+
+def test_gradients_reach_float_images_through_the_resize():
+    # Float images of any size (serving_images, saliency maps) never meet
+    # ResizeArea, which has no gradient, not even in an untaken branch.
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    def gradient(images):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(preprocessing.resize_images(images, 4))
+        return tape.gradient(loss, images)
+
+    for shape in [(1, 8, 8, 3), (1, 4, 4, 3), (1, 2, 2, 3), (1, 8, 2, 3)]:
+        assert gradient(tf.ones(shape)).shape == shape
 
 
 def test_to_unit_range():

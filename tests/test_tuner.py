@@ -1,3 +1,4 @@
+import logging
 import os
 import numpy as np
 import pytest
@@ -23,12 +24,15 @@ def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, imag
 
 
 @pytest.mark.slow
-def test_validation_scored_from_the_cache_equals_the_whole_model(tiny_backbone_path,
-                                                                 image_folders, small_config):
+def test_validation_scored_from_the_cache_equals_the_whole_model(
+        tiny_backbone_path, image_folders, small_config, caplog):
     train, validation, _, _ = image_folders
     tuner = FineTuner(tiny_backbone_path, config=small_config)
-    tuner.fit(train, validation, verbose=0)
-    assert tuner.unfrozen_blocks  # phase 2 ran on a split backbone
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        tuner.fit(train, validation, verbose=0)
+    # Phase 2 ran, on a split backbone.
+    assert tuner.unfrozen_blocks
+    assert not [r for r in caplog.records if "Not splitting" in r.getMessage()]
     # fit scores the validation images from the cached boundary tensors;
     # evaluate runs them through the whole classifier.
     metrics = tuner.evaluate(validation)

@@ -448,7 +448,7 @@ class HubBackbone(keras.layers.Layer):
                    if self._module_trainable[i]]
         try:
             split = BackboneSplit(self, self._graph.split(indices))
-            passed = _split_check_marker(self._module_path, split.top_variable_indices,
+            passed = _split_check_marker(self._module_path, indices,
                                          self.image_size or DEFAULT_IMAGE_SIZE)
             if passed is None or not os.path.exists(passed):
                 self._check_split(split)
@@ -530,26 +530,34 @@ class HubBackbone(keras.layers.Layer):
         return config
 
 
-def _split_check_marker(module_path, top_variable_indices, image_size):
+def _split_check_marker(module_path, cut_variable_indices, image_size):
     """The file saying that this split of this module passed its check, or
     None when checks are not remembered (a module object, a remote folder,
-    or no cache folder).
+    no cache folder, or a file of the key that cannot be read).
 
     The key is what the check's outcome depends on: the module's graph
     (saved_model.pb; its weights change the numbers, not whether the cut
-    is right), the cut, the image size, and the code that builds and runs
-    the split (this file, module_graph.py, TensorFlow's version).
+    is right), the cut, the image size, where it runs (the strategy, its
+    replicas, the device types) and the code that builds and runs the
+    split (this file, module_graph.py, TensorFlow's and Keras's versions).
     """
     root = cache_dir()
     if root is None or module_path is None or not os.path.isdir(module_path):
         return None
+    strategy = tf.distribute.get_strategy()
     digest = hashlib.sha256()
-    for path in (os.path.join(module_path, "saved_model.pb"), __file__,
-                 module_graph.__file__):
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    digest.update(repr((sorted(top_variable_indices), image_size,
-                        tf.__version__)).encode())
+    try:
+        for path in (os.path.join(module_path, "saved_model.pb"), __file__,
+                     module_graph.__file__):
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    except OSError:
+        return None
+    digest.update(repr((
+        sorted(cut_variable_indices), image_size, type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+        sorted({device.device_type for device in tf.config.list_logical_devices()}),
+        tf.__version__, keras.__version__)).encode())
     return os.path.join(root, "split_checks", digest.hexdigest())
 
 

@@ -75,9 +75,9 @@ def compute_frozen_activations(model, train, validation, config, budget,
     """Runs the frozen layers once over both image sets.
 
     With a `split` (phase 2 trains from cached activations: see
-    `recipe.plan_fine_tune`) the bottom runs once and the features come
-    from the top applied to its cached output; else the whole backbone runs
-    once.
+    `recipe.plan_fine_tune`) one pass per image runs the bottom, keeps its
+    output (the boundary tensors) and runs the still-frozen top on it for
+    phase 1's features; else the whole backbone runs once.
 
     Args:
         model: `ImageClassifier` with its backbone frozen.
@@ -102,9 +102,9 @@ def compute_frozen_activations(model, train, validation, config, budget,
 
     part = "features" if split is None else "boundary-and-features"
     copies = " (and each mirrored: flip)" if len(variants) > 1 else ""
-    logger.info("Running the frozen %s over %d training images%s and %d validation "
-                "images, once", "backbone" if split is None else "bottom of the backbone",
-                len(train), copies, len(validation))
+    logger.info("Running the frozen backbone over %d training images%s and %d validation "
+                "images, once%s", len(train), copies, len(validation),
+                "" if split is None else ", keeping its bottom's output for phase 2")
     frozen_functions = [frozen(mirrored) for mirrored in variants]
     traces = {}
     train_outputs = [run_frozen(function, train.images, config.batch_size, budget,

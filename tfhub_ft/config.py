@@ -36,11 +36,17 @@ CACHE_DIR_ENV = "TFHUB_FT_CACHE_DIR"
 
 def cache_dir() -> Optional[str]:
     """$TFHUB_FT_CACHE_DIR, else $XDG_CACHE_HOME/tfhub_ft (~/.cache/tfhub_ft);
-    None when TFHUB_FT_CACHE_DIR is set to "" (nothing is cached)."""
+    None when TFHUB_FT_CACHE_DIR is set to "" or there is no home folder
+    (nothing is cached)."""
     chosen = os.environ.get(CACHE_DIR_ENV)
     if chosen is not None:
-        return chosen or None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.expanduser(chosen) or None
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # The XDG spec: a relative path is ignored.
+        home = os.path.expanduser("~")
+        if home == "~":  # No home folder (a container user without one): no cache.
+            return None
+        base = os.path.join(home, ".cache")
     return os.path.join(base, "tfhub_ft")
 
 
@@ -165,9 +171,10 @@ class FineTuneConfig:
             (estimated and reserved): phase 1 takes at most half of what is
             left (all when phase 2 would not fit), phase 2 plans its epochs
             (and its cosine) from its measured step time and stops before an
-            epoch that would not fit; a phase the budget cannot reach is
-            skipped with a warning. Not with a `work_dir` (a resumed run
-            could not repeat the timing).
+            epoch that would not fit; phase 2, when the budget cannot reach
+            it, is skipped with a warning, and phase 1, when the budget is
+            already spent, runs one epoch over it with a warning. Not with a
+            `work_dir` (a resumed run could not repeat the timing).
     """
 
     image_size: Optional[int] = None

@@ -502,10 +502,11 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
             "if the dataset never ends, pass `dataset.take(n)`.")
 
     def prepare(image, label):
-        image = preprocessing.resize_images(image, image_size)
+        # To uint8 first: float and uint8 sources then resize the same way
+        # (area interpolation when shrinking, as decoded files).
         if image.dtype != tf.uint8:
             image = tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255), tf.uint8)
-        return image, tf.cast(label, tf.int32)
+        return preprocessing.resize_images(image, image_size), tf.cast(label, tf.int32)
 
     batches = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True).batch(_STREAM_BATCH).prefetch(1)

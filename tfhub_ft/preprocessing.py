@@ -471,12 +471,15 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
 def resize_images(images, image_size):
     """Resizes images to a square of side `image_size`, keeping their dtype.
 
-    Shrinking averages the input pixels each output pixel covers (area
+    uint8 images (decoded files: training, `serving_default`) that shrink
+    are averaged over the input pixels each output pixel covers (area
     interpolation: antialiased, so large photos shrink without aliasing,
     and about 3x faster on a CPU than antialiased bilinear, which took
-    most of the decoding time of 400-px photos); enlarging is bilinear,
-    shrinking one side only antialiased bilinear. An image already at the
-    size is returned unchanged.
+    most of the decoding time of 400-px photos). Float images that shrink
+    (`serving_images`, gradients through the model) use antialiased
+    bilinear, which has a gradient; the two differ by a few levels of 255.
+    Enlarging is bilinear, shrinking one side only antialiased bilinear.
+    An image already at the size is returned unchanged.
 
     Args:
         images: uint8 [..., H, W, 3] in [0, 255] or float32 in [0, 1].
@@ -499,11 +502,15 @@ def resize_images(images, image_size):
 
 def _resize(images, size):
     shape = tf.shape(images)[-3:-1]
-    resized = tf.case([
-        (tf.reduce_all(shape >= size), lambda: tf.image.resize(images, size, method="area")),
+    cases = [
         # Antialiasing filters nothing when enlarging, and costs twice the time.
-        (tf.reduce_all(shape <= size), lambda: tf.image.resize(images, size))],
-        default=lambda: tf.image.resize(images, size, antialias=True))
+        (tf.reduce_all(shape <= size), lambda: tf.image.resize(images, size))]
+    if images.dtype == tf.uint8:
+        # Not for float images: ResizeArea has no gradient, and a gradient
+        # through a tf.case is built for every branch.
+        cases.insert(0, (tf.reduce_all(shape >= size),
+                         lambda: tf.image.resize(images, size, method="area")))
+    resized = tf.case(cases, default=lambda: tf.image.resize(images, size, antialias=True))
     if images.dtype == tf.uint8:
         return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
     return tf.cast(resized, images.dtype)

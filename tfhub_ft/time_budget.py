@@ -11,8 +11,10 @@ frozen pass, both phases, the final validation scoring and one export.
   (`estimate_reserve`): the scoring from the frozen pass's seconds per
   image, the export from how long the backbone took to load (config.py's
   `TIME_BUDGET_*` constants say what was measured).
-- A phase the budget can no longer reach is skipped with a WARNING saying
-  what to do (`plan_phase_start`). Phase 1 may use at most
+- Phase 2, when the budget can no longer reach it, is skipped with a
+  WARNING saying what to do (`plan_phase_start`); phase 1 is not skipped:
+  with the budget spent it runs one untimed epoch over it, with a WARNING
+  (a head left untrained would make the classifier no better than chance). Phase 1 may use at most
   `TIME_BUDGET_HEAD_SHARE` of what is left when phase 2 follows; phase 2 gets
   the rest, and does not start with less than a guess of its first epoch
   from the frozen pass (`estimate_fine_tune_epoch`; then phase 1 may use all).

@@ -222,8 +222,10 @@ class FineTuner:
             what the caller does after them (the command: its exit).
 
         Under `time_budget_s` (see `time_budget`), the budget counts from
-        the tuner's `start_time`; a phase it cannot reach is skipped with a
-        warning, and `time_plan` records what was planned and run.
+        the tuner's `start_time`; phase 2, when it cannot reach it, is
+        skipped with a warning (phase 1 runs at least one epoch, over a
+        spent budget with a warning), and `time_plan` records what was
+        planned and run.
 
         Returns:
             {"head": phase-1 history, "fine_tune": phase-2 history}, each a
@@ -482,7 +484,7 @@ class FineTuner:
         return self._probabilities(dataset)
 
     def _probabilities(self, dataset, model=None):
-        model = model or self.model
+        model = self.model if model is None else model
         with self.strategy.scope():
             logits = np.concatenate(list(distribution.map_batches(
                 lambda batch: model(batch, training=False), dataset)))
