@@ -477,7 +477,8 @@ def resize_images(images, image_size):
     and about 3x faster on a CPU than antialiased bilinear, which took
     most of the decoding time of 400-px photos). Float images that shrink
     (`serving_images`, gradients through the model) use antialiased
-    bilinear, which has a gradient; the two differ by a few levels of 255.
+    bilinear, which has a gradient; the two differ slightly, most on fine
+    texture.
     Enlarging is bilinear, shrinking one side only antialiased bilinear.
     An image already at the size is returned unchanged.
 

@@ -158,17 +158,22 @@ def train_head(model, frozen, train, validation, config, verbose="auto",
                 verbose, callbacks, checkpoint)
 
 
-def fine_tune_schedule(config, train_size):
+def fine_tune_schedule(config, train_size, replannable=False):
     """Phase 2's learning rate: cosine decay from `fine_tune_learning_rate`
     to 0 over `fine_tune_epochs` epochs of `train_size` images (SGDR,
     Loshchilov & Hutter 2017, without restarts).
 
+    Args:
+        replannable: Under a time budget: a `ReplannableCosineDecay`, whose
+            end the budget's plans move.
+
     Returns:
-        A `keras.optimizers.schedules.CosineDecay` of the optimizer step.
+        A `keras.optimizers.schedules.CosineDecay` (or the
+        `ReplannableCosineDecay`) of the optimizer step.
     """
-    steps_per_epoch = math.ceil(train_size / config.batch_size)
-    return keras.optimizers.schedules.CosineDecay(
-        config.fine_tune_learning_rate, steps_per_epoch * config.fine_tune_epochs)
+    steps = math.ceil(train_size / config.batch_size) * config.fine_tune_epochs
+    schedule = ReplannableCosineDecay if replannable else keras.optimizers.schedules.CosineDecay
+    return schedule(config.fine_tune_learning_rate, steps)
 
 
 class ReplannableCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -354,12 +359,7 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
     """
     if config.fine_tune_epochs == 0:
         return {}
-    if phase_timer is None:
-        schedule = fine_tune_schedule(config, len(train))
-    else:
-        schedule = ReplannableCosineDecay(
-            config.fine_tune_learning_rate,
-            math.ceil(len(train) / config.batch_size) * config.fine_tune_epochs)
+    schedule = fine_tune_schedule(config, len(train), replannable=phase_timer is not None)
     optimizer = fine_tune_optimizer(
         schedule, config,
         [model.backbone.block_variables(block)
