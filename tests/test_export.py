@@ -219,3 +219,20 @@ def test_export_logs_no_tensorflow_info_lines(trained, tmp_path):
             each.setLevel(level)
     assert [record.getMessage()[:80] for record in handler.records] == []
     assert all(each.level == level for each, level in zip(loggers, levels))
+
+
+def test_export_reuses_the_decode_graph_training_traced(trained, tmp_path, monkeypatch):
+    # The decode graph takes about a second to trace; fit traced it when it
+    # decoded the folders, and the export's serving_default calls that trace.
+    from tfhub_ft import preprocessing
+    traces = []
+    decode_and_resize = preprocessing.decode_and_resize
+    monkeypatch.setattr(preprocessing, "decode_and_resize",
+                        lambda *args, **kwargs: traces.append(args) or decode_and_resize(
+                            *args, **kwargs))
+    path = trained.export(str(tmp_path / "model"))
+    assert traces == []
+    loaded = tf.saved_model.load(path)
+    _, encoded = encoded_images(2, 40)
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    assert outputs["probabilities"].shape == (2, len(trained.class_names))
