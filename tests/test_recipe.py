@@ -252,8 +252,20 @@ def test_plan_epochs_ample_tight_and_cut():
     cut = plan(used_s=77.5, steps_done=3)
     assert (cut.epochs, cut.steps) == (1, 6)
     assert "epoch 1 cut to 6 of 10 steps" in cut.reason
-    # Nothing more fits at an epoch's end: stop where it is.
-    assert plan(used_s=76.0, steps_done=20).epochs == 2
+    # At an epoch's end 4 s are left: no whole epoch, but 6 steps and their
+    # validation; 2 s would leave 2 steps, under a quarter of an epoch.
+    partial = plan(used_s=76.0, steps_done=20)
+    assert (partial.epochs, partial.steps) == (3, 26)
+    assert partial.reason.endswith(
+        "4.0 s left for phase 2, so 2 of 6 fine-tune epochs and 6 of 10 steps of one "
+        "more (reserving 10.0 s for validation and export)")
+    assert plan(used_s=78.0, steps_done=20).epochs == 2
+    # Whole epochs, then the rest: 15 s after epoch 1 are two epochs (12 s)
+    # and 4 steps before a validation. Mid-epoch, 13 s left: the rest of
+    # epoch 1 (4.5 s) and one epoch (6 s) leave 2.5 s, 3 steps of a third.
+    assert plan(used_s=65.0, steps_done=10).steps == 34
+    mid = plan(used_s=67.0, steps_done=3)
+    assert (mid.epochs, mid.steps) == (3, 23)
 
 
 def test_phase_timer_plans_moves_the_cosine_and_ends_within_the_deadline():
@@ -380,7 +392,8 @@ def test_fit_within_a_budget_on_a_fake_clock(tiny_backbone_path, image_folders, 
     assert 1 <= plan.fine_tune.epochs < 30 and len(history["fine_tune"]["loss"]) \
         == plan.fine_tune.epochs
     assert plan.used_s <= 12 - plan.reserve_s + 1.0
-    assert any("fine-tune epochs (reserving" in r.message for r in caplog.records)
+    assert any("fine-tune epochs" in r.message and "(reserving" in r.message
+               for r in caplog.records)
     tuner.report(tmp_path / "report")
     with open(tmp_path / "report" / "summary.json") as f:
         summary = json.load(f)

@@ -283,7 +283,10 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     of `steps_per_epoch`) whole epochs are planned: as many as fit in full,
     at most the config's. Mid-epoch (the first plan, after a few timed steps)
     the current epoch is finished if it fits, and cut to the steps that fit
-    before its validation if it does not.
+    before its validation if it does not. Time left after the whole epochs
+    goes to one more epoch cut to the steps that fit before its validation,
+    when they are at least config.py's `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of
+    an epoch and the config has epochs left.
 
     Args:
         plan: The phase's current `PhasePlan` (its `deadline_s`,
@@ -304,7 +307,7 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     left = plan.deadline_s - used_s
     epoch_s = steps_per_epoch * step_s + validation_s
     epochs_done, into = divmod(steps_done, steps_per_epoch)
-    cut = None
+    cut, cut_extra = None, False
     if epoch_s <= 0:  # nothing measurable (a fake clock standing still): all fit
         epochs = plan.config_epochs
     elif into:
@@ -320,12 +323,23 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     if cut is None:
         epochs = max(epochs_done, min(plan.config_epochs, epochs))
         steps = epochs * steps_per_epoch
+        if 0 < epoch_s and 0 < step_s and epochs < plan.config_epochs:
+            # Whole epochs to run from here, the current one counted as its rest.
+            planned = (epochs - epochs_done) * epoch_s - (into * step_s if into else 0)
+            more = math.floor((left - planned - validation_s) / step_s)
+            if more >= max(1, math.ceil(
+                    config_lib.TIME_BUDGET_PARTIAL_EPOCH_SHARE * steps_per_epoch)):
+                cut, cut_extra = min(more, steps_per_epoch - 1), True
+                epochs, steps = epochs + 1, steps + cut
     timing = (f"{name} epoch ~{epoch_s:.1f} s ({steps_per_epoch} steps of "
               f"{step_s * 1000:.0f} ms + {validation_s:.1f} s validation)")
     head = (f"{_budget_words(budget_s)}: {used_s:.1f} s used by {used_by}, {timing}, "
             f"{left:.1f} s left for {name}")
     reserve = f"(reserving {reserve_s:.1f} s for validation and export)"
-    if cut is not None:
+    if cut_extra:
+        reason = (f"{head}, so {epochs - 1} of {plan.config_epochs} {epoch_words} and "
+                  f"{cut} of {steps_per_epoch} steps of one more {reserve}")
+    elif cut is not None:
         reason = (f"{head}: epoch {epochs} cut to {cut} of {steps_per_epoch} steps "
                   f"{reserve}")
     else:
