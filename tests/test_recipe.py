@@ -131,11 +131,12 @@ def test_fine_tune_optimizer_scales_each_blocks_rate():
     np.testing.assert_allclose(head.numpy(), 1 - 0.1, rtol=1e-5)
 
 
-def test_fused_adamw_matches_keras_adamw():
+def test_fused_adamw_matches_keras_adamw(monkeypatch):
     # LayerwiseAdamW applies Adam with ResourceApplyAdam: ten epochs of a
     # small model under a cosine, weight decay on, give Keras's AdamW's
     # weights to float32 rounding. (Per-block rates: the test above.)
     import keras
+    import tensorflow as tf
     from tfhub_ft import FineTuneConfig
 
     def train(optimizer):
@@ -153,10 +154,20 @@ def test_fused_adamw_matches_keras_adamw():
 
     reference = keras.optimizers.AdamW(schedule(), weight_decay=0.05)
     reference.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    fused = train(recipe.fine_tune_optimizer(schedule(), FineTuneConfig(weight_decay=0.05)))
-    for got, want in zip(fused, train(reference)):
-        assert np.abs(want).max() > 0.05  # trained away from zero
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    wanted = train(reference)
+    fused_updates = []
+    apply_adam = tf.raw_ops.ResourceApplyAdam
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam",
+                        lambda **kwargs: fused_updates.append(1) or apply_adam(**kwargs))
+    got = train(recipe.fine_tune_optimizer(schedule(), FineTuneConfig(weight_decay=0.05)))
+    # One op per variable (4) in each trace of the train step.
+    assert fused_updates and len(fused_updates) % 4 == 0
+    keras.utils.set_random_seed(0)
+    initial = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7),
+                                keras.layers.Dense(3)]).get_weights()
+    for got_weights, want_weights, start in zip(got, wanted, initial):
+        assert np.abs(want_weights - start).max() > 0.05  # trained
+        np.testing.assert_allclose(got_weights, want_weights, atol=1e-5)
 
 
 # Issue 10: a time budget. The planner and the phase timer are pure; a fake
@@ -336,6 +347,26 @@ def test_phase_timer_stops_mid_epoch_rather_than_overrun():
     assert budget.used() <= 40 - 4.0
     assert timer.stopped_reason == "deadline" and steps < 2 * 10
     assert "(stopped after step" in lines[-1] and "the next would not have ended" in lines[-1]
+
+
+def test_phase_timer_runs_a_last_epoch_cut_to_the_time_left():
+    from tfhub_ft import time_budget
+    clock = FakeClock()
+    budget = _budget(40.6, clock, used=20.0, reserve=4.0)
+    start = time_budget.plan_phase_start("fine_tune", 3, 40.6, budget.used(), 4.0, "loading")
+    moves, lines = [], []
+    timer = time_budget.PhaseTimer(
+        budget, start, steps_per_epoch=10, validation_steps=3, used_by="loading",
+        on_plan=lambda plan, step: moves.append((step, plan.steps)), log=lines.append)
+    # 6 s epochs (10 steps of 0.5 s, 1 s validation) and 16.6 s to the
+    # deadline: two whole epochs, then 7 steps and a validation of a third.
+    # The first plan guesses the validation at 3 steps (1.5 s): 4 steps.
+    epochs, steps = _run_phase(timer, clock, 3, 10, lambda step: 0.5, validation_s=1.0)
+    assert (epochs, steps) == (3, 27) and moves == [(6, 24), (10, 27)]
+    assert "so 2 of 3 fine-tune epochs and 4 of 10 steps of one more" in lines[0]
+    assert "ran 3 of 3 epochs (27 steps)" in lines[-1]
+    assert "(the last cut to 7 steps to fit)" in lines[-1]
+    assert budget.used() <= 40.6 - 4.0
 
 
 def test_phase_timer_cuts_a_first_epoch_that_does_not_fit():

@@ -60,7 +60,7 @@ DEFAULT_HUB_URL = (
 # The export of the classifier was measured at 1.3 s for the shared
 # MobileNetV2 0.35, which took 2.1-2.4 s to load (`FineTuner` created), and
 # at 0.25-0.3 s for the tests' tiny backbone (0.1 s to load): about 0.2 s +
-# 0.46x the loading. Reserved: BASE + PER_LOAD x the loading, 0.35-0.45 s
+# 0.46x the loading. Reserved: BASE + PER_LOAD x the loading, 0.35-0.5 s
 # above both.
 TIME_BUDGET_EXPORT_BASE_S = 0.6
 TIME_BUDGET_EXPORT_PER_LOAD = 0.5
@@ -84,7 +84,7 @@ TIME_BUDGET_HEAD_SHARE = 0.5
 # (1.4x, and 1.6x on CIFAR-10, before the optimizer was built ahead of the
 # first step).
 TIME_BUDGET_FIRST_EPOCH_FACTOR = 1.2
-# Time left after the whole epochs that fit goes to a last epoch cut short
+# In phase 2, time left after the whole epochs that fit goes to a last epoch cut short
 # (its steps, then its validation) when at least this share of an epoch's
 # steps fits: less would buy a validation for little training. Whole epochs
 # only left up to one epoch of a budget unused (clothing-small,

@@ -34,10 +34,11 @@ class _ServingModule(tf.Module):
         # The concrete function of training's decoder, fetched here: a
         # tf.function called while tf.saved_model.save traces the signatures
         # misses its cache (the save context is part of the key) and traces
-        # the decode graph again, about 0.5 s. Set past tf.Module's
-        # attribute tracking, which would save it as a function of its own.
-        object.__setattr__(self, "_decode", preprocessing.traced_decoder(
-            image_size, max_pixels, exif_orientation).get_concrete_function())
+        # the decode graph again, about 0.5 s. In a tuple set past tf.Module's
+        # tracking: the save exports any function attribute as one of the
+        # module's own.
+        object.__setattr__(self, "_decoder", (preprocessing.traced_decoder(
+            image_size, max_pixels, exif_orientation).get_concrete_function(),))
 
     def _outputs(self, images):
         probabilities = tf.nn.softmax(
@@ -54,7 +55,7 @@ class _ServingModule(tf.Module):
     def serve_image_bytes(self, image_bytes):
         def decode(element):
             index, encoded = element
-            return self._decode(encoded, tf.strings.format("image_bytes[{}]", index))
+            return self._decoder[0](encoded, tf.strings.format("image_bytes[{}]", index))
 
         images = tf.map_fn(
             decode, (tf.range(tf.size(image_bytes)), image_bytes),

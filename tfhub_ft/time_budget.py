@@ -22,8 +22,10 @@ frozen pass, both phases, the final validation scoring and one export.
   (`plan_epochs`, fed by a `PhaseTimer`): first after a few timed steps of
   its first epoch (the first step, which traces the train function, is left
   out), then again after every epoch. The plan is whole epochs, except when
-  not even the first epoch fits: then it is cut to the steps that fit.
-  Phase 2's cosine is moved to end at the planned step
+  not even the first epoch fits: then it is cut to the steps that fit; and
+  phase 2 gives the time left after its whole epochs to one more epoch cut
+  to the steps that fit (at least `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of an
+  epoch; phase 1 leaves that time to phase 2). Phase 2's cosine is moved to end at the planned step
   (`recipe.ReplannableCosineDecay`), so the rate still reaches ~0. A phase
   stops at its planned end, or mid-epoch when the measured steps say the
   next would not fit before its deadline.
@@ -82,8 +84,10 @@ class PhasePlan:
 
     Attributes:
         phase: "head" or "fine_tune".
-        epochs: Epochs to run (the last one cut to `steps` when not even one
-            whole epoch fits); 0: the phase is skipped.
+        epochs: Epochs to run, the last one cut to `steps` when `steps` <
+            epochs x steps per epoch (the first epoch when it does not fit
+            whole, or in phase 2 one more after the whole epochs that fit);
+            0: the phase is skipped.
         config_epochs: The config's epochs of the phase (the most).
         deadline_s: Seconds after the budget's start by which the phase
             must end.
@@ -283,10 +287,12 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     of `steps_per_epoch`) whole epochs are planned: as many as fit in full,
     at most the config's. Mid-epoch (the first plan, after a few timed steps)
     the current epoch is finished if it fits, and cut to the steps that fit
-    before its validation if it does not. Time left after the whole epochs
-    goes to one more epoch cut to the steps that fit before its validation,
-    when they are at least config.py's `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of
-    an epoch and the config has epochs left.
+    before its validation if it does not. In phase 2, time left after the
+    whole epochs goes to one more epoch cut to the steps that fit before its
+    validation, when they are at least config.py's
+    `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of an epoch and the config has epochs
+    left (phase 1 leaves such time to phase 2, whose deadline is set from
+    what was used).
 
     Args:
         plan: The phase's current `PhasePlan` (its `deadline_s`,
@@ -323,13 +329,15 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     if cut is None:
         epochs = max(epochs_done, min(plan.config_epochs, epochs))
         steps = epochs * steps_per_epoch
-        if 0 < epoch_s and 0 < step_s and epochs < plan.config_epochs:
+        if (plan.phase == "fine_tune" and 0 < epoch_s and 0 < step_s
+                and epochs < plan.config_epochs):
             # Whole epochs to run from here, the current one counted as its rest.
             planned = (epochs - epochs_done) * epoch_s - (into * step_s if into else 0)
-            more = math.floor((left - planned - validation_s) / step_s)
+            more = min(math.floor((left - planned - validation_s) / step_s),
+                       steps_per_epoch - 1)
             if more >= max(1, math.ceil(
                     config_lib.TIME_BUDGET_PARTIAL_EPOCH_SHARE * steps_per_epoch)):
-                cut, cut_extra = min(more, steps_per_epoch - 1), True
+                cut, cut_extra = more, True
                 epochs, steps = epochs + 1, steps + cut
     timing = (f"{name} epoch ~{epoch_s:.1f} s ({steps_per_epoch} steps of "
               f"{step_s * 1000:.0f} ms + {validation_s:.1f} s validation)")
@@ -456,11 +464,11 @@ class PhaseTimer:
         if self.stopped_reason == "deadline":
             why = ("stopped after step {} of epoch {}: the next would not have ended "
                    "in time".format(*self._stopped_at))
-        elif self.epochs_done >= self.plan.config_epochs:
-            why = "all of them"
         elif self.stopped_reason == "planned end" and self.plan.steps < (
                 self.plan.epochs * self.steps_per_epoch):
             why = f"the last cut to {self.plan.steps % self.steps_per_epoch} steps to fit"
+        elif self.epochs_done >= self.plan.config_epochs:
+            why = "all of them"
         elif self.stopped_reason == "planned end":
             left = self.plan.deadline_s - self.budget.used()
             why = (f"another (~{self.plan.epoch_seconds:.1f} s) would not end in the "
