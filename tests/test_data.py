@@ -18,6 +18,24 @@ def test_list_image_folder_ignores_other_files(image_folders):
     assert labels.dtype == np.int32 and set(labels.tolist()) == {0, 1, 2}
 
 
+def test_many_skipped_files_are_counted_not_all_named(tmp_path, caplog):
+    from tfhub_ft import image_files
+    images = np.zeros([2, 8, 8, 3], np.uint8)
+    fixtures.write_image_folder(str(tmp_path), images, np.array([0, 1]), ["a", "b"])
+    for i in range(image_files.LISTED_FILES + 3):
+        (tmp_path / "a" / f"broken{i:02d}.png").write_bytes(b"not an image")
+    with caplog.at_level("DEBUG", logger="tfhub_ft"):
+        data.load_image_folder(str(tmp_path), 8)
+    warning, = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"Skipped {image_files.LISTED_FILES + 3} file(s) in ")
+    assert "broken09.png" in warning and "broken10.png" not in warning
+    assert warning.endswith("; and 3 more (DEBUG logging, `--verbosity=2` in the command, "
+                            "lists them all)")
+    everything, = [r.getMessage() for r in caplog.records if r.getMessage().startswith(
+        f"All {image_files.LISTED_FILES + 3} files skipped: ")]
+    assert "broken12.png" in everything
+
+
 @pytest.mark.slow
 def test_corrupt_files_are_skipped_and_named(image_folders, caplog):
     train, _, corrupt, _ = image_folders

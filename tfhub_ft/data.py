@@ -128,13 +128,14 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     logger.info("Found %d images in %s (%s)%s%s", len(paths),
                 image_files.display_path(directory), ", ".join(counts),
                 f", {nested} nested folder(s) searched" if nested else "",
-                f"; left out {len(quiet)}: " + "; ".join(
-                    f"{image_files.display_path(p)} ({why})" for p, why in quiet)
-                if quiet else "")
+                f"; left out {len(quiet)}: " + image_files.listing(
+                    (f"{image_files.display_path(p)} ({why})" for p, why in quiet),
+                    "files left out") if quiet else "")
     if alarming:
         logger.warning("Left out %d file(s) or folder(s) in %s: %s", len(alarming),
-                       image_files.display_path(directory), "; ".join(
-                           f"{image_files.display_path(p)} ({why})" for p, why in alarming))
+                       image_files.display_path(directory), image_files.listing(
+                           (f"{image_files.display_path(p)} ({why})" for p, why in alarming),
+                           "files or folders left out"))
     return paths, np.asarray(labels, np.int32), class_names
 
 
@@ -240,8 +241,9 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
     reasons = {c.path: c.problem for c in checks if c.problem}
     notes = [c for c in checks if c.note]
     if notes:
-        logger.info("%d file(s) with oddities, used anyway: %s", len(notes), "; ".join(
-            f"{image_files.display_path(c.path)} ({c.note})" for c in notes))
+        logger.info("%d file(s) with oddities, used anyway: %s", len(notes), image_files.listing(
+            (f"{image_files.display_path(c.path)} ({c.note})" for c in notes),
+            "files with oddities"))
     usable = [i for i, p in enumerate(paths) if p not in reasons]
     start = time.perf_counter()
     images, kept, decode_reasons = decode_files(
@@ -253,14 +255,16 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
     kept = np.asarray(usable, np.int64)[kept]
     skipped = [p for p in paths if p in reasons]
     if skipped:
-        listing = "; ".join(f"{image_files.display_path(p)}: {reasons[p]}" for p in skipped)
+        entries = [f"{image_files.display_path(p)}: {reasons[p]}" for p in skipped]
         if config.on_bad_image == "error":
+            # The error is the only record: every file, however many.
             raise ValueError(
                 f"{len(skipped)} file(s) in {image_files.display_path(directory)!r} cannot "
-                f"be used as images (on_bad_image='error'): {listing}. Fix or "
+                f"be used as images (on_bad_image='error'): {'; '.join(entries)}. Fix or "
                 "remove them, or pass on_bad_image='skip' to train without them.")
         logger.warning("Skipped %d file(s) in %s that cannot be used as images: %s",
-                       len(skipped), image_files.display_path(directory), listing)
+                       len(skipped), image_files.display_path(directory),
+                       image_files.listing(entries, "files skipped"))
     if len(kept) == 0:
         raise ValueError(f"No image in {directory!r} could be decoded.")
     result = ImageSet(images, labels[kept], class_names, skipped,

@@ -25,12 +25,28 @@ logger = logging.getLogger(__name__)
 UNSUPPORTED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl",
                                 ".svg", ".ico", ".raw", ".cr2", ".nef", ".dng")
 _CHECK_THREADS = 16
+# A log line names at most this many files; the rest are counted, and all of
+# them are listed at DEBUG level (`--verbosity=2`).
+LISTED_FILES = 10
 
 
 def display_path(path) -> str:
     """A printable form of a path: bytes that are not UTF-8 become escapes
     such as `caf\\xe9.jpg`."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def listing(entries, what):
+    """Joins `entries` (str) with "; " for a log line, naming the first
+    `LISTED_FILES` and counting the rest ("...; and 490 more (...)"); when
+    some are left out, logs all of them at DEBUG, as "All N <what>: ...".
+    """
+    entries = list(entries)
+    if len(entries) <= LISTED_FILES:
+        return "; ".join(entries)
+    logger.debug("All %d %s: %s", len(entries), what, "; ".join(entries))
+    return ("; ".join(entries[:LISTED_FILES]) + f"; and {len(entries) - LISTED_FILES} "
+            "more (DEBUG logging, `--verbosity=2` in the command, lists them all)")
 
 
 @dataclasses.dataclass

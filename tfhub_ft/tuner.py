@@ -440,7 +440,8 @@ class FineTuner:
             len(validation_set), self.config.near_duplicate_threshold,
             "; dropped from validation" if dropping else
             "; they flatter the validation score (drop_near_duplicates=True removes them)",
-            "; ".join(f"{v} ~ {t} ({s:.3f})" for v, t, s in self.near_duplicates))
+            image_files.listing((f"{v} ~ {t} ({s:.3f})" for v, t, s in self.near_duplicates),
+                                "near-duplicates (tuner.near_duplicates)"))
         if not dropping:
             return validation_set, frozen
         flagged = {d.validation_index for d in found}
