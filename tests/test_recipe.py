@@ -307,16 +307,24 @@ def test_plan_epochs_ample_tight_and_cut():
     assert (mid.epochs, mid.steps) == (3, 23)
 
 
-def test_phase_timer_plans_moves_the_cosine_and_ends_within_the_deadline():
+def _fine_tune_timer(clock, budget_s, epochs, **options):
+    """(budget, PhaseTimer, cosine moves, log lines) for phase 2 with 20 s
+    used, 4 s reserved, 10 steps an epoch and 3 validation steps."""
     from tfhub_ft import time_budget
-    clock = FakeClock()
-    budget = _budget(40, clock, used=20.0, reserve=4.0)
-    start = time_budget.plan_phase_start("fine_tune", 6, 40, budget.used(), 4.0, "loading")
+    budget = _budget(budget_s, clock, used=20.0, reserve=4.0)
+    start = time_budget.plan_phase_start("fine_tune", epochs, budget_s, budget.used(), 4.0,
+                                         "loading")
     moves, lines = [], []
     timer = time_budget.PhaseTimer(
         budget, start, steps_per_epoch=10, validation_steps=3, used_by="loading",
-        validates_at_start=True, on_plan=lambda plan, step: moves.append((step, plan.steps)),
-        log=lines.append)
+        on_plan=lambda plan, step: moves.append((step, plan.steps)), log=lines.append,
+        **options)
+    return budget, timer, moves, lines
+
+
+def test_phase_timer_plans_moves_the_cosine_and_ends_within_the_deadline():
+    clock = FakeClock()
+    budget, timer, moves, lines = _fine_tune_timer(clock, 40, 6, validates_at_start=True)
     # The first step traces (3 s), the others take 0.5 s, validation 0.4 s:
     # 16 s for phase 2 -> 1 s start validation + 3 s + 4.5 s + 0.4 s for
     # epoch 1, then 5.4 s epochs: one more fits, a third does not.
@@ -333,13 +341,8 @@ def test_phase_timer_plans_moves_the_cosine_and_ends_within_the_deadline():
 
 
 def test_phase_timer_stops_mid_epoch_rather_than_overrun():
-    from tfhub_ft import time_budget
     clock = FakeClock()
-    budget = _budget(40, clock, used=20.0, reserve=4.0)
-    start = time_budget.plan_phase_start("fine_tune", 6, 40, budget.used(), 4.0, "loading")
-    lines = []
-    timer = time_budget.PhaseTimer(budget, start, steps_per_epoch=10, validation_steps=3,
-                                   used_by="loading", log=lines.append)
+    budget, timer, _, lines = _fine_tune_timer(clock, 40, 6)
     # Steps slow down to 3 s after the plan (the machine got busy): the
     # timer stops before a step that would end past the deadline.
     epochs, steps = _run_phase(timer, clock, 6, 10, lambda step: 0.5 if step < 12 else 3.0,
@@ -350,14 +353,8 @@ def test_phase_timer_stops_mid_epoch_rather_than_overrun():
 
 
 def test_phase_timer_runs_a_last_epoch_cut_to_the_time_left():
-    from tfhub_ft import time_budget
     clock = FakeClock()
-    budget = _budget(40.6, clock, used=20.0, reserve=4.0)
-    start = time_budget.plan_phase_start("fine_tune", 3, 40.6, budget.used(), 4.0, "loading")
-    moves, lines = [], []
-    timer = time_budget.PhaseTimer(
-        budget, start, steps_per_epoch=10, validation_steps=3, used_by="loading",
-        on_plan=lambda plan, step: moves.append((step, plan.steps)), log=lines.append)
+    budget, timer, moves, lines = _fine_tune_timer(clock, 40.6, 3)
     # 6 s epochs (10 steps of 0.5 s, 1 s validation) and 16.6 s to the
     # deadline: two whole epochs, then 7 steps and a validation of a third.
     # The first plan guesses the validation at 3 steps (1.5 s): 4 steps.

@@ -84,11 +84,12 @@ TIME_BUDGET_HEAD_SHARE = 0.5
 # (1.4x, and 1.6x on CIFAR-10, before the optimizer was built ahead of the
 # first step).
 TIME_BUDGET_FIRST_EPOCH_FACTOR = 1.2
-# In phase 2, time left after the whole epochs that fit goes to a last epoch cut short
-# (its steps, then its validation) when at least this share of an epoch's
-# steps fits: less would buy a validation for little training. Whole epochs
-# only left up to one epoch of a budget unused (clothing-small,
-# --time_budget=30: 26.4 s, phase 2 1 of 3 epochs with 3.2 s left).
+# In phase 2, time left after the whole epochs that fit goes to a last
+# epoch cut short (its steps, then its validation) when at least this share
+# of an epoch's steps fits: less would buy a validation for little
+# training. Whole epochs only left up to one epoch of a budget unused
+# (clothing-small, --time_budget=30: 26.4 s, phase 2 1 of 3 epochs with
+# 3.2 s left).
 TIME_BUDGET_PARTIAL_EPOCH_SHARE = 0.25
 # The `tfhub_ft` command's exit after its last line. TensorFlow's teardown
 # took 1.0 s after importing TensorFlow alone and 1.8 s after a run; the

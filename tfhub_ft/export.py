@@ -28,8 +28,6 @@ class _ServingModule(tf.Module):
         super().__init__(name="classifier")
         self.model = model
         self.image_size = image_size
-        self.max_pixels = max_pixels
-        self.exif_orientation = exif_orientation
         self.class_names = tf.constant(list(class_names))
         # The concrete function of training's decoder, fetched here: a
         # tf.function called while tf.saved_model.save traces the signatures

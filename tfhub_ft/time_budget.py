@@ -25,10 +25,10 @@ frozen pass, both phases, the final validation scoring and one export.
   not even the first epoch fits: then it is cut to the steps that fit; and
   phase 2 gives the time left after its whole epochs to one more epoch cut
   to the steps that fit (at least `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of an
-  epoch; phase 1 leaves that time to phase 2). Phase 2's cosine is moved to end at the planned step
-  (`recipe.ReplannableCosineDecay`), so the rate still reaches ~0. A phase
-  stops at its planned end, or mid-epoch when the measured steps say the
-  next would not fit before its deadline.
+  epoch; phase 1 leaves that time to phase 2). Phase 2's cosine is moved
+  to end at the planned step (`recipe.ReplannableCosineDecay`), so the rate
+  still reaches ~0. A phase stops at its planned end, or mid-epoch when the
+  measured steps say the next would not fit before its deadline.
 
 Everything here is arithmetic on readings of a clock that is a parameter
 (`time.monotonic` by default), with no TensorFlow, so tests drive it with a
