@@ -3,7 +3,8 @@
     python benchmarks/tflite_modes.py [--hub_url=DIR --train_dir=DIR --validation_dir=DIR]
         [--export_root=/tmp/tflite_modes] [--modes=float32,float16,dynamic,int8]
 
-Trains the default recipe once, exports the SavedModel with each TFLite mode
+Trains the default recipe once (or, with --synthetic_width, only the head of a
+random-weight MobileNetV2 of that width), exports the SavedModel with each TFLite mode
 (`FineTuner.export(..., tflite=mode)`), and prints a table from each
 export's tflite_parity.json: top-1 agreement with the SavedModel on the
 validation folder, accuracy, file size and latency per image (one image per
@@ -29,6 +30,12 @@ flags.DEFINE_string("train_dir", common.TRAIN_DIR, "Training image folder.")
 flags.DEFINE_string("validation_dir", common.VALIDATION_DIR, "Validation image folder.")
 flags.DEFINE_string("export_root", "/tmp/tflite_modes", "Where the exports go, one per mode.")
 flags.DEFINE_list("modes", list(tflite.TFLITE_MODES), "TFLite modes to export.")
+flags.DEFINE_float(
+    "synthetic_width", None,
+    "Instead of --hub_url, a Keras MobileNetV2 of this width (alpha) with random "
+    "weights, saved as a hub module, and only its head trained (one epoch): for the "
+    "file sizes of a wider backbone than ../shared holds. Agreement and accuracy "
+    "mean nothing then.")
 
 
 def saved_model_row(export_dir, images, labels):
@@ -48,11 +55,34 @@ def saved_model_row(export_dir, images, labels):
             "bytes": size, "latency_ms": float(np.median(latencies) * 1000)}
 
 
+def synthetic_module(width, path):
+    """A MobileNetV2 of `width` with random weights as a hub feature vector."""
+    import keras
+    from tfhub_ft.demo import tiny_backbone
+    model = keras.applications.MobileNetV2(
+        input_shape=(None, None, 3), alpha=width, include_top=False, weights=None,
+        pooling="avg")
+
+    @tf.function
+    def call(images, training=False):
+        return model(images * 2.0 - 1.0, training=training)
+
+    variables = [v.value for v in model.variables]
+    trainable = [v.value for v in model.trainable_variables]
+    return tiny_backbone.save_feature_vector_function(call, variables, trainable, path)
+
+
 def main(argv):
     del argv
-    common.require(FLAGS.hub_url, FLAGS.train_dir, FLAGS.validation_dir)
+    common.require(FLAGS.train_dir, FLAGS.validation_dir)
     logging.info("Machine: %s", common.machine())
-    tuner = tfhub_ft.FineTuner(FLAGS.hub_url)
+    if FLAGS.synthetic_width:
+        hub_url = synthetic_module(FLAGS.synthetic_width,
+                                   os.path.join(FLAGS.export_root, "synthetic_module"))
+        tuner = tfhub_ft.FineTuner(hub_url, head_epochs=1, fine_tune_epochs=0)
+    else:
+        common.require(FLAGS.hub_url)
+        tuner = tfhub_ft.FineTuner(FLAGS.hub_url)
     with common.Timer() as timer:
         tuner.fit(FLAGS.train_dir, FLAGS.validation_dir, verbose=0)
     logging.info("Trained in %.0f s, validation accuracy %.4f",
