@@ -3,13 +3,13 @@
     python benchmarks/tflite_modes.py [--hub_url=DIR --train_dir=DIR --validation_dir=DIR]
         [--export_root=/tmp/tflite_modes] [--modes=float32,float16,dynamic,int8]
 
-Trains the default recipe once (or, with --synthetic_width, only the head of a
-random-weight MobileNetV2 of that width), exports the SavedModel with each TFLite mode
-(`FineTuner.export(..., tflite=mode)`), and prints a table from each
-export's tflite_parity.json: top-1 agreement with the SavedModel on the
-validation folder, accuracy, file size and latency per image (one image per
-call, this machine's CPU: indicative only on a shared machine). Exits with
-the reason when the shared data is absent.
+Trains the default recipe once (or, with --synthetic_width, only the head
+of a random-weight MobileNetV2 of that width), exports the SavedModel with
+each TFLite mode (`FineTuner.export(..., tflite=mode)`), and prints a
+table from each export's tflite_parity.json: top-1 agreement with the
+SavedModel on the validation folder, accuracy, file size and latency per
+image (one image per call, this machine's CPU: indicative only on a shared
+machine). Exits with the reason when the shared data is absent.
 """
 
 import json

@@ -241,9 +241,9 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
     reasons = {c.path: c.problem for c in checks if c.problem}
     notes = [c for c in checks if c.note]
     if notes:
-        logger.info("%d file(s) with oddities, used anyway: %s", len(notes), image_files.listing(
-            (f"{image_files.display_path(c.path)} ({c.note})" for c in notes),
-            "files with oddities"))
+        logger.info("%d file(s) with oddities, used anyway: %s", len(notes),
+                    image_files.listing((f"{image_files.display_path(c.path)} ({c.note})"
+                                         for c in notes), "files with oddities"))
     usable = [i for i, p in enumerate(paths) if p not in reasons]
     start = time.perf_counter()
     images, kept, decode_reasons = decode_files(

@@ -14,10 +14,11 @@ frozen pass, both phases, the final validation scoring and one export.
 - Phase 2, when the budget can no longer reach it, is skipped with a
   WARNING saying what to do (`plan_phase_start`); phase 1 is not skipped:
   with the budget spent it runs one untimed epoch over it, with a WARNING
-  (a head left untrained would make the classifier no better than chance). Phase 1 may use at most
-  `TIME_BUDGET_HEAD_SHARE` of what is left when phase 2 follows; phase 2 gets
-  the rest, and does not start with less than a guess of its first epoch
-  from the frozen pass (`estimate_fine_tune_epoch`; then phase 1 may use all).
+  (a head left untrained would make the classifier no better than chance).
+  Phase 1 may use at most `TIME_BUDGET_HEAD_SHARE` of what is left when
+  phase 2 follows; phase 2 gets the rest, and does not start with less
+  than a guess of its first epoch from the frozen pass
+  (`estimate_fine_tune_epoch`; then phase 1 may use all).
 - Each phase is planned from its own measured step and validation times
   (`plan_epochs`, fed by a `PhaseTimer`): first after a few timed steps of
   its first epoch (the first step, which traces the train function, is left
