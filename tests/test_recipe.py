@@ -382,6 +382,20 @@ def test_phase_timer_cuts_a_first_epoch_that_does_not_fit():
     assert "cut to" in timer.plan.reason
 
 
+def test_phase_timer_finishes_phase_one_first_epoch_past_its_deadline():
+    from tfhub_ft import time_budget
+    clock = FakeClock()
+    budget = _budget(30, clock, used=20.0, reserve=4.0)
+    start = time_budget.plan_phase_start("head", 10, 30, budget.used(), 4.0, "loading")
+    timer = time_budget.PhaseTimer(budget, start, steps_per_epoch=100, validation_steps=3,
+                                   used_by="loading")
+    # 6 s for phase 1 and 10 s epochs: a head cut to a few steps was near
+    # chance, so the first epoch runs to its end, and no other starts.
+    epochs, steps = _run_phase(timer, clock, 10, 100, lambda step: 0.1, validation_s=0.2)
+    assert (epochs, steps) == (1, 100) and timer.plan.epochs == 1
+    assert "so 1 of 10 head epochs" in timer.plan.reason
+
+
 def test_replannable_cosine_is_keras_cosine_and_moves_its_end_without_a_retrace():
     import tensorflow as tf
 

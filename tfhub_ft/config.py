@@ -189,7 +189,7 @@ class FineTuneConfig:
     batch_size: int = 32
     head_epochs: int = 10
     head_learning_rate: float = 1e-3
-    fine_tune_epochs: int = 3
+    fine_tune_epochs: int = 2
     fine_tune_learning_rate: float = 3e-4
     unfreeze_blocks: int = 8
     layer_decay: float = 1.0

@@ -23,7 +23,9 @@ frozen pass, both phases, the final validation scoring and one export.
   (`plan_epochs`, fed by a `PhaseTimer`): first after a few timed steps of
   its first epoch (the first step, which traces the train function, is left
   out), then again after every epoch. The plan is whole epochs, except when
-  not even the first epoch fits: then it is cut to the steps that fit; and
+  not even the first epoch fits: then phase 2's is cut to the steps that
+  fit (phase 1's first epoch always ends: a head trained on a few steps
+  would make the classifier hardly better than chance); and
   phase 2 gives the time left after its whole epochs to one more epoch cut
   to the steps that fit (at least `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of an
   epoch; phase 1 leaves that time to phase 2). Phase 2's cosine is moved
@@ -319,7 +321,12 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
         epochs = plan.config_epochs
     elif into:
         finish = (steps_per_epoch - into) * step_s + validation_s
-        if finish > left:
+        if finish > left and plan.phase == "head" and not epochs_done:
+            # Phase 1's first epoch ends whatever the clock says (as when the
+            # budget is spent before it): a head trained on a few steps gave
+            # a classifier near chance (0.17 on clothing-small).
+            epochs = 1
+        elif finish > left:
             more = max(0, math.floor((left - validation_s) / step_s)) if step_s > 0 else 0
             cut = into + min(more, steps_per_epoch - into)
             epochs, steps = epochs_done + 1, steps_done + (cut - into)
@@ -437,7 +444,8 @@ class PhaseTimer:
         if self.plan.steps is not None and self.steps_done >= self.plan.steps:
             self.stopped_reason = "planned end"
             return True
-        if self.step_times and self.steps_done % self.steps_per_epoch:
+        if (self.step_times and self.steps_done % self.steps_per_epoch
+                and (self.epochs_done or self.plan.phase != "head")):
             # The plan assumed steps as fast as the measured ones; stop
             # before a step whose time would cut into the validation after.
             if (self.budget.used() + self.step_s() + self.validation_estimate()
