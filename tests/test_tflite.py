@@ -42,8 +42,12 @@ TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "dynamic": 5e-2, "int8": 0.1}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", tflite.TFLITE_MODES)
-def test_round_trip_per_mode(trained, tmp_path, mode):
+def test_round_trip_per_mode(trained, tmp_path, mode, capfd):
+    capfd.readouterr()
     path = trained.export(str(tmp_path / "model"), tflite=mode)
+    # The converter's and LiteRT's native lines went to DEBUG, not stderr.
+    printed = capfd.readouterr().err
+    assert "fully_quantize" not in printed and "XNNPACK" not in printed
     assert sorted(os.listdir(tmp_path)) == ["model"]  # written in the same staging folder
     assert {"saved_model.pb", "labels.txt", "model.tflite", "tflite_parity.json"} <= set(
         os.listdir(path))

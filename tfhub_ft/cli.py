@@ -37,6 +37,7 @@ import time
 import typing
 
 from tfhub_ft import config as config_lib
+from tfhub_ft import native_stderr
 
 logger = logging.getLogger("tfhub_ft.cli")
 
@@ -357,25 +358,9 @@ def _import_tensorflow_quietly(verbosity):
         import tensorflow  # noqa: F401
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    captured = tempfile.TemporaryFile()
-    failed = True
-    try:
-        os.dup2(captured.fileno(), 2)
+    with native_stderr.filtered(_STARTUP_NOISE):
         import tensorflow as tf
         tf.config.list_physical_devices()
-        failed = False
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        captured.seek(0)
-        text = captured.read().decode("utf-8", "replace")
-        captured.close()
-        kept = [line for line in text.splitlines()
-                if failed or not _STARTUP_NOISE.match(line)]
-        if kept:
-            sys.stderr.write("\n".join(kept) + "\n")
 
 
 class _Formatter(logging.Formatter):

@@ -26,13 +26,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from tfhub_ft import preprocessing
+from tfhub_ft import native_stderr, preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def convert(model, image_size, mode, representative_images=None):
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_output_type = tf.float32
-    with _quiet_converter_logging(), warnings.catch_warnings():
+    with _quiet_converter_logging(), warnings.catch_warnings(), native_stderr.filtered(
+            _NATIVE_NOISE, logger.debug):
         # The frozen-graph path asks for input statistics whenever the
         # inference type is integer, but this input is already uint8 and
         # cast inside the model: nothing to supply, the warning is noise.
@@ -158,6 +160,13 @@ def _check_representative_images(images, image_size):
             f"calibrate int8 quantization. Received: {received}. Pass a "
             "sample of the training images, or use tflite='dynamic'.")
     return np.asarray(images)
+
+
+# What the converter's quantizer (tensorflow/tensorflow#58119) and LiteRT's
+# XNNPACK delegate print on stderr on every conversion and interpreter: to
+# DEBUG.
+_NATIVE_NOISE = re.compile(
+    r"^(fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate)")
 
 
 @contextlib.contextmanager
@@ -186,11 +195,14 @@ class TFLiteClassifier:
 
     def __init__(self, model, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
-        if isinstance(model, (bytes, bytearray)):
-            self._interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self._interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
-        self._interpreter.allocate_tensors()
+        with native_stderr.filtered(_NATIVE_NOISE, logger.debug):
+            if isinstance(model, (bytes, bytearray)):
+                self._interpreter = Interpreter(model_content=bytes(model),
+                                                num_threads=num_threads)
+            else:
+                self._interpreter = Interpreter(model_path=os.fspath(model),
+                                                num_threads=num_threads)
+            self._interpreter.allocate_tensors()
         (self._input,) = self._interpreter.get_input_details()
         (self._output,) = self._interpreter.get_output_details()
         shape = self._input["shape"]
