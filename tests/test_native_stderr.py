@@ -2,6 +2,8 @@
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -10,18 +12,30 @@ from tfhub_ft import native_stderr
 NOISE = re.compile(r"^(fully_quantize: |INFO: Created TensorFlow Lite XNNPACK)")
 
 
-def test_noise_goes_to_the_log_and_the_rest_back_to_stderr(capfd):
-    logged = []
-    with native_stderr.filtered(NOISE, logged.append):
-        os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n")
+def test_noise_goes_to_the_log_and_the_rest_back_to_stderr_in_order(capfd):
+    def log(line):
+        os.write(2, f"DEBUG {line}\n".encode())
+
+    with native_stderr.filtered(NOISE, log):
         os.write(2, b"a real problem\n")
+        os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n")
+        os.write(2, b"another\n")
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
-    assert capfd.readouterr().err == "a real problem\n"
-    assert logged == ["fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32",
-                      "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."]
+    assert capfd.readouterr().err == (
+        "a real problem\n"
+        "DEBUG fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n"
+        "another\n"
+        "DEBUG INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
     # Written to stderr after the block as before it.
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"
+
+
+def test_kept_lines_come_back_byte_for_byte(capfdbinary):
+    written = b"not utf-8 \xff\xfe\r\nfully_quantize: 1\nprogress\rdone\nno newline at the end"
+    with native_stderr.filtered(NOISE):
+        os.write(2, written)
+    assert capfdbinary.readouterr().err == written.replace(b"fully_quantize: 1\n", b"")
 
 
 def test_everything_comes_back_when_the_block_raises(capfd):
@@ -31,3 +45,28 @@ def test_everything_comes_back_when_the_block_raises(capfd):
             raise RuntimeError("conversion failed")
     assert capfd.readouterr().err == "fully_quantize: 1, inference_type: 9\n"
 
+
+def test_without_a_temporary_file_the_block_runs_unfiltered(monkeypatch, capfd):
+    class NoTemporaryFolder:
+        @staticmethod
+        def TemporaryFile():
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(native_stderr, "tempfile", NoTemporaryFolder)
+    with native_stderr.filtered(NOISE):
+        os.write(2, b"fully_quantize: 0, inference_type: 6\n")
+    assert capfd.readouterr().err == "fully_quantize: 0, inference_type: 6\n"
+
+
+@pytest.mark.slow
+def test_with_stderr_closed_the_block_runs():
+    script = ("import os, re, sys\n"
+              "sys.stderr = None\n"
+              "os.close(2)\n"
+              "from tfhub_ft import native_stderr\n"
+              "with native_stderr.filtered(re.compile('x')):\n"
+              "    print('ran', flush=True)\n"
+              "print('after', flush=True)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert (result.returncode, result.stdout) == (0, "ran\nafter\n")

@@ -387,13 +387,20 @@ def test_phase_timer_finishes_phase_one_first_epoch_past_its_deadline():
     clock = FakeClock()
     budget = _budget(30, clock, used=20.0, reserve=4.0)
     start = time_budget.plan_phase_start("head", 10, 30, budget.used(), 4.0, "loading")
+    lines, warnings = [], []
     timer = time_budget.PhaseTimer(budget, start, steps_per_epoch=100, validation_steps=3,
-                                   used_by="loading")
+                                   used_by="loading", log=lines.append, warn=warnings.append)
     # 6 s for phase 1 and 10 s epochs: a head cut to a few steps was near
     # chance, so the first epoch runs to its end, and no other starts.
     epochs, steps = _run_phase(timer, clock, 10, 100, lambda step: 0.1, validation_s=0.2)
     assert (epochs, steps) == (1, 100) and timer.plan.epochs == 1
-    assert "so 1 of 10 head epochs" in timer.plan.reason
+    assert len(warnings) == 1 and warnings[0].startswith("Time budget 30 s: ")
+    assert warnings[0].endswith(
+        "5.4 s left for phase 1: its first epoch runs to its end anyway, ~4.3 s past "
+        "phase 1's deadline (a head cut to a few steps is near chance), and no other "
+        "(reserving 4.0 s for validation and export)")
+    assert lines[-1].startswith("Time budget: phase 1 ran 1 of 10 epochs (100 steps)")
+    assert "(the first, which always ends, ended 4.2 s past the phase's deadline)" in lines[-1]
 
 
 def test_replannable_cosine_is_keras_cosine_and_moves_its_end_without_a_retrace():

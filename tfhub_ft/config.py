@@ -180,8 +180,8 @@ class FineTuneConfig:
             left (all when phase 2 would not fit), phase 2 plans its epochs
             (and its cosine) from its measured step time and stops before an
             epoch that would not fit; phase 2, when the budget cannot reach
-            it, is skipped with a warning, and phase 1, when the budget is
-            already spent, runs one epoch over it with a warning. Not with a
+            it, is skipped with a warning, and phase 1's first epoch always
+            ends, even past the budget (with a warning). Not with a
             `work_dir` (a resumed run could not repeat the timing).
     """
 

@@ -162,9 +162,9 @@ def _check_representative_images(images, image_size):
     return np.asarray(images)
 
 
-# What the converter's quantizer (tensorflow/tensorflow#58119) and LiteRT's
-# XNNPACK delegate print on stderr on every conversion and interpreter: to
-# DEBUG.
+# What the converter's calibrator prints on a quantized conversion
+# (tensorflow/tensorflow#58119) and LiteRT on a process's first interpreter
+# (its XNNPACK delegate), straight to stderr: to DEBUG.
 _NATIVE_NOISE = re.compile(
     r"^(fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate)")
 

@@ -24,14 +24,16 @@ frozen pass, both phases, the final validation scoring and one export.
   its first epoch (the first step, which traces the train function, is left
   out), then again after every epoch. The plan is whole epochs, except when
   not even the first epoch fits: then phase 2's is cut to the steps that
-  fit (phase 1's first epoch always ends: a head trained on a few steps
-  would make the classifier hardly better than chance); and
+  fit (phase 1's first epoch always ends, past its deadline if need be,
+  with a WARNING: a head trained on a few steps would make the classifier
+  hardly better than chance); and
   phase 2 gives the time left after its whole epochs to one more epoch cut
   to the steps that fit (at least `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of an
   epoch; phase 1 leaves that time to phase 2). Phase 2's cosine is moved
   to end at the planned step (`recipe.ReplannableCosineDecay`), so the rate
   still reaches ~0. A phase stops at its planned end, or mid-epoch when the
-  measured steps say the next would not fit before its deadline.
+  measured steps say the next would not fit before its deadline (not in
+  phase 1's first epoch).
 
 Everything here is arithmetic on readings of a clock that is a parameter
 (`time.monotonic` by default), with no TensorFlow, so tests drive it with a
@@ -88,9 +90,9 @@ class PhasePlan:
     Attributes:
         phase: "head" or "fine_tune".
         epochs: Epochs to run, the last one cut to `steps` when `steps` <
-            epochs x steps per epoch (the first epoch when it does not fit
-            whole, or in phase 2 one more after the whole epochs that fit);
-            0: the phase is skipped.
+            epochs x steps per epoch (in phase 2, the first epoch when it
+            does not fit whole, or one more after the whole epochs that
+            fit); 0: the phase is skipped.
         config_epochs: The config's epochs of the phase (the most).
         deadline_s: Seconds after the budget's start by which the phase
             must end.
@@ -102,6 +104,9 @@ class PhasePlan:
         over_budget: The budget was spent before phase 1, which runs one
             epoch anyway (untimed): an untrained head would make the
             classifier no better than chance.
+        overruns: Phase 1's first epoch does not fit before the phase's
+            deadline and runs to its end anyway (a head cut to a few steps
+            was near chance), past the deadline.
     """
 
     phase: str
@@ -112,6 +117,7 @@ class PhasePlan:
     epoch_seconds: Optional[float] = None
     reason: str = ""
     over_budget: bool = False
+    overruns: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +296,8 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     of `steps_per_epoch`) whole epochs are planned: as many as fit in full,
     at most the config's. Mid-epoch (the first plan, after a few timed steps)
     the current epoch is finished if it fits, and cut to the steps that fit
-    before its validation if it does not. In phase 2, time left after the
+    before its validation if it does not (phase 1's first epoch is finished
+    anyway: `overruns`). In phase 2, time left after the
     whole epochs goes to one more epoch cut to the steps that fit before its
     validation, when they are at least config.py's
     `TIME_BUDGET_PARTIAL_EPOCH_SHARE` of an epoch and the config has epochs
@@ -316,7 +323,7 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     left = plan.deadline_s - used_s
     epoch_s = steps_per_epoch * step_s + validation_s
     epochs_done, into = divmod(steps_done, steps_per_epoch)
-    cut, cut_extra = None, False
+    cut, cut_extra, overrun_s = None, False, None
     if epoch_s <= 0:  # nothing measurable (a fake clock standing still): all fit
         epochs = plan.config_epochs
     elif into:
@@ -325,7 +332,7 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
             # Phase 1's first epoch ends whatever the clock says (as when the
             # budget is spent before it): a head trained on a few steps gave
             # a classifier near chance (0.17 on clothing-small).
-            epochs = 1
+            epochs, overrun_s = 1, finish - left
         elif finish > left:
             more = max(0, math.floor((left - validation_s) / step_s)) if step_s > 0 else 0
             cut = into + min(more, steps_per_epoch - into)
@@ -352,7 +359,11 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     head = (f"{_budget_words(budget_s)}: {used_s:.1f} s used by {used_by}, {timing}, "
             f"{left:.1f} s left for {name}")
     reserve = f"(reserving {reserve_s:.1f} s for validation and export)"
-    if cut_extra:
+    if overrun_s is not None:
+        reason = (f"{head}: its first epoch runs to its end anyway, ~{overrun_s:.1f} s past "
+                  f"{name}'s deadline (a head cut to a few steps is near chance), and no "
+                  f"other {reserve}")
+    elif cut_extra:
         reason = (f"{head}, so {epochs - 1} of {plan.config_epochs} {epoch_words} and "
                   f"{cut} of {steps_per_epoch} steps of one more {reserve}")
     elif cut is not None:
@@ -361,7 +372,7 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     else:
         reason = f"{head}, so {epochs} of {plan.config_epochs} {epoch_words} {reserve}"
     return dataclasses.replace(plan, epochs=epochs, steps=steps, epoch_seconds=epoch_s,
-                               reason=reason)
+                               reason=reason, overruns=overrun_s is not None)
 
 
 class PhaseTimer:
@@ -387,10 +398,12 @@ class PhaseTimer:
         on_plan: Called with (plan, steps done) when the planned steps
             change (phase 2 moves its cosine's end there).
         log: Where the plans are written (INFO by default).
+        warn: Where a plan that overruns its deadline is written (WARNING
+            by default).
     """
 
     def __init__(self, budget, plan, steps_per_epoch, validation_steps, used_by,
-                 validates_at_start=False, on_plan=None, log=None):
+                 validates_at_start=False, on_plan=None, log=None, warn=None):
         self.budget = budget
         self.plan = plan
         self.steps_per_epoch = max(1, int(steps_per_epoch))
@@ -399,6 +412,7 @@ class PhaseTimer:
         self.validates_at_start = validates_at_start
         self.on_plan = on_plan
         self.log = log or logger.info
+        self.warn = warn or logger.warning
         self.steps_done = 0
         self.epochs_done = 0
         self.step_times = []
@@ -411,6 +425,7 @@ class PhaseTimer:
         self._train_begin = None
         self._phase_start = None
         self._stopped_at = None
+        self._overran = False
 
     # Keras hooks.
 
@@ -478,6 +493,10 @@ class PhaseTimer:
             why = f"the last cut to {self.plan.steps % self.steps_per_epoch} steps to fit"
         elif self.epochs_done >= self.plan.config_epochs:
             why = "all of them"
+        elif self._overran:
+            late = self.budget.used() - self.plan.deadline_s
+            why = (f"the first, which always ends, ended {max(late, 0):.1f} s past the "
+                   "phase's deadline")
         elif self.stopped_reason == "planned end":
             left = self.plan.deadline_s - self.budget.used()
             why = (f"another (~{self.plan.epoch_seconds:.1f} s) would not end in the "
@@ -524,8 +543,9 @@ class PhaseTimer:
             self.validation_estimate(), self._used_by())
         if self.plan.steps != old.steps and self.on_plan is not None:
             self.on_plan(self.plan, self.steps_done)
+        self._overran = self._overran or self.plan.overruns
         if old.steps is None:
-            self.log(self.plan.reason)
+            (self.warn if self.plan.overruns else self.log)(self.plan.reason)
         elif (self.plan.epochs, self.plan.steps) != (old.epochs, old.steps):
             # Replanned after an epoch: the end line says what came of it.
             logger.debug(self.plan.reason)
