@@ -1,4 +1,5 @@
 import dataclasses
+import logging
 import os
 import re
 import subprocess
@@ -160,10 +161,27 @@ def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folde
         "a time budget cannot be combined with `work_dir`": [
             "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
             "--time_budget=60", f"--work_dir={tmp_path / 'work'}"],
+        # Before training, not after it: the folder is not an export.
+        "Invalid value for `export_backbone_dir`. Expected a new or empty folder": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            f"--export_backbone_dir={tmp_path}"],
     }
     for expected, argv in cases.items():
         line = _one_line_error(capsys, run_in_process(argv))
         assert expected in line, (argv, line)
+    assert os.path.exists(a_file)
+
+
+def test_train_without_export_dir_warns_before_training(run_in_process, capsys, caplog,
+                                                        tiny_backbone_path, image_folders):
+    train, _, _, _ = image_folders
+    # The strategy's error comes after the warning and before any training.
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        _one_line_error(capsys, run_in_process([
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            "--distribution_strategy=mirorred"]))
+    assert ("No --export_dir: the trained classifier will not be saved (pass "
+            "--export_dir=FOLDER to keep it).") in caplog.messages
 
 
 def test_unexpected_errors_keep_their_traceback(run_in_process, monkeypatch):

@@ -1,5 +1,7 @@
 import logging
 import os
+import re
+import stat
 
 import numpy as np
 import pytest
@@ -67,13 +69,38 @@ def test_failed_export_keeps_the_earlier_one(trained, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_export_replaces_an_earlier_export(trained, tmp_path):
+def test_export_replaces_an_earlier_export_with_a_warning(trained, tmp_path, caplog):
     path = str(tmp_path / "model")
-    os.makedirs(path)
-    open(os.path.join(path, "stale.txt"), "w").close()
     trained.export(path)
+    open(os.path.join(path, "stale.txt"), "w").close()
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        trained.export(path)
     assert "stale.txt" not in os.listdir(path)
     assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert f"Replacing the earlier export at {path} (its files go with it)." in caplog.messages
+    # Readable by other users as the umask allows, not private like mkdtemp.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o777 & ~umask
+
+
+def test_a_folder_that_is_not_an_export_is_not_replaced(trained, tmp_path):
+    path = tmp_path / "photos"
+    path.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg", "notes.txt"):
+        (path / name).write_text("mine")
+    with pytest.raises(ValueError, match=re.escape(
+            f"Invalid value for `export_dir`. Expected a new or empty folder, or an earlier "
+            f"export to replace (a folder with saved_model.pb). Received: "
+            f"export_dir={str(path)!r}, which holds 4 other entries (a.jpg, b.jpg, c.jpg, "
+            f"...) that the export would delete. Choose a new folder.")):
+        trained.export(str(path))
+    assert sorted(os.listdir(path)) == ["a.jpg", "b.jpg", "c.jpg", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["photos"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    trained.export(str(empty))
+    assert "saved_model.pb" in os.listdir(empty)
 
 
 def test_unwritable_export_path_is_explained(trained, tmp_path):

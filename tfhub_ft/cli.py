@@ -253,10 +253,12 @@ def _add_run_flags(parser):
                             "(default: default).")
     group.add_argument("--tpu", metavar="NAME", help="TPU name or address for "
                        "--distribution_strategy=tpu.")
-    _add_verbosity_flag(parser)
+    add_verbosity_flag(parser)
 
 
-def _add_verbosity_flag(parser):
+def add_verbosity_flag(parser):
+    """`--verbosity`, which the command reads before a subcommand's own parser
+    (`tfhub_ft predict` and `inspect` accept it too)."""
     parser.add_argument("--verbosity", type=int, default=0, metavar="N",
                         help="-1: warnings and results only; 0: also one line per stage "
                              "and epoch (default); 1: also TensorFlow's INFO lines and "
@@ -309,7 +311,7 @@ def build_parser():
                           metavar="N", help="Images per call of the model.")
     evaluate.add_argument("--report_dir", metavar="DIR", help="Also write "
                           "confusion_matrix.png/.csv, per_class.csv, mistakes.png there.")
-    _add_verbosity_flag(evaluate)
+    add_verbosity_flag(evaluate)
 
     lr_find = commands.add_parser(
         "lr_find", help="Learning-rate range test of a phase, on cached activations.",
@@ -465,6 +467,15 @@ def _train(args):
     _check_folder("validation_dir", args.validation_dir)
     for name in TRAIN_OUTPUT_FLAGS:
         _check_writable(name, getattr(args, name))
+    from tfhub_ft import export
+
+    for name in ("export_dir", "export_backbone_dir"):
+        # Refused after training would waste the training.
+        if getattr(args, name):
+            export.check_replaceable(getattr(args, name), name)
+    if not args.export_dir:
+        logger.warning("No --export_dir: the trained classifier will not be saved "
+                       "(pass --export_dir=FOLDER to keep it).")
     from tfhub_ft import time_budget
 
     time_budget.check_time_budget_use(config.time_budget_s, args.work_dir,

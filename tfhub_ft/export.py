@@ -101,7 +101,9 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
         The export folder path.
 
     Raises:
-        ValueError: if `export_dir` is a file or its parent cannot be written.
+        ValueError: if `export_dir` is a file, a folder that is neither
+            empty nor an earlier export (`check_replaceable`), or its parent
+            cannot be written.
     """
     with atomic_folder(export_dir, "the export") as staging:
         module = _ServingModule(model, class_names, image_size, max_pixels,
@@ -133,9 +135,11 @@ def atomic_folder(path, what):
 
     Raises:
         TypeError, ValueError: if `path` is not a folder path (see
-            `checks.check_folder_path`) or its parent cannot be written.
+            `checks.check_folder_path`), is a folder an export may not
+            replace (`check_replaceable`), or its parent cannot be written.
     """
     path = os.path.abspath(check_folder_path("export_dir", path))
+    replacing = check_replaceable(path)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -146,10 +150,53 @@ def atomic_folder(path, what):
             "write to.") from error
     try:
         yield staging
+        # mkdtemp makes the folder private (0700); an export is read by
+        # servers running as other users, so it gets the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        if replacing:
+            logger.warning("Replacing the earlier export at %s (its files go with it).", path)
         _replace_folder(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_replaceable(path, name="export_dir"):
+    """Whether writing an export to `path` replaces an earlier one.
+
+    An export replaces the folder at its path whole. A folder that holds
+    anything but an earlier export (a SavedModel: saved_model.pb) would be
+    deleted with it, so it is refused.
+
+    Args:
+        path: The export folder (str or os.PathLike).
+        name: The argument's name in the error.
+
+    Returns:
+        True when `path` holds an earlier export (to be replaced), False
+        when it does not exist or is empty.
+
+    Raises:
+        TypeError, ValueError: if `path` is not a folder path
+            (`checks.check_folder_path`: a file, for one), or is a folder
+            with other content.
+    """
+    path = os.path.abspath(check_folder_path(name, path))
+    if not os.path.isdir(path):
+        return False
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return False
+    if "saved_model.pb" in entries:
+        return True
+    raise ValueError(
+        f"Invalid value for `{name}`. Expected a new or empty folder, or an earlier "
+        f"export to replace (a folder with saved_model.pb). Received: {name}={path!r}, "
+        f"which holds {len(entries)} other entr{'y' if len(entries) == 1 else 'ies'} "
+        f"({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) that the "
+        "export would delete. Choose a new folder.")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ import logging
 import sys
 from typing import List
 
-from tfhub_ft import backbone as backbone_lib
+# The backbone module (and TensorFlow) is imported where it is used:
+# `python -m tfhub_ft.inspect` runs this file before the command can turn
+# TensorFlow's start-up lines down (`cli._import_tensorflow_quietly`).
 
 _ORDER_SOURCES = {
     "trace": "the module's call graph (the order it runs them in)",
@@ -32,14 +34,14 @@ def describe_backbone(backbone, check_splits=True) -> List[str]:
     Returns:
         A list of lines without newlines.
     """
+    from tfhub_ft.backbone import DEFAULT_IMAGE_SIZE
     size = backbone.image_size
     lines = [
         f"Module: {backbone.hub_handle}",
         f"Feature vector: {backbone.feature_dim} floats per image",
         "Input: float32 RGB in [0, 1], " + (
             f"{size}x{size} (fixed by the module)" if size
-            else f"any size (default {backbone_lib.DEFAULT_IMAGE_SIZE}x"
-                 f"{backbone_lib.DEFAULT_IMAGE_SIZE})"),
+            else f"any size (default {DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE})"),
         f"Block order from: {_ORDER_SOURCES[backbone.block_order_source]}",
         "",
     ]
@@ -71,7 +73,10 @@ def main(argv=None):
                         "handle, or local SavedModel folder")
     parser.add_argument("--no_split_check", action="store_true",
                         help="skip building the split at every unfreeze_blocks")
+    from tfhub_ft import cli
+    cli.add_verbosity_flag(parser)
     args = parser.parse_args(argv)
+    from tfhub_ft import backbone as backbone_lib
     # The fallbacks' warnings are part of what this command shows.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     # One split graph per block, each traced once, trips TensorFlow's
@@ -89,4 +94,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the command, as `tfhub_ft inspect`: its quiet TensorFlow
+    # import, logging and exit.
+    from tfhub_ft import cli
+    cli.run(["inspect", *sys.argv[1:]])

@@ -18,13 +18,14 @@ import csv
 import glob
 import logging
 import os
+import re
 import sys
 
 import numpy as np
-import tensorflow as tf
 
-from tfhub_ft import export as export_lib
-from tfhub_ft import preprocessing
+# TensorFlow and the modules that import it are imported where they are
+# used: `python -m tfhub_ft.predict` runs this file before the command can
+# turn TensorFlow's start-up lines down (`cli._import_tensorflow_quietly`).
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def list_image_files(images):
     Raises:
         ValueError: if nothing matches.
     """
+    from tfhub_ft import preprocessing
     images = os.fspath(images)
     if os.path.isdir(images):
         paths = []
@@ -66,10 +68,12 @@ class _SavedModelClassifier:
     """An export folder's `serving_default`: encoded images in, probabilities out."""
 
     def __init__(self, export_dir):
+        import tensorflow as tf
         self._serve = tf.saved_model.load(export_dir).signatures["serving_default"]
 
     def predict_batch(self, encoded):
         """Encoded images -> float32 [N, C]; raises on any undecodable one."""
+        import tensorflow as tf
         outputs = self._serve(image_bytes=tf.constant(encoded, tf.string))
         return outputs["probabilities"].numpy()
 
@@ -86,6 +90,8 @@ class _TFLiteFileClassifier:
         return self._classifier.num_classes
 
     def predict_batch(self, encoded):
+        import tensorflow as tf
+        from tfhub_ft import preprocessing
         images = np.stack([
             preprocessing.decode_and_resize(tf.constant(data), self._classifier.image_size).numpy()
             for data in encoded])
@@ -107,6 +113,8 @@ def load_classifier(model):
         ValueError: if `model` is neither, or labels.txt is missing or does
             not match the model's classes.
     """
+    import tensorflow as tf
+    from tfhub_ft import export as export_lib
     model = os.fspath(model)
     if os.path.isfile(model) and model.endswith(".tflite"):
         labels_dir = os.path.dirname(os.path.abspath(model))
@@ -139,8 +147,26 @@ def _read(path):
 
 
 def _error_text(error):
-    message = getattr(error, "message", None) or str(error)
-    return f"{type(error).__name__}: {message.strip().splitlines()[0] if message.strip() else ''}"
+    """The reason a file was not classified, on one line.
+
+    A decode check of the export fails as an assertion whose message is the
+    reason ("... is a truncated JPEG file ..."), wrapped by TensorFlow:
+    "Graph execution error: ... assertion failed: [part] [part]" from the
+    SavedModel, "Expected ... to be true. Summarized data: b'part'\\nb'part'"
+    from the eager decode before a .tflite model. The parts are kept, the
+    wrapping dropped.
+    """
+    message = (getattr(error, "message", None) or str(error)).strip()
+    if "assertion failed: [" in message:
+        line = message.split("assertion failed: ", 1)[1].splitlines()[0].strip()
+        parts = line[1:line.rfind("]")].split("] [")
+    elif "Summarized data: " in message:
+        parts = [part[2:-1] if part[:2] in ("b'", 'b"') else part
+                 for part in message.split("Summarized data: ", 1)[1].splitlines()]
+    else:
+        return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
+    text = " ".join(part.strip() for part in parts if part.strip())
+    return re.sub(r"^(image_bytes\[\d+\]|image) ", "the file ", text)
 
 
 def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SIZE,
@@ -206,6 +232,7 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
 
 def _predict_or_isolate(classifier, encoded, rows):
     """Probabilities per encoded image; None (and the row's error) for a bad one."""
+    import tensorflow as tf
     try:
         return list(classifier.predict_batch(encoded))
     except tf.errors.OpError as error:
@@ -257,6 +284,8 @@ def _parser():
                         help="Classes per file (default %(default)s).")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="Files per model call (default %(default)s).")
+    from tfhub_ft import cli
+    cli.add_verbosity_flag(parser)
     return parser
 
 
@@ -269,23 +298,30 @@ def main(argv=None):
             sys.argv[1:] when None.
 
     Returns:
-        0 when the CSV was written (files that failed are in it). Invalid
-        arguments exit with status 2 and the reason, as argparse does.
+        0 when the CSV was written (files that failed are in it).
+
+    Raises:
+        ValueError: for a folder or glob naming no image file, a model that
+            cannot be loaded or an invalid `--top_k` (the command prints it
+            on one line and exits with status 2). Flags argparse refuses
+            exit with status 2 and the usage.
     """
     parser = _parser()
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        paths = list_image_files(args.images)
-        model = load_classifier(args.model)
-        rows = predict_files(model, paths, args.top_k, args.batch_size)
-    except ValueError as error:
-        parser.error(str(error))
+    # A ValueError (bad folder, model or top_k) reaches the command, which
+    # prints it as one line and exits with status 2.
+    paths = list_image_files(args.images)
+    model = load_classifier(args.model)
+    rows = predict_files(model, paths, args.top_k, args.batch_size)
     write_csv(rows, args.output, args.top_k)
     logger.info("Wrote %d rows to %s", len(rows), args.output)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the command, as `tfhub_ft predict`: its quiet TensorFlow
+    # import, logging and exit.
+    from tfhub_ft import cli
+    cli.run(["predict", *sys.argv[1:]])
