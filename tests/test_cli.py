@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import logging
 import os
@@ -266,7 +267,7 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     assert re.search(r"^validation_accuracy=[\d.]+ images=12 ", done.stdout, re.MULTILINE)
     assert sorted(os.listdir(tmp_path / "report")) == sorted([
         "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
-        "mistakes.png", "summary.json"])
+        "mistakes.png", "mistakes.csv", "summary.json"])
     assert sorted(os.listdir(tmp_path / "tb")) == ["fine_tune", "head"]
 
     done = _command("evaluate", f"--model={tmp_path / 'export'}", f"--image_dir={validation}",
@@ -276,6 +277,8 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     for name in [*names, "macro avg", "weighted avg"]:
         assert re.search(rf"^{name} +[\d.]+ +[\d.]+ +[\d.]+ +\d+$", done.stdout, re.MULTILINE)
     assert os.path.exists(tmp_path / "evaluation" / "per_class.csv")
+    with open(tmp_path / "evaluation" / "mistakes.csv", newline="") as f:
+        assert all(os.path.isfile(row["file"]) for row in csv.DictReader(f))
 
     done = _command("lr_find", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
                     f"--validation_dir={validation}", "--steps=20",

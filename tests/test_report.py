@@ -57,6 +57,21 @@ def test_most_confident_mistakes_come_first():
     np.testing.assert_array_equal(report.most_confident_mistakes(LABELS, probabilities, 1), [4])
 
 
+def test_mistakes_csv_lists_every_mistake_with_its_file(tmp_path):
+    probabilities = _probabilities(PREDICTIONS, 0.6)
+    probabilities[4] = [0.05, 0.05, 0.9]
+    paths = [f"photos/{name}.jpg" for name in "abcdef"]
+    path = report.write_mistakes_csv(LABELS, probabilities, NAMES, tmp_path / "m.csv", paths)
+    with open(path, newline="") as f:
+        assert list(csv.reader(f)) == [["file", "true", "predicted", "probability"],
+                                       ["photos/e.jpg", "dog", "fox", "0.900000"],
+                                       ["photos/c.jpg", "cat", "dog", "0.600000"]]
+    # Without files (a tf.data or TFDS source), the images' indices.
+    path = report.write_mistakes_csv(LABELS, probabilities, NAMES, tmp_path / "i.csv")
+    with open(path, newline="") as f:
+        assert [row[0] for row in csv.reader(f)] == ["file", "4", "2"]
+
+
 def test_write_report_writes_every_file(tmp_path):
     probabilities = _probabilities(PREDICTIONS, 0.7)
     history = {"head": {"loss": [1.0, 0.8], "accuracy": [0.5, 0.6],
@@ -70,7 +85,7 @@ def test_write_report_writes_every_file(tmp_path):
                                   mistake_indices=indices, summary={"hub_handle": "h"})
     assert sorted(written) == sorted([
         "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
-        "mistakes.png", "summary.json"])
+        "mistakes.png", "mistakes.csv", "summary.json"])
     # Figure size (inches) x 100 dpi; tight_layout keeps the canvas size.
     expected_sizes = {"curves.png": (450, 1200),
                       "confusion_matrix.png": (565, 715),   # side 4 + 0.55 * 3 classes
@@ -120,7 +135,12 @@ def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_fol
     tuner.export(tmp_path / "export")
     written = tuner.report(tmp_path / "report")
     assert set(written) == {"curves.png", "confusion_matrix.png", "confusion_matrix.csv",
-                            "per_class.csv", "mistakes.png", "summary.json"}
+                            "per_class.csv", "mistakes.png", "mistakes.csv", "summary.json"}
+    with open(written["mistakes.csv"], newline="") as f:
+        files = [row["file"] for row in csv.DictReader(f)]
+    wrong = int(round((1 - tuner.validation_metrics["accuracy"]) * 12))
+    assert len(files) == wrong and all(
+        os.path.isfile(file) and file.startswith(str(validation)) for file in files)
     summary = json.load(open(written["summary.json"]))
     assert summary["hub_handle"] == tiny_backbone_path
     assert summary["config"]["batch_size"] == small_config.batch_size

@@ -310,7 +310,7 @@ def build_parser():
     evaluate.add_argument("--batch_size", type=int, default=config_lib.FineTuneConfig().batch_size,
                           metavar="N", help="Images per call of the model.")
     evaluate.add_argument("--report_dir", metavar="DIR", help="Also write "
-                          "confusion_matrix.png/.csv, per_class.csv, mistakes.png there.")
+                          "confusion_matrix.png/.csv, per_class.csv, mistakes.png/.csv there.")
     add_verbosity_flag(evaluate)
 
     lr_find = commands.add_parser(

@@ -108,7 +108,7 @@ def write_evaluation_report(result, report_dir, image_size=160):
     """Writes `evaluate_export`'s result as report files into `report_dir`.
 
     confusion_matrix.png/.csv, per_class.csv, mistakes.png (the images
-    decoded again at `image_size`) and summary.json.
+    decoded again at `image_size`) and .csv, and summary.json.
 
     Returns:
         {file name: path}.
@@ -124,4 +124,5 @@ def write_evaluation_report(result, report_dir, image_size=160):
         report_dir, result["class_names"], result["labels"], result["probabilities"],
         mistake_images=images, mistake_indices=indices,
         summary={"skipped_files": result["skipped"],
-                 "validation_metrics": {"loss": result["loss"]}})
+                 "validation_metrics": {"loss": result["loss"]}},
+        paths=result["paths"])

@@ -11,7 +11,11 @@
     per_class.csv         precision, recall, F1 and support per class,
                           then macro and weighted averages
     mistakes.png          the most confidently wrong validation images,
-                          titled true class, predicted class, probability
+                          titled file name, true class, predicted class,
+                          probability
+    mistakes.csv          every wrong validation image, most confident
+                          first: file (or index), true and predicted
+                          class, the predicted class's probability
     summary.json          config, hub handle, blocks unfrozen, image counts,
                           skipped files, seconds per stage, metrics
 
@@ -33,6 +37,7 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 CONFUSION_MATRIX_CSV = "confusion_matrix.csv"
 PER_CLASS_FILE = "per_class.csv"
 MISTAKES_FILE = "mistakes.png"
+MISTAKES_CSV = "mistakes.csv"
 SUMMARY_FILE = "summary.json"
 PHASE_TITLES = {"head": "head (backbone frozen)", "fine_tune": "fine-tune"}
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
@@ -196,6 +201,7 @@ def most_confident_mistakes(labels, probabilities, count=16):
 
     Args:
         labels: int [N]; probabilities: float [N, C].
+        count: The most indices returned; None for all.
 
     Returns:
         int64 [min(count, wrong)] indices into the N images.
@@ -208,8 +214,9 @@ def most_confident_mistakes(labels, probabilities, count=16):
     return wrong[np.argsort(-confidence, kind="stable")][:count]
 
 
-def plot_mistakes(images, labels, probabilities, class_names, path):
-    """A grid of images, each titled true, predicted and its probability.
+def plot_mistakes(images, labels, probabilities, class_names, path, names=None):
+    """A grid of images, each titled (file name,) true, predicted and its
+    probability.
 
     Args:
         images: uint8 [K, H, W, 3], the wrongly classified images (see
@@ -217,6 +224,7 @@ def plot_mistakes(images, labels, probabilities, class_names, path):
         labels: int [K] true classes; probabilities: float [K, C].
         class_names: C names.
         path: The PNG to write.
+        names: None, or K file names for the titles.
     """
     plt = pyplot()
     count = len(labels)
@@ -230,7 +238,8 @@ def plot_mistakes(images, labels, probabilities, class_names, path):
             continue
         predicted = int(np.argmax(probabilities[index]))
         axis.imshow(np.asarray(images[index], np.uint8))
-        axis.set_title(f"true: {_short(class_names[labels[index]])}\n"
+        file_line = "" if names is None else f"{_short(names[index], 30)}\n"
+        axis.set_title(f"{file_line}true: {_short(class_names[labels[index]])}\n"
                        f"predicted: {_short(class_names[predicted])} "
                        f"({probabilities[index][predicted]:.0%})", fontsize=9)
     if count == 0:
@@ -248,8 +257,24 @@ def _short(name, limit=22):
     return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
+def write_mistakes_csv(labels, probabilities, class_names, path, paths=None):
+    """Every wrong prediction, most confident first: `file` (the path, or
+    the image's index when `paths` is None), `true`, `predicted` and
+    `probability` (of the predicted class, 6 decimals)."""
+    indices = most_confident_mistakes(labels, probabilities, count=None)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "true", "predicted", "probability"])
+        for index in indices:
+            predicted = int(np.argmax(probabilities[index]))
+            writer.writerow([index if paths is None else paths[index],
+                             class_names[labels[index]], class_names[predicted],
+                             f"{probabilities[index][predicted]:.6f}"])
+    return path
+
+
 def write_report(report_dir, class_names, labels, probabilities, history=None,
-                 mistake_images=None, mistake_indices=None, summary=None):
+                 mistake_images=None, mistake_indices=None, summary=None, paths=None):
     """Writes the report files (see the module docstring) into `report_dir`.
 
     Args:
@@ -264,6 +289,8 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
             mistakes.png without them.
         mistake_indices: int [K], indices into the N validation images.
         summary: Dict merged into summary.json (JSON-serialisable).
+        paths: None, or the N validation images' files (for mistakes.csv
+            and the titles of mistakes.png).
 
     Returns:
         {file name: path} of what was written.
@@ -292,11 +319,14 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
     written[PER_CLASS_FILE] = write_per_class_csv(rows, join(PER_CLASS_FILE))
     if history is not None:
         written[CURVES_FILE] = plot_curves(history, join(CURVES_FILE))
+    written[MISTAKES_CSV] = write_mistakes_csv(labels, probabilities, class_names,
+                                               join(MISTAKES_CSV), paths)
     if mistake_images is not None:
         indices = np.asarray(mistake_indices, np.int64)
         written[MISTAKES_FILE] = plot_mistakes(
             mistake_images, labels[indices], probabilities[indices], class_names,
-            join(MISTAKES_FILE))
+            join(MISTAKES_FILE),
+            None if paths is None else [os.path.basename(paths[i]) for i in indices])
     from sklearn import metrics
     content = dict(summary or {})
     content.setdefault("validation_metrics", {})

@@ -134,6 +134,7 @@ class FineTuner:
         self.validation_labels = None
         self.validation_probabilities = None
         self._mistakes = None
+        self._validation_paths = None
         self._image_counts = None
         self.time_plan = None
 
@@ -520,6 +521,7 @@ class FineTuner:
             self.validation_probabilities = probabilities
             indices = report_lib.most_confident_mistakes(labels, probabilities)
             self._mistakes = (indices, arrays.take(image_set.images, indices))
+            self._validation_paths = image_set.paths
         chosen = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
         return {"loss": float(-np.mean(np.log(chosen))),
                 "accuracy": float(np.mean(probabilities.argmax(-1) == labels)),
@@ -604,7 +606,7 @@ class FineTuner:
         """Writes the run report of the last `fit` into `report_dir`.
 
         curves.png, confusion_matrix.png and .csv, per_class.csv,
-        mistakes.png and summary.json (see `report.write_report`): the
+        mistakes.png and .csv, and summary.json (see `report.write_report`): the
         validation images' metrics, the history of both phases, the config,
         hub handle, blocks unfrozen, image counts, skipped files and the
         seconds of each stage.
@@ -636,7 +638,8 @@ class FineTuner:
         return report_lib.write_report(
             report_dir, self.class_names, self.validation_labels,
             self.validation_probabilities, history=self.history,
-            mistake_images=images, mistake_indices=indices, summary=summary)
+            mistake_images=images, mistake_indices=indices, summary=summary,
+            paths=self._validation_paths)
 
     def find_learning_rate(self, train, phase="head", validation=None,
                            validation_split=None, class_names=None, data_dir=None,
