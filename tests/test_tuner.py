@@ -65,15 +65,19 @@ def test_same_seed_repeats(tiny_backbone_path, image_folders, small_config):
 
 @pytest.mark.slow
 def test_decode_seconds_count_only_what_fit_decoded(tiny_backbone_path, image_folders,
-                                                    small_config):
+                                                    small_config, caplog):
     train, validation, _, _ = image_folders
     config = small_config.replace(fine_tune_epochs=0)
     tuner = FineTuner(tiny_backbone_path, config=config)
     train_set, validation_set = tuner.load_data(train, validation)
     assert train_set.decode_seconds > 0
-    tuner.fit(train_set, validation_set, verbose=0)
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        tuner.fit(train_set, validation_set, verbose=0)
     assert tuner.stage_seconds["decode"] == 0.0
     assert tuner.stage_seconds["load"] >= 0.0
+    # A stage that did nothing says so, not "done in 0.0 s".
+    assert "Stage fine_tune skipped (fine_tune_epochs=0)" in caplog.messages
+    assert any(m.startswith("Stage head done in ") for m in caplog.messages)
 
 
 def test_options_and_config_are_checked(tiny_backbone_path):

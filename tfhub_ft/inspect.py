@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import List
 
+logger = logging.getLogger(__name__)
+
 # The backbone module (and TensorFlow) is imported where it is used:
 # `python -m tfhub_ft.inspect` runs this file before the command can turn
 # TensorFlow's start-up lines down (`cli._import_tensorflow_quietly`).
@@ -49,6 +51,10 @@ def describe_backbone(backbone, check_splits=True) -> List[str]:
     header = f"{'unfreeze_blocks':>15}  {'block':<{width}} {'parameters':>11}"
     lines.append(header + ("  phase 2" if check_splits else ""))
     count = len(backbone.blocks)
+    if check_splits:
+        # The table comes at the end; say what the wait is for.
+        logger.info("Checking the split below each of the %d blocks (a small forward and "
+                    "backward pass each; --no_split_check skips them)", count)
     for index, block in enumerate(backbone.blocks):
         unfreeze = count - index
         name = block.name + ("*" if block.order_source == "names"

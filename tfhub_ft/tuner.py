@@ -294,8 +294,12 @@ class FineTuner:
                     phase_timer=head_timer)
             fine_tune_timer = self._phase_timer(
                 "fine_tune", time_budget, "loading, the frozen pass and phase 1", timers, plans)
-            with self._stage("fine_tune"):
-                if "fine_tune" in plans and plans["fine_tune"].epochs == 0:
+            with self._stage("fine_tune") as stage:
+                if not self.config.fine_tune_epochs:
+                    stage["skipped"] = "fine_tune_epochs=0"
+                elif "fine_tune" in plans and plans["fine_tune"].epochs == 0:
+                    stage["skipped"] = "the time budget, see the warning above"
+                if stage:
                     fine_tune_history, self.unfrozen_blocks = {}, []
                 else:
                     self.backbone.unfreeze_top_blocks(len(plan.blocks))
@@ -389,10 +393,15 @@ class FineTuner:
 
     @contextlib.contextmanager
     def _stage(self, name):
-        start = time.perf_counter()
-        yield
+        """Times a stage; the body may set the yielded dict's "skipped" to
+        the reason the stage did nothing, which the line then says."""
+        start, note = time.perf_counter(), {}
+        yield note
         self.stage_seconds[name] = time.perf_counter() - start
-        logger.info("Stage %s done in %.1f s", name, self.stage_seconds[name])
+        if note.get("skipped"):
+            logger.info("Stage %s skipped (%s)", name, note["skipped"])
+        else:
+            logger.info("Stage %s done in %.1f s", name, self.stage_seconds[name])
 
     @staticmethod
     def _phase_callbacks(phase, tensorboard_dir, callbacks):
