@@ -173,6 +173,26 @@ def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folde
     assert os.path.exists(a_file)
 
 
+def test_advice_names_flags_as_the_command_user_types_them():
+    cases = {
+        "pass class_weight='balanced' to weight the loss":
+            "pass --class_weight=balanced to weight the loss",
+        "Export with tflite='dynamic' or tflite='float16' instead.":
+            "Export with --tflite=dynamic or --tflite=float16 instead.",
+        "Received: time_budget_s=0": "Received: --time_budget_s=0",
+        "Received: export_dir='my photos', which holds":
+            "Received: --export_dir='my photos', which holds",
+        # Not an option, already a flag, or a tuple: as they are.
+        "Raise time_budget_s (--time_budget) above ~37 s":
+            "Raise time_budget_s (--time_budget) above ~37 s",
+        "my_image_size=3, x.image_size=4, --image_size=5":
+            "my_image_size=3, x.image_size=4, --image_size=5",
+        "Received: augmentation=('flop',)": "Received: augmentation=('flop',)",
+    }
+    for text, expected in cases.items():
+        assert cli.as_typed(text) == expected
+
+
 def test_train_without_export_dir_warns_before_training(run_in_process, capsys, caplog,
                                                         tiny_backbone_path, image_folders):
     train, _, _, _ = image_folders

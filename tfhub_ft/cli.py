@@ -31,6 +31,7 @@ import linecache
 import logging
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -367,10 +368,37 @@ def _import_tensorflow_quietly(verbosity):
 
 class _Formatter(logging.Formatter):
     def format(self, record):
-        message = super().format(record)
+        message = as_typed(super().format(record))
         if record.levelno >= logging.WARNING:
             return f"{record.levelname}: {message}"
         return message
+
+
+_OPTION_VALUE = None
+
+
+def as_typed(text):
+    """The library's `option=value` advice as the command's user types it.
+
+    The library's messages name Python arguments ("pass
+    class_weight='balanced'", "Received: time_budget_s=0"); on the command
+    line those are flags: `--class_weight=balanced`, `--time_budget_s=0`.
+    Options of the train command (the config's fields and its own flags)
+    are rewritten; a value in brackets (a tuple) is left as it is.
+    """
+    global _OPTION_VALUE
+    if _OPTION_VALUE is None:
+        names = sorted({field.name for field in dataclasses.fields(config_lib.FineTuneConfig)}
+                       | set(TRAIN_OUTPUT_FLAGS) | {"tflite", "hub_url", "image_dir",
+                                                   "validation_dir"}, key=len, reverse=True)
+        _OPTION_VALUE = re.compile(
+            r"(?<![\w\-.`])(" + "|".join(names) + r")="
+            r"(?![(\[{])(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)'\"]+))")
+
+    def flag(match):
+        value = next(group for group in match.groups()[1:] if group is not None)
+        return f"--{match.group(1)}={shlex.quote(value)}"
+    return _OPTION_VALUE.sub(flag, text)
 
 
 def configure_logging(verbosity):
@@ -597,7 +625,7 @@ def _raised_by_library(error):
 
 
 def _one_line(command, error, limit=600):
-    text = " ".join(str(error).split())
+    text = as_typed(" ".join(str(error).split()))
     if len(text) > limit:
         # Keep the start (what is wrong) and the end (usually the fix); an
         # upstream message can list hundreds of names in between.
