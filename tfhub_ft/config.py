@@ -132,8 +132,9 @@ class FineTuneConfig:
         label_smoothing: Label smoothing of the cross-entropy, in [0, 1).
         dropout_rate: Dropout before the Dense head, in [0, 1).
         weight_decay: Decoupled weight decay (AdamW) in phase 2.
-        augmentation: Names of the training-only augmentations; see
-            `AUGMENTATIONS`.
+        augmentation: Names of the training-only augmentations, from
+            `AUGMENTATIONS`: "flip" (a mirrored copy of every image, cached
+            beside it). Empty by default; `thorough` flips.
         batch_norm_trainable: If True, batch norm in unfrozen blocks runs in
             training mode in phase 2 and updates its moving statistics. The
             default keeps them in inference mode, which small datasets need.
