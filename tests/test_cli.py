@@ -166,6 +166,17 @@ def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folde
         "Invalid value for `export_backbone_dir`. Expected a new or empty folder": [
             "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
             f"--export_backbone_dir={tmp_path}"],
+        # What the export would delete.
+        "Invalid value for `work_dir`. Expected a folder outside `export_dir`": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            f"--export_dir={tmp_path / 'out'}", f"--work_dir={tmp_path / 'out' / 'work'}"],
+        "Invalid value for `export_backbone_dir`. Expected a folder other than `export_dir`": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            f"--export_dir={tmp_path / 'out'}", f"--export_backbone_dir={tmp_path / 'out'}"],
+        # A SavedModel, so check_replaceable would let the export replace it.
+        "Invalid value for `hub_url`. Expected a folder outside `export_dir`": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            f"--export_dir={tiny_backbone_path}"],
     }
     for expected, argv in cases.items():
         line = _one_line_error(capsys, run_in_process(argv))
@@ -188,6 +199,12 @@ def test_advice_names_flags_as_the_command_user_types_them():
         "my_image_size=3, x.image_size=4, --image_size=5":
             "my_image_size=3, x.image_size=4, --image_size=5",
         "Received: augmentation=('flop',)": "Received: augmentation=('flop',)",
+        # Inside a path or a URL query: not advice.
+        "Exported the SavedModel to /home/u/runs/image_size=224/export":
+            "Exported the SavedModel to /home/u/runs/image_size=224/export",
+        "?batch_size=32&seed=1": "?batch_size=32&seed=1",
+        # A sentence's full stop stays outside the value.
+        "Received: head_learning_rate=-1.0.": "Received: --head_learning_rate=-1.0.",
     }
     for text, expected in cases.items():
         assert cli.as_typed(text) == expected

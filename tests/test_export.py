@@ -73,15 +73,33 @@ def test_export_replaces_an_earlier_export_with_a_warning(trained, tmp_path, cap
     path = str(tmp_path / "model")
     trained.export(path)
     open(os.path.join(path, "stale.txt"), "w").close()
-    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
-        trained.export(path)
+    # Readable by others as the umask allows, not private like mkdtemp.
+    umask = os.umask(0o027)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+            trained.export(path)
+    finally:
+        os.umask(umask)
     assert "stale.txt" not in os.listdir(path)
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert f"Replacing the earlier export at {path} (its files go with it)." in caplog.messages
-    # Readable by other users as the umask allows, not private like mkdtemp.
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o750
+
+
+def test_a_link_or_an_unreadable_folder_is_refused(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match=re.escape(
+            f"Invalid value for `export_dir`. Expected a folder path, not a symbolic link "
+            f"(an export replaces the folder at its path, not the link's target). Received: "
+            f"export_dir={str(link)!r}, a link to {str(target)!r}. Pass the target's path.")):
+        export.check_replaceable(link)
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="not a symbolic link"):
+        export.check_replaceable(tmp_path / "broken")
+    assert export.check_replaceable(target) is False  # empty
 
 
 def test_a_folder_that_is_not_an_export_is_not_replaced(trained, tmp_path):

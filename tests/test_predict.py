@@ -101,6 +101,25 @@ def test_errors_name_the_file_problem(export_dir, photos):
     assert missing[0]["error"].startswith("FileNotFoundError: ")
 
 
+def test_error_text_keeps_the_reason_and_drops_the_wrapping():
+    from tfhub_ft.predict import _error_text
+
+    def op_error(message):
+        return tf.errors.InvalidArgumentError(None, None, message)
+    graph = ("Graph execution error:\n\nDetected at node DecodeImage defined at (most recent "
+             "call last):\n<stack traces unavailable>\nInvalid PNG data, size 12432\n\t "
+             "[[{{node DecodeImage}}]] [Op:__inference_signature_wrapper_8030]")
+    eager = ("{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0/task:0/"
+             "device:CPU:0}} Invalid PNG data, size 12432 [Op:DecodeImage] name: ")
+    assert _error_text(op_error(graph)) == "InvalidArgumentError: Invalid PNG data, size 12432"
+    assert _error_text(op_error(eager)) == "InvalidArgumentError: Invalid PNG data, size 12432"
+    assert _error_text(op_error("assertion failed: [image_bytes[0] is odd")) == (
+        "the file is odd")
+    # Not TensorFlow's: type and first line, whatever the text holds.
+    assert _error_text(FileNotFoundError(2, "No such file", "assertion failed: [x].jpg")) == (
+        "FileNotFoundError: [Errno 2] No such file: 'assertion failed: [x].jpg'")
+
+
 @pytest.mark.slow
 def test_progress_bar_only_when_asked(export_dir, photos, capsys):
     _, paths, _ = photos

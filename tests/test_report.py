@@ -70,6 +70,15 @@ def test_mistakes_csv_lists_every_mistake_with_its_file(tmp_path):
     path = report.write_mistakes_csv(LABELS, probabilities, NAMES, tmp_path / "i.csv")
     with open(path, newline="") as f:
         assert [row[0] for row in csv.reader(f)] == ["file", "4", "2"]
+    # A file name that is not UTF-8 is written as the logs show it, in the
+    # CSV and the plot's titles.
+    paths[4] = os.fsdecode(b"photos/caf\xe9.jpg")
+    path = report.write_mistakes_csv(LABELS, probabilities, NAMES, tmp_path / "b.csv", paths)
+    with open(path, newline="", encoding="utf-8") as f:
+        assert list(csv.reader(f))[1][0] == "photos/caf\\xe9.jpg"
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    report.write_report(tmp_path / "r", NAMES, LABELS, probabilities, mistake_images=images,
+                        mistake_indices=[4, 2], paths=paths)
 
 
 def test_write_report_writes_every_file(tmp_path):

@@ -269,6 +269,7 @@ def add_verbosity_flag(parser):
 # Flags of `tfhub_ft train` beyond the config's (the README's table lists both).
 TRAIN_OUTPUT_FLAGS = ("export_dir", "export_backbone_dir", "work_dir", "report_dir",
                       "tensorboard_dir")
+TRAIN_INPUT_FLAGS = ("hub_url", "image_dir", "validation_dir", "tfds_name", "data_dir")
 TFLITE_CHOICES = ("none", "float32", "float16", "dynamic", "int8")
 
 
@@ -368,7 +369,9 @@ def _import_tensorflow_quietly(verbosity):
 
 class _Formatter(logging.Formatter):
     def format(self, record):
-        message = as_typed(super().format(record))
+        message = super().format(record)
+        if record.name.startswith("tfhub_ft"):
+            message = as_typed(message)
         if record.levelno >= logging.WARNING:
             return f"{record.levelname}: {message}"
         return message
@@ -384,20 +387,26 @@ def as_typed(text):
     class_weight='balanced'", "Received: time_budget_s=0"); on the command
     line those are flags: `--class_weight=balanced`, `--time_budget_s=0`.
     Options of the train command (the config's fields and its own flags)
-    are rewritten; a value in brackets (a tuple) is left as it is.
+    standing as words (at the start, after a space or a bracket: not inside
+    a path such as runs/seed=1) are rewritten; a value in brackets (a
+    tuple) is left as it is.
     """
     global _OPTION_VALUE
     if _OPTION_VALUE is None:
         names = sorted({field.name for field in dataclasses.fields(config_lib.FineTuneConfig)}
-                       | set(TRAIN_OUTPUT_FLAGS) | {"tflite", "hub_url", "image_dir",
-                                                   "validation_dir"}, key=len, reverse=True)
+                       | set(TRAIN_OUTPUT_FLAGS) | set(TRAIN_INPUT_FLAGS)
+                       | {"tflite", "preset", "distribution_strategy", "tpu"},
+                       key=len, reverse=True)
         _OPTION_VALUE = re.compile(
-            r"(?<![\w\-.`])(" + "|".join(names) + r")="
+            r"(?<![^\s(])(" + "|".join(names) + r")="
             r"(?![(\[{])(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)'\"]+))")
 
     def flag(match):
         value = next(group for group in match.groups()[1:] if group is not None)
-        return f"--{match.group(1)}={shlex.quote(value)}"
+        end = ""
+        if match.group(4) is not None and value.endswith("."):
+            value, end = value[:-1], "."  # the sentence's end, not the value's
+        return f"--{match.group(1)}={shlex.quote(value)}{end}"
     return _OPTION_VALUE.sub(flag, text)
 
 
@@ -485,6 +494,33 @@ def _check_writable(name, path):
                          f"({parent!r}). Choose a folder you can write to.") from None
 
 
+def _check_outside_exports(args):
+    """Refuses what an export would delete: each export replaces its folder
+    whole, so the other export, the work and TensorBoard folders (written
+    before it) and the inputs must not be in it. (A report written into the
+    export folder after it is fine.)"""
+    exports = {name: os.path.realpath(getattr(args, name))
+               for name in ("export_dir", "export_backbone_dir") if getattr(args, name)}
+    if len(set(exports.values())) < len(exports):
+        raise ValueError(
+            "Invalid value for `export_backbone_dir`. Expected a folder other than "
+            "`export_dir`: each export replaces its whole folder. Received: "
+            f"export_backbone_dir={args.export_backbone_dir!r}. Choose a folder beside it.")
+    for name in ("work_dir", "tensorboard_dir", "image_dir", "validation_dir", "hub_url",
+                 "data_dir"):
+        value = getattr(args, name, None)
+        if not value or "://" in value:
+            continue
+        real = os.path.realpath(value)
+        for export_name, folder in exports.items():
+            if os.path.commonpath([real, folder]) == folder:
+                raise ValueError(
+                    f"Invalid value for `{name}`. Expected a folder outside `{export_name}`, "
+                    f"which the export replaces whole. Received: {name}={value!r} in "
+                    f"{export_name}={getattr(args, export_name)!r}. Choose a folder beside "
+                    "it.")
+
+
 def _train(args):
     """`tfhub_ft train`. `args.start_time` (a `time.monotonic` reading, set
     by `main`) is when the command started, where `--time_budget` counts
@@ -501,6 +537,7 @@ def _train(args):
         # Refused after training would waste the training.
         if getattr(args, name):
             export.check_replaceable(getattr(args, name), name)
+    _check_outside_exports(args)
     if not args.export_dir:
         logger.warning("No --export_dir: the trained classifier will not be saved "
                        "(pass --export_dir=FOLDER to keep it).")

@@ -101,9 +101,9 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
         The export folder path.
 
     Raises:
-        ValueError: if `export_dir` is a file, a folder that is neither
-            empty nor an earlier export (`check_replaceable`), or its parent
-            cannot be written.
+        ValueError: if `export_dir` is a file, a link, a folder that is
+            neither empty nor an earlier export (`check_replaceable`), or its
+            parent cannot be written.
     """
     with atomic_folder(export_dir, "the export") as staging:
         module = _ServingModule(model, class_names, image_size, max_pixels,
@@ -152,15 +152,28 @@ def atomic_folder(path, what):
         yield staging
         # mkdtemp makes the folder private (0700); an export is read by
         # servers running as other users, so it gets the usual mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
+        os.chmod(staging, 0o777 & ~_umask())
         if replacing:
             logger.warning("Replacing the earlier export at %s (its files go with it).", path)
         _replace_folder(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux allows
+    (os.umask can only be read by setting it, for every thread at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def check_replaceable(path, name="export_dir"):
@@ -184,9 +197,19 @@ def check_replaceable(path, name="export_dir"):
             with other content.
     """
     path = os.path.abspath(check_folder_path(name, path))
+    if os.path.islink(path):
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected a folder path, not a symbolic link (an "
+            f"export replaces the folder at its path, not the link's target). Received: "
+            f"{name}={path!r}, a link to {os.readlink(path)!r}. Pass the target's path.")
     if not os.path.isdir(path):
         return False
-    entries = sorted(os.listdir(path))
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as error:
+        raise ValueError(
+            f"Invalid value for `{name}`. Cannot read {path!r}: {error.strerror}. Choose a "
+            "folder you can write to.") from None
     if not entries:
         return False
     if "saved_model.pb" in entries:
@@ -225,9 +248,14 @@ def _replace_folder(source, destination):
     if not os.path.exists(destination):
         os.replace(source, destination)
         return
-    previous = destination + ".previous"
-    shutil.rmtree(previous, ignore_errors=True)
-    os.replace(destination, previous)
+    # A fresh name, so that no folder of the user's is in the way (an empty
+    # folder may be renamed over).
+    previous = tempfile.mkdtemp(prefix=".previous-", dir=os.path.dirname(destination))
+    try:
+        os.replace(destination, previous)
+    except BaseException:
+        os.rmdir(previous)
+        raise
     try:
         os.replace(source, destination)
     except BaseException:

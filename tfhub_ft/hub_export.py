@@ -42,7 +42,9 @@ def export_backbone(backbone, export_dir):
 
     Raises:
         TypeError: if `backbone` is not a `HubBackbone`.
-        ValueError: if `export_dir` is a file or its parent cannot be written.
+        ValueError: if `export_dir` is a file, a link, a folder that is
+            neither empty nor an earlier export (`export.check_replaceable`),
+            or its parent cannot be written.
     """
     from tfhub_ft.backbone import HubBackbone
     if not isinstance(backbone, HubBackbone):

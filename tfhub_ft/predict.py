@@ -23,6 +23,8 @@ import sys
 
 import numpy as np
 
+from tfhub_ft import image_files
+
 # TensorFlow and the modules that import it are imported where they are
 # used: `python -m tfhub_ft.predict` runs this file before the command can
 # turn TensorFlow's start-up lines down (`cli._import_tensorflow_quietly`).
@@ -153,18 +155,29 @@ def _error_text(error):
     reason ("... is a truncated JPEG file ..."), wrapped by TensorFlow:
     "Graph execution error: ... assertion failed: [part] [part]" from the
     SavedModel, "Expected ... to be true. Summarized data: b'part'\\nb'part'"
-    from the eager decode before a .tflite model. The parts are kept, the
-    wrapping dropped.
+    from the eager decode before a .tflite model: the parts are kept. A
+    decoder's own error ("Invalid PNG data, size 12432") is kept without
+    TensorFlow's wrapping: in a graph it is the line before "[[{{node ...",
+    eagerly it sits between "{{function_node ...}}" and "[Op:...]". Other
+    errors give their type and first line.
     """
+    import tensorflow as tf
     message = (getattr(error, "message", None) or str(error)).strip()
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not isinstance(error, tf.errors.OpError):
+        return f"{type(error).__name__}: {lines[0] if lines else ''}"
     if "assertion failed: [" in message:
         line = message.split("assertion failed: ", 1)[1].splitlines()[0].strip()
-        parts = line[1:line.rfind("]")].split("] [")
+        parts = (line[1:-1] if line.endswith("]") else line[1:]).split("] [")
     elif "Summarized data: " in message:
         parts = [part[2:-1] if part[:2] in ("b'", 'b"') else part
                  for part in message.split("Summarized data: ", 1)[1].splitlines()]
     else:
-        return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
+        found = [lines[i - 1] for i in range(1, len(lines)) if lines[i].startswith("[[{{")]
+        reason = found[0] if found else (lines[0] if lines else "")
+        reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
+        reason = re.sub(r"\s*\[Op:[^\]]*\].*$", "", reason)
+        return f"{type(error).__name__}: {reason}"
     text = " ".join(part.strip() for part in parts if part.strip())
     return re.sub(r"^(image_bytes\[\d+\]|image) ", "the file ", text)
 
@@ -260,7 +273,7 @@ def write_csv(rows, output, top_k):
         writer = csv.writer(f)
         writer.writerow(header)
         for row in rows:
-            cells = [row["path"]]
+            cells = [image_files.display_path(row["path"])]
             for rank in range(top_k):
                 if rank < len(row["classes"]):
                     cells += [row["classes"][rank], f"{row['probabilities'][rank]:.6f}"]

@@ -30,6 +30,8 @@ import os
 
 import numpy as np
 
+from tfhub_ft.image_files import display_path
+
 logger = logging.getLogger(__name__)
 
 CURVES_FILE = "curves.png"
@@ -258,16 +260,17 @@ def _short(name, limit=22):
 
 
 def write_mistakes_csv(labels, probabilities, class_names, path, paths=None):
-    """Every wrong prediction, most confident first: `file` (the path, or
-    the image's index when `paths` is None), `true`, `predicted` and
-    `probability` (of the predicted class, 6 decimals)."""
+    """Every wrong prediction, most confident first: `file` (the path, a
+    name that is not UTF-8 written with escapes as in the logs; or, when
+    `paths` is None, the image's position in `labels`), `true`,
+    `predicted` and `probability` (of the predicted class, 6 decimals)."""
     indices = most_confident_mistakes(labels, probabilities, count=None)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "true", "predicted", "probability"])
         for index in indices:
             predicted = int(np.argmax(probabilities[index]))
-            writer.writerow([index if paths is None else paths[index],
+            writer.writerow([index if paths is None else display_path(paths[index]),
                              class_names[labels[index]], class_names[predicted],
                              f"{probabilities[index][predicted]:.6f}"])
     return path
@@ -326,7 +329,8 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
         written[MISTAKES_FILE] = plot_mistakes(
             mistake_images, labels[indices], probabilities[indices], class_names,
             join(MISTAKES_FILE),
-            None if paths is None else [os.path.basename(paths[i]) for i in indices])
+            None if paths is None else [display_path(os.path.basename(paths[i]))
+                                        for i in indices])
     from sklearn import metrics
     content = dict(summary or {})
     content.setdefault("validation_metrics", {})

@@ -299,7 +299,7 @@ class FineTuner:
                     stage["skipped"] = "fine_tune_epochs=0"
                 elif "fine_tune" in plans and plans["fine_tune"].epochs == 0:
                     stage["skipped"] = "the time budget, see the warning above"
-                if stage:
+                if stage.get("skipped"):
                     fine_tune_history, self.unfrozen_blocks = {}, []
                 else:
                     self.backbone.unfreeze_top_blocks(len(plan.blocks))
