@@ -394,6 +394,7 @@ def test_phase_timer_finishes_phase_one_first_epoch_past_its_deadline():
     # chance, so the first epoch runs to its end, and no other starts.
     epochs, steps = _run_phase(timer, clock, 10, 100, lambda step: 0.1, validation_s=0.2)
     assert (epochs, steps) == (1, 100) and timer.plan.epochs == 1
+    assert timer.plan.overruns  # the phase's last plan (tuner.time_plan) still says so
     assert len(warnings) == 1 and warnings[0].startswith("Time budget 30 s: ")
     assert warnings[0].endswith(
         "5.4 s left for phase 1: its first epoch runs to its end anyway, ~4.3 s past "

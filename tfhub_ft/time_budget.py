@@ -106,7 +106,8 @@ class PhasePlan:
             classifier no better than chance.
         overruns: Phase 1's first epoch does not fit before the phase's
             deadline and runs to its end anyway (a head cut to a few steps
-            was near chance), past the deadline.
+            was near chance), past the deadline; kept by the later plans of
+            the phase.
     """
 
     phase: str
@@ -372,7 +373,8 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     else:
         reason = f"{head}, so {epochs} of {plan.config_epochs} {epoch_words} {reserve}"
     return dataclasses.replace(plan, epochs=epochs, steps=steps, epoch_seconds=epoch_s,
-                               reason=reason, overruns=overrun_s is not None)
+                               reason=reason,
+                               overruns=plan.overruns or overrun_s is not None)
 
 
 class PhaseTimer:
@@ -425,7 +427,6 @@ class PhaseTimer:
         self._train_begin = None
         self._phase_start = None
         self._stopped_at = None
-        self._overran = False
 
     # Keras hooks.
 
@@ -493,7 +494,7 @@ class PhaseTimer:
             why = f"the last cut to {self.plan.steps % self.steps_per_epoch} steps to fit"
         elif self.epochs_done >= self.plan.config_epochs:
             why = "all of them"
-        elif self._overran:
+        elif self.plan.overruns:
             late = self.budget.used() - self.plan.deadline_s
             why = (f"the first, which always ends, ended {max(late, 0):.1f} s past the "
                    "phase's deadline")
@@ -543,7 +544,6 @@ class PhaseTimer:
             self.validation_estimate(), self._used_by())
         if self.plan.steps != old.steps and self.on_plan is not None:
             self.on_plan(self.plan, self.steps_done)
-        self._overran = self._overran or self.plan.overruns
         if old.steps is None:
             (self.warn if self.plan.overruns else self.log)(self.plan.reason)
         elif (self.plan.epochs, self.plan.steps) != (old.epochs, old.steps):
