@@ -144,3 +144,20 @@ def test_split_that_fails_to_run_or_differs_falls_back_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
         assert backbone.split_top_blocks(1) is None
     assert "Function foo is not defined" in caplog.records[0].getMessage()
+
+
+def test_many_graph_functions_in_one_process_are_not_a_retracing_warning(backbone, caplog):
+    # Each split, reloaded backbone or converter call imports its own graph
+    # function; TensorFlow warned once six of them had been traced.
+    graph = ModuleGraph(backbone.module, backbone.module.variables)
+    images = tf.zeros([1, 32, 32, 3])
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        outputs = [graph.whole()(images, backbone.module.variables) for _ in range(7)]
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    np.testing.assert_array_equal(outputs[0].numpy(), outputs[-1].numpy())
+
+
+def test_inference_features_equal_the_module_call(backbone):
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 4])
+    np.testing.assert_allclose(backbone.inference_features(images).numpy(),
+                               backbone(images, training=False).numpy(), rtol=1e-5, atol=1e-6)

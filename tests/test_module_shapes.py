@@ -1,7 +1,9 @@
 """Every module shape real hubs publish: forward block order, exact freezing,
 an active split equal to the whole module, and the recipe to the end."""
 
+import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -64,8 +66,8 @@ def test_split_equals_whole_module_features_and_gradients(saved_shapes, shape):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
-def test_two_phase_recipe_runs_to_the_end_with_the_split(
-        saved_shapes, shape, image_folders, small_config, caplog):
+def test_two_phase_recipe_runs_to_the_end_with_the_split_and_exports_tflite(
+        saved_shapes, shape, image_folders, small_config, tmp_path, caplog):
     path, _ = saved_shapes[shape]
     train, validation, _, names = image_folders
     tuner = FineTuner(path, config=small_config, head_epochs=1, fine_tune_epochs=1)
@@ -74,6 +76,13 @@ def test_two_phase_recipe_runs_to_the_end_with_the_split(
     assert len(history["head"]["loss"]) == 1 and len(history["fine_tune"]["loss"]) >= 1
     assert not [r for r in caplog.records if "Not splitting" in r.getMessage()]
     assert tuner.predict(np.zeros([1, 32, 32, 3], np.uint8)).shape == (1, len(names))
+    # The Slim shapes' `tf.cond` once failed the converter ("expected type
+    # resource != float").
+    export_dir = tuner.export(str(tmp_path / "export"), tflite="float32")
+    with open(os.path.join(export_dir, "tflite_parity.json")) as f:
+        parity = json.load(f)
+    assert parity["top1_agreement"] == 1.0
+    assert parity["max_probability_difference"] < 1e-5
 
 
 def test_fixed_size_module_refuses_a_contradicting_image_size(saved_shapes):

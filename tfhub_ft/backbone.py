@@ -256,6 +256,7 @@ class HubBackbone(keras.layers.Layer):
         self.feature_dim = self._probe_feature_dim()
         names = [v.name for v in self._module_variables]
         self._graph, trace_error = None, None
+        self._inference_graph = None
         try:
             self._graph = module_graph.ModuleGraph(self._module, self._module_variables)
             positions = self._graph.trace_positions(len(names))
@@ -367,6 +368,30 @@ class HubBackbone(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.feature_dim)
+
+    def inference_features(self, images):
+        """The features of `call(images, training=False)`, computed by the
+        module's inlined inference graph, for converters.
+
+        The traced graph has the module's nested functions flattened and its
+        `training` conditionals resolved. TFLite's converter cannot freeze
+        variables that a restored `If` captures (TF Hub's Slim modules put
+        one around the network or around each batch norm): it fails with
+        "input resource[0] expected type resource != float"
+        (tensorflow/tensorflow#60416, #43042). A module whose graph could
+        not be traced runs its own call.
+
+        Args:
+            images: float32 [N, H, W, 3] RGB in [0, 1].
+
+        Returns:
+            float32 [N, feature_dim].
+        """
+        if self._graph is None:
+            return self.call(images, training=False)
+        if self._inference_graph is None:
+            self._inference_graph = self._graph.whole()
+        return self._inference_graph(self.to_input_range(images), self._wrapped)
 
     @property
     def module(self):

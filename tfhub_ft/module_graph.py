@@ -15,6 +15,7 @@ whole network or around each batch norm. Inlining lowers `If` / `Case` to
 the graph is again plain ops.
 """
 
+import functools
 from typing import Dict, List, Sequence
 
 import tensorflow as tf
@@ -463,18 +464,27 @@ def _graph_function(graph_def, feed_names, outputs, used_reads):
         used_reads: `_reads_in(graph_def, ...)`: the read placeholders to feed.
     """
 
-    @tf.function(reduce_retracing=True, autograph=False)
-    def run(feeds, read_values):
-        input_map = {f"{name}:0": value for name, value in zip(feed_names, feeds)}
-        input_map.update({f"{name}:0": value
-                          for (name, _), value in zip(used_reads, read_values)})
-        return tf.graph_util.import_graph_def(
-            graph_def, input_map=input_map, return_elements=list(outputs))
+    # A partial, not a closure: TensorFlow's retracing warning counts the
+    # traces of all functions sharing one Python code object, so a closure
+    # made every split of a process (a second FineTuner, a reloaded
+    # backbone) look like one function retraced ("5 out of the last 5 calls
+    # ... triggered tf.function retracing").
+    run = tf.function(
+        functools.partial(_import_graph, graph_def, tuple(feed_names), tuple(outputs),
+                          tuple(name for name, _ in used_reads)),
+        reduce_retracing=True, autograph=False)
 
     def call(feeds, variables):
         return run(feeds, [tf.convert_to_tensor(variables[index]) for _, index in used_reads])
 
     return call
+
+
+def _import_graph(graph_def, feed_names, outputs, read_names, feeds, read_values):
+    input_map = {f"{name}:0": value for name, value in zip(feed_names, feeds)}
+    input_map.update({f"{name}:0": value for name, value in zip(read_names, read_values)})
+    return tf.graph_util.import_graph_def(
+        graph_def, input_map=input_map, return_elements=list(outputs))
 
 
 def _inlined_output(function, nodes):

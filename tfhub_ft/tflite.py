@@ -88,7 +88,7 @@ class _TFLiteModule(tf.Module):
         # The model's own preprocessing would add the resize (a tf.cond with
         # ScaleAndTranslate in one branch); the input is already at size.
         images = preprocessing.to_unit_range(image)
-        features = self.model.backbone(images, training=False)
+        features = self.model.backbone.inference_features(images)
         logits = self.model.classify_features(features, training=False)
         return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
 
