@@ -329,6 +329,30 @@ def nested_functions(path, seed=0, width=4, blocks=3):
     return _save(path, call, v.all, [x for x in v.all if x.trainable]), [name for name, *_ in layers]
 
 
+def captured_constants(path, seed=0, width=4, blocks=3):
+    """Keras-style names; the call normalises the images with tensors made
+    outside it (as a Keras `Normalization` layer's mean and variance are),
+    which the saved function captures by value."""
+    v = _Variables(seed)
+    layers = [("stem", v.add("stem_conv/kernel", [3, 3, 3, width]),
+               v.batch_norm("stem_bn", width))]
+    for n in range(1, blocks + 1):
+        layers.append((f"block_{n}", v.add(f"block_{n}_conv/kernel", [3, 3, width, width]),
+                       v.batch_norm(f"block_{n}_bn", width)))
+    mean = tf.constant([0.485, 0.456, 0.406])
+    std = tf.constant([0.229, 0.224, 0.225])
+
+    @tf.function
+    def call(images, training=False):
+        del training
+        x = (images - mean) / std
+        for _, kernel, bn in layers:
+            x = tf.nn.relu(_batch_norm_inference(tf.nn.conv2d(x, kernel, 1, "SAME"), *bn))
+        return tf.reduce_mean(x, axis=[1, 2])
+
+    return _save(path, call, v.all, [x for x in v.all if x.trainable]), [name for name, *_ in layers]
+
+
 def keras_exported(path, seed=0, width=4, blocks=3):
     """A tf_keras (Keras 2) functional model saved with `tf.saved_model.save`."""
     import tf_keras
@@ -389,4 +413,5 @@ BUILDERS = {
     "efficientnet": efficientnet,
     "vit": vit,
     "nested_functions": nested_functions,
+    "captured_constants": captured_constants,
 }

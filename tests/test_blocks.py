@@ -111,3 +111,35 @@ def test_nothing_traced_orders_every_block_by_name():
 ])
 def test_block_of_bit_and_vit_names(name, expected):
     assert blocks.block_of(name) == expected
+
+
+@pytest.mark.parametrize("name, expected", [
+    # TF-Slim Inception V3 / Inception-ResNet-V2 (TF Hub's inception modules).
+    ("InceptionV3/Conv2d_2b_3x3/BatchNorm/beta:0", "stem"),
+    ("InceptionV3/Conv2d_4a_3x3/weights:0", "stem"),
+    ("InceptionV3/Mixed_6a/Branch_0/Conv2d_1a_1x1/weights:0", "Mixed_6a"),
+    ("InceptionV3/Mixed_7c/Branch_2/Conv2d_0d_3x1/weights:0", "Mixed_7c"),
+    ("InceptionResnetV2/Repeat/block35_3/Branch_1/Conv2d_0a_1x1/weights:0", "block35_3"),
+    ("InceptionResnetV2/Repeat_1/block17_20/Conv2d_1x1/weights:0", "block17_20"),
+    ("InceptionResnetV2/Block8/Conv2d_1x1/biases:0", "Block8"),
+    ("InceptionResnetV2/Conv2d_7b_1x1/weights:0", "head"),
+    # TF-Slim MobileNetV1, NASNet / PNASNet.
+    ("MobilenetV1/Conv2d_0/weights:0", "stem"),
+    ("MobilenetV1/Conv2d_1_depthwise/depthwise_weights:0", "Conv2d_1"),
+    ("MobilenetV1/Conv2d_13_pointwise/BatchNorm/gamma:0", "Conv2d_13"),
+    ("conv0/weights:0", "stem"),
+    ("cell_stem_0/comb_iter_0/left/separable_5x5/depthwise_weights:0", "cell_stem_0"),
+    ("reduction_cell_1/comb_iter_0/left/separable_5x5/depthwise_weights:0", "reduction_cell_1"),
+    ("cell_11/beginning_bn/gamma:0", "cell_11"),
+    # Keras ConvNeXt, Xception, VGG, DenseNet.
+    ("convnext_tiny_stem/convnext_tiny_stem_conv/kernel:0", "stem"),
+    ("convnext_tiny_stage_2_block_4_layer_scale/variable:0", "stage_2_block_4"),
+    ("convnext_tiny_downsampling_block_0/convnext_tiny_downsampling_layernorm_0/gamma:0",
+     "downsampling_block_0"),
+    ("block4_sepconv1/depthwise_kernel:0", "block4"),
+    ("block5_conv3/kernel:0", "block5"),
+    ("conv1_conv/kernel:0", "stem"),
+    ("conv2_block1_0_bn/gamma:0", "conv2_block1"),
+])
+def test_block_of_inception_mobilenet_v1_nasnet_convnext_xception_names(name, expected):
+    assert blocks.block_of(name) == expected

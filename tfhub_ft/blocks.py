@@ -16,9 +16,9 @@ HEAD = "head"
 
 # Each rule maps a variable name to a block name, or does not match. They
 # cover the naming of the hub modules people fine-tune: Keras applications
-# (MobileNet, EfficientNet, ResNet), TF-Slim MobileNets, slim ResNets, BiT
-# ResNets, the TF Hub EfficientNets and ViTs. The first rule that matches
-# wins.
+# (MobileNet, EfficientNet, ResNet, DenseNet, ConvNeXt, Xception, VGG),
+# TF-Slim MobileNets, Inceptions, NASNets and ResNets, BiT ResNets, the TF
+# Hub EfficientNets and ViTs. The first rule that matches wins.
 BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     # Keras MobileNetV2/V3: block_3_expand/..., block_3_depthwise_BN/...
     (r"(?:^|/)block_(\d+)_", r"block_\1"),
@@ -37,12 +37,27 @@ BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     (r"(?:^|/)(encoderblock_\d+)/", r"\1"),
     # TF Hub EfficientNet: efficientnet-b0/blocks_7/conv2d/kernel
     (r"(?:^|/)(blocks_\d+)/", r"\1"),
+    # TF-Slim Inception V1-V4 and Inception-ResNet-V2:
+    # InceptionV3/Mixed_6b/Branch_1/Conv2d_0b_1x7/weights,
+    # InceptionResnetV2/Repeat_1/block17_20/Conv2d_1x1/weights, .../Block8/...
+    (r"(?:^|/)(Mixed_\d+[a-z]|block(?:35|17|8)_\d+|Block8)/", r"\1"),
+    # TF-Slim MobileNetV1: MobilenetV1/Conv2d_3_depthwise/depthwise_weights
+    (r"(?:^|/)(Conv2d_\d+)_(?:depthwise|pointwise)/", r"\1"),
+    # TF-Slim NASNet / PNASNet: cell_stem_0/..., cell_11/..., reduction_cell_1/...
+    (r"(?:^|/)(cell_stem_\d+|(?:reduction_)?cell_\d+)/", r"\1"),
+    # Keras ConvNeXt: convnext_tiny_stage_2_block_4_depthwise_conv/kernel,
+    # convnext_tiny_downsampling_block_1/...
+    (r"(?:^|_)(stage_\d+_block_\d+|downsampling_block_\d+)(?:[/_]|$)", r"\1"),
+    # Keras Xception and VGG: block4_sepconv1/..., block5_conv3/...
+    (r"(?:^|/)(block\d+)_(?:sep)?conv\d", r"\1"),
     # Stems (ViT: patch embedding, class token, position embedding).
     (r"(?:^|/)(?:Conv1|bn_Conv1|stem\w*|conv1|Conv2d_0|conv_stem|conv1_\w+|"
-     r"Conv|Conv/BatchNorm|root_block|embedding|cls|posembed_input)(?:/|$)", STEM),
+     r"Conv|Conv/BatchNorm|root_block|embedding|cls|posembed_input|conv0|"
+     r"Conv2d_[1-4][a-c]_\dx\d|convnext\w*_stem)(?:/|$)", STEM),
     # Heads: the last convolution before pooling, or the final norm.
     (r"(?:^|/)(?:Conv_1|Conv_1_bn|head\w*|top_conv|top_bn|top_activation|"
-     r"conv_head|Conv2d_1c_1x1|postnorm|encoder_norm|final_norm|pre_logits)(?:/|$)", HEAD),
+     r"conv_head|Conv2d_1c_1x1|Conv2d_7b_1x1|postnorm|encoder_norm|final_norm|pre_logits)"
+     r"(?:/|$)", HEAD),
     # BiT's final norm, right under the network's scope.
     (r"^resnet\w*/group_norm/", HEAD),
 )

@@ -232,6 +232,15 @@ class ModuleGraph:
                     self.consumers.setdefault(_source(name), []).append(node.name)
         captures = [t.name.split(":")[0] for t in function.graph.internal_captures]
         placeholder_of = {id(t): name for t, name in zip(function.captured_inputs, captures)}
+        # Tensors the function captured by value (a Keras `Normalization`
+        # layer's mean and variance, constants made outside the call) are
+        # placeholders that its caller feeds; in the imported graph nobody
+        # does ("You must feed a value for placeholder tensor"), so they
+        # become the constants they are.
+        for captured, name in zip(function.captured_inputs, captures):
+            if (isinstance(captured, tf.Tensor) and captured.dtype != tf.resource
+                    and name in self.nodes):
+                _make_constant(self.nodes[name], captured)
         # Read nodes of each variable (through Identity chains). A function
         # captures a variable's handle, or (a function restored under a
         # tf.distribute strategy) the distributed variable itself; a
@@ -485,6 +494,15 @@ def _import_graph(graph_def, feed_names, outputs, read_names, feeds, read_values
     input_map.update({f"{name}:0": value for name, value in zip(read_names, read_values)})
     return tf.graph_util.import_graph_def(
         graph_def, input_map=input_map, return_elements=list(outputs))
+
+
+def _make_constant(node, value):
+    """Turns a placeholder NodeDef into a Const holding `value` (an eager tensor)."""
+    node.op = "Const"
+    del node.input[:]
+    node.attr.clear()
+    node.attr["dtype"].type = value.dtype.as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value.numpy()))
 
 
 def _inlined_output(function, nodes):
