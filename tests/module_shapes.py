@@ -353,6 +353,33 @@ def captured_constants(path, seed=0, width=4, blocks=3):
     return _save(path, call, v.all, [x for x in v.all if x.trainable]), [name for name, *_ in layers]
 
 
+def xla_compiled_layers(path, seed=0, width=4, blocks=3):
+    """Keras-style names; each block's convolution is a function compiled
+    with XLA (as Keras 3 compiles grouped convolutions on the CPU), which
+    Grappler leaves as a call that reads the kernel itself. Not in
+    `BUILDERS`: its blocks cannot be traced or cut."""
+    v = _Variables(seed)
+    layers = [("stem", v.add("stem_conv/kernel", [3, 3, 3, width]),
+               v.batch_norm("stem_bn", width))]
+    for n in range(1, blocks + 1):
+        layers.append((f"block_{n}", v.add(f"block_{n}_conv/kernel", [3, 3, width, width]),
+                       v.batch_norm(f"block_{n}_bn", width)))
+
+    @tf.function(jit_compile=True)
+    def conv(x, kernel):
+        return tf.nn.conv2d(x, kernel, 1, "SAME")
+
+    @tf.function
+    def call(images, training=False):
+        del training
+        x = images
+        for _, kernel, bn in layers:
+            x = tf.nn.relu(_batch_norm_inference(conv(x, kernel), *bn))
+        return tf.reduce_mean(x, axis=[1, 2])
+
+    return _save(path, call, v.all, [x for x in v.all if x.trainable])
+
+
 def keras_exported(path, seed=0, width=4, blocks=3):
     """A tf_keras (Keras 2) functional model saved with `tf.saved_model.save`."""
     import tf_keras

@@ -103,3 +103,25 @@ def test_split_is_used_with_another_input_range(saved_shapes, caplog):
     images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[7, 8])
     np.testing.assert_allclose(split.top(split.bottom(images)).numpy(),
                                backbone(images).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_variables_read_inside_xla_functions_fall_back_and_still_export_tflite(
+        tmp_path, image_folders, small_config, caplog):
+    path = module_shapes.xla_compiled_layers(tmp_path / "xla")
+    train, validation, _, _ = image_folders
+    tuner = FineTuner(path, config=small_config, head_epochs=1, fine_tune_epochs=1)
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        tuner.fit(train, validation=validation)
+    assert [r.getMessage() for r in caplog.records if "Not splitting" in r.getMessage()] == [
+        f"Not splitting {path}: the split graph could not be built or run (ValueError: "
+        f"3 of its variables are read inside functions that are not inlined "
+        f"(StatefulPartitionedCall; XLA-compiled ones, such as Keras 3's grouped "
+        f"convolutions, stay calls), so its graph cannot be cut there); fine-tuning runs "
+        f"the whole module forward each step (about 3-5x slower per fine-tuning step)."]
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[5, 6])
+    np.testing.assert_allclose(tuner.backbone.inference_features(images).numpy(),
+                               tuner.backbone(images).numpy(), rtol=1e-5, atol=1e-6)
+    export_dir = tuner.export(str(tmp_path / "export"), tflite="float32")
+    with open(os.path.join(export_dir, "tflite_parity.json")) as f:
+        assert json.load(f)["top1_agreement"] == 1.0

@@ -379,7 +379,8 @@ class HubBackbone(keras.layers.Layer):
         one around the network or around each batch norm): it fails with
         "input resource[0] expected type resource != float"
         (tensorflow/tensorflow#60416, #43042). A module whose graph could
-        not be traced runs its own call.
+        not be traced, or not be made whole (functions left as calls that
+        read variables), runs its own call.
 
         Args:
             images: float32 [N, H, W, 3] RGB in [0, 1].
@@ -387,11 +388,18 @@ class HubBackbone(keras.layers.Layer):
         Returns:
             float32 [N, feature_dim].
         """
-        if self._graph is None:
-            return self.call(images, training=False)
         if self._inference_graph is None:
-            self._inference_graph = self._graph.whole()
-        return self._inference_graph(self.to_input_range(images), self._wrapped)
+            self._inference_graph = self._inlined_inference_call()
+        return self._inference_graph(images)
+
+    def _inlined_inference_call(self):
+        if self._graph is not None:
+            try:
+                whole = self._graph.whole()
+                return lambda images: whole(self.to_input_range(images), self._wrapped)
+            except ValueError as error:
+                logger.debug("Features for converters from the module's own call: %s", error)
+        return lambda images: self.call(images, training=False)
 
     @property
     def module(self):

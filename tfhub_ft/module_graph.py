@@ -399,6 +399,19 @@ class ModuleGraph:
                 if input_name.startswith("^") or self._canonical(input_name) in replaced:
                     continue
                 frontier.append(_source(input_name))
+        handles = sorted(name for name in needed
+                         if self.nodes[name].op == "Placeholder" and name != self.input_name
+                         and self.nodes[name].attr["dtype"].type == tf.resource.as_datatype_enum)
+        if handles:
+            # A function that Grappler does not inline (one compiled with XLA,
+            # as Keras 3 compiles grouped convolutions on the CPU) reads the
+            # variable itself, so the read cannot be fed from outside.
+            callers = sorted({self.nodes[consumer].op for name in handles
+                              for consumer in self.consumers.get(name, [])})
+            raise ValueError(
+                f"{len(handles)} of its variables are read inside functions that are "
+                f"not inlined ({', '.join(callers)}; XLA-compiled ones, such as Keras 3's "
+                f"grouped convolutions, stay calls), so its graph cannot be cut there")
         for node in self.graph_def.node:
             if node.name not in needed:
                 continue
