@@ -380,6 +380,31 @@ def xla_compiled_layers(path, seed=0, width=4, blocks=3):
     return _save(path, call, v.all, [x for x in v.all if x.trainable])
 
 
+def generic_layer_names(path, seed=0, width=4, layers=4):
+    """Keras's default layer names, which say nothing of blocks (Keras
+    InceptionV3): conv2d/kernel, batch_normalization/gamma, conv2d_1/...,
+    listed in alphabetical order. Not in `BUILDERS`: no rule knows them."""
+    v = _Variables(seed)
+    stack, channels = [], 3
+    for n in range(layers):
+        suffix = f"_{n}" if n else ""
+        stack.append((v.add(f"conv2d{suffix}/kernel", [3, 3, channels, width]),
+                      v.batch_norm(f"batch_normalization{suffix}", width)))
+        channels = width
+
+    @tf.function
+    def call(images, training=False):
+        del training
+        x = images
+        for kernel, bn in stack:
+            x = tf.nn.relu(_batch_norm_inference(tf.nn.conv2d(x, kernel, 1, "SAME"), *bn))
+        return tf.reduce_mean(x, axis=[1, 2])
+
+    ordered = sorted(v.all, key=lambda variable: variable.name)
+    return (_save(path, call, ordered, [x for x in ordered if x.trainable]),
+            ["conv2d"] + [f"conv2d_{n}" for n in range(1, layers)])
+
+
 def keras_exported(path, seed=0, width=4, blocks=3):
     """A tf_keras (Keras 2) functional model saved with `tf.saved_model.save`."""
     import tf_keras

@@ -299,7 +299,9 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     assert not re.search(r"^[IWE]\d{4} ", output, re.MULTILINE), output
     assert "renamed" not in output
     lines = output.splitlines()
-    assert len(lines) <= 25, output
+    assert len(lines) <= 27, output
+    assert sum(line.startswith("Phase 2 fine-tunes the top 2 of 5 blocks (block_3 to head")
+               for line in lines) == 1
     assert sum(line.startswith("head epoch ") for line in lines) == 2
     assert re.search(r"^validation_accuracy=[\d.]+ images=12 ", done.stdout, re.MULTILINE)
     assert sorted(os.listdir(tmp_path / "report")) == sorted([

@@ -46,3 +46,21 @@ def test_inspect_bad_handle_is_one_line_and_status_2(tmp_path, capsys):
     assert inspect_lib.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: The hub handle") and err.count("\n") == 1
+
+
+def test_inspect_takes_train_flags_for_the_module_and_its_blocks(tmp_path, capsys):
+    path, _ = module_shapes.generic_layer_names(tmp_path / "generic")
+    assert inspect_lib.main([f"--hub_url={path}", "--no_split_check",
+                             r"--block_pattern=^(?:conv2d|batch_normalization)(_\d+)?/"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Module: {path}"
+    assert [line.split()[1] for line in lines[6:-1]] == ["_1", "_2", "_3"]
+
+
+def test_inspect_wants_the_module_once(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        inspect_lib.main([])
+    assert exit_info.value.code == 2
+    assert "give the module once: as HANDLE or as --hub_url=HANDLE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        inspect_lib.main(["a", "--hub_url=b"])

@@ -115,7 +115,7 @@ def test_variables_read_inside_xla_functions_fall_back_and_still_export_tflite(
         tuner.fit(train, validation=validation)
     assert [r.getMessage() for r in caplog.records if "Not splitting" in r.getMessage()] == [
         f"Not splitting {path}: the split graph could not be built or run (ValueError: "
-        f"3 of its variables are read inside functions that are not inlined "
+        f"some of its variables are read inside functions that are not inlined "
         f"(StatefulPartitionedCall; XLA-compiled ones, such as Keras 3's grouped "
         f"convolutions, stay calls), so its graph cannot be cut there); fine-tuning runs "
         f"the whole module forward each step (about 3-5x slower per fine-tuning step)."]
@@ -125,3 +125,26 @@ def test_variables_read_inside_xla_functions_fall_back_and_still_export_tflite(
     export_dir = tuner.export(str(tmp_path / "export"), tflite="float32")
     with open(os.path.join(export_dir, "tflite_parity.json")) as f:
         assert json.load(f)["top1_agreement"] == 1.0
+
+
+def test_names_no_rule_knows_make_one_block_per_layer_with_a_warning(tmp_path, caplog):
+    path, expected = module_shapes.generic_layer_names(tmp_path / "generic")
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        backbone = HubBackbone(path)
+    assert [block.name for block in backbone.blocks] == expected
+    # Each batch norm joins the convolution the module runs before it.
+    assert [sorted(backbone.module.variables[i].name.split("/")[0]
+                   for i in block.variable_indices)[0] for block in backbone.blocks] == [
+        "batch_normalization", "batch_normalization_1", "batch_normalization_2",
+        "batch_normalization_3"]
+    assert all(len(block.variable_indices) == 5 for block in backbone.blocks)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"No block rule knows the variable names of {path} (such as "
+        f"'batch_normalization/beta:0'): each layer with a kernel is a block, with the "
+        f"layers after it that have none (its batch norm), so unfreeze_blocks counts "
+        f"layers. Pass block_pattern (--block_pattern in the command), a regular "
+        f"expression whose first group names the block, to group them into the "
+        f"network's own blocks."]
+    assert backbone.split_top_blocks(2) is not None
+    again = HubBackbone(path, block_pattern=r"^(?:conv2d|batch_normalization)(_\d+)?/")
+    assert len(again.blocks) == 3  # the first layer's names have no group: it joins the next

@@ -1,7 +1,11 @@
 """The freezing is real: each phase changes exactly what it should."""
 
+import logging
+
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfhub_ft import FineTuneConfig, FineTuner, recipe
 
@@ -501,3 +505,67 @@ def test_a_budget_with_a_work_dir_is_refused(tiny_backbone_path, small_config, t
     tuner = FineTuner(tiny_backbone_path, config=small_config.replace(time_budget_s=60))
     with pytest.raises(ValueError, match="cannot be combined with `work_dir`"):
         tuner.fit("no/such/folder", work_dir=tmp_path / "work")
+
+
+class _Batches:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def dataset(self):
+        return tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(4)
+
+
+@pytest.mark.parametrize("losses, expected", [
+    # No epoch beat the start: the start's weights come back, with a WARNING.
+    ([+1.0, +2.0], ("WARNING", "Phase 2 did not lower the validation loss below where it "
+                    "started ({start:.4f}): the model keeps the weights from before it, as "
+                    "phase 1 left them. A lower fine_tune_learning_rate, or fewer "
+                    "unfreeze_blocks, may help.")),
+    # An earlier epoch was best: said at INFO.
+    ([-1.0, +2.0], ("INFO", "Phase 2 keeps the weights of its epoch 1 of 2 (the lowest "
+                    "validation loss, {best:.4f})")),
+    ([-1.0, -2.0], None),
+])
+def test_early_stopping_from_start_says_which_weights_it_kept(losses, expected, caplog):
+    from tfhub_ft.recipe import EarlyStoppingFromStart
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 3)).astype(np.float32)
+    y = rng.random((8, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input([3]), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    callback = EarlyStoppingFromStart(_Batches(x, y), patience=5)
+    callback.set_model(model)
+    start_weights = model.get_weights()
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.recipe"):
+        callback.on_train_begin()
+        start = callback.start_loss
+        for epoch, delta in enumerate(losses):
+            model.layers[0].kernel.assign_add(np.ones([3, 1], np.float32))
+            callback.on_epoch_end(epoch, {"val_loss": start + delta})
+        callback.on_train_end()
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    if expected is None:
+        assert records == []
+        return
+    level, text = expected
+    assert records == [(level, text.format(start=start, best=start - 1.0))]
+    if level == "WARNING":
+        np.testing.assert_array_equal(model.get_weights()[0], start_weights[0])
+
+
+def test_the_fine_tune_plan_names_its_blocks_and_how_they_train(tiny_backbone_path, caplog):
+    from tfhub_ft.backbone import HubBackbone
+
+    backbone = HubBackbone(tiny_backbone_path)
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.recipe"):
+        plan = recipe.plan_fine_tune(backbone, FineTuneConfig(unfreeze_blocks=2))
+        recipe.plan_fine_tune(HubBackbone(tiny_backbone_path, batch_norm_trainable=True),
+                              FineTuneConfig(unfreeze_blocks=1))
+    assert plan.split is not None
+    # TinyBackbone(widths=(4, 8, 8, 16)): block_3 1,216 and head 320 parameters.
+    assert [r.getMessage() for r in caplog.records if r.name == "tfhub_ft.recipe"] == [
+        "Phase 2 fine-tunes the top 2 of 5 blocks (block_3 to head, 1,536 parameters) from "
+        "the cached output of the frozen blocks below them (split backbone)",
+        "Phase 2 fine-tunes the top 1 of 5 blocks (head, 320 parameters) through the whole "
+        "module each step"]

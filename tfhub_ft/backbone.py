@@ -266,10 +266,24 @@ class HubBackbone(keras.layers.Layer):
         self.blocks = blocks_lib.group_into_blocks(
             names, positions,
             [int(np.prod(v.shape)) for v in self._module_variables],
-            rule=block_pattern,
+            rule=self._block_rule(names, block_pattern),
         )
         self._warn_about_block_order(trace_error)
         self.built = True
+
+    def _block_rule(self, names, block_pattern):
+        """`block_pattern`, or where no built-in rule knows the names, one
+        block per layer with a kernel (`blocks.LAYER_RULE`), with a WARNING."""
+        if (block_pattern is not None or not names or blocks_lib.any_named(names)
+                or not blocks_lib.any_named(names, blocks_lib.LAYER_RULE)):
+            return block_pattern
+        logger.warning(
+            "No block rule knows the variable names of %s (such as %r): each layer with "
+            "a kernel is a block, with the layers after it that have none (its batch "
+            "norm), so unfreeze_blocks counts layers. Pass block_pattern (--block_pattern "
+            "in the command), a regular expression whose first group names the block, "
+            "to group them into the network's own blocks.", self.hub_handle, names[0])
+        return blocks_lib.LAYER_RULE
 
     @property
     def block_order_source(self) -> str:

@@ -62,6 +62,13 @@ BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     (r"^resnet\w*/group_norm/", HEAD),
 )
 
+# The fallback when no rule knows a module's names (Keras InceptionV3's
+# conv2d_12/kernel, batch_normalization_12/gamma): a layer with a kernel
+# starts a block, and the variables the module reads after it that no rule
+# names (its batch norm) join it.
+LAYER_RULE = r"^(.+)/(?:kernel|depthwise_kernel|weights|depthwise_weights)$"
+
+
 # Block names that mark the top of a network when blocks are ordered by
 # name (see `name_order_key`).
 _TOP_NAME = re.compile(
@@ -116,6 +123,11 @@ def block_of(variable_name: str, rule: BlockRule = None) -> Optional[str]:
     return None
 
 
+def any_named(variable_names: Sequence[str], rule: BlockRule = None) -> bool:
+    """Whether `rule` (None: the built-in rules) names any of the variables."""
+    return any(block_of(name, rule) for name in variable_names)
+
+
 def group_into_blocks(
     variable_names: Sequence[str],
     trace_positions: Sequence[float],
@@ -153,9 +165,10 @@ def group_into_blocks(
                    key=lambda i: (trace_positions[i], i))
     named = {i: block_of(variable_names[i], rule) for i in order}
     if variable_names and not any(named.values()):
+        what = "the built-in block rules" if rule is None else f"block_pattern={rule!r}"
         raise ValueError(
-            "No variable of the backbone matches the block rule "
-            f"{rule!r}; for example {variable_names[0]!r} does not. Pass "
+            f"No variable of the backbone matches {what}; for example "
+            f"{variable_names[0]!r} does not. Pass "
             "`block_pattern`, a regular expression whose first group names "
             "the block, or a function from variable name to block name."
         )

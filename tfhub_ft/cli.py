@@ -245,6 +245,16 @@ def _add_data_flags(parser, tfds_default="tf_flowers"):
                        help="TFDS dataset, used when --image_dir is not given "
                             f"(default: {tfds_default}).")
     group.add_argument("--data_dir", metavar="DIR", help="TFDS data folder.")
+    add_block_pattern_flag(group)
+
+
+def add_block_pattern_flag(parser):
+    """`--block_pattern`, for modules whose variable names no block rule knows
+    (`tfhub_ft inspect` takes it too)."""
+    parser.add_argument("--block_pattern", metavar="REGEX",
+                        help="How the backbone's variables group into blocks, for a module "
+                             "whose names the built-in rules do not know: a regular "
+                             "expression whose first group names a variable's block.")
 
 
 def _add_run_flags(parser):
@@ -550,6 +560,7 @@ def _train(args):
 
     strategy = distribution.get_strategy(args.distribution_strategy, args.tpu)
     tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy,
+                               block_pattern=args.block_pattern,
                                start_time=getattr(args, "start_time", None))
     verbose, callbacks = keras_progress(args.verbosity)
     # The budget's reserve covers the final validation and the export; the
@@ -613,7 +624,8 @@ def _lr_find(args):
     from tfhub_ft import distribution
 
     strategy = distribution.get_strategy(args.distribution_strategy, args.tpu)
-    tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy)
+    tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy,
+                               block_pattern=args.block_pattern)
     source = args.image_dir or args.tfds_name
     finding = tuner.find_learning_rate(
         source, phase=args.phase, validation=args.validation_dir if args.image_dir else None,

@@ -73,15 +73,21 @@ def describe_backbone(backbone, check_splits=True) -> List[str]:
 def main(argv=None):
     """Command-line entry point; returns the exit status (2 for bad input)."""
     parser = argparse.ArgumentParser(
-        prog="python -m tfhub_ft.inspect",
+        prog="tfhub_ft inspect",
         description="List a hub image feature vector's blocks, bottom to top.")
-    parser.add_argument("handle", help="tfhub.dev or Kaggle Models URL, Kaggle "
+    parser.add_argument("handle", nargs="?", help="tfhub.dev or Kaggle Models URL, Kaggle "
                         "handle, or local SavedModel folder")
+    # train's name for it, so that a train command's flag works here too.
+    parser.add_argument("--hub_url", metavar="HANDLE", help="the same as HANDLE")
     parser.add_argument("--no_split_check", action="store_true",
                         help="skip building the split at every unfreeze_blocks")
     from tfhub_ft import cli
+    cli.add_block_pattern_flag(parser)
     cli.add_verbosity_flag(parser)
     args = parser.parse_args(argv)
+    if (args.handle is None) == (args.hub_url is None):
+        parser.error("give the module once: as HANDLE or as --hub_url=HANDLE")
+    handle = args.handle or args.hub_url
     from tfhub_ft import backbone as backbone_lib
     # The fallbacks' warnings are part of what this command shows.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -90,7 +96,7 @@ def main(argv=None):
     # function); nothing retraces here.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        backbone = backbone_lib.HubBackbone(args.handle)
+        backbone = backbone_lib.HubBackbone(handle, block_pattern=args.block_pattern)
     except (ValueError, TypeError) as error:  # HubModuleError is a ValueError.
         sys.stderr.write(f"error: {error}\n")
         return 2

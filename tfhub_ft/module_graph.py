@@ -408,10 +408,11 @@ class ModuleGraph:
             # variable itself, so the read cannot be fed from outside.
             callers = sorted({self.nodes[consumer].op for name in handles
                               for consumer in self.consumers.get(name, [])})
+            # No count in the message: the same reason at every cut logs once.
             raise ValueError(
-                f"{len(handles)} of its variables are read inside functions that are "
-                f"not inlined ({', '.join(callers)}; XLA-compiled ones, such as Keras 3's "
-                f"grouped convolutions, stay calls), so its graph cannot be cut there")
+                f"some of its variables are read inside functions that are not inlined "
+                f"({', '.join(callers)}; XLA-compiled ones, such as Keras 3's grouped "
+                f"convolutions, stay calls), so its graph cannot be cut there")
         for node in self.graph_def.node:
             if node.name not in needed:
                 continue

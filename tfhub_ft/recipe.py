@@ -52,6 +52,14 @@ def plan_fine_tune(backbone, config) -> FineTunePlan:
         return FineTunePlan(whole_module_reason="no phase 2 (fine_tune_epochs=0)")
     blocks = tuple(top_blocks(backbone.blocks, config.unfreeze_blocks))
     split, reason = backbone.plan_split(config.unfreeze_blocks)
+    if blocks:
+        logger.info(
+            "Phase 2 fine-tunes the top %d of %d blocks (%s, %s parameters) %s",
+            len(blocks), len(backbone.blocks),
+            blocks[0].name if len(blocks) == 1 else f"{blocks[0].name} to {blocks[-1].name}",
+            f"{sum(block.parameter_count for block in blocks):,}",
+            "from the cached output of the frozen blocks below them (split backbone)"
+            if split is not None else "through the whole module each step")
     return FineTunePlan(blocks, split, reason)
 
 
@@ -425,10 +433,28 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.best = self.model.evaluate(self.validation_batches.dataset(), verbose=0,
-                                        return_dict=True)["loss"]
+        self.best = self.start_loss = self.model.evaluate(
+            self.validation_batches.dataset(), verbose=0, return_dict=True)["loss"]
         self.best_weights = self.model.get_weights()
         self.best_epoch = -1
+        self.epochs_run = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.epochs_run = epoch + 1
+
+    def on_train_end(self, logs=None):
+        if self.epochs_run and self.best_epoch == -1:
+            logger.warning(
+                "Phase 2 did not lower the validation loss below where it started "
+                "(%.4f): the model keeps the weights from before it, as phase 1 left them. "
+                "A lower fine_tune_learning_rate, or fewer unfreeze_blocks, may help.",
+                self.start_loss)
+        elif self.epochs_run and self.best_epoch + 1 < self.epochs_run:
+            logger.info("Phase 2 keeps the weights of its epoch %d of %d (the lowest "
+                        "validation loss, %.4f)", self.best_epoch + 1, self.epochs_run,
+                        self.best)
+        super().on_train_end(logs)
 
 
 def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks, checkpoint):
