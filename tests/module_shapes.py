@@ -18,10 +18,17 @@ built the way that family of hub modules is:
   `Transformer/encoderblock_N/...`, `Transformer/encoder_norm`).
 - `nested_functions`: a call that goes through two levels of nested
   `tf.function`s (stage, then layer).
+- `captured_constants`: normalises the images with tensors made outside the
+  call, which the saved function captures by value (a Keras `Normalization`
+  layer's statistics).
 - `keras_exported`: a tf_keras model saved with `tf.saved_model.save`, whose
   restored call runs one function per layer.
 
-Every builder returns (path, expected block names bottom to top).
+Every builder in `BUILDERS` returns (path, expected block names bottom to
+top). Two more shapes are not in it, for their own tests:
+`xla_compiled_layers` (convolutions in XLA-compiled functions, which cannot
+be cut; returns the path) and `generic_layer_names` (Keras's default layer
+names, which no rule knows).
 """
 
 import numpy as np
@@ -380,10 +387,12 @@ def xla_compiled_layers(path, seed=0, width=4, blocks=3):
     return _save(path, call, v.all, [x for x in v.all if x.trainable])
 
 
-def generic_layer_names(path, seed=0, width=4, layers=4):
+def generic_layer_names(path, seed=0, width=4, layers=4, branches=False):
     """Keras's default layer names, which say nothing of blocks (Keras
     InceptionV3): conv2d/kernel, batch_normalization/gamma, conv2d_1/...,
-    listed in alphabetical order. Not in `BUILDERS`: no rule knows them."""
+    listed in alphabetical order. With `branches`, the layers after the
+    first run in parallel on its output (an Inception module). Not in
+    `BUILDERS`: no rule knows them."""
     v = _Variables(seed)
     stack, channels = [], 3
     for n in range(layers):
@@ -392,12 +401,18 @@ def generic_layer_names(path, seed=0, width=4, layers=4):
                       v.batch_norm(f"batch_normalization{suffix}", width)))
         channels = width
 
+    def conv_bn(x, kernel, bn):
+        return tf.nn.relu(_batch_norm_inference(tf.nn.conv2d(x, kernel, 1, "SAME"), *bn))
+
     @tf.function
     def call(images, training=False):
         del training
-        x = images
-        for kernel, bn in stack:
-            x = tf.nn.relu(_batch_norm_inference(tf.nn.conv2d(x, kernel, 1, "SAME"), *bn))
+        x = conv_bn(images, *stack[0])
+        if branches:
+            x = tf.concat([conv_bn(x, *layer) for layer in stack[1:]], axis=-1)
+        else:
+            for layer in stack[1:]:
+                x = conv_bn(x, *layer)
         return tf.reduce_mean(x, axis=[1, 2])
 
     ordered = sorted(v.all, key=lambda variable: variable.name)

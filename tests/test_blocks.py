@@ -143,3 +143,32 @@ def test_block_of_bit_and_vit_names(name, expected):
 ])
 def test_block_of_inception_mobilenet_v1_nasnet_convnext_xception_names(name, expected):
     assert blocks.block_of(name) == expected
+
+
+def test_layer_rule_pairs_batch_norms_with_their_convolution_by_keras_number():
+    names = ["conv2d/kernel:0", "conv2d_1/kernel:0", "conv2d_2/kernel:0",
+             "batch_normalization/gamma:0", "batch_normalization_2/beta:0",
+             "activation_9/x:0"]
+    rule = blocks.layer_rule(names)
+    assert [rule(name) for name in names] == [
+        "conv2d", "conv2d_1", "conv2d_2", "conv2d", "conv2d_2", None]
+    assert blocks.known_kernel_share(names) == 0.0
+    assert blocks.known_kernel_share(["block_1_expand/kernel:0", "conv2d/kernel:0"]) == 0.5
+    assert blocks.known_kernel_share(["bn/gamma:0"]) == 1.0
+
+
+@pytest.mark.parametrize("name, expected", [
+    # Keras 3 MobileNetV3 and Keras MobileNet (V1).
+    ("conv/kernel:0", "stem"),
+    ("conv_bn/gamma:0", "stem"),
+    ("expanded_conv_depthwise/depthwise_kernel:0", "block_0"),
+    ("expanded_conv_3_expand/kernel:0", "expanded_conv_3"),
+    ("expanded_conv_3_squeeze_excite_conv_1/kernel:0", "expanded_conv_3"),
+    ("conv_1/kernel:0", "head"),
+    ("conv_1_bn/beta:0", "head"),
+    ("conv1_bn/gamma:0", "stem"),
+    ("conv_dw_3/depthwise_kernel:0", "block_3"),
+    ("conv_pw_13_bn/moving_mean:0", "block_13"),
+])
+def test_block_of_keras_3_mobilenet_names(name, expected):
+    assert blocks.block_of(name) == expected

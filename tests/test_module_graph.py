@@ -157,7 +157,27 @@ def test_many_graph_functions_in_one_process_are_not_a_retracing_warning(backbon
     np.testing.assert_array_equal(outputs[0].numpy(), outputs[-1].numpy())
 
 
-def test_inference_features_equal_the_module_call(backbone):
+@pytest.mark.parametrize("input_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_inference_features_come_from_the_inlined_graph_and_equal_the_call(
+        tiny_backbone_path, input_range, caplog):
+    backbone = HubBackbone(tiny_backbone_path, input_range=input_range)
     images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 4])
-    np.testing.assert_allclose(backbone.inference_features(images).numpy(),
-                               backbone(images, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        features = backbone.inference_features(images)
+    assert backbone._inference_graph.__name__ == "inlined_call" and not caplog.records
+    np.testing.assert_allclose(features.numpy(), backbone(images, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_inference_features_fall_back_to_the_call_when_the_graph_differs(
+        backbone, monkeypatch, caplog):
+    whole = backbone._graph.whole
+    monkeypatch.setattr(backbone._graph, "whole",
+                        lambda: lambda images, variables: whole()(images, variables) + 1.0)
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 4])
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        features = backbone.inference_features(images)
+    np.testing.assert_array_equal(features.numpy(), backbone(images, training=False).numpy())
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"Converting {backbone.hub_handle} through its own call, not its inlined graph"]
+    assert "ValueError: its features differ from the module's by up to 1" in caplog.text

@@ -78,7 +78,10 @@ def test_two_phase_recipe_runs_to_the_end_with_the_split_and_exports_tflite(
     assert tuner.predict(np.zeros([1, 32, 32, 3], np.uint8)).shape == (1, len(names))
     # The Slim shapes' `tf.cond` once failed the converter ("expected type
     # resource != float").
-    export_dir = tuner.export(str(tmp_path / "export"), tflite="float32")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        export_dir = tuner.export(str(tmp_path / "export"), tflite="float32")
+    assert not caplog.records  # converted through the inlined graph, its check passed
     with open(os.path.join(export_dir, "tflite_parity.json")) as f:
         parity = json.load(f)
     assert parity["top1_agreement"] == 1.0
@@ -127,24 +130,33 @@ def test_variables_read_inside_xla_functions_fall_back_and_still_export_tflite(
         assert json.load(f)["top1_agreement"] == 1.0
 
 
-def test_names_no_rule_knows_make_one_block_per_layer_with_a_warning(tmp_path, caplog):
-    path, expected = module_shapes.generic_layer_names(tmp_path / "generic")
+@pytest.mark.parametrize("branches", [False, True])
+def test_names_no_rule_knows_make_one_block_per_layer_with_a_warning(tmp_path, caplog,
+                                                                     branches):
+    path, expected = module_shapes.generic_layer_names(tmp_path / "generic",
+                                                       branches=branches)
     with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
         backbone = HubBackbone(path)
+    variables = backbone.module.variables
+    # Each batch norm with its convolution, in parallel branches too.
+    assert [sorted(variables[i].name.split("/")[0] for i in block.variable_indices)
+            for block in backbone.blocks] == [
+        [f"batch_normalization{suffix}"] * 4 + [f"conv2d{suffix}"]
+        for suffix in ("", "_1", "_2", "_3")]
     assert [block.name for block in backbone.blocks] == expected
-    # Each batch norm joins the convolution the module runs before it.
-    assert [sorted(backbone.module.variables[i].name.split("/")[0]
-                   for i in block.variable_indices)[0] for block in backbone.blocks] == [
-        "batch_normalization", "batch_normalization_1", "batch_normalization_2",
-        "batch_normalization_3"]
-    assert all(len(block.variable_indices) == 5 for block in backbone.blocks)
     assert [r.getMessage() for r in caplog.records] == [
-        f"No block rule knows the variable names of {path} (such as "
-        f"'batch_normalization/beta:0'): each layer with a kernel is a block, with the "
-        f"layers after it that have none (its batch norm), so unfreeze_blocks counts "
-        f"layers. Pass block_pattern (--block_pattern in the command), a regular "
-        f"expression whose first group names the block, to group them into the "
-        f"network's own blocks."]
+        f"The block rules know 0% of the kernels of {path} (not 'conv2d/kernel:0', for "
+        f"one): each layer with a kernel is a block here, with its batch norm, so "
+        f"unfreeze_blocks counts layers. Pass block_pattern (--block_pattern in the "
+        f"command), a regular expression whose first group names the block, to group "
+        f"them into the network's own blocks."]
     assert backbone.split_top_blocks(2) is not None
     again = HubBackbone(path, block_pattern=r"^(?:conv2d|batch_normalization)(_\d+)?/")
     assert len(again.blocks) == 3  # the first layer's names have no group: it joins the next
+
+
+def test_a_block_pattern_that_does_not_compile_is_a_value_error(tmp_path):
+    path, _ = module_shapes.generic_layer_names(tmp_path / "generic")
+    with pytest.raises(ValueError, match=r"Invalid value for `block_pattern`\. Expected a "
+                       r"regular expression .*Received: block_pattern='\('"):
+        HubBackbone(path, block_pattern="(")

@@ -525,6 +525,10 @@ class _Batches:
     ([-1.0, +2.0], ("INFO", "Phase 2 keeps the weights of its epoch 1 of 2 (the lowest "
                     "validation loss, {best:.4f})")),
     ([-1.0, -2.0], None),
+    # Cut short (by the time budget): no advice on the recipe.
+    ([+1.0, None], ("WARNING", "Phase 2 did not lower the validation loss below where it "
+                    "started ({start:.4f}): the model keeps the weights from before it, as "
+                    "phase 1 left them. It was cut short after 1 of 2 epochs.")),
 ])
 def test_early_stopping_from_start_says_which_weights_it_kept(losses, expected, caplog):
     from tfhub_ft.recipe import EarlyStoppingFromStart
@@ -536,11 +540,12 @@ def test_early_stopping_from_start_says_which_weights_it_kept(losses, expected, 
     model.compile(loss="mse")
     callback = EarlyStoppingFromStart(_Batches(x, y), patience=5)
     callback.set_model(model)
+    callback.set_params({"epochs": len(losses)})
     start_weights = model.get_weights()
     with caplog.at_level(logging.INFO, logger="tfhub_ft.recipe"):
         callback.on_train_begin()
         start = callback.start_loss
-        for epoch, delta in enumerate(losses):
+        for epoch, delta in enumerate(loss for loss in losses if loss is not None):
             model.layers[0].kernel.assign_add(np.ones([3, 1], np.float32))
             callback.on_epoch_end(epoch, {"val_loss": start + delta})
         callback.on_train_end()
@@ -565,7 +570,8 @@ def test_the_fine_tune_plan_names_its_blocks_and_how_they_train(tiny_backbone_pa
     assert plan.split is not None
     # TinyBackbone(widths=(4, 8, 8, 16)): block_3 1,216 and head 320 parameters.
     assert [r.getMessage() for r in caplog.records if r.name == "tfhub_ft.recipe"] == [
-        "Phase 2 fine-tunes the top 2 of 5 blocks (block_3 to head, 1,536 parameters) from "
-        "the cached output of the frozen blocks below them (split backbone)",
-        "Phase 2 fine-tunes the top 1 of 5 blocks (head, 320 parameters) through the whole "
-        "module each step"]
+        "Phase 2 will fine-tune the top 2 of 5 blocks (block_3 to head; 1,536 weights, "
+        "batch-norm statistics included) from the cached output of the frozen blocks below "
+        "them (split backbone)",
+        "Phase 2 will fine-tune the top 1 of 5 blocks (head; 320 weights, batch-norm "
+        "statistics included) through the whole module each step"]

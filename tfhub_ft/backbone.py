@@ -272,18 +272,32 @@ class HubBackbone(keras.layers.Layer):
         self.built = True
 
     def _block_rule(self, names, block_pattern):
-        """`block_pattern`, or where no built-in rule knows the names, one
-        block per layer with a kernel (`blocks.LAYER_RULE`), with a WARNING."""
-        if (block_pattern is not None or not names or blocks_lib.any_named(names)
-                or not blocks_lib.any_named(names, blocks_lib.LAYER_RULE)):
+        """`block_pattern`, or where the built-in rules know under half of the
+        module's kernels (a Keras model with default layer names), one block
+        per layer with a kernel (`blocks.layer_rule`), with a WARNING."""
+        if block_pattern is not None:
+            if isinstance(block_pattern, str):
+                try:
+                    re.compile(block_pattern)
+                except re.error as error:
+                    raise ValueError(
+                        f"Invalid value for `block_pattern`. Expected a regular expression "
+                        f"whose first group names a variable's block; this one does not "
+                        f"compile ({error}). Received: block_pattern={block_pattern!r}"
+                    ) from None
             return block_pattern
+        share = blocks_lib.known_kernel_share(names)
+        if share >= 0.5:
+            return None
+        unknown = next(name for name in names if blocks_lib.block_of(name, blocks_lib.LAYER_RULE)
+                       and not blocks_lib.block_of(name))
         logger.warning(
-            "No block rule knows the variable names of %s (such as %r): each layer with "
-            "a kernel is a block, with the layers after it that have none (its batch "
-            "norm), so unfreeze_blocks counts layers. Pass block_pattern (--block_pattern "
-            "in the command), a regular expression whose first group names the block, "
-            "to group them into the network's own blocks.", self.hub_handle, names[0])
-        return blocks_lib.LAYER_RULE
+            "The block rules know %d%% of the kernels of %s (not %r, for one): each layer "
+            "with a kernel is a block here, with its batch norm, so unfreeze_blocks counts "
+            "layers. Pass block_pattern (--block_pattern in the command), a regular "
+            "expression whose first group names the block, to group them into the "
+            "network's own blocks.", round(100 * share), self.hub_handle, unknown)
+        return blocks_lib.layer_rule(names)
 
     @property
     def block_order_source(self) -> str:
@@ -392,9 +406,10 @@ class HubBackbone(keras.layers.Layer):
         variables that a restored `If` captures (TF Hub's Slim modules put
         one around the network or around each batch norm): it fails with
         "input resource[0] expected type resource != float"
-        (tensorflow/tensorflow#60416, #43042). A module whose graph could
-        not be traced, or not be made whole (functions left as calls that
-        read variables), runs its own call.
+        (tensorflow/tensorflow#60416, #43042). The inlined graph is checked
+        once against the module's call; a module whose graph could not be
+        traced, made whole (functions left as calls that read variables)
+        or run, or whose features differ, runs its own call.
 
         Args:
             images: float32 [N, H, W, 3] RGB in [0, 1].
@@ -407,13 +422,36 @@ class HubBackbone(keras.layers.Layer):
         return self._inference_graph(images)
 
     def _inlined_inference_call(self):
-        if self._graph is not None:
-            try:
-                whole = self._graph.whole()
-                return lambda images: whole(self.to_input_range(images), self._wrapped)
-            except ValueError as error:
-                logger.debug("Features for converters from the module's own call: %s", error)
-        return lambda images: self.call(images, training=False)
+        """The inlined graph as a call, checked once against the module's own
+        call on two random images (within 1e-4 of the scale); the module's
+        call where the graph is missing, fails or differs."""
+        def module_call(images):
+            return self.call(images, training=False)
+
+        if self._graph is None:
+            return module_call
+        try:
+            whole = self._graph.whole()
+
+            def inlined_call(images):
+                return whole(self.to_input_range(images), self._wrapped)
+
+            size = self.image_size or DEFAULT_IMAGE_SIZE
+            # Eagerly, also when first called while a converter's function traces.
+            with tf.init_scope():
+                images = tf.random.stateless_uniform([2, size, size, 3], seed=[7, 8])
+                got, want = inlined_call(images), module_call(images)
+                error = float(tf.reduce_max(tf.abs(got - want)))
+                scale = float(tf.reduce_max(tf.abs(want)))
+            if not error <= 1e-4 * scale + 1e-5:
+                raise ValueError(f"its features differ from the module's by up to {error:.3g}")
+            return inlined_call
+        except Exception as error:  # The module's own call still converts most modules.
+            logger.warning(
+                "Converting %s through its own call, not its inlined graph (%s: %s); a "
+                "module with `tf.cond` on `training` inside may not convert.",
+                self.hub_handle, type(error).__name__, error)
+            return module_call
 
     @property
     def module(self):

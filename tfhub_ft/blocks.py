@@ -30,6 +30,10 @@ BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     (r"(?:^|/)(block\d+[a-z])_", r"\1"),
     # TF-Slim MobileNet: MobilenetV2/expanded_conv_3/expand/weights
     (r"(?:^|/)(expanded_conv(?:_\d+)?)/", r"\1"),
+    # Keras 3 MobileNetV3: expanded_conv_3_expand/kernel, ..._squeeze_excite_conv
+    (r"(?:^|/)(expanded_conv_\d+)_(?:expand|depthwise|project|squeeze_excite)", r"\1"),
+    # Keras MobileNet (V1): conv_dw_3/depthwise_kernel, conv_pw_3_bn/gamma
+    (r"(?:^|/)conv_(?:dw|pw)_(\d+)(?:_bn)?/", r"block_\1"),
     # Slim ResNet: resnet_v2_50/block2/unit_3/bottleneck_v2/conv1/weights;
     # BiT: resnet/block2/unit03/a/standardized_conv2d/kernel
     (r"(?:^|/)(block\d+/unit_?\d+)/", r"\1"),
@@ -53,19 +57,17 @@ BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     # Stems (ViT: patch embedding, class token, position embedding).
     (r"(?:^|/)(?:Conv1|bn_Conv1|stem\w*|conv1|Conv2d_0|conv_stem|conv1_\w+|"
      r"Conv|Conv/BatchNorm|root_block|embedding|cls|posembed_input|conv0|"
-     r"Conv2d_[1-4][a-c]_\dx\d|convnext\w*_stem)(?:/|$)", STEM),
+     r"Conv2d_[1-4][a-c]_\dx\d|convnext\w*_stem|conv|conv_bn)(?:/|$)", STEM),
     # Heads: the last convolution before pooling, or the final norm.
     (r"(?:^|/)(?:Conv_1|Conv_1_bn|head\w*|top_conv|top_bn|top_activation|"
-     r"conv_head|Conv2d_1c_1x1|Conv2d_7b_1x1|postnorm|encoder_norm|final_norm|pre_logits)"
+     r"conv_head|Conv2d_1c_1x1|Conv2d_7b_1x1|conv_1|conv_1_bn|postnorm|encoder_norm|"
+     r"final_norm|pre_logits)"
      r"(?:/|$)", HEAD),
     # BiT's final norm, right under the network's scope.
     (r"^resnet\w*/group_norm/", HEAD),
 )
 
-# The fallback when no rule knows a module's names (Keras InceptionV3's
-# conv2d_12/kernel, batch_normalization_12/gamma): a layer with a kernel
-# starts a block, and the variables the module reads after it that no rule
-# names (its batch norm) join it.
+# A layer with a kernel: the fallback's blocks (`layer_rule`).
 LAYER_RULE = r"^(.+)/(?:kernel|depthwise_kernel|weights|depthwise_weights)$"
 
 
@@ -126,6 +128,45 @@ def block_of(variable_name: str, rule: BlockRule = None) -> Optional[str]:
 def any_named(variable_names: Sequence[str], rule: BlockRule = None) -> bool:
     """Whether `rule` (None: the built-in rules) names any of the variables."""
     return any(block_of(name, rule) for name in variable_names)
+
+
+def known_kernel_share(variable_names: Sequence[str]) -> float:
+    """The share of the kernels (`LAYER_RULE`) the built-in rules name, in
+    [0, 1]; 1.0 when there is no kernel."""
+    kernels = [name for name in variable_names if block_of(name, LAYER_RULE)]
+    if not kernels:
+        return 1.0
+    return sum(1 for name in kernels if block_of(name)) / len(kernels)
+
+
+def layer_rule(variable_names: Sequence[str]) -> Callable[[str], Optional[str]]:
+    """The fallback for names no rule knows (Keras InceptionV3's
+    conv2d_12/kernel, batch_normalization_12/gamma): one block per layer
+    with a kernel.
+
+    A variable of a layer without one (a batch norm) goes to the kernel
+    layer with the same Keras number suffix (`_12`) when exactly one has it:
+    Keras numbers each layer type on its own, so a network that builds a
+    convolution and its batch norm together keeps the two in step, in
+    parallel branches too, where the order of first use does not pair them.
+    Otherwise it is left unnamed and joins the block used just before it.
+    """
+    layers = {block_of(name, LAYER_RULE) for name in variable_names} - {None}
+    by_suffix = {}
+    for layer in layers:
+        by_suffix.setdefault(_number_suffix(layer), []).append(layer)
+
+    def rule(name):
+        layer = block_of(name, LAYER_RULE)
+        if layer:
+            return layer
+        partners = by_suffix.get(_number_suffix(name.split(":")[0].rsplit("/", 1)[0]), [])
+        return partners[0] if len(partners) == 1 else None
+    return rule
+
+
+def _number_suffix(scope):
+    return re.search(r"(?:_\d+)?$", scope).group(0)
 
 
 def group_into_blocks(

@@ -240,7 +240,10 @@ class ModuleGraph:
         for captured, name in zip(function.captured_inputs, captures):
             if (isinstance(captured, tf.Tensor) and captured.dtype != tf.resource
                     and name in self.nodes):
-                _make_constant(self.nodes[name], captured)
+                try:
+                    _make_constant(self.nodes[name], captured)
+                except (tf.errors.OpError, ValueError, TypeError):
+                    pass  # A variant, say: a cut that needs it fails there, and says so.
         # Read nodes of each variable (through Identity chains). A function
         # captures a variable's handle, or (a function restored under a
         # tf.distribute strategy) the distributed variable itself; a
@@ -374,6 +377,17 @@ class ModuleGraph:
             node = self.nodes[_source(tensor)]
         return tensor
 
+    def _readers(self, names):
+        """The ops that take these tensors, looking through Identity chains."""
+        readers, frontier = set(), list(names)
+        while frontier:
+            for consumer in self.consumers.get(frontier.pop(), []):
+                if self.nodes[consumer].op in _PASS_THROUGH:
+                    frontier.append(consumer)
+                else:
+                    readers.add(consumer)
+        return readers
+
     def _subgraph(self, replaced, outputs):
         """The nodes `outputs` need, with `replaced` tensors as placeholders.
 
@@ -406,13 +420,16 @@ class ModuleGraph:
             # A function that Grappler does not inline (one compiled with XLA,
             # as Keras 3 compiles grouped convolutions on the CPU) reads the
             # variable itself, so the read cannot be fed from outside.
-            callers = sorted({self.nodes[consumer].op for name in handles
-                              for consumer in self.consumers.get(name, [])})
+            callers = sorted({self.nodes[consumer].op for consumer in self._readers(handles)})
             # No count in the message: the same reason at every cut logs once.
+            if set(callers) <= {"PartitionedCall", "StatefulPartitionedCall"}:
+                raise ValueError(
+                    "some of its variables are read inside functions that are not inlined "
+                    f"({', '.join(callers)}; XLA-compiled ones, such as Keras 3's grouped "
+                    "convolutions, stay calls), so its graph cannot be cut there")
             raise ValueError(
-                f"some of its variables are read inside functions that are not inlined "
-                f"({', '.join(callers)}; XLA-compiled ones, such as Keras 3's grouped "
-                f"convolutions, stay calls), so its graph cannot be cut there")
+                f"some of its variables are used by {', '.join(callers)} ops, not read, "
+                "so its graph cannot be cut there")
         for node in self.graph_def.node:
             if node.name not in needed:
                 continue

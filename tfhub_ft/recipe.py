@@ -54,7 +54,8 @@ def plan_fine_tune(backbone, config) -> FineTunePlan:
     split, reason = backbone.plan_split(config.unfreeze_blocks)
     if blocks:
         logger.info(
-            "Phase 2 fine-tunes the top %d of %d blocks (%s, %s parameters) %s",
+            "Phase 2 will fine-tune the top %d of %d blocks (%s; %s weights, batch-norm "
+            "statistics included) %s",
             len(blocks), len(backbone.blocks),
             blocks[0].name if len(blocks) == 1 else f"{blocks[0].name} to {blocks[-1].name}",
             f"{sum(block.parameter_count for block in blocks):,}",
@@ -445,11 +446,16 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
 
     def on_train_end(self, logs=None):
         if self.epochs_run and self.best_epoch == -1:
+            # Cut short by something else (the time budget), the phase may
+            # just not have had the time: no advice on the recipe then.
+            cut = self.epochs_run < self.params.get("epochs", 0) and not self.stopped_epoch
             logger.warning(
                 "Phase 2 did not lower the validation loss below where it started "
-                "(%.4f): the model keeps the weights from before it, as phase 1 left them. "
-                "A lower fine_tune_learning_rate, or fewer unfreeze_blocks, may help.",
-                self.start_loss)
+                "(%.4f): the model keeps the weights from before it, as phase 1 left them.%s",
+                self.start_loss,
+                f" It was cut short after {self.epochs_run} of {self.params['epochs']} "
+                "epochs." if cut else " A lower fine_tune_learning_rate, or fewer "
+                "unfreeze_blocks, may help.")
         elif self.epochs_run and self.best_epoch + 1 < self.epochs_run:
             logger.info("Phase 2 keeps the weights of its epoch %d of %d (the lowest "
                         "validation loss, %.4f)", self.best_epoch + 1, self.epochs_run,

@@ -97,8 +97,8 @@ def convert(model, image_size, mode, representative_images=None):
     """Converts an `ImageClassifier` to a TFLite flatbuffer.
 
     Args:
-        model: A trained `model.ImageClassifier` (or a model with `backbone`
-            and `classify_features`).
+        model: A trained `model.ImageClassifier` (or a model with a
+            `backbone` that has `inference_features`, and `classify_features`).
         image_size: int, the side S of the uint8 [1, S, S, 3] input.
         mode: One of `TFLITE_MODES`.
         representative_images: uint8 [N, S, S, 3] training images, needed
