@@ -70,3 +70,16 @@ def test_with_stderr_closed_the_block_runs():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120)
     assert (result.returncode, result.stdout) == (0, "ran\nafter\n")
+
+
+def test_python_level_writes_are_filtered_where_sys_stderr_is_not_fd_2(monkeypatch):
+    import io
+    notebook = io.StringIO()  # a notebook's stream: not file descriptor 2
+    monkeypatch.setattr(sys, "stderr", notebook)
+    logged = []
+    with native_stderr.filtered(NOISE, logged.append):
+        sys.stderr.write("kept\nfully_quantize: 0, inference_")
+        sys.stderr.write("type: 6\npartial line")
+    assert sys.stderr is notebook
+    assert notebook.getvalue() == "kept\npartial line"
+    assert logged == ["fully_quantize: 0, inference_type: 6"]

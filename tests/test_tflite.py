@@ -48,6 +48,7 @@ def test_round_trip_per_mode(trained, tmp_path, mode, capfd):
     # The converter's and LiteRT's native lines went to DEBUG, not stderr.
     printed = capfd.readouterr().err
     assert "fully_quantize" not in printed and "XNNPACK" not in printed
+    assert "decorate the function" not in printed
     assert sorted(os.listdir(tmp_path)) == ["model"]  # written in the same staging folder
     assert {"saved_model.pb", "labels.txt", "model.tflite", "tflite_parity.json"} <= set(
         os.listdir(path))

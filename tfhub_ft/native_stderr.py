@@ -6,8 +6,10 @@ Python caller can turn down: absl's lines before its log is initialised
 inference_type: 6, ..." (tensorflow/tensorflow#58119) and LiteRT's "INFO:
 Created TensorFlow Lite XNNPACK delegate for CPU.". `filtered` catches
 file descriptor 2 around such a call and writes back what is not known
-noise. No TensorFlow import here: the command uses it around importing
-TensorFlow.
+noise, and filters the Python-level `sys.stderr` too (the converter's
+Python code writes a line per op it has no stack trace for), which in a
+notebook or under pytest is not file descriptor 2. No TensorFlow import
+here: the command uses it around importing TensorFlow.
 """
 
 import contextlib
@@ -51,7 +53,8 @@ def filtered(noise, log=None):
         try:
             try:
                 os.dup2(caught.fileno(), 2)
-                yield
+                with _python_stderr_filtered(noise, log):
+                    yield
                 failed = False
             finally:
                 try:
@@ -62,6 +65,58 @@ def filtered(noise, log=None):
                 _write_back(caught, noise, log, everything=failed)
         finally:
             caught.close()
+
+
+@contextlib.contextmanager
+def _python_stderr_filtered(noise, log):
+    """`sys.stderr` replaced for the block by a stream that drops (logs) the
+    noise lines written to it and passes the rest on, at once."""
+    target = sys.stderr
+    if target is None:
+        yield
+        return
+    stream = _FilteringStream(target, noise, log)
+    sys.stderr = stream
+    try:
+        yield
+    finally:
+        if sys.stderr is stream:
+            sys.stderr = target
+        stream.close_line()
+
+
+class _FilteringStream:
+    """A text stream that passes whole lines on to `target` unless `noise`
+    matches them; everything else (encoding, fileno, ...) is `target`'s."""
+
+    def __init__(self, target, noise, log):
+        self._target, self._noise, self._log = target, noise, log
+        self._pending = ""
+
+    def write(self, text):
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._pass(line + "\n")
+        return len(text)
+
+    def flush(self):
+        self._target.flush()
+
+    def close_line(self):
+        if self._pending:
+            self._pass(self._pending)
+            self._pending = ""
+
+    def _pass(self, line):
+        if self._noise.match(line.rstrip("\r\n")):
+            if self._log is not None:
+                self._log(line.rstrip("\r\n"))
+        else:
+            self._target.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
 
 
 def _catcher():

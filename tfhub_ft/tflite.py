@@ -163,10 +163,14 @@ def _check_representative_images(images, image_size):
 
 
 # What the converter's calibrator prints on a quantized conversion
-# (tensorflow/tensorflow#58119) and LiteRT on a process's first interpreter
-# (its XNNPACK delegate), straight to stderr: to DEBUG.
+# (tensorflow/tensorflow#58119), LiteRT on a process's first interpreter
+# (its XNNPACK delegate), and the converter's debug-info lookup once per op
+# of a nested tf.function it finds no stack traces for (the backbone's
+# inlined graph is imported in one: tensorflow/lite/python/util.py,
+# `build_debug_info_func`), straight to stderr: to DEBUG.
 _NATIVE_NOISE = re.compile(
-    r"^(fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate)")
+    r"^(fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate"
+    r"|Use '@tf\.function' or '@defun' to decorate the function\.$)")
 
 
 @contextlib.contextmanager
