@@ -306,14 +306,21 @@ def vit(path, blocks=3, seed=0, dim=8, patch=8, image_size=32):
             ["stem"] + [f"encoderblock_{n}" for n in range(blocks)] + ["head"])
 
 
-def nested_functions(path, seed=0, width=4, blocks=3):
-    """Keras-style names; the call runs stage functions that run layer functions."""
-    v = _Variables(seed)
+def _keras_style_layers(v, width, blocks):
+    """[(block name, conv kernel, batch norm variables)]: a stem and
+    `blocks` blocks, one 3x3 convolution and batch norm each."""
     layers = [("stem", v.add("stem_conv/kernel", [3, 3, 3, width]),
                v.batch_norm("stem_bn", width))]
     for n in range(1, blocks + 1):
         layers.append((f"block_{n}", v.add(f"block_{n}_conv/kernel", [3, 3, width, width]),
                        v.batch_norm(f"block_{n}_bn", width)))
+    return layers
+
+
+def nested_functions(path, seed=0, width=4, blocks=3):
+    """Keras-style names; the call runs stage functions that run layer functions."""
+    v = _Variables(seed)
+    layers = _keras_style_layers(v, width, blocks)
 
     @tf.function
     def layer(x, kernel, gamma, beta, mean, variance):
@@ -341,11 +348,7 @@ def captured_constants(path, seed=0, width=4, blocks=3):
     outside it (as a Keras `Normalization` layer's mean and variance are),
     which the saved function captures by value."""
     v = _Variables(seed)
-    layers = [("stem", v.add("stem_conv/kernel", [3, 3, 3, width]),
-               v.batch_norm("stem_bn", width))]
-    for n in range(1, blocks + 1):
-        layers.append((f"block_{n}", v.add(f"block_{n}_conv/kernel", [3, 3, width, width]),
-                       v.batch_norm(f"block_{n}_bn", width)))
+    layers = _keras_style_layers(v, width, blocks)
     mean = tf.constant([0.485, 0.456, 0.406])
     std = tf.constant([0.229, 0.224, 0.225])
 
@@ -366,11 +369,7 @@ def xla_compiled_layers(path, seed=0, width=4, blocks=3):
     Grappler leaves as a call that reads the kernel itself. Not in
     `BUILDERS`: its blocks cannot be traced or cut."""
     v = _Variables(seed)
-    layers = [("stem", v.add("stem_conv/kernel", [3, 3, 3, width]),
-               v.batch_norm("stem_bn", width))]
-    for n in range(1, blocks + 1):
-        layers.append((f"block_{n}", v.add(f"block_{n}_conv/kernel", [3, 3, width, width]),
-                       v.batch_norm(f"block_{n}_bn", width)))
+    layers = _keras_style_layers(v, width, blocks)
 
     @tf.function(jit_compile=True)
     def conv(x, kernel):
