@@ -125,11 +125,6 @@ def block_of(variable_name: str, rule: BlockRule = None) -> Optional[str]:
     return None
 
 
-def any_named(variable_names: Sequence[str], rule: BlockRule = None) -> bool:
-    """Whether `rule` (None: the built-in rules) names any of the variables."""
-    return any(block_of(name, rule) for name in variable_names)
-
-
 def known_kernel_share(variable_names: Sequence[str]) -> float:
     """The share of the kernels (`LAYER_RULE`) the built-in rules name, in
     [0, 1]; 1.0 when there is no kernel."""

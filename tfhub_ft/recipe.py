@@ -448,12 +448,13 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
         if self.epochs_run and self.best_epoch == -1:
             # Cut short by something else (the time budget), the phase may
             # just not have had the time: no advice on the recipe then.
-            cut = self.epochs_run < self.params.get("epochs", 0) and not self.stopped_epoch
+            planned = (self.params or {}).get("epochs", 0)
+            cut = self.epochs_run < planned and not self.stopped_epoch
             logger.warning(
                 "Phase 2 did not lower the validation loss below where it started "
                 "(%.4f): the model keeps the weights from before it, as phase 1 left them.%s",
                 self.start_loss,
-                f" It was cut short after {self.epochs_run} of {self.params['epochs']} "
+                f" It was cut short after {self.epochs_run} of {planned} "
                 "epochs." if cut else " A lower fine_tune_learning_rate, or fewer "
                 "unfreeze_blocks, may help.")
         elif self.epochs_run and self.best_epoch + 1 < self.epochs_run:
