@@ -64,3 +64,15 @@ def test_inspect_wants_the_module_once(tmp_path, capsys):
     assert "give the module once: as HANDLE or as --hub_url=HANDLE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         inspect_lib.main(["a", "--hub_url=b"])
+
+
+def test_inspect_checks_the_top_blocks_only_up_to_its_limit(tiny_backbone_path, monkeypatch,
+                                                              caplog):
+    monkeypatch.setattr(inspect_lib, "MAX_SPLIT_CHECKS", 2)
+    with caplog.at_level("INFO", logger="tfhub_ft"):
+        lines = inspect_lib.describe_backbone(HubBackbone(tiny_backbone_path))
+    assert [line.split()[2:] for line in lines[6:-1]] == [
+        ["124", "not", "checked"], ["320", "not", "checked"], ["608", "not", "checked"],
+        ["1,216", "split:", "trains", "from", "cached", "activations"],
+        ["320", "split:", "trains", "from", "cached", "activations"]]
+    assert "Checking the split below each of the top 2 of the 5 blocks" in caplog.text
