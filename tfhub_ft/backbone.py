@@ -276,15 +276,6 @@ class HubBackbone(keras.layers.Layer):
         module's kernels (a Keras model with default layer names), one block
         per layer with a kernel (`blocks.layer_rule`), with a WARNING."""
         if block_pattern is not None:
-            if isinstance(block_pattern, str):
-                try:
-                    re.compile(block_pattern)
-                except re.error as error:
-                    raise ValueError(
-                        f"Invalid value for `block_pattern`. Expected a regular expression "
-                        f"whose first group names a variable's block; this one does not "
-                        f"compile ({error}). Received: block_pattern={block_pattern!r}"
-                    ) from None
             return block_pattern
         share = blocks_lib.known_kernel_share(names)
         if share >= 0.5:

@@ -188,8 +188,17 @@ def group_into_blocks(
         The blocks, bottom (input side) to top.
 
     Raises:
-        ValueError: if the lengths differ or no variable matches `rule`.
+        ValueError: if the lengths differ, `rule` is a pattern that does not
+            compile, or no variable matches `rule`.
     """
+    if isinstance(rule, str):
+        try:
+            re.compile(rule)
+        except re.error as error:
+            raise ValueError(
+                f"Invalid value for `block_pattern`. Expected a regular expression "
+                f"whose first group names a variable's block; this one does not "
+                f"compile ({error}). Received: block_pattern={rule!r}") from None
     if len(variable_names) != len(trace_positions):
         raise ValueError(
             "Invalid value for `trace_positions`. Expected one position per "

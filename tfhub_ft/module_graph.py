@@ -251,15 +251,10 @@ class ModuleGraph:
         self.reads: Dict[str, int] = {}
         for index, variable in enumerate(variables):
             handle = getattr(variable, "_primary", variable).handle
-            frontier = [placeholder_of.get(id(variable)) or placeholder_of.get(id(handle))]
-            while frontier:
-                name = frontier.pop()
-                for consumer in self.consumers.get(name, []) if name else []:
-                    op = self.nodes[consumer].op
-                    if op in _PASS_THROUGH:
-                        frontier.append(consumer)
-                    elif op == "ReadVariableOp":
-                        self.reads[consumer] = index
+            placeholder = placeholder_of.get(id(variable)) or placeholder_of.get(id(handle))
+            for reader in self._readers([placeholder] if placeholder else []):
+                if self.nodes[reader].op == "ReadVariableOp":
+                    self.reads[reader] = index
         self.depth = self._depth_from_input()
 
     def _depth_from_input(self):

@@ -109,10 +109,7 @@ class _FilteringStream:
             self._pending = ""
 
     def _pass(self, line):
-        if self._noise.match(line.rstrip("\r\n")):
-            if self._log is not None:
-                self._log(line.rstrip("\r\n"))
-        else:
+        if not _dropped(line.rstrip("\r\n"), self._noise, self._log):
             self._target.write(line)
 
     def __getattr__(self, name):
@@ -136,14 +133,21 @@ def _write_back(caught, noise, log, everything):
     caught.seek(0)
     for line in caught.read().splitlines(keepends=True):
         text = line.decode("utf-8", "replace").rstrip("\r\n")
-        if everything or not noise.match(text):
+        if everything or not _dropped(text, noise, log):
             try:
                 while line:
                     line = line[os.write(2, line):]
             except OSError:
                 return  # stderr went away: nowhere to write
-        elif log is not None:
-            log(text)
+
+
+def _dropped(text, noise, log):
+    """Whether a line (without its ending) is noise; if so, it goes to `log`."""
+    if not noise.match(text):
+        return False
+    if log is not None:
+        log(text)
+    return True
 
 
 def _flush():
