@@ -66,7 +66,8 @@ def test_round_trip_per_mode(trained, tmp_path, mode, capfd):
         report = json.load(f)
     assert set(report) == {"mode", "images", "top1_agreement", "tflite_accuracy",
                            "saved_model_accuracy", "max_probability_difference",
-                           "tflite_bytes", "tflite_latency_ms"}
+                           "tflite_bytes", "tflite_latency_ms", "changed_images",
+                           "changed_near_ties", "near_tie_margin"}
     assert report["mode"] == mode and report["images"] == 36
     assert report["top1_agreement"] == agreement
     assert report["saved_model_accuracy"] == 1.0
@@ -75,6 +76,22 @@ def test_round_trip_per_mode(trained, tmp_path, mode, capfd):
         np.abs(got - served).max(), abs=1e-6)
     assert report["tflite_bytes"] == os.path.getsize(os.path.join(path, "model.tflite"))
     assert report["tflite_latency_ms"] > 0
+    assert report["changed_images"] == np.sum(got.argmax(-1) != served.argmax(-1))
+
+
+def test_compare_predictions_counts_changes_and_near_ties():
+    saved = np.array([[0.50, 0.45, 0.05],   # near tie (margin 0.05), flips
+                      [0.90, 0.05, 0.05],   # sure, flips
+                      [0.20, 0.70, 0.10],   # sure, kept
+                      [0.40, 0.35, 0.25]])  # near tie, kept
+    converted = np.array([[0.46, 0.49, 0.05],
+                          [0.30, 0.60, 0.10],
+                          [0.20, 0.70, 0.10],
+                          [0.41, 0.34, 0.25]])
+    assert tflite.compare_predictions(converted, saved, np.array([0, 0, 1, 2])) == {
+        "top1_agreement": 0.5, "tflite_accuracy": 0.25, "saved_model_accuracy": 0.75,
+        "max_probability_difference": pytest.approx(0.6), "changed_images": 2,
+        "changed_near_ties": 1, "near_tie_margin": 0.1}
 
 
 def test_input_and_output_of_every_mode(trained):
@@ -108,6 +125,8 @@ def test_int8_under_the_threshold_warns(trained, tmp_path, caplog):
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "int8 TFLite model agrees with the SavedModel on only" in record.getMessage()
     assert "tflite='dynamic' or tflite='float16'" in record.getMessage()
+    assert (f"{report['changed_images']} change class, {report['changed_near_ties']} of "
+            "them near ties") in record.getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tfhub_ft.tflite"):
         tflite.export_tflite(trained.model, SIZE, path, "dynamic", None, images, labels,
