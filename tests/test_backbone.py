@@ -53,6 +53,24 @@ def test_blocks_follow_the_call_graph(tiny_backbone_path):
         "block_2_bn_moving_mean", "block_2_bn_moving_variance"}
 
 
+def test_integer_state_is_not_counted_as_weights(tmp_path):
+    # Keras 3 layers with randomness keep an int64 seed-generator state.
+    kernel = tf.Variable(tf.ones([3, 3, 3, 4]), name="conv/kernel")
+    state = tf.Variable(tf.constant([7, 0], tf.int64), trainable=False,
+                        name="conv/seed_generator_state")
+
+    @tf.function
+    def call(images, training):
+        del training
+        features = tf.nn.conv2d(images, kernel, 2, "SAME") + tf.cast(state[1], tf.float32)
+        return tf.reduce_mean(features, axis=[1, 2])
+
+    path = tiny_backbone.save_feature_vector_function(call, [kernel, state], [kernel],
+                                                      tmp_path / "module")
+    layer = HubBackbone(path)
+    assert [(block.name, block.parameter_count) for block in layer.blocks] == [("stem", 108)]
+
+
 def test_unfreeze_top_blocks(tiny_backbone_path):
     layer = HubBackbone(tiny_backbone_path)
     chosen = layer.unfreeze_top_blocks(2)

@@ -265,7 +265,8 @@ class HubBackbone(keras.layers.Layer):
             positions = [float("inf")] * len(names)
         self.blocks = blocks_lib.group_into_blocks(
             names, positions,
-            [int(np.prod(v.shape)) for v in self._module_variables],
+            [int(np.prod(v.shape)) if v.dtype.is_floating else 0
+             for v in self._module_variables],
             rule=self._block_rule(names, block_pattern),
         )
         self._warn_about_block_order(trace_error)

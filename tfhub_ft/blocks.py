@@ -87,8 +87,9 @@ class Block:
     Attributes:
         name: The block's name, e.g. "block_16", "stem", "head".
         variable_indices: Indices into the backbone's variable list.
-        parameter_count: Number of weights in the block (all variables,
-            moving statistics included).
+        parameter_count: Number of weights in the block (its floating-point
+            variables, moving statistics included; integer state such as a
+            Keras 3 random seed is not a weight).
         order_source: "trace" where the block's place comes from where the
             module's call graph first reads its variables; "names" where
             none of them could be traced and the place comes from
