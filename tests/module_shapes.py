@@ -162,7 +162,7 @@ def slim_mobilenet(path, cond="network", blocks=11, width=4, seed=0):
 
     ordered = sorted(v.all, key=lambda variable: variable.name)
     expected = (["stem", "expanded_conv"]
-                + [f"expanded_conv_{n}" for n in range(1, blocks + 1)] + ["head"])
+                + [f"expanded_conv_{n}" for n in range(1, blocks + 1)] + ["top"])
     return _save(path, call, ordered, [x for x in ordered if x.trainable]), expected
 
 
@@ -210,7 +210,7 @@ def bit_resnet(path, seed=0, width=4):
         x = tf.nn.relu(_group_norm(x, *final))
         return tf.reduce_mean(x, axis=[1, 2])
 
-    return (_save(path, call, v.all, v.all), ["stem"] + names + ["head"])
+    return (_save(path, call, v.all, v.all), ["stem"] + names + ["top"])
 
 
 def efficientnet(path, blocks=11, seed=0, width=4):
@@ -244,7 +244,7 @@ def efficientnet(path, blocks=11, seed=0, width=4):
 
     ordered = sorted(v.all, key=lambda variable: variable.name)
     return (_save(path, call, ordered, [x for x in ordered if x.trainable]),
-            ["stem"] + [f"blocks_{n}" for n in range(blocks)] + ["head"])
+            ["stem"] + [f"blocks_{n}" for n in range(blocks)] + ["top"])
 
 
 def _layer_norm(x, scale, bias):
@@ -303,7 +303,7 @@ def vit(path, blocks=3, seed=0, dim=8, patch=8, image_size=32):
         return _layer_norm(x, *final)[:, 0]
 
     return (_save(path, call, v.all, v.all, image_size),
-            ["stem"] + [f"encoderblock_{n}" for n in range(blocks)] + ["head"])
+            ["stem"] + [f"encoderblock_{n}" for n in range(blocks)] + ["top"])
 
 
 def _keras_style_layers(v, width, blocks):
@@ -439,7 +439,7 @@ def keras_exported(path, seed=0, width=4, blocks=3):
     x = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.ReLU()(x))
     model = tf_keras.Model(inputs, x)
     tf.saved_model.save(model, str(path))
-    return str(path), ["stem"] + [f"block_{n}" for n in range(1, blocks + 1)] + ["head"]
+    return str(path), ["stem"] + [f"block_{n}" for n in range(1, blocks + 1)] + ["top"]
 
 
 def split_and_whole_gradients(backbone, count, size):

@@ -44,7 +44,7 @@ def test_batch_norm_trainable_updates_statistics(tiny_backbone_path):
 
 def test_blocks_follow_the_call_graph(tiny_backbone_path):
     layer = HubBackbone(tiny_backbone_path)
-    assert [b.name for b in layer.blocks] == ["stem", "block_1", "block_2", "block_3", "head"]
+    assert [b.name for b in layer.blocks] == ["stem", "block_1", "block_2", "block_3", "top"]
     summary = layer.block_summary()
     assert sum(count for _, count, _ in summary) == layer.count_params()
     assert all(trainable for _, _, trainable in summary)
@@ -74,7 +74,7 @@ def test_integer_state_is_not_counted_as_weights(tmp_path):
 def test_unfreeze_top_blocks(tiny_backbone_path):
     layer = HubBackbone(tiny_backbone_path)
     chosen = layer.unfreeze_top_blocks(2)
-    assert [b.name for b in chosen] == ["block_3", "head"]
+    assert [b.name for b in chosen] == ["block_3", "top"]
     assert sorted(w.name for w in layer.trainable_weights) == sorted([
         "block_3_conv_kernel", "block_3_bn_gamma", "block_3_bn_beta",
         "head_conv_kernel", "head_bn_gamma", "head_bn_beta"])

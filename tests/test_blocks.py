@@ -11,17 +11,17 @@ from tfhub_ft import blocks
     ("expanded_conv_depthwise/depthwise_kernel:0", "block_0"),
     ("Conv1/kernel:0", "stem"),
     ("bn_Conv1/gamma:0", "stem"),
-    ("Conv_1_bn/beta:0", "head"),
+    ("Conv_1_bn/beta:0", "top"),
     ("MobilenetV2/expanded_conv_3/expand/weights:0", "expanded_conv_3"),
     ("MobilenetV2/expanded_conv/depthwise/weights:0", "expanded_conv"),
     ("MobilenetV2/Conv/weights:0", "stem"),
-    ("MobilenetV2/Conv_1/weights:0", "head"),
+    ("MobilenetV2/Conv_1/weights:0", "top"),
     ("resnet_v2_50/block2/unit_3/bottleneck_v2/conv1/weights:0", "block2/unit_3"),
     ("resnet_v2_50/conv1/weights:0", "stem"),
     ("efficientnet-b0/blocks_7/conv2d/kernel:0", "blocks_7"),
     ("block2a_expand_conv/kernel:0", "block2a"),
     ("conv3_block2_1_conv/kernel:0", "conv3_block2"),
-    ("top_conv/kernel:0", "head"),
+    ("top_conv/kernel:0", "top"),
     ("mystery/kernel:0", None),
 ])
 def test_block_of_builtin_rules(name, expected):
@@ -40,7 +40,7 @@ def test_group_into_blocks_orders_by_trace_and_attaches_unnamed():
              "Conv1/kernel", "odd/kernel", "block_1_bn/gamma"]
     positions = [9, 6, 3, 0, 4, 2]
     result = blocks.group_into_blocks(names, positions, [1, 10, 100, 1000, 5, 7])
-    assert [b.name for b in result] == ["stem", "block_1", "block_2", "head"]
+    assert [b.name for b in result] == ["stem", "block_1", "block_2", "top"]
     # "odd" is read right after block_1's variables, so it joins block_1.
     assert result[1].variable_indices == (2, 4, 5)
     assert [b.parameter_count for b in result] == [1000, 112, 10, 1]
@@ -61,7 +61,7 @@ def test_group_into_blocks_errors():
 def test_top_blocks():
     result = blocks.group_into_blocks(
         ["Conv1/k", "block_1_a/k", "Conv_1/k"], [0, 1, 2])
-    assert [b.name for b in blocks.top_blocks(result, 2)] == ["block_1", "head"]
+    assert [b.name for b in blocks.top_blocks(result, 2)] == ["block_1", "top"]
     assert blocks.top_blocks(result, 0) == []
     with pytest.raises(ValueError, match=r"Expected an integer in \[0, 3\].*unfreeze_blocks=4"):
         blocks.top_blocks(result, 4)
@@ -86,7 +86,7 @@ def test_untraced_blocks_are_placed_by_name_after_their_traced_predecessor():
     result = blocks.group_into_blocks(names, positions)
     assert [(b.name, b.order_source) for b in result] == [
         ("stem", "trace"), ("block_1", "trace"), ("block_2", "names"),
-        ("block_3", "trace"), ("head", "trace")]
+        ("block_3", "trace"), ("top", "trace")]
 
 
 def test_nothing_traced_orders_every_block_by_name():
@@ -95,19 +95,19 @@ def test_nothing_traced_orders_every_block_by_name():
              "MobilenetV2/expanded_conv/project/w"]
     result = blocks.group_into_blocks(names, [float("inf")] * 5)
     assert [b.name for b in result] == [
-        "stem", "expanded_conv", "expanded_conv_2", "expanded_conv_10", "head"]
+        "stem", "expanded_conv", "expanded_conv_2", "expanded_conv_10", "top"]
     assert {b.order_source for b in result} == {"names"}
 
 
 @pytest.mark.parametrize("name, expected", [
     ("resnet/root_block/standardized_conv2d/kernel:0", "stem"),
     ("resnet/block3/unit12/a/group_norm/gamma:0", "block3/unit12"),
-    ("resnet/group_norm/beta:0", "head"),
+    ("resnet/group_norm/beta:0", "top"),
     ("embedding/kernel:0", "stem"),
     ("cls:0", "stem"),
     ("Transformer/posembed_input/pos_embedding:0", "stem"),
     ("Transformer/encoderblock_11/MlpBlock_3/Dense_0/kernel:0", "encoderblock_11"),
-    ("Transformer/encoder_norm/scale:0", "head"),
+    ("Transformer/encoder_norm/scale:0", "top"),
 ])
 def test_block_of_bit_and_vit_names(name, expected):
     assert blocks.block_of(name) == expected
@@ -122,7 +122,7 @@ def test_block_of_bit_and_vit_names(name, expected):
     ("InceptionResnetV2/Repeat/block35_3/Branch_1/Conv2d_0a_1x1/weights:0", "block35_3"),
     ("InceptionResnetV2/Repeat_1/block17_20/Conv2d_1x1/weights:0", "block17_20"),
     ("InceptionResnetV2/Block8/Conv2d_1x1/biases:0", "Block8"),
-    ("InceptionResnetV2/Conv2d_7b_1x1/weights:0", "head"),
+    ("InceptionResnetV2/Conv2d_7b_1x1/weights:0", "top"),
     # TF-Slim MobileNetV1, NASNet / PNASNet.
     ("MobilenetV1/Conv2d_0/weights:0", "stem"),
     ("MobilenetV1/Conv2d_1_depthwise/depthwise_weights:0", "Conv2d_1"),
@@ -164,8 +164,8 @@ def test_layer_rule_pairs_batch_norms_with_their_convolution_by_keras_number():
     ("expanded_conv_depthwise/depthwise_kernel:0", "block_0"),
     ("expanded_conv_3_expand/kernel:0", "expanded_conv_3"),
     ("expanded_conv_3_squeeze_excite_conv_1/kernel:0", "expanded_conv_3"),
-    ("conv_1/kernel:0", "head"),
-    ("conv_1_bn/beta:0", "head"),
+    ("conv_1/kernel:0", "top"),
+    ("conv_1_bn/beta:0", "top"),
     ("conv1_bn/gamma:0", "stem"),
     ("conv_dw_3/depthwise_kernel:0", "block_3"),
     ("conv_pw_13_bn/moving_mean:0", "block_13"),

@@ -55,7 +55,7 @@ def test_no_split_when_batch_norm_trains(tiny_backbone_path, sets, caplog):
             frozen = cache.compute_frozen_activations(
                 model, train, validation, config, arrays.ArrayBudget(), plan.split)
     assert plan.split is None and "batch norm trains" in plan.whole_module_reason
-    assert [block.name for block in plan.blocks] == ["block_3", "head"]
+    assert [block.name for block in plan.blocks] == ["block_3", "top"]
     assert frozen.split is None and len(frozen.train_features) == 1
     assert frozen.train_features[0].shape == (5, 16)
     assert caplog.text.count("batch norm trains") == 1  # said once

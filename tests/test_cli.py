@@ -300,7 +300,7 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     assert "renamed" not in output
     lines = output.splitlines()
     assert len(lines) <= 27, output
-    assert sum(line.startswith("Phase 2 will fine-tune the top 2 of 5 blocks (block_3 to head")
+    assert sum(line.startswith("Phase 2 will fine-tune the top 2 of 5 blocks (block_3 to top")
                for line in lines) == 1
     assert sum(line.startswith("head epoch ") for line in lines) == 2
     assert re.search(r"^validation_accuracy=[\d.]+ images=12 ", done.stdout, re.MULTILINE)

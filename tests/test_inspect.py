@@ -22,7 +22,7 @@ def test_inspect_prints_blocks_sizes_order_and_split(tiny_backbone_path, capsys)
         ["4", "block_1", "320", "split:", "trains", "from", "cached", "activations"],
         ["3", "block_2", "608", "split:", "trains", "from", "cached", "activations"],
         ["2", "block_3", "1,216", "split:", "trains", "from", "cached", "activations"],
-        ["1", "head", "320", "split:", "trains", "from", "cached", "activations"],
+        ["1", "top", "320", "split:", "trains", "from", "cached", "activations"],
     ]
     assert lines[-1].split() == ["total", "2,588"]
 
@@ -39,7 +39,7 @@ def test_inspect_marks_blocks_ordered_by_name(tmp_path):
     assert "blocks marked * by name" in lines[3]
     assert any(line.split()[1] == "expanded_conv_1*" for line in lines[6:-1])
     assert [line.split()[1] for line in lines[6:-1]] == [
-        "stem", "expanded_conv", "expanded_conv_1*", "expanded_conv_2", "head"]
+        "stem", "expanded_conv", "expanded_conv_1*", "expanded_conv_2", "top"]
 
 
 def test_inspect_bad_handle_is_one_line_and_status_2(tmp_path, capsys):

@@ -83,7 +83,7 @@ def test_pretrained_backbone_is_a_hub_feature_vector(tiny_run):
                               input_signature=[tf.TensorSpec([None, None, None, 3])])
         assert unknown(images).shape == (batch, 8)
     tuner = FineTuner(path, image_size=16)
-    assert [b.name for b in tuner.backbone.blocks] == ["stem", "block_1", "head"]
+    assert [b.name for b in tuner.backbone.blocks] == ["stem", "block_1", "top"]
 
 
 @pytest.mark.slow

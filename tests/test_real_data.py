@@ -27,7 +27,7 @@ def test_real_backbone_blocks():
     from tfhub_ft import HubBackbone
     backbone = HubBackbone(BACKBONE)
     names = [b.name for b in backbone.blocks]
-    assert names == ["stem"] + [f"block_{i}" for i in range(17)] + ["head"]
+    assert names == ["stem"] + [f"block_{i}" for i in range(17)] + ["top"]
     assert backbone.count_params() == 410208 and backbone.feature_dim == 1280
     assert len(backbone.trainable_weights) == 156
 
@@ -64,7 +64,7 @@ def test_real_backbone_reexports_as_a_hub_module(tmp_path):
     import tf_keras  # noqa: F401  hub.KerasLayer is a tf_keras layer
     from tfhub_ft import HubBackbone, export_backbone
     backbone = HubBackbone(BACKBONE)
-    for variable in backbone.block_variables("head"):
+    for variable in backbone.block_variables("top"):
         variable.assign(variable * 1.1)  # stands for fine-tuning
     path = export_backbone(backbone, str(tmp_path / "hub"))
     again = HubBackbone(path)

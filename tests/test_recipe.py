@@ -30,13 +30,14 @@ def test_phase_one_changes_no_backbone_variable(tiny_backbone_path, image_folder
     assert np.abs(tuner.model.head.kernel.numpy()).sum() > 0
 
 
-@pytest.mark.parametrize("unfreeze_blocks, expected_blocks", [
+# The tiny backbone's layers: its layer `head` is the block `top`.
+@pytest.mark.parametrize("unfreeze_blocks, expected_layers", [
     (1, ["head"]),
     (3, ["block_2", "block_3", "head"]),
 ])
 @pytest.mark.slow
 def test_phase_two_changes_exactly_the_top_blocks(
-        tiny_backbone_path, image_folders, small_config, unfreeze_blocks, expected_blocks):
+        tiny_backbone_path, image_folders, small_config, unfreeze_blocks, expected_layers):
     train, _, _, _ = image_folders
     tuner = FineTuner(tiny_backbone_path, config=small_config.replace(
         unfreeze_blocks=unfreeze_blocks, early_stopping_patience=5, head_epochs=0))
@@ -45,7 +46,7 @@ def test_phase_two_changes_exactly_the_top_blocks(
     # start is not the best epoch and no epoch is rolled back.
     tuner.fit(train, train, verbose=0)
     expected = sorted(
-        f"{block}_{layer}/{name}:0" for block in expected_blocks
+        f"{prefix}_{layer}/{name}:0" for prefix in expected_layers
         for layer, name in [("conv", "kernel"), ("bn", "gamma"), ("bn", "beta")])
     # Every trainable variable of the top blocks moved, nothing else did:
     # no lower block, and no moving statistic (batch norm in inference mode).
@@ -569,10 +570,10 @@ def test_the_fine_tune_plan_names_its_blocks_and_how_they_train(tiny_backbone_pa
         recipe.plan_fine_tune(HubBackbone(tiny_backbone_path, batch_norm_trainable=True),
                               FineTuneConfig(unfreeze_blocks=1))
     assert plan.split is not None
-    # TinyBackbone(widths=(4, 8, 8, 16)): block_3 1,216 and head 320 parameters.
+    # TinyBackbone(widths=(4, 8, 8, 16)): block_3 1,216 and top 320 parameters.
     assert [r.getMessage() for r in caplog.records if r.name == "tfhub_ft.recipe"] == [
-        "Phase 2 will fine-tune the top 2 of 5 blocks (block_3 to head; 1,536 weights, "
+        "Phase 2 will fine-tune the top 2 of 5 blocks (block_3 to top; 1,536 weights, "
         "batch-norm statistics included) from the cached output of the frozen blocks below "
         "them (split backbone)",
-        "Phase 2 will fine-tune the top 1 of 5 blocks (head; 320 weights, batch-norm "
+        "Phase 2 will fine-tune the top 1 of 5 blocks (top; 320 weights, batch-norm "
         "statistics included) through the whole module each step"]

@@ -308,7 +308,7 @@ class HubBackbone(keras.layers.Layer):
                     else "no variable read was found in its call graph")
             logger.warning(
                 "Block order of %s: %s, so the blocks are ordered by name (stem "
-                "first, numbers in natural order, head last), which may not be "
+                "first, numbers in natural order, top last), which may not be "
                 "the order the module runs them in; check block_summary() and "
                 "pass block_pattern if it is wrong. The split backbone is off: "
                 "fine-tuning runs the whole module each step, about 3-5x "

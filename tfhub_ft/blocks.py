@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from tfhub_ft.checks import check_integer
 
 STEM = "stem"
-HEAD = "head"
+TOP = "top"  # the last layers before pooling (Keras EfficientNet: top_conv)
 
 # Each rule maps a variable name to a block name, or does not match. They
 # cover the naming of the hub modules people fine-tune: Keras applications
@@ -58,13 +58,13 @@ BLOCK_RULES: Tuple[Tuple[str, str], ...] = (
     (r"(?:^|/)(?:Conv1|bn_Conv1|stem\w*|conv1|Conv2d_0|conv_stem|conv1_\w+|"
      r"Conv|Conv/BatchNorm|root_block|embedding|cls|posembed_input|conv0|"
      r"Conv2d_[1-4][a-c]_\dx\d|convnext\w*_stem|conv|conv_bn)(?:/|$)", STEM),
-    # Heads: the last convolution before pooling, or the final norm.
+    # The top: the last convolution before pooling, or the final norm.
     (r"(?:^|/)(?:Conv_1|Conv_1_bn|head\w*|top_conv|top_bn|top_activation|"
      r"conv_head|Conv2d_1c_1x1|Conv2d_7b_1x1|conv_1|conv_1_bn|postnorm|encoder_norm|"
      r"final_norm|pre_logits)"
-     r"(?:/|$)", HEAD),
+     r"(?:/|$)", TOP),
     # BiT's final norm, right under the network's scope.
-    (r"^resnet\w*/group_norm/", HEAD),
+    (r"^resnet\w*/group_norm/", TOP),
 )
 
 # A layer with a kernel: the fallback's blocks (`layer_rule`).
@@ -85,7 +85,7 @@ class Block:
     """One group of backbone variables that is frozen or trained together.
 
     Attributes:
-        name: The block's name, e.g. "block_16", "stem", "head".
+        name: The block's name, e.g. "block_16", "stem", "top".
         variable_indices: Indices into the backbone's variable list.
         parameter_count: Number of weights in the block (its floating-point
             variables, moving statistics included; integer state such as a

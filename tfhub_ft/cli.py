@@ -390,6 +390,14 @@ class _Formatter(logging.Formatter):
 _OPTION_VALUE = None
 
 
+def _train_flag_names():
+    """The option names (`dest`) of `tfhub_ft train`'s flags, read from its parser."""
+    commands = next(action for action in build_parser()._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    return {action.dest for action in commands.choices["train"]._actions
+            if action.option_strings}
+
+
 def as_typed(text):
     """The library's `option=value` advice as the command's user types it.
 
@@ -403,10 +411,7 @@ def as_typed(text):
     """
     global _OPTION_VALUE
     if _OPTION_VALUE is None:
-        names = sorted({field.name for field in dataclasses.fields(config_lib.FineTuneConfig)}
-                       | set(TRAIN_OUTPUT_FLAGS) | set(TRAIN_INPUT_FLAGS)
-                       | {"tflite", "preset", "distribution_strategy", "tpu"},
-                       key=len, reverse=True)
+        names = sorted(_train_flag_names(), key=len, reverse=True)
         _OPTION_VALUE = re.compile(
             r"(?<![^\s(])(" + "|".join(names) + r")="
             r"(?![(\[{])(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)'\"]+))")

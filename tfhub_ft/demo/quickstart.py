@@ -390,7 +390,7 @@ def run_quickstart(work_dir, config=QuickstartConfig(), verbose=0):
     total_epochs = config.head_epochs + config.fine_tune_epochs
     common = FineTuneConfig(
         image_size=config.image_size, batch_size=config.batch_size,
-        unfreeze_blocks=len(config.widths) + 1,  # stem, a block per widths[1:], head
+        unfreeze_blocks=len(config.widths) + 1,  # stem, a block per widths[1:], top
         early_stopping_patience=total_epochs, seed=seed)
     fine_tune_config = common.replace(
         head_epochs=config.head_epochs,
