@@ -342,6 +342,20 @@ def test_errors_from_the_command_are_one_line_with_status_2(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_easy_install_script_marker_does_not_break_tensorflow_hub():
+    # What setuptools' legacy console script (`setup.py develop`) sets before
+    # calling `cli.run`; tensorflow_hub then imports pkg_resources, which
+    # resolved the marker's dependency tree and failed (pypa/setuptools#3146).
+    code = ("import sys; sys.modules['__main__'].__requires__ = 'tfhub-ft'\n"
+            "from tfhub_ft import cli\n"
+            "cli._forget_easy_install_requirement()\n"
+            "import tensorflow_hub\n")
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_flowers_example_is_the_train_command():
     env = dict(os.environ, PYTHONPATH=ROOT)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "flowers.py"),

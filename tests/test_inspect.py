@@ -45,7 +45,7 @@ def test_inspect_marks_blocks_ordered_by_name(tmp_path):
 def test_inspect_bad_handle_is_one_line_and_status_2(tmp_path, capsys):
     assert inspect_lib.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: The hub handle") and err.count("\n") == 1
+    assert err.startswith("tfhub_ft inspect: error: The hub handle") and err.count("\n") == 1
 
 
 def test_inspect_takes_train_flags_for_the_module_and_its_blocks(tmp_path, capsys):
@@ -61,9 +61,11 @@ def test_inspect_wants_the_module_once(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         inspect_lib.main([])
     assert exit_info.value.code == 2
-    assert "give the module once: as HANDLE or as --hub_url=HANDLE" in capsys.readouterr().err
+    assert "no module given: pass its handle, as HANDLE or as --hub_url=HANDLE" in (
+        capsys.readouterr().err)
     with pytest.raises(SystemExit):
         inspect_lib.main(["a", "--hub_url=b"])
+    assert "the module is given twice" in capsys.readouterr().err
 
 
 def test_inspect_checks_the_top_blocks_only_up_to_its_limit(tiny_backbone_path, monkeypatch,

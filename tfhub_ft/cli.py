@@ -687,6 +687,26 @@ def _one_line(command, error, limit=600):
     return f"{PROG}{' ' + command if command else ''}: error: {text}"
 
 
+def _forget_easy_install_requirement():
+    """Workaround for pypa/setuptools#3146 (pkg_resources does not find a
+    dotted distribution name installed with underscores).
+
+    `pip install -e .` of a project without pyproject.toml runs setuptools'
+    legacy `setup.py develop`, whose console script sets
+    `__main__.__requires__` "for compatibility with easy_install". The first
+    import of `pkg_resources` (tensorflow_hub imports it, for any handle
+    that is not a local folder) then resolves this project's whole
+    dependency tree, and with the setuptools of this machine (65.5) fails on
+    ai-edge-litert's `backports.strenum`, installed as `backports_strenum`:
+    `DistributionNotFound`, a traceback instead of the command. Nothing else
+    reads the marker, so it is dropped before anything imports
+    `pkg_resources`; a script without it (pip's own, `python -m tfhub_ft`)
+    is left alone. Should `pkg_resources` already be imported here, the
+    resolution has already succeeded and there is nothing to undo.
+    """
+    vars(sys.modules["__main__"]).pop("__requires__", None)
+
+
 def run(argv=None):
     """The console entry point (`tfhub_ft`, `python -m tfhub_ft`,
     examples/flowers.py): `main`, then a fast exit.
@@ -699,6 +719,7 @@ def run(argv=None):
     teardown. Where CPython's `atexit._run_exitfuncs` is missing, the exit
     is the normal one.
     """
+    _forget_easy_install_requirement()
     status = int(main(argv) or 0)
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is None:

@@ -96,8 +96,10 @@ def main(argv=None):
     cli.add_block_pattern_flag(parser)
     cli.add_verbosity_flag(parser)
     args = parser.parse_args(argv)
-    if (args.handle is None) == (args.hub_url is None):
-        parser.error("give the module once: as HANDLE or as --hub_url=HANDLE")
+    if args.handle is None and args.hub_url is None:
+        parser.error("no module given: pass its handle, as HANDLE or as --hub_url=HANDLE")
+    if args.handle is not None and args.hub_url is not None:
+        parser.error("the module is given twice: pass HANDLE or --hub_url=HANDLE, not both")
     handle = args.handle or args.hub_url
     from tfhub_ft import backbone as backbone_lib
     # The fallbacks' warnings are part of what this command shows.
@@ -109,7 +111,7 @@ def main(argv=None):
     try:
         backbone = backbone_lib.HubBackbone(handle, block_pattern=args.block_pattern)
     except (ValueError, TypeError) as error:  # HubModuleError is a ValueError.
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"{parser.prog}: error: {error}\n")
         return 2
     sys.stdout.write("\n".join(describe_backbone(
         backbone, check_splits=not args.no_split_check)) + "\n")
