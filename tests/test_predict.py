@@ -163,6 +163,29 @@ def test_invalid_arguments_are_explained(export_dir, photos, tmp_path, capsys, m
     assert len(err) == 1 and "names no file" in err[0], err
 
 
+def test_an_output_that_would_overwrite_an_input_is_refused(export_dir, photos, tmp_path):
+    root, paths, _ = photos
+    tflite_file = os.path.join(export_dir, "model.tflite")
+    refused = {
+        str(tmp_path): "which is a folder",
+        paths[0]: "which is one of the images to classify",
+        str(tmp_path / "new.jpg"): "which is named as an image file",
+        os.path.join(export_dir, "saved_model.pb"): "which is inside the model's folder",
+        os.path.join(export_dir, "predictions.csv"): "which is inside the model's folder",
+    }
+    for output, problem in refused.items():
+        with pytest.raises(ValueError, match="Invalid value for `output`. Expected a CSV file "
+                           "outside the model's folder") as error:
+            predict.check_output(output, export_dir, paths)
+        assert problem in str(error.value)
+    with pytest.raises(ValueError, match="inside the model's folder"):
+        predict.check_output(os.path.join(export_dir, "p.csv"), tflite_file, paths)
+    predict.check_output(str(tmp_path / "p.csv"), export_dir, paths)  # accepted
+    # Written under a temporary name and renamed: nothing else is left.
+    predict.write_csv([], tmp_path / "p.csv", 1)
+    assert sorted(os.listdir(tmp_path)) == ["p.csv"]
+
+
 @pytest.mark.slow
 def test_module_runs_as_a_command(export_dir, photos, tmp_path):
     root, paths, _ = photos

@@ -256,11 +256,48 @@ def _predict_or_isolate(classifier, encoded, rows):
             for data, row in zip(encoded, rows)]
 
 
+def check_output(output, model, paths):
+    """Refuses a CSV path that would overwrite what the run reads.
+
+    Called before predicting, so that a bad `--output` costs nothing.
+
+    Args:
+        output: The CSV file to write.
+        model: The export folder or .tflite file (`load_classifier`).
+        paths: The image files to classify.
+
+    Raises:
+        ValueError: if `output` is a folder, one of the images or an image
+            file, or inside the model's export folder (the folder of a
+            .tflite file).
+    """
+    from tfhub_ft import preprocessing
+    output, model = os.fspath(output), os.fspath(model)
+    real = os.path.realpath(output)
+    model_dir = os.path.realpath(model if os.path.isdir(model) else os.path.dirname(
+        os.path.abspath(model)))
+    problem = None
+    if os.path.isdir(output):
+        problem = "which is a folder"
+    elif real in {os.path.realpath(path) for path in paths}:
+        problem = "which is one of the images to classify"
+    elif output.lower().endswith(preprocessing.IMAGE_EXTENSIONS):
+        problem = "which is named as an image file"
+    elif os.path.commonpath([real, model_dir]) == model_dir:
+        problem = f"which is inside the model's folder {model_dir!r}"
+    if problem:
+        raise ValueError(
+            f"Invalid value for `output`. Expected a CSV file outside the model's "
+            f"folder, such as predictions.csv. Received: output={output!r}, {problem}.")
+
+
 def write_csv(rows, output, top_k):
     """Writes `predict_files` rows as CSV: path, class_i, probability_i..., error.
 
     Probabilities are written with 6 decimals; an error row has empty class
-    and probability cells.
+    and probability cells. The file is written beside `output` under a
+    temporary name and renamed into place, so an interrupted run leaves any
+    earlier file whole.
     """
     header = ["path"]
     for rank in range(1, top_k + 1):
@@ -269,23 +306,29 @@ def write_csv(rows, output, top_k):
     output = os.fspath(output)
     if os.path.dirname(output):
         os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in rows:
-            cells = [image_files.display_path(row["path"])]
-            for rank in range(top_k):
-                if rank < len(row["classes"]):
-                    cells += [row["classes"][rank], f"{row['probabilities'][rank]:.6f}"]
-                else:
-                    cells += ["", ""]
-            cells.append(row["error"])
-            writer.writerow(cells)
+    partial = f"{output}.{os.getpid()}.partial"
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for row in rows:
+                cells = [image_files.display_path(row["path"])]
+                for rank in range(top_k):
+                    if rank < len(row["classes"]):
+                        cells += [row["classes"][rank], f"{row['probabilities'][rank]:.6f}"]
+                    else:
+                        cells += ["", ""]
+                cells.append(row["error"])
+                writer.writerow(cells)
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="python -m tfhub_ft.predict",
+        prog="tfhub_ft predict",
         description="Classify image files with a tfhub_ft export; one CSV row per file.")
     parser.add_argument("--model", required=True,
                         help="Export folder (SavedModel + labels.txt) or a .tflite file "
@@ -314,8 +357,9 @@ def main(argv=None):
         0 when the CSV was written (files that failed are in it).
 
     Raises:
-        ValueError: for a folder or glob naming no image file, a model that
-            cannot be loaded or an invalid `--top_k` (the command prints it
+        ValueError: for a folder or glob naming no image file, an `--output`
+            that `check_output` refuses, a model that cannot be loaded or an
+            invalid `--top_k` (the command prints it
             on one line and exits with status 2). Flags argparse refuses
             exit with status 2 and the usage.
     """
@@ -326,10 +370,12 @@ def main(argv=None):
     # A ValueError (bad folder, model or top_k) reaches the command, which
     # prints it as one line and exits with status 2.
     paths = list_image_files(args.images)
+    check_output(args.output, args.model, paths)
     model = load_classifier(args.model)
     rows = predict_files(model, paths, args.top_k, args.batch_size)
     write_csv(rows, args.output, args.top_k)
-    logger.info("Wrote %d rows to %s", len(rows), args.output)
+    logger.info("Wrote %d row%s to %s", len(rows), "" if len(rows) == 1 else "s",
+                args.output)
     return 0
 
 
