@@ -166,6 +166,10 @@ def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folde
         "Invalid value for `export_backbone_dir`. Expected a new or empty folder": [
             "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
             f"--export_backbone_dir={tmp_path}"],
+        # What the next run on the image folder would take for a class.
+        "Invalid value for `report_dir`. Expected a folder outside `image_dir`": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            f"--report_dir={os.path.join(train, 'report')}"],
         # What the export would delete.
         "Invalid value for `work_dir`. Expected a folder outside `export_dir`": [
             "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",

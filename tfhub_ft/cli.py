@@ -536,6 +536,24 @@ def _check_outside_exports(args):
                     "it.")
 
 
+def _check_outside_image_folders(args):
+    """Refuses an output inside an image folder: the next run on that folder
+    would read it as a class folder (a report's PNGs as training images)."""
+    for folder_name in ("image_dir", "validation_dir"):
+        folder = getattr(args, folder_name, None)
+        if not folder:
+            continue
+        real_folder = os.path.realpath(folder)
+        for name in TRAIN_OUTPUT_FLAGS:
+            value = getattr(args, name, None)
+            if value and os.path.commonpath(
+                    [os.path.realpath(value), real_folder]) == real_folder:
+                raise ValueError(
+                    f"Invalid value for `{name}`. Expected a folder outside `{folder_name}`: "
+                    f"inside it, the next run would read it as a class folder. Received: "
+                    f"{name}={value!r} in {folder_name}={folder!r}. Choose a folder beside it.")
+
+
 def _train(args):
     """`tfhub_ft train`. `args.start_time` (a `time.monotonic` reading, set
     by `main`) is when the command started, where `--time_budget` counts
@@ -553,6 +571,7 @@ def _train(args):
         if getattr(args, name):
             export.check_replaceable(getattr(args, name), name)
     _check_outside_exports(args)
+    _check_outside_image_folders(args)
     if not args.export_dir:
         logger.warning("No --export_dir: the trained classifier will not be saved "
                        "(pass --export_dir=FOLDER to keep it).")
