@@ -3,6 +3,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from typing import Dict, Literal, Optional, Tuple
@@ -322,6 +323,14 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     assert os.path.exists(tmp_path / "evaluation" / "per_class.csv")
     with open(tmp_path / "evaluation" / "mistakes.csv", newline="") as f:
         assert all(os.path.isfile(row["file"]) for row in csv.DictReader(f))
+    # A folder with some of the classes: the others are shown without recall.
+    for name in names[:2]:
+        shutil.copytree(os.path.join(validation, name), tmp_path / "some" / name)
+    done = _command("evaluate", f"--model={tmp_path / 'export'}",
+                    f"--image_dir={tmp_path / 'some'}")
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"^{names[2]} +[\d.]+ +- +- +0$", done.stdout, re.MULTILINE), done.stdout
+    assert "1 of the model's classes have no image here" in done.stdout
 
     done = _command("lr_find", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
                     f"--validation_dir={validation}", "--steps=20",

@@ -45,6 +45,20 @@ def test_per_class_numbers_equal_the_hand_counts(tmp_path):
         assert int(row["support"]) == support
 
 
+def test_averages_leave_out_classes_the_data_does_not_hold():
+    # Only cat and dog images, never a fox predicted: evaluating a folder with
+    # some of the model's classes must not average zeros for the others.
+    rows = report.per_class_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), NAMES)
+    fox, macro = rows[2], rows[3]
+    assert (fox["class"], fox["recall"], fox["support"]) == ("fox", 0.0, 0)
+    assert macro["class"] == "macro avg"
+    np.testing.assert_allclose([macro["precision"], macro["recall"]],
+                               [(1 + 2 / 3) / 2, (0.5 + 1) / 2])
+    # A class predicted but absent is a real error, and counts.
+    rows = report.per_class_metrics(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1]), NAMES)
+    np.testing.assert_allclose(rows[3]["precision"], (1 + 1 + 0) / 3)
+
+
 def test_confusion_matrix_counts():
     matrix = report.confusion_matrix(LABELS, PREDICTIONS, 3)
     np.testing.assert_array_equal(matrix, [[2, 1, 0], [0, 1, 1], [0, 0, 1]])

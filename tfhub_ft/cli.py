@@ -630,9 +630,16 @@ def _evaluate(args):
           f"images={result['count']}")
     width = max(len(row["class"]) for row in result["per_class"])
     print(f"{'class':<{width}}  precision  recall      f1  support")
+    absent = [row["class"] for row in result["per_class"][:-2] if row["support"] == 0]
     for row in result["per_class"]:
-        print(f"{row['class']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
-              f"{row['f1']:6.4f}  {row['support']:7d}")
+        # No image of the class: its recall and F1 mean nothing.
+        recall, f1 = ((f"{'-':>6}", f"{'-':>6}") if row["class"] in absent
+                      else (f"{row['recall']:6.4f}", f"{row['f1']:6.4f}"))
+        print(f"{row['class']:<{width}}  {row['precision']:9.4f}  {recall}  {f1}  "
+              f"{row['support']:7d}")
+    if absent:
+        print(f"({len(absent)} of the model's classes have no image here; the macro "
+              "average leaves them out unless they were predicted.)")
     if args.report_dir:
         evaluation.write_evaluation_report(result, args.report_dir)
         print("report", os.path.abspath(args.report_dir))

@@ -80,9 +80,12 @@ def per_class_metrics(labels, predictions, class_names):
 
     Returns:
         A list of dicts with keys `PER_CLASS_COLUMNS`: one per class in
-        order, then "macro avg" (unweighted mean over classes) and
-        "weighted avg" (mean weighted by support). A class never predicted
-        has precision 0 (sklearn's `zero_division=0`).
+        order, then "macro avg" (unweighted mean over the classes that occur
+        in `labels` or `predictions`, as sklearn averages when given no
+        label list: data holding some of the classes is not averaged with
+        zeros for the others) and "weighted avg" (mean weighted by
+        support). A class never predicted has precision 0, one with no
+        image recall 0 (sklearn's `zero_division=0`).
     """
     from sklearn import metrics
     classes = np.arange(len(class_names))
@@ -91,9 +94,10 @@ def per_class_metrics(labels, predictions, class_names):
     rows = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
              "support": int(s)}
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support)]
+    seen = np.union1d(labels, predictions)
     for average in ("macro", "weighted"):
         p, r, f, _ = metrics.precision_recall_fscore_support(
-            labels, predictions, labels=classes, average=average, zero_division=0)
+            labels, predictions, labels=seen, average=average, zero_division=0)
         rows.append({"class": f"{average} avg", "precision": float(p), "recall": float(r),
                      "f1": float(f), "support": int(support.sum())})
     return rows
