@@ -15,16 +15,18 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
-
-from absl import app, flags  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
+from absl import app, flags
 
 try:
-    from tfhub_ft.demo import quickstart
+    from tfhub_ft import cli
 except ImportError:  # Run from a checkout without `pip install -e .`.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tfhub_ft.demo import quickstart
+    from tfhub_ft import cli
+
+# Before anything imports TensorFlow: its start-up lines, as the command hides them.
+cli.import_tensorflow_quietly(verbosity=0)
+
+from tfhub_ft.demo import quickstart  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -39,12 +41,28 @@ def _progress_only(record):
     return record.levelno >= logging.WARNING or record.name.startswith("tfhub_ft")
 
 
+class _PlainFormatter(logging.Formatter):
+    """The message alone; warnings and errors with their level in front."""
+
+    def format(self, record):
+        message = super().format(record)
+        return f"{record.levelname}: {message}" if record.levelno >= logging.WARNING else message
+
+
 def main(argv):
     del argv
-    # Keep tfhub_ft's progress lines, hide TensorFlow's INFO chatter: a
-    # filter on absl's handler (saving a SavedModel resets the absl logger's
-    # level) and the level of TensorFlow's own logger (it has a handler).
-    absl_logging.get_absl_handler().addFilter(_progress_only)
+    # Keep tfhub_ft's progress lines as plain lines, hide TensorFlow's INFO
+    # chatter: one filtered handler in place of absl's (whose lines carry a
+    # date, thread id and source line), and the level of TensorFlow's own
+    # logger (it has a handler).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter("%(message)s"))
+    handler.addFilter(_progress_only)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="tfhub_ft_quickstart_")
     config = quickstart.QuickstartConfig.from_preset(

@@ -127,7 +127,7 @@ def test_flags_are_generated_for_any_field_type():
 def run_in_process(monkeypatch):
     """Runs `cli.main` here; logging and stderr are left to pytest."""
     monkeypatch.setattr(cli, "configure_logging", lambda verbosity: None)
-    monkeypatch.setattr(cli, "_import_tensorflow_quietly", lambda verbosity: None)
+    monkeypatch.setattr(cli, "import_tensorflow_quietly", lambda verbosity: None)
     return cli.main
 
 

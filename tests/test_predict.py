@@ -155,7 +155,7 @@ def test_invalid_arguments_are_explained(export_dir, photos, tmp_path, capsys, m
     # Through the command: one line, status 2 (its logging set-up and quiet
     # import left to pytest, as in tests/test_cli.py).
     monkeypatch.setattr(cli, "configure_logging", lambda verbosity: None)
-    monkeypatch.setattr(cli, "_import_tensorflow_quietly", lambda verbosity: None)
+    monkeypatch.setattr(cli, "import_tensorflow_quietly", lambda verbosity: None)
     capsys.readouterr()
     assert cli.main(["predict", f"--model={export_dir}", f"--images={tmp_path}/*.jpg",
                      f"--output={tmp_path}/p.csv"]) == cli.EXIT_ERROR

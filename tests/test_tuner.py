@@ -21,6 +21,11 @@ def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, imag
     probabilities = tuner.predict(np.zeros((3, 40, 20, 3), np.uint8))
     assert probabilities.shape == (3, 3)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+    # One image is a batch of one; other shapes are explained.
+    np.testing.assert_allclose(tuner.predict(np.zeros((40, 20, 3), np.uint8)),
+                               probabilities[:1], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"Expected RGB images \[N, H, W, 3\].*\(40, 20\)"):
+        tuner.predict(np.zeros((40, 20), np.uint8))
 
 
 @pytest.mark.slow

@@ -516,9 +516,10 @@ class HubBackbone(keras.layers.Layer):
         if not chosen:
             return self._no_split(logging.INFO, "no block is unfrozen")
         if self.batch_norm_trainable:
+            # Asked for: said at INFO, with what it costs.
             return self._no_split(
-                logging.WARNING, "batch norm trains (batch_norm_trainable=True), "
-                "so every block's output changes")
+                logging.INFO, "batch norm trains (batch_norm_trainable=True), "
+                "so every block's output changes", cost=True)
         if self._graph is None:
             return self._no_split(logging.WARNING, "its call graph could not be traced")
         indices = [i for block in chosen for i in block.variable_indices
@@ -589,12 +590,13 @@ class HubBackbone(keras.layers.Layer):
                 raise ValueError(f"its {what} differ from the whole module's by up to "
                                  f"{float(error):.3g}")
 
-    def _no_split(self, level, reason):
-        """Logs (once per reason) why there is no split; returns (None, reason)."""
+    def _no_split(self, level, reason, cost=None):
+        """Logs (once per reason) why there is no split, with its cost when
+        `cost` (default: at WARNING and above); returns (None, reason)."""
         if reason not in self._split_warnings:
             self._split_warnings.add(reason)
             cost = (" (about 3-5x slower per fine-tuning step)"
-                    if level >= logging.WARNING else "")
+                    if (level >= logging.WARNING if cost is None else cost) else "")
             logger.log(level, "Not splitting %s: %s; fine-tuning runs the whole "
                        "module forward each step%s.", self.hub_handle, reason, cost)
         return None, reason

@@ -358,7 +358,7 @@ _STARTUP_NOISE = re.compile(
     r"cuda_blas|cuda_fft))")
 
 
-def _import_tensorflow_quietly(verbosity):
+def import_tensorflow_quietly(verbosity):
     """Imports TensorFlow with its C++ start-up chatter turned down.
 
     TF_CPP_MIN_LOG_LEVEL hides INFO and WARNING lines of TensorFlow's C++
@@ -769,11 +769,11 @@ def main(argv=None):
         if command in DELEGATED_COMMANDS:
             verbosity = _verbosity_of(argv)
             configure_logging(verbosity)
-            _import_tensorflow_quietly(verbosity)
+            import_tensorflow_quietly(verbosity)
             return _delegate(command, argv[1:]) or 0
         args = build_parser().parse_args(argv)
         configure_logging(args.verbosity)
-        _import_tensorflow_quietly(args.verbosity)
+        import_tensorflow_quietly(args.verbosity)
         args.start_time = started
         return COMMANDS[args.command](args)
     # ImportError: the library names a missing package with its pip command

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 # The backbone module (and TensorFlow) is imported where it is used:
 # `python -m tfhub_ft.inspect` runs this file before the command can turn
-# TensorFlow's start-up lines down (`cli._import_tensorflow_quietly`).
+# TensorFlow's start-up lines down (`cli.import_tensorflow_quietly`).
 
 _ORDER_SOURCES = {
     "trace": "the module's call graph (the order it runs them in)",

@@ -27,7 +27,7 @@ from tfhub_ft import image_files
 
 # TensorFlow and the modules that import it are imported where they are
 # used: `python -m tfhub_ft.predict` runs this file before the command can
-# turn TensorFlow's start-up lines down (`cli._import_tensorflow_quietly`).
+# turn TensorFlow's start-up lines down (`cli.import_tensorflow_quietly`).
 
 logger = logging.getLogger(__name__)
 

@@ -484,12 +484,23 @@ class FineTuner:
 
         Args:
             images: uint8 [N, H, W, 3] in [0, 255] or float [N, H, W, 3] in
-                [0, 1] (numpy or tensor), any H, W.
+                [0, 1] (numpy or tensor), any H, W; one image [H, W, 3] is
+                a batch of one.
 
         Returns:
             float32 numpy [N, num_classes], rows summing to 1.
+
+        Raises:
+            ValueError: for images of another shape.
         """
         self._require_model()
+        shape = tuple(np.shape(images))
+        if len(shape) == 3:
+            images, shape = images[None], (1, *shape)
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(
+                "Invalid value for `images`. Expected RGB images [N, H, W, 3] (or one "
+                f"[H, W, 3]). Received: images of shape {shape}.")
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(
             batch_size or self.config.batch_size)
         return self._probabilities(dataset)

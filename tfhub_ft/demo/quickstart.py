@@ -397,10 +397,13 @@ def run_quickstart(work_dir, config=QuickstartConfig(), verbose=0):
         head_learning_rate=config.head_learning_rate,
         fine_tune_epochs=config.fine_tune_epochs,
         fine_tune_learning_rate=config.fine_tune_learning_rate)
+    # Random weights have no features to find near-duplicates with: their
+    # cosine similarities are all high (98 of 180 images flagged), so that
+    # arm only flags identical features.
     scratch_config = common.replace(
         head_epochs=0, fine_tune_epochs=total_epochs,
         fine_tune_learning_rate=config.scratch_learning_rate,
-        batch_norm_trainable=True)
+        batch_norm_trainable=True, near_duplicate_threshold=1.0)
     os.makedirs(work_dir, exist_ok=True)
 
     pretrained = pretrain_backbone(
