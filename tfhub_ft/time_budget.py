@@ -202,7 +202,7 @@ def estimate_reserve(frozen_seconds, frozen_images, validation_images, load_seco
               f"{config_lib.TIME_BUDGET_EXPORT_PER_LOAD:g}x the {load_seconds:.1f} s the "
               "backbone took to load)")
     if extra_s:
-        reason += f", {extra_s:.1f} s more asked by the caller"
+        reason += f", {extra_s:.1f} s for what runs after fit"
     return validation + export + extra_s, reason
 
 

@@ -282,8 +282,8 @@ class FineTuner:
                 self._reserve_time(time_budget, self._clock() - frozen_start, len(train_set),
                                    len(frozen.train_features), len(validation_set),
                                    budget_reserve_s, cached_scoring=frozen.split is not None)
-            head_timer = self._phase_timer("head", time_budget, "loading and the frozen pass",
-                                           timers, plans)
+            head_timer = self._phase_timer(
+                "head", time_budget, "start-up, loading and the frozen pass", timers, plans)
             with self._stage("head"):
                 over_budget = "head" in plans and plans["head"].over_budget
                 head_history = recipe.train_head(
@@ -293,7 +293,8 @@ class FineTuner:
                     callbacks=self._phase_callbacks("head", tensorboard_dir, callbacks),
                     phase_timer=head_timer)
             fine_tune_timer = self._phase_timer(
-                "fine_tune", time_budget, "loading, the frozen pass and phase 1", timers, plans)
+                "fine_tune", time_budget, "start-up, loading, the frozen pass and phase 1",
+                timers, plans)
             with self._stage("fine_tune") as stage:
                 if not self.config.fine_tune_epochs:
                     stage["skipped"] = "fine_tune_epochs=0"
