@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests import fixtures
-from tfhub_ft import FineTuneConfig, data
+from tfhub_ft import FineTuneConfig, data, image_files
 
 
 def test_list_image_folder_ignores_other_files(image_folders):
@@ -325,6 +325,16 @@ def test_scan_lists_webp_jfif_links_nested_and_logs_what_it_leaves_out(tmp_path,
                      "loop (folder already listed", "dangling.jpg (broken link)"]:
         assert expected in caplog.text
     assert any(r.levelname == "WARNING" and "Left out" in r.message for r in caplog.records)
+
+
+def test_files_left_out_for_one_reason_are_grouped(caplog):
+    outside = [(f"top/{n}.jpg", "a file outside the class folders") for n in range(5)]
+    line = image_files.listing_by_reason(outside + [("a/notes.txt", "not an image")], "x")
+    assert line == ("a file outside the class folders (5): top/0.jpg, top/1.jpg, top/2.jpg "
+                    "and 2 more; a/notes.txt (not an image) (DEBUG logging, `--verbosity=2` "
+                    "in the command, lists them all)")
+    assert image_files.listing_by_reason(outside[:2], "x") == (
+        "a file outside the class folders (2): top/0.jpg, top/1.jpg")
 
 
 # Issue 9, kind 4: every bad file is named with its reason, before training.

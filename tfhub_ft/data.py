@@ -128,14 +128,12 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     logger.info("Found %d images in %s (%s)%s%s", len(paths),
                 image_files.display_path(directory), ", ".join(counts),
                 f", {nested} nested folder(s) searched" if nested else "",
-                f"; left out {len(quiet)}: " + image_files.listing(
-                    (f"{image_files.display_path(p)} ({why})" for p, why in quiet),
-                    "files left out") if quiet else "")
+                f"; left out {len(quiet)}: " + image_files.listing_by_reason(
+                    quiet, "files left out") if quiet else "")
     if alarming:
         logger.warning("Left out %d file(s) or folder(s) in %s: %s", len(alarming),
-                       image_files.display_path(directory), image_files.listing(
-                           (f"{image_files.display_path(p)} ({why})" for p, why in alarming),
-                           "files or folders left out"))
+                       image_files.display_path(directory), image_files.listing_by_reason(
+                           alarming, "files or folders left out"))
     return paths, np.asarray(labels, np.int32), class_names
 
 

@@ -49,6 +49,35 @@ def listing(entries, what):
             "more (DEBUG logging, `--verbosity=2` in the command, lists them all)")
 
 
+def listing_by_reason(left_out, what, per_reason=3):
+    """Joins (path, why) pairs for a log line, grouped by reason.
+
+    A reason given once reads "path (why)"; one shared by several files
+    "why (count): path, path, path and N more", naming `per_reason` of them,
+    so that ten files left out for the same reason do not repeat it ten
+    times. When some are not named, all are logged at DEBUG as in `listing`.
+    """
+    left_out = list(left_out)
+    groups = {}
+    for path, why in left_out:
+        groups.setdefault(why, []).append(display_path(path))
+    parts, unnamed = [], 0
+    for why, paths in groups.items():
+        if len(paths) == 1:
+            parts.append(f"{paths[0]} ({why})")
+            continue
+        named = ", ".join(paths[:per_reason])
+        if len(paths) > per_reason:
+            named += f" and {len(paths) - per_reason} more"
+            unnamed += len(paths) - per_reason
+        parts.append(f"{why} ({len(paths)}): {named}")
+    if not unnamed:
+        return "; ".join(parts)
+    logger.debug("All %d %s: %s", len(left_out), what,
+                 "; ".join(f"{display_path(path)} ({why})" for path, why in left_out))
+    return "; ".join(parts) + " (DEBUG logging, `--verbosity=2` in the command, lists them all)"
+
+
 @dataclasses.dataclass
 class FolderScan:
     """What `scan_class_folder` found.
