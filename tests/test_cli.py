@@ -59,6 +59,9 @@ def test_flags_parse_into_a_config():
     args = cli.build_parser().parse_args(["train", "--deterministic=false",
                                           "--augmentation=flip"])
     assert cli.config_from_args(args) == FineTuneConfig(augmentation=("flip",))
+    # The help writes the empty default as "none", which parses back to it.
+    args = cli.build_parser().parse_args(["train", "--preset=thorough", "--augmentation=none"])
+    assert cli.config_from_args(args).augmentation == ()
 
 
 def test_preset_flag_starts_from_the_preset_and_explicit_flags_win():

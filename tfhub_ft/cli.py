@@ -133,6 +133,9 @@ def _value_parser(annotation):
         parse, metavar = _value_parser(item)
 
         def parse_sequence(text):
+            # "none", as the help writes the empty default, is the empty tuple.
+            if str(text).strip().lower() == "none":
+                return ()
             return tuple(parse(part.strip()) for part in str(text).split(",") if part.strip())
         return parse_sequence, f"{metavar},..."
     if origin is typing.Literal:
@@ -157,7 +160,7 @@ def _value_parser(annotation):
 
 def _format_default(value):
     if isinstance(value, tuple):
-        return ",".join(map(str, value))
+        return ",".join(map(str, value)) or "none"
     if value is None:
         return "none"
     return str(value)
@@ -199,8 +202,8 @@ def add_config_flags(parser, config_class=config_lib.FineTuneConfig):
                            or "the defaults below")
             for name, changes in presets.items())
         group.add_argument("--preset", default="default", choices=sorted(presets),
-                           help=f"Named recipe the flags below start from ({described}); "
-                                "a flag given explicitly wins (default: default).")
+                           help=f"Named recipe the flags below start from, `default` "
+                                f"unless given ({described}); a flag given explicitly wins.")
     for flag in config_flags(config_class):
         name, text = flag["name"], flag["help"]
         text = f"{text} (default: {_format_default(flag['default'])})"
