@@ -118,6 +118,30 @@ def test_tfds_offline_error(tmp_path):
         data.load_images("no_such_dataset_xyz", 8, data_dir=str(tmp_path))
 
 
+def test_tfds_download_is_announced_and_its_prints_go_to_stderr(monkeypatch, capsys, caplog):
+    import tensorflow_datasets as tfds
+
+    class Unprepared:
+        data_dir = "/nowhere/tf_flowers/3.0.1"
+
+        def is_prepared(self):
+            return False
+
+    def offline_load(*args, **kwargs):
+        print("Downloading and preparing dataset 218.21 MiB")
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Unprepared())
+    monkeypatch.setattr(tfds, "load", offline_load)
+    with caplog.at_level("INFO", logger="tfhub_ft.data"):
+        with pytest.raises(ValueError, match=r"pass its folder as `data_dir` \(`--data_dir` "):
+            data.load_images("tf_flowers", 8)
+    assert "not prepared in /nowhere/tf_flowers/3.0.1: downloading" in caplog.text
+    assert "about 3 minutes" in caplog.text
+    out, err = capsys.readouterr()
+    assert out == "" and "Downloading and preparing" in err
+
+
 # Issue 10: tf.data and TFDS sources stream into the budget's arrays.
 def _stream_source(count=600, seed=0):
     """(dataset of uint8 [10, 12, 3] images and labels in [0, 3), its images

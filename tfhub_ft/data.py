@@ -4,9 +4,11 @@ Every source becomes an `ImageSet`: images decoded and resized once to the
 backbone's size and kept as uint8, so epochs never decode a JPEG again.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -408,8 +410,17 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
     try:
         import tensorflow_datasets as tfds
 
-        dataset, info = tfds.load(name, split=split, data_dir=data_dir,
-                                  with_info=True, as_supervised=True)
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            # TFDS retries a download with backoff for about 3 minutes
+            # before it fails: say so before the wait, not after it.
+            logger.info("The TFDS dataset %r is not prepared in %s: downloading and "
+                        "preparing it (without network access this fails after about 3 "
+                        "minutes of retries).", name, builder.data_dir)
+        # TFDS prints its progress with print(): stdout is for results.
+        with contextlib.redirect_stdout(sys.stderr):
+            dataset, info = tfds.load(name, split=split, data_dir=data_dir,
+                                      with_info=True, as_supervised=True)
     except Exception as error:
         missing = _missing_module(error)
         if missing is not None:
@@ -426,7 +437,8 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
         raise ValueError(
             f"Could not load the TFDS dataset {name!r} (split {split!r}): "
             f"{error}. Offline, prepare it on a machine with network access "
-            "and pass its folder as `data_dir`, or use an image folder."
+            "and pass its folder as `data_dir` (`--data_dir` in the command), or use "
+            "an image folder (`--image_dir`)."
         ) from error
     label_feature = info.features[info.supervised_keys[1]]
     class_names = list(getattr(label_feature, "names", None) or
