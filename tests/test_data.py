@@ -300,6 +300,24 @@ def test_match_classes_relabels_and_rejects_unknown():
     assert matched.labels.tolist() == [1, 2]
     with pytest.raises(ValueError, match=r"validation data has class\(es\) \['c'\]"):
         data.match_classes(image_set, ["a", "b"], "validation")
+    with pytest.raises(ValueError, match=r"\['C'\] that the training data does not have "
+                       r"\(\['b', 'c'\]\): 'C' is 'c' but for case\. Use the same"):
+        data.match_classes(data.ImageSet(image_set.images, image_set.labels, ["b", "C"]),
+                           ["b", "c"], "validation")
+
+
+def test_class_folders_are_compared_before_anything_is_decoded(tiny_backbone_path, tmp_path,
+                                                               monkeypatch):
+    for folder in ("train/hat", "train/dress", "validation/Hat", "validation/dress"):
+        (tmp_path / folder).mkdir(parents=True)
+    with pytest.raises(ValueError, match="'Hat' is 'hat' but for case"):
+        data.check_class_folders(tmp_path / "train", tmp_path / "validation")
+    # FineTuner.load_data checks them first: nothing is decoded.
+    from tfhub_ft import FineTuner
+    tuner = FineTuner(tiny_backbone_path, image_size=32)
+    monkeypatch.setattr(data, "load_images", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(ValueError, match="'Hat' is 'hat' but for case"):
+        tuner.load_data(str(tmp_path / "train"), str(tmp_path / "validation"))
 
 
 def test_to_dataset_one_hot_batches():

@@ -608,16 +608,39 @@ def load_images(source, image_size, class_names=None, split="train",
         f"{type(source).__name__}")
 
 
+def _check_known_classes(found, class_names, name):
+    """Raises ValueError naming the classes of `found` the training data lacks
+    (and which of them differ from a training class only in case)."""
+    unknown = sorted(set(found) - set(class_names))
+    if not unknown:
+        return
+    by_case = {known.lower(): known for known in class_names}
+    near = [f"{c!r} is {by_case[c.lower()]!r} but for case" for c in unknown
+            if c.lower() in by_case]
+    raise ValueError(
+        f"The {name} data has class(es) {unknown} that the training data "
+        f"does not have ({list(class_names)}){': ' + ', '.join(near) if near else ''}. "
+        "Use the same class folders in both.")
+
+
+def check_class_folders(train_dir, validation_dir, name="validation"):
+    """Before anything is decoded: the class folders of `validation_dir`
+    must be among those of `train_dir` (`match_classes`' check, early).
+
+    Raises:
+        ValueError: naming the classes the training folder lacks.
+    """
+    def class_folders(directory):
+        return [image_files.display_path(entry) for entry in os.listdir(directory)
+                if not entry.startswith(".") and os.path.isdir(os.path.join(directory, entry))]
+    _check_known_classes(class_folders(validation_dir), class_folders(train_dir), name)
+
+
 def match_classes(image_set: ImageSet, class_names, name) -> ImageSet:
     """Relabels `image_set` to the training classes, which must agree."""
     if list(image_set.class_names) == list(class_names):
         return image_set
-    unknown = sorted(set(image_set.class_names) - set(class_names))
-    if unknown:
-        raise ValueError(
-            f"The {name} data has class(es) {unknown} that the training data "
-            f"does not have ({list(class_names)}). Use the same class "
-            "folders in both.")
+    _check_known_classes(image_set.class_names, class_names, name)
     mapping = np.asarray([list(class_names).index(c) for c in image_set.class_names],
                          np.int32)
     return ImageSet(image_set.images, mapping[image_set.labels], list(class_names),

@@ -169,6 +169,9 @@ class FineTuner:
         # images choose it (config.choose_image_size), validation follows.
         size = None if self._image_size_from_data else self.image_size
         budget = budget or self._new_budget()
+        if all(isinstance(source, (str, os.PathLike)) and os.path.isdir(source)
+               for source in (train, validation)):
+            data_lib.check_class_folders(train, validation)
         is_tfds = data_lib.is_tfds_name(train)
         train_set = data_lib.load_images(train, size, class_names, split="train",
                                          data_dir=data_dir, budget=budget, config=self.config)
