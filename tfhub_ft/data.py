@@ -235,9 +235,9 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
         image_size = choose_image_size(sides)
         if sides:
             logger.info("Image size %d: the median training image's shorter side is %d px "
-                        "(image_size=%d by default, %d under %d px; pass image_size to choose)",
-                        image_size, sorted(sides)[len(sides) // 2], DEFAULT_IMAGE_SIZE,
-                        SMALL_IMAGE_SIZE, SMALL_IMAGE_SIDE)
+                        "(chosen: %d px, or %d when that side is under %d px; set `image_size` "
+                        "to choose)", image_size, sorted(sides)[len(sides) // 2],
+                        DEFAULT_IMAGE_SIZE, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIDE)
     reasons = {c.path: c.problem for c in checks if c.problem}
     notes = [c for c in checks if c.note]
     if notes:

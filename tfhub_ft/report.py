@@ -349,7 +349,8 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
     with open(join(SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(_jsonable(content), f, indent=2)
     written[SUMMARY_FILE] = join(SUMMARY_FILE)
-    logger.info("Wrote the report to %s (%s)", report_dir, ", ".join(sorted(written)))
+    logger.info("Wrote the report to %s (%s)", os.path.abspath(report_dir),
+                ", ".join(sorted(written)))
     return written
 
 

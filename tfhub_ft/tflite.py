@@ -371,10 +371,10 @@ def export_tflite(model, image_size, export_dir, mode, representative_images=Non
         json.dump(report, f, indent=2)
         f.write("\n")
     logger.info(
-        "TFLite %s model, %d bytes: top-1 agreement with the SavedModel %.4f on %d "
+        "TFLite %s model, %s bytes: top-1 agreement with the SavedModel %.4f on %d "
         "validation images (%d changed class, %d of them near ties), accuracy %.4f "
         "(SavedModel %.4f), largest probability difference %.4f, %.2f ms per image.",
-        mode, report["tflite_bytes"], report["top1_agreement"], report["images"],
+        mode, f"{report['tflite_bytes']:,}", report["top1_agreement"], report["images"],
         report["changed_images"], report["changed_near_ties"], report["tflite_accuracy"],
         report["saved_model_accuracy"], report["max_probability_difference"],
         report["tflite_latency_ms"])
