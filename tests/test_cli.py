@@ -239,6 +239,18 @@ def test_unexpected_errors_keep_their_traceback(run_in_process, monkeypatch):
         run_in_process(["train"])
 
 
+def test_an_interrupted_run_says_how_to_resume(run_in_process, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "train", interrupted)
+    assert run_in_process(["train", "--work_dir=runs/my run"]) == 130
+    assert capsys.readouterr().err == (
+        "tfhub_ft: interrupted; the same command resumes it from --work_dir='runs/my run'\n")
+    assert run_in_process(["train"]) == 130
+    assert capsys.readouterr().err == "tfhub_ft: interrupted\n"
+
+
 def test_predict_and_inspect_call_their_modules(run_in_process, monkeypatch, capsys):
     import types
     calls = []

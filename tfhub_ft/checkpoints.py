@@ -278,7 +278,8 @@ def _check_same_run(path, recorded, identity):
             differences.append(f"{key}: {recorded.get(key)!r} -> {identity.get(key)!r}")
     raise ValueError(
         f"The work_dir {path!r} holds a different run ({'; '.join(differences)}). "
-        "Rerun with the same options and data to resume it, or pass a new work_dir.")
+        "Rerun with the same options and data to resume it, or pass a new work_dir "
+        "(`--work_dir` in the command).")
 
 
 class PhaseCheckpoint:

@@ -768,6 +768,7 @@ def main(argv=None):
     started = time.monotonic()  # where `train --time_budget` counts from
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = None
     try:
         if command in DELEGATED_COMMANDS:
             verbosity = _verbosity_of(argv)
@@ -788,7 +789,10 @@ def main(argv=None):
         print(_one_line(command, error), file=sys.stderr, flush=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        work_dir = getattr(args, "work_dir", None)
+        resume = (f"; the same command resumes it from --work_dir={shlex.quote(work_dir)}"
+                  if work_dir else "")
+        print(f"{PROG}: interrupted{resume}", file=sys.stderr)
         return 130
 
 
