@@ -623,8 +623,11 @@ def _train(args):
 def _evaluate(args):
     _check_folder("image_dir", args.image_dir)
     if not os.path.isdir(args.model):
+        tflite = (" A .tflite file is scored against its SavedModel when it is exported "
+                  "(tflite_parity.json beside it), and `tfhub_ft predict` runs it on files."
+                  if args.model.endswith(".tflite") else "")
         raise ValueError(f"Invalid value for `model`. Expected an export folder. Received: "
-                         f"model={args.model!r}, which is not a folder.")
+                         f"model={args.model!r}, which is not a folder.{tflite}")
     _check_writable("report_dir", args.report_dir)
     from tfhub_ft import evaluation
 

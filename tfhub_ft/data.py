@@ -127,7 +127,7 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     alarming = [(p, why) for p, why in left_out if "cannot decode" in why
                 or "link" in why or "cannot be read" in why]
     quiet = [item for item in left_out if item not in alarming]
-    logger.info("Found %d images in %s (%s)%s%s", len(paths),
+    logger.info("Found %d image files in %s (%s)%s%s", len(paths),
                 image_files.display_path(directory), ", ".join(counts),
                 f", {nested} nested folder(s) searched" if nested else "",
                 f"; left out {len(quiet)}: " + image_files.listing_by_reason(
@@ -250,8 +250,9 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
         [paths[i] for i in usable], image_size, budget, config.max_image_pixels,
         config.exif_orientation)
     decode_seconds = time.perf_counter() - start
-    logger.info("Decoded %d images in %.1f s", len(kept), decode_seconds)
     reasons.update(decode_reasons)
+    logger.info("Decoded %d images in %.1f s%s", len(kept), decode_seconds,
+                f" ({len(reasons)} of the {len(paths)} files skipped)" if reasons else "")
     kept = np.asarray(usable, np.int64)[kept]
     skipped = [p for p in paths if p in reasons]
     if skipped:
