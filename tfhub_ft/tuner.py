@@ -243,9 +243,14 @@ class FineTuner:
         self.time_plan = None
         self.stage_seconds = {}
         budget = self._new_budget()
-        with self._stage("load"):
+        with self._stage("load") as note:
+            started = time.perf_counter()
             train_set, validation_set = self.load_data(
                 train, validation, validation_split, class_names, data_dir, budget)
+            if self._decode_seconds:
+                note["detail"] = (f"listing and checking the files "
+                                  f"{time.perf_counter() - started - self._decode_seconds:.1f} "
+                                  f"s, decoding {self._decode_seconds:.1f} s")
         # "load" is listing and checking the files; "decode", decoding them.
         self.stage_seconds["decode"] = self._decode_seconds
         self.stage_seconds["load"] -= self._decode_seconds
@@ -398,14 +403,16 @@ class FineTuner:
     @contextlib.contextmanager
     def _stage(self, name):
         """Times a stage; the body may set the yielded dict's "skipped" to
-        the reason the stage did nothing, which the line then says."""
+        the reason the stage did nothing, or its "detail" to what the time
+        went to, which the line then says."""
         start, note = time.perf_counter(), {}
         yield note
         self.stage_seconds[name] = time.perf_counter() - start
         if note.get("skipped"):
             logger.info("Stage %s skipped (%s)", name, note["skipped"])
         else:
-            logger.info("Stage %s done in %.1f s", name, self.stage_seconds[name])
+            logger.info("Stage %s done in %.1f s%s", name, self.stage_seconds[name],
+                        f" ({note['detail']})" if note.get("detail") else "")
 
     @staticmethod
     def _phase_callbacks(phase, tensorboard_dir, callbacks):
