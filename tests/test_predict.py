@@ -101,6 +101,14 @@ def test_errors_name_the_file_problem(export_dir, photos):
     assert missing[0]["error"].startswith("FileNotFoundError: ")
 
 
+def test_an_empty_file_is_said_so_as_in_training(export_dir, photos, tmp_path):
+    _, paths, _ = photos
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    rows = predict.predict_files(export_dir, [str(tmp_path / "empty.jpg"), paths[0]],
+                                 verbose=False)
+    assert [row["error"] for row in rows] == ["empty (0 bytes)", ""]
+
+
 def test_error_text_keeps_the_reason_and_drops_the_wrapping():
     from tfhub_ft.predict import _error_text
 

@@ -224,10 +224,15 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
         for path in paths[start:start + batch_size]:
             row = {"path": path, "classes": [], "probabilities": [], "error": ""}
             try:
-                encoded.append(_read(path))
-                readable.append(row)
+                data = _read(path)
             except OSError as error:
                 row["error"] = _error_text(error)
+            else:
+                if data:
+                    encoded.append(data)
+                    readable.append(row)
+                else:
+                    row["error"] = "empty (0 bytes)"  # As training's file check says it.
             batch_rows.append(row)
         if encoded:
             for row, probabilities in zip(readable, _predict_or_isolate(classifier, encoded, readable)):
