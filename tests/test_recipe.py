@@ -263,7 +263,7 @@ def test_estimate_reserve_from_the_frozen_pass_and_the_load():
     validation = 0.002 * 100 + config.TIME_BUDGET_TRACE_S
     export = config.TIME_BUDGET_EXPORT_BASE_S + config.TIME_BUDGET_EXPORT_PER_LOAD * 3.0
     assert seconds == pytest.approx(validation + export + 0.5)
-    assert "100 images at the frozen pass's 2.0 ms" in reason and "0.5 s more" in reason
+    assert "100 images at the frozen pass's 2.0 ms" in reason and "0.5 s for what runs after fit" in reason
     # Scored from the cached boundary tensors: a share of that, the top only.
     cached, reason = time_budget.estimate_reserve(2.0, 1000, 100, 3.0, cached_scoring=True)
     assert cached == pytest.approx(
