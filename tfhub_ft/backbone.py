@@ -595,10 +595,10 @@ class HubBackbone(keras.layers.Layer):
         `cost` (default: at WARNING and above); returns (None, reason)."""
         if reason not in self._split_warnings:
             self._split_warnings.add(reason)
-            cost = (" (about 3-5x slower per fine-tuning step)"
-                    if (level >= logging.WARNING if cost is None else cost) else "")
+            say_cost = level >= logging.WARNING if cost is None else cost
             logger.log(level, "Not splitting %s: %s; fine-tuning runs the whole "
-                       "module forward each step%s.", self.hub_handle, reason, cost)
+                       "module forward each step%s.", self.hub_handle, reason,
+                       " (about 3-5x slower per fine-tuning step)" if say_cost else "")
         return None, reason
 
     def get_config(self):

@@ -394,7 +394,8 @@ _OPTION_VALUE = None
 
 
 def _train_flag_names():
-    """The option names (`dest`) of `tfhub_ft train`'s flags, read from its parser."""
+    """The option names (`dest`) of `tfhub_ft train`'s flags, read from its
+    parser (argparse lists a parser's actions only in `_actions`)."""
     commands = next(action for action in build_parser()._actions
                     if isinstance(action, argparse._SubParsersAction))
     return {action.dest for action in commands.choices["train"]._actions

@@ -375,8 +375,8 @@ def main(argv=None):
     # A ValueError (bad folder, model or top_k) reaches the command, which
     # prints it as one line and exits with status 2.
     paths = list_image_files(args.images)
-    check_output(args.output, args.model, paths)
     model = load_classifier(args.model)
+    check_output(args.output, args.model, paths)
     rows = predict_files(model, paths, args.top_k, args.batch_size)
     write_csv(rows, args.output, args.top_k)
     logger.info("Wrote %d row%s to %s", len(rows), "" if len(rows) == 1 else "s",
