@@ -358,6 +358,8 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     assert os.listdir(scratch) == []
     assert re.search(r"^suggested_learning_rate=\S+ \(--head_learning_rate=\S+\)$",
                      done.stdout, re.MULTILINE)
+    # stdout holds results; how the rate was chosen is a log line.
+    assert "How the rate was chosen" in done.stderr and "chosen" not in done.stdout
     assert os.path.getsize(tmp_path / "lr_find.png") > 0
 
 

@@ -671,7 +671,8 @@ def _lr_find(args):
         max_learning_rate=args.max_learning_rate, steps=args.steps, plot_path=args.plot_path)
     flag = "head_learning_rate" if args.phase == "head" else "fine_tune_learning_rate"
     print(f"suggested_learning_rate={finding.suggestion:.2e} (--{flag}={finding.suggestion:.2e})")
-    print(f"rule: {finding.rule}")
+    # How it was chosen is an explanation, not a result: the log, not stdout.
+    logger.info("How the rate was chosen: %s", finding.rule)
     print("plot", os.path.abspath(finding.plot_path))
     return 0
 
