@@ -341,9 +341,13 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     # A folder with some of the classes: the others are shown without recall.
     for name in names[:2]:
         shutil.copytree(os.path.join(validation, name), tmp_path / "some" / name)
+    (tmp_path / "some" / names[0] / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 60)
     done = _command("evaluate", f"--model={tmp_path / 'export'}",
                     f"--image_dir={tmp_path / 'some'}")
     assert done.returncode == 0, done.stderr
+    # A file that cannot be decoded is skipped with its reason.
+    assert re.search(r"Skipped 1 file\(s\) that could not be decoded as images: \S+cut\.jpg "
+                     r"\(the file is a truncated JPEG file", done.stderr), done.stderr
     assert re.search(rf"^{names[2]} +[\d.]+ +- +- +0$", done.stdout, re.MULTILINE), done.stdout
     assert "1 of the model's classes have no image here" in done.stdout
 

@@ -110,7 +110,7 @@ def test_an_empty_file_is_said_so_as_in_training(export_dir, photos, tmp_path):
 
 
 def test_error_text_keeps_the_reason_and_drops_the_wrapping():
-    from tfhub_ft.predict import _error_text
+    from tfhub_ft.predict import error_text
 
     def op_error(message):
         return tf.errors.InvalidArgumentError(None, None, message)
@@ -119,12 +119,12 @@ def test_error_text_keeps_the_reason_and_drops_the_wrapping():
              "[[{{node DecodeImage}}]] [Op:__inference_signature_wrapper_8030]")
     eager = ("{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0/task:0/"
              "device:CPU:0}} Invalid PNG data, size 12432 [Op:DecodeImage] name: ")
-    assert _error_text(op_error(graph)) == "InvalidArgumentError: Invalid PNG data, size 12432"
-    assert _error_text(op_error(eager)) == "InvalidArgumentError: Invalid PNG data, size 12432"
-    assert _error_text(op_error("assertion failed: [image_bytes[0] is odd")) == (
+    assert error_text(op_error(graph)) == "InvalidArgumentError: Invalid PNG data, size 12432"
+    assert error_text(op_error(eager)) == "InvalidArgumentError: Invalid PNG data, size 12432"
+    assert error_text(op_error("assertion failed: [image_bytes[0] is odd")) == (
         "the file is odd")
     # Not TensorFlow's: type and first line, whatever the text holds.
-    assert _error_text(FileNotFoundError(2, "No such file", "assertion failed: [x].jpg")) == (
+    assert error_text(FileNotFoundError(2, "No such file", "assertion failed: [x].jpg")) == (
         "FileNotFoundError: [Errno 2] No such file: 'assertion failed: [x].jpg'")
 
 

@@ -37,7 +37,7 @@ def evaluate_export(export_dir, image_dir, batch_size=32):
     import tensorflow as tf
 
     from tfhub_ft import checks
-    from tfhub_ft import data, export, report
+    from tfhub_ft import data, export, image_files, predict, report
 
     batch_size = checks.check_integer("batch_size", batch_size, 1)
     try:
@@ -60,7 +60,7 @@ def evaluate_export(export_dir, image_dir, batch_size=32):
         raise ValueError(
             f"Invalid value for `model`. Expected a SavedModel with a `serving_default` "
             f"signature. Received: {export_dir!r} ({error}).") from error
-    probabilities, kept, skipped = [], [], []
+    probabilities, kept, skipped, reasons = [], [], [], []
     for start in range(0, len(paths), batch_size):
         chunk = list(range(start, min(start + batch_size, len(paths))))
         try:
@@ -72,11 +72,14 @@ def evaluate_export(export_dir, image_dir, batch_size=32):
                 try:
                     probabilities.append(_serve(serve, [paths[index]]))
                     kept.append(index)
-                except tf.errors.InvalidArgumentError:
+                except tf.errors.InvalidArgumentError as error:
                     skipped.append(paths[index])
+                    reasons.append(predict.error_text(error))
     if skipped:
         logger.warning("Skipped %d file(s) that could not be decoded as images: %s",
-                       len(skipped), ", ".join(skipped))
+                       len(skipped), image_files.listing(
+                           (f"{image_files.display_path(path)} ({reason})"
+                            for path, reason in zip(skipped, reasons)), "files skipped"))
     if not kept:
         raise ValueError(f"No image in {image_dir!r} could be decoded.")
     probabilities = np.concatenate(probabilities).astype(np.float32)

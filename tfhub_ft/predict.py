@@ -148,7 +148,7 @@ def _read(path):
         return f.read()
 
 
-def _error_text(error):
+def error_text(error):
     """The reason a file was not classified, on one line.
 
     A decode check of the export fails as an assertion whose message is the
@@ -226,7 +226,7 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
             try:
                 data = _read(path)
             except OSError as error:
-                row["error"] = _error_text(error)
+                row["error"] = error_text(error)
             else:
                 if data:
                     encoded.append(data)
@@ -255,7 +255,7 @@ def _predict_or_isolate(classifier, encoded, rows):
         return list(classifier.predict_batch(encoded))
     except tf.errors.OpError as error:
         if len(encoded) == 1:
-            rows[0]["error"] = _error_text(error)
+            rows[0]["error"] = error_text(error)
             return [None]
     return [_predict_or_isolate(classifier, [data], [row])[0]
             for data, row in zip(encoded, rows)]
