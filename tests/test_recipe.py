@@ -561,6 +561,29 @@ def test_early_stopping_from_start_says_which_weights_it_kept(losses, expected, 
         np.testing.assert_array_equal(model.get_weights()[0], start_weights[0])
 
 
+def test_an_untrained_head_is_not_a_start_to_go_back_to(caplog):
+    from tfhub_ft.recipe import EarlyStoppingFromStart
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 3)).astype(np.float32)
+    y = rng.random((8, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input([3]), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    callback = EarlyStoppingFromStart(_Batches(x, y), patience=5, count_start=False)
+    callback.set_model(model)
+    callback.set_params({"epochs": 2})
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.recipe"):
+        callback.on_train_begin()
+        # Both epochs worse than the start would have been: the better one is kept.
+        for epoch, loss in enumerate([50.0, 60.0]):
+            model.layers[0].kernel.assign(np.full([3, 1], epoch + 1.0, np.float32))
+            callback.on_epoch_end(epoch, {"val_loss": loss})
+        callback.on_train_end()
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), np.ones([3, 1]))
+    assert [r.getMessage() for r in caplog.records if r.name == "tfhub_ft.recipe"] == [
+        "Phase 2 keeps the weights of its epoch 1 of 2 (the lowest validation loss, 50.0000)"]
+
+
 def test_the_fine_tune_plan_names_its_blocks_and_how_they_train(tiny_backbone_path, caplog):
     from tfhub_ft.backbone import HubBackbone
 

@@ -375,7 +375,9 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
 
     AdamW with a cosine decay from `fine_tune_learning_rate` to 0 over the
     phase, and early stopping on validation loss that restores the best
-    weights, the phase's starting weights included. With a split backbone
+    weights, the phase's starting weights included when phase 1 trained
+    the head (with `head_epochs=0` the start is an untrained head, which is
+    never kept). With a split backbone
     only the top runs, from the cached boundary tensors; otherwise the whole
     model runs on the images. Under a time budget (`phase_timer`) the
     cosine is a `ReplannableCosineDecay` that the timer's plans move to the
@@ -403,7 +405,8 @@ def fine_tune(model, frozen, train, validation, config, verbose="auto",
                     loss=classification_loss(config, train.labels, classes),
                     metrics=["accuracy"])
     callbacks = [EarlyStoppingFromStart(
-        validation_batches, patience=config.early_stopping_patience), *callbacks]
+        validation_batches, patience=config.early_stopping_patience,
+        count_start=config.head_epochs > 0), *callbacks]
     if phase_timer is not None:
         # First, so that it times early stopping's evaluation at the start.
         callbacks.insert(0, TimeBudgetCallback(phase_timer(
@@ -425,20 +428,27 @@ class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
     Args:
         validation_batches: The validation `arrays.BatchSource`.
         patience: Epochs without a better validation loss before stopping.
+        count_start: False where the start is not a model to go back to (an
+            untrained head: phase 1 did not run). Its validation loss, near
+            log(classes), can beat an epoch that is already far more
+            accurate; without it, the best epoch is kept.
     """
 
-    def __init__(self, validation_batches, patience):
+    def __init__(self, validation_batches, patience, count_start=True):
         super().__init__(monitor="val_loss", patience=patience,
                          restore_best_weights=True)
         self.validation_batches = validation_batches
+        self.count_start = count_start
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self.epochs_run = 0
+        if not self.count_start:
+            return
         self.best = self.start_loss = self.model.evaluate(
             self.validation_batches.dataset(), verbose=0, return_dict=True)["loss"]
         self.best_weights = self.model.get_weights()
         self.best_epoch = -1
-        self.epochs_run = 0
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
