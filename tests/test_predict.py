@@ -182,16 +182,41 @@ def test_an_output_that_would_overwrite_an_input_is_refused(export_dir, photos, 
         os.path.join(export_dir, "predictions.csv"): "which is inside the model's folder",
     }
     for output, problem in refused.items():
-        with pytest.raises(ValueError, match="Invalid value for `output`. Expected a CSV file "
-                           "outside the model's folder") as error:
+        with pytest.raises(ValueError, match="Invalid value for `output`. Expected a new CSV "
+                           "file outside the model's folder") as error:
             predict.check_output(output, export_dir, paths)
         assert problem in str(error.value)
     with pytest.raises(ValueError, match="inside the model's folder"):
         predict.check_output(os.path.join(export_dir, "p.csv"), tflite_file, paths)
     predict.check_output(str(tmp_path / "p.csv"), export_dir, paths)  # accepted
-    # Written under a temporary name and renamed: nothing else is left.
-    predict.write_csv([], tmp_path / "p.csv", 1)
-    assert sorted(os.listdir(tmp_path)) == ["p.csv"]
+    # A .tflite file copied into a folder of other things: the folder is not
+    # the model's, only the file and its labels are.
+    (tmp_path / "shared").mkdir()
+    lone = tmp_path / "shared" / "model.tflite"
+    lone.write_bytes(open(tflite_file, "rb").read())
+    (tmp_path / "shared" / "labels.txt").write_text("a\nb\nc\n")
+    predict.check_output(str(tmp_path / "shared" / "predictions.csv"), str(lone), paths)
+    for output in (lone, tmp_path / "shared" / "labels.txt"):
+        with pytest.raises(ValueError, match="which is the model or its labels"):
+            predict.check_output(str(output), str(lone), paths)
+
+
+def test_the_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    output = tmp_path / "p.csv"
+    output.write_text("earlier run\n")
+    rows = [{"path": "a.jpg", "classes": ["x"], "probabilities": [0.5], "error": ""}]
+
+    def broken_path(path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(predict.image_files, "display_path", broken_path)
+    with pytest.raises(OSError, match="disk full"):
+        predict.write_csv(rows, output, 1)
+    assert output.read_text() == "earlier run\n" and os.listdir(tmp_path) == ["p.csv"]
+    monkeypatch.undo()
+    predict.write_csv(rows, output, 1)
+    assert read_csv(output)[1] == ["a.jpg", "x", "0.500000", ""]
+    assert os.listdir(tmp_path) == ["p.csv"]
 
 
 @pytest.mark.slow

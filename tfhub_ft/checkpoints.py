@@ -199,7 +199,8 @@ class WorkDirectory:
                 raise ValueError(
                     f"The run in work_dir={self.path!r} fine-tuned the blocks "
                     f"{recorded}, but this run unfreezes {unfrozen_blocks}. Use "
-                    "the same backbone and `unfreeze_blocks`, or a new work_dir.")
+                    "the same backbone and `unfreeze_blocks`, or a new work_dir "
+                    "(`--work_dir` in the command).")
             self.state["unfrozen_blocks"] = unfrozen_blocks
         return PhaseCheckpoint(self, name)
 

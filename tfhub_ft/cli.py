@@ -550,12 +550,13 @@ def _check_outside_image_folders(args):
         real_folder = os.path.realpath(folder)
         for name in TRAIN_OUTPUT_FLAGS:
             value = getattr(args, name, None)
-            if value and os.path.commonpath(
+            if value and "://" not in value and os.path.commonpath(
                     [os.path.realpath(value), real_folder]) == real_folder:
                 raise ValueError(
                     f"Invalid value for `{name}`. Expected a folder outside `{folder_name}`: "
-                    f"inside it, the next run would read it as a class folder. Received: "
-                    f"{name}={value!r} in {folder_name}={folder!r}. Choose a folder beside it.")
+                    f"inside it, the next run would read its images as training images. "
+                    f"Received: {name}={value!r} in {folder_name}={folder!r}. Choose a "
+                    "folder beside it.")
 
 
 def _train(args):
@@ -645,8 +646,10 @@ def _evaluate(args):
         print(f"{row['class']:<{width}}  {row['precision']:9.4f}  {recall}  {f1}  "
               f"{row['support']:7d}")
     if absent:
-        print(f"({len(absent)} of the model's classes have no image here; the macro "
-              "average leaves them out unless they were predicted.)")
+        # An explanation, not a result: the log, not stdout.
+        logger.info("%d of the model's %d classes %s no image here (recall and F1 '-'); the "
+                    "macro average leaves them out unless they were predicted.", len(absent),
+                    len(result["class_names"]), "has" if len(absent) == 1 else "have")
     if args.report_dir:
         evaluation.write_evaluation_report(result, args.report_dir)
         print("report", os.path.abspath(args.report_dir))

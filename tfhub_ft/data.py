@@ -235,8 +235,8 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
         image_size = choose_image_size(sides)
         if sides:
             logger.info("Image size %d: the median training image's shorter side is %d px "
-                        "(chosen: %d px, or %d when that side is under %d px; set `image_size` "
-                        "to choose)", image_size, sorted(sides)[len(sides) // 2],
+                        "(%d px, or %d when the median shorter side is under %d px; set "
+                        "`image_size` to choose)", image_size, sorted(sides)[len(sides) // 2],
                         DEFAULT_IMAGE_SIZE, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIDE)
     reasons = {c.path: c.problem for c in checks if c.problem}
     notes = [c for c in checks if c.note]
@@ -627,6 +627,10 @@ def _check_known_classes(found, class_names, name):
 def check_class_folders(train_dir, validation_dir, name="validation"):
     """Before anything is decoded: the class folders of `validation_dir`
     must be among those of `train_dir` (`match_classes`' check, early).
+
+    Args:
+        train_dir, validation_dir: Image folders, one subfolder per class.
+        name: What `validation_dir` is, for the message.
 
     Raises:
         ValueError: naming the classes the training folder lacks.

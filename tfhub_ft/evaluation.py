@@ -7,6 +7,7 @@ model's.
 """
 
 import logging
+import os
 
 import numpy as np
 
@@ -74,7 +75,9 @@ def evaluate_export(export_dir, image_dir, batch_size=32):
                     kept.append(index)
                 except tf.errors.InvalidArgumentError as error:
                     skipped.append(paths[index])
-                    reasons.append(predict.error_text(error))
+                    # As training's file check and predict say it.
+                    reasons.append("empty (0 bytes)" if os.path.getsize(paths[index]) == 0
+                                   else predict.error_text(error))
     if skipped:
         logger.warning("Skipped %d file(s) that could not be decoded as images: %s",
                        len(skipped), image_files.listing(

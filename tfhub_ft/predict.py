@@ -273,14 +273,19 @@ def check_output(output, model, paths):
 
     Raises:
         ValueError: if `output` is a folder, one of the images or an image
-            file, or inside the model's export folder (the folder of a
-            .tflite file).
+            file, inside the model's export folder (a SavedModel's folder, or
+            a .tflite file's when it holds the SavedModel too), or the
+            .tflite file or the labels.txt beside it.
     """
+    from tfhub_ft import export as export_lib
     from tfhub_ft import preprocessing
     output, model = os.fspath(output), os.fspath(model)
     real = os.path.realpath(output)
     model_dir = os.path.realpath(model if os.path.isdir(model) else os.path.dirname(
         os.path.abspath(model)))
+    # A .tflite file alone in a folder of other things does not own it.
+    owns_folder = os.path.isdir(model) or os.path.isfile(
+        os.path.join(model_dir, "saved_model.pb"))
     problem = None
     if os.path.isdir(output):
         problem = "which is a folder"
@@ -288,12 +293,15 @@ def check_output(output, model, paths):
         problem = "which is one of the images to classify"
     elif output.lower().endswith(preprocessing.IMAGE_EXTENSIONS):
         problem = "which is named as an image file"
-    elif os.path.commonpath([real, model_dir]) == model_dir:
+    elif owns_folder and os.path.commonpath([real, model_dir]) == model_dir:
         problem = f"which is inside the model's folder {model_dir!r}"
+    elif real in {os.path.realpath(model),
+                  os.path.join(model_dir, export_lib.LABELS_FILE)}:
+        problem = "which is the model or its labels"
     if problem:
         raise ValueError(
-            f"Invalid value for `output`. Expected a CSV file outside the model's "
-            f"folder, such as predictions.csv. Received: output={output!r}, {problem}.")
+            f"Invalid value for `output`. Expected a new CSV file outside the model's "
+            f"folder. Received: output={output!r}, {problem}.")
 
 
 def write_csv(rows, output, top_k):

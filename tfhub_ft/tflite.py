@@ -313,8 +313,8 @@ def compare_predictions(tflite_probabilities, saved_probabilities, labels):
         [0, 1]), max_probability_difference (largest absolute difference
         of any class probability), changed_images (images whose top-1
         class differs), changed_near_ties (of those, the ones whose
-        SavedModel top-2 probability margin is under near_tie_margin,
-        `NEAR_TIE_MARGIN`).
+        SavedModel top-2 probability margin is under near_tie_margin),
+        near_tie_margin (`NEAR_TIE_MARGIN`).
     """
     tflite_top1 = tflite_probabilities.argmax(-1)
     saved_top1 = saved_probabilities.argmax(-1)

@@ -160,7 +160,9 @@ class FineTuner:
         Raises:
             ValueError: when a held-out split would be empty (every class
                 has fewer than 2 images), or with `on_bad_image="error"`
-                and a bad file, or for an infinite tf.data source. A class
+                and a bad file, or for an infinite tf.data source, or when
+                the validation data has classes the training data lacks
+                (two folders: checked before anything is decoded). A class
                 without validation images is a warning.
             ImportError: when a package TFDS needs is missing (named, with
                 its `pip install`).
@@ -506,12 +508,12 @@ class FineTuner:
         """
         self._require_model()
         shape = tuple(np.shape(images))
-        if len(shape) == 3:
-            images, shape = images[None], (1, *shape)
-        if len(shape) != 4 or shape[-1] != 3:
+        if len(shape) not in (3, 4) or shape[-1] != 3:
             raise ValueError(
                 "Invalid value for `images`. Expected RGB images [N, H, W, 3] (or one "
                 f"[H, W, 3]). Received: images of shape {shape}.")
+        if len(shape) == 3:
+            images = images[None]
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(
             batch_size or self.config.batch_size)
         return self._probabilities(dataset)

@@ -398,8 +398,8 @@ def run_quickstart(work_dir, config=QuickstartConfig(), verbose=0):
         fine_tune_epochs=config.fine_tune_epochs,
         fine_tune_learning_rate=config.fine_tune_learning_rate)
     # Random weights have no features to find near-duplicates with: their
-    # cosine similarities are all high (98 of 180 images flagged), so that
-    # arm only flags identical features.
+    # cosine similarities are all high (98 of 180 images flagged), so the
+    # check is in effect off for that arm.
     scratch_config = common.replace(
         head_epochs=0, fine_tune_epochs=total_epochs,
         fine_tune_learning_rate=config.scratch_learning_rate,
