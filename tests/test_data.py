@@ -369,7 +369,7 @@ def test_scan_lists_webp_jfif_links_nested_and_logs_what_it_leaves_out(tmp_path,
     assert any(r.levelname == "WARNING" and "Left out" in r.message for r in caplog.records)
 
 
-def test_files_left_out_for_one_reason_are_grouped(caplog):
+def test_files_left_out_for_one_reason_are_grouped():
     outside = [(f"top/{n}.jpg", "a file outside the class folders") for n in range(5)]
     line = image_files.listing_by_reason(outside + [("a/notes.txt", "not an image")], "x")
     assert line == ("a file outside the class folders (5): top/0.jpg, top/1.jpg, top/2.jpg "
