@@ -42,6 +42,12 @@ def check_positive_number(name, value):
             f"Received: {name}={value!r}")
 
 
+def is_within(path, folder):
+    """Whether `path` is `folder` or below it, links resolved (local paths)."""
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), folder]) == folder
+
+
 def check_folder_path(name, value):
     """Returns a folder path argument as a str.
 

@@ -37,6 +37,7 @@ import tempfile
 import time
 import typing
 
+from tfhub_ft import checks
 from tfhub_ft import config as config_lib
 from tfhub_ft import native_stderr
 
@@ -518,9 +519,9 @@ def _check_outside_exports(args):
     whole, so the other export, the work and TensorBoard folders (written
     before it) and the inputs must not be in it. (A report written into the
     export folder after it is fine.)"""
-    exports = {name: os.path.realpath(getattr(args, name))
+    exports = {name: getattr(args, name)
                for name in ("export_dir", "export_backbone_dir") if getattr(args, name)}
-    if len(set(exports.values())) < len(exports):
+    if len({os.path.realpath(folder) for folder in exports.values()}) < len(exports):
         raise ValueError(
             "Invalid value for `export_backbone_dir`. Expected a folder other than "
             "`export_dir`: each export replaces its whole folder. Received: "
@@ -530,14 +531,12 @@ def _check_outside_exports(args):
         value = getattr(args, name, None)
         if not value or "://" in value:
             continue
-        real = os.path.realpath(value)
         for export_name, folder in exports.items():
-            if os.path.commonpath([real, folder]) == folder:
+            if checks.is_within(value, folder):
                 raise ValueError(
                     f"Invalid value for `{name}`. Expected a folder outside `{export_name}`, "
                     f"which the export replaces whole. Received: {name}={value!r} in "
-                    f"{export_name}={getattr(args, export_name)!r}. Choose a folder beside "
-                    "it.")
+                    f"{export_name}={folder!r}. Choose a folder beside it.")
 
 
 def _check_outside_image_folders(args):
@@ -547,11 +546,9 @@ def _check_outside_image_folders(args):
         folder = getattr(args, folder_name, None)
         if not folder:
             continue
-        real_folder = os.path.realpath(folder)
         for name in TRAIN_OUTPUT_FLAGS:
             value = getattr(args, name, None)
-            if value and "://" not in value and os.path.commonpath(
-                    [os.path.realpath(value), real_folder]) == real_folder:
+            if value and "://" not in value and checks.is_within(value, folder):
                 raise ValueError(
                     f"Invalid value for `{name}`. Expected a folder outside `{folder_name}`: "
                     f"inside it, the next run would read its images as training images. "

@@ -65,6 +65,12 @@ class ImageSet:
             len(self.class_names) if one_hot else None, shuffle=shuffle, seed=seed).dataset()
 
 
+def _class_folders(directory):
+    """The class subfolders of an image folder, sorted (hidden ones left out)."""
+    return sorted(name for name in os.listdir(directory)
+                  if not name.startswith(".") and os.path.isdir(os.path.join(directory, name)))
+
+
 def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     """Lists an image folder with one subfolder per class.
 
@@ -90,9 +96,7 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
             f"subfolder of images per class. Received: {directory!r}, which "
             "is not a folder."
         )
-    folders = sorted(
-        name for name in os.listdir(directory)
-        if not name.startswith(".") and os.path.isdir(os.path.join(directory, name)))
+    folders = _class_folders(directory)
     class_names = [image_files.display_path(name) for name in folders]
     if len(class_names) < 2:
         raise ValueError(
@@ -635,10 +639,9 @@ def check_class_folders(train_dir, validation_dir, name="validation"):
     Raises:
         ValueError: naming the classes the training folder lacks.
     """
-    def class_folders(directory):
-        return [image_files.display_path(entry) for entry in os.listdir(directory)
-                if not entry.startswith(".") and os.path.isdir(os.path.join(directory, entry))]
-    _check_known_classes(class_folders(validation_dir), class_folders(train_dir), name)
+    def class_names(directory):
+        return [image_files.display_path(folder) for folder in _class_folders(directory)]
+    _check_known_classes(class_names(validation_dir), class_names(train_dir), name)
 
 
 def match_classes(image_set: ImageSet, class_names, name) -> ImageSet:

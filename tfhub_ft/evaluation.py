@@ -76,7 +76,7 @@ def evaluate_export(export_dir, image_dir, batch_size=32):
                 except tf.errors.InvalidArgumentError as error:
                     skipped.append(paths[index])
                     # As training's file check and predict say it.
-                    reasons.append("empty (0 bytes)" if os.path.getsize(paths[index]) == 0
+                    reasons.append(image_files.EMPTY_FILE if os.path.getsize(paths[index]) == 0
                                    else predict.error_text(error))
     if skipped:
         logger.warning("Skipped %d file(s) that could not be decoded as images: %s",

@@ -28,6 +28,10 @@ _CHECK_THREADS = 16
 # A log line names at most this many files; the rest are counted, and all of
 # them are listed at DEBUG level (`--verbosity=2`).
 LISTED_FILES = 10
+# What a listing that names only some of its entries adds.
+_ALL_AT_DEBUG = "(DEBUG logging, `--verbosity=2` in the command, lists them all)"
+# The reason an empty file is not used, wherever a file is read.
+EMPTY_FILE = "empty (0 bytes)"
 
 
 def display_path(path) -> str:
@@ -46,7 +50,7 @@ def listing(entries, what):
         return "; ".join(entries)
     logger.debug("All %d %s: %s", len(entries), what, "; ".join(entries))
     return ("; ".join(entries[:LISTED_FILES]) + f"; and {len(entries) - LISTED_FILES} "
-            "more (DEBUG logging, `--verbosity=2` in the command, lists them all)")
+            f"more {_ALL_AT_DEBUG}")
 
 
 def listing_by_reason(left_out, what, per_reason=3):
@@ -75,7 +79,7 @@ def listing_by_reason(left_out, what, per_reason=3):
         return "; ".join(parts)
     logger.debug("All %d %s: %s", len(left_out), what,
                  "; ".join(f"{display_path(path)} ({why})" for path, why in left_out))
-    return "; ".join(parts) + " (DEBUG logging, `--verbosity=2` in the command, lists them all)"
+    return f"{'; '.join(parts)} {_ALL_AT_DEBUG}"
 
 
 @dataclasses.dataclass
@@ -192,7 +196,7 @@ def check_image_file(path, max_pixels=None) -> FileCheck:
         result.problem = f"cannot be read ({error.strerror or error})"
         return result
     if not data:
-        result.problem = "empty (0 bytes)"
+        result.problem = EMPTY_FILE
         return result
     try:
         _read_header(data, result)

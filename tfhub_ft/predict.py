@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from tfhub_ft import image_files
+from tfhub_ft import checks, image_files
 
 # TensorFlow and the modules that import it are imported where they are
 # used: `python -m tfhub_ft.predict` runs this file before the command can
@@ -232,7 +232,7 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
                     encoded.append(data)
                     readable.append(row)
                 else:
-                    row["error"] = "empty (0 bytes)"  # As training's file check says it.
+                    row["error"] = image_files.EMPTY_FILE  # As training's file check says it.
             batch_rows.append(row)
         if encoded:
             for row, probabilities in zip(readable, _predict_or_isolate(classifier, encoded, readable)):
@@ -293,7 +293,7 @@ def check_output(output, model, paths):
         problem = "which is one of the images to classify"
     elif output.lower().endswith(preprocessing.IMAGE_EXTENSIONS):
         problem = "which is named as an image file"
-    elif owns_folder and os.path.commonpath([real, model_dir]) == model_dir:
+    elif owns_folder and checks.is_within(output, model_dir):
         problem = f"which is inside the model's folder {model_dir!r}"
     elif real in {os.path.realpath(model),
                   os.path.join(model_dir, export_lib.LABELS_FILE)}:
