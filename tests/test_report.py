@@ -128,6 +128,19 @@ def test_write_report_writes_every_file(tmp_path):
     assert summary["history"]["fine_tune"]["val_loss"] == [0.85]
 
 
+def test_a_report_written_into_an_earlier_one_removes_its_files_only(tmp_path, caplog):
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "curves.png").write_bytes(b"an earlier run's curves")
+    (folder / "notes.txt").write_text("the user's own")
+    with caplog.at_level("INFO", logger="tfhub_ft.report"):
+        written = report.write_report(folder, NAMES, LABELS, _probabilities(PREDICTIONS, 0.7))
+    assert "curves.png" not in written and "mistakes.png" not in written
+    assert sorted(os.listdir(folder)) == sorted([*written, "notes.txt"])
+    assert "Removed curves.png from" in caplog.text
+    assert "left by an earlier report" in caplog.text
+
+
 def test_probabilities_of_the_wrong_shape_are_refused(tmp_path):
     with pytest.raises(ValueError, match="Expected shape \\[N, C\\] = \\[6, 3\\]"):
         report.write_report(tmp_path, NAMES, LABELS, np.zeros((6, 2)))

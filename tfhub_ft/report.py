@@ -41,6 +41,8 @@ PER_CLASS_FILE = "per_class.csv"
 MISTAKES_FILE = "mistakes.png"
 MISTAKES_CSV = "mistakes.csv"
 SUMMARY_FILE = "summary.json"
+REPORT_FILES = (CURVES_FILE, CONFUSION_MATRIX_FILE, CONFUSION_MATRIX_CSV, PER_CLASS_FILE,
+                MISTAKES_FILE, MISTAKES_CSV, SUMMARY_FILE)
 PHASE_TITLES = {"head": "head (backbone frozen)", "fine_tune": "fine-tune"}
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
 
@@ -349,9 +351,23 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
     with open(join(SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(_jsonable(content), f, indent=2)
     written[SUMMARY_FILE] = join(SUMMARY_FILE)
+    _remove_stale_files(report_dir, written)
     logger.info("Wrote the report to %s (%s)", os.path.abspath(report_dir),
                 ", ".join(sorted(written)))
     return written
+
+
+def _remove_stale_files(report_dir, written):
+    # A report written into an earlier one (`evaluate --report_dir` into a
+    # training report) would otherwise leave curves of another run beside
+    # this run's numbers. Only the report's own file names are touched.
+    stale = [name for name in REPORT_FILES
+             if name not in written and os.path.exists(os.path.join(report_dir, name))]
+    for name in stale:
+        os.remove(os.path.join(report_dir, name))
+    if stale:
+        logger.info("Removed %s from %s: left by an earlier report, not part of this one",
+                    " and ".join(stale), os.path.abspath(report_dir))
 
 
 def _jsonable(value):
