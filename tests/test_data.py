@@ -113,6 +113,55 @@ def test_dataset_source_uint8_and_float():
         data.load_images(42, 8)
 
 
+def test_dataset_label_and_image_forms_a_keras_user_has():
+    images = np.random.default_rng(0).integers(0, 255, (6, 10, 12, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    expected = data.load_images(tf.data.Dataset.from_tensor_slices((images, labels)), 8)
+
+    def loaded(images, labels, batch=None, **kwargs):
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        return data.load_images(dataset.batch(batch) if batch else dataset, 8, **kwargs)
+
+    # Labels [N, 1] (keras.datasets.cifar10) and one-hot rows, batched or not.
+    one_hot = np.eye(3, dtype=np.float32)[labels]
+    for image_set in (loaded(images, labels[:, None]), loaded(images, labels[:, None], 4),
+                      loaded(images, one_hot), loaded(images, one_hot, 4)):
+        np.testing.assert_array_equal(image_set.labels, labels)
+        np.testing.assert_array_equal(image_set.images, expected.images)
+        assert image_set.class_names == ["0", "1", "2"]
+    # One-hot columns name the classes, even one no image has.
+    assert loaded(images[:2], np.eye(4)[[0, 1]]).class_names == ["0", "1", "2", "3"]
+    with pytest.raises(ValueError, match=r"one name per column of the one-hot labels \(3\)"):
+        loaded(images, one_hot, class_names=["a", "b"])
+    # Gray images (a channel of 1) become RGB, as decoded gray files do.
+    gray = loaded(images[..., :1], labels)
+    np.testing.assert_array_equal(gray.images, np.repeat(gray.images[..., :1], 3, -1))
+    with pytest.raises(TypeError, match=r"Expected labels that are class indices.*"
+                                        r"Received: labels of dtype string.*StringLookup"):
+        loaded(images, np.array(["a", "b", "c"] * 2))
+    with pytest.raises(TypeError, match=r"Expected uint8 images in \[0, 255\] or float.*"
+                                        r"Received: images of dtype int64"):
+        loaded(images.astype(np.int64), labels)
+    with pytest.raises(ValueError, match=r"Expected images \[H, W, C\].*Received: images "
+                                         r"of shape \(10, 12\).*image\[\.\.\., None\]"):
+        loaded(images[..., 0], labels)
+
+
+def test_float_images_outside_the_unit_range_are_refused():
+    images = np.random.default_rng(0).integers(0, 255, (6, 10, 12, 3)).astype(np.float32)
+    images[:, 0, 0, :] = 255.0
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match=r"Expected float images in \[0, 1\].*Received: "
+                                         r"element 0 has values from 0 to 255\. Divide "
+                                         r"0-255 values by 255"):
+        data.load_images(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4), 8)
+    normalised = np.zeros((6, 10, 12, 3), np.float32)
+    normalised[3, 0] = -1.0
+    with pytest.raises(ValueError, match=r"element 3 has values from -1 to 0\. Pass the "
+                                         r"images before normalisation"):
+        data.load_images(tf.data.Dataset.from_tensor_slices((normalised, labels)), 8)
+
+
 def test_tfds_offline_error(tmp_path):
     with pytest.raises(ValueError, match="Could not load the TFDS dataset 'no_such_dataset_xyz'"):
         data.load_images("no_such_dataset_xyz", 8, data_dir=str(tmp_path))

@@ -14,6 +14,9 @@ def test_resize_keeps_dtype_and_skips_same_size():
     floats = preprocessing.resize_images(tf.ones([1, 5, 7, 3]), 3)
     assert floats.dtype == tf.float32
     np.testing.assert_allclose(floats.numpy(), 1.0, atol=1e-6)
+    # A numpy array, as a TFLite caller has one (README's resize for .tflite).
+    from_numpy = preprocessing.resize_images(images[0], 8)
+    np.testing.assert_array_equal(from_numpy.numpy(), larger.numpy()[0])
 
 
 def test_resize_shrinks_by_area_and_enlarges_bilinear():

@@ -26,6 +26,15 @@ def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, imag
                                probabilities[:1], rtol=1e-6)
     with pytest.raises(ValueError, match=r"Expected RGB images \[N, H, W, 3\].*\(40, 20\)"):
         tuner.predict(np.zeros((40, 20), np.uint8))
+    # Images of mixed sizes in a list; no image; 0-255 floats.
+    mixed = tuner.predict([np.zeros((40, 20, 3), np.uint8), np.zeros((12, 30, 3), np.uint8)])
+    np.testing.assert_allclose(mixed[0], probabilities[0], rtol=1e-6)
+    np.testing.assert_allclose(mixed[1], tuner.predict(np.zeros((12, 30, 3), np.uint8))[0],
+                               rtol=1e-6)
+    assert tuner.predict(np.zeros((0, 40, 20, 3), np.uint8)).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"Expected uint8 in \[0, 255\] or float in \[0, 1\]"
+                                         r"\. Received: float32 values from 0 to 255\."):
+        tuner.predict((np.full((40, 20, 3), 255) * np.eye(40, 20)[..., None]).astype(np.float32))
 
 
 @pytest.mark.slow
@@ -224,6 +233,19 @@ def test_tiny_splits_fail_before_building(tiny_backbone_path, tmp_path, small_co
         _, validation = tuner.load_data(folder, validation_split=0.2)
     assert validation.labels.tolist() == [1] * 4
     assert "No validation image for class(es) 'a' (1 image(s))" in caplog.text
+
+
+def test_labels_with_a_gap_and_two_validation_sources_are_refused(tiny_backbone_path):
+    tuner = FineTuner(tiny_backbone_path)
+    images = np.zeros((6, 8, 8, 3), np.uint8)
+    starting_at_one = tf.data.Dataset.from_tensor_slices((images, np.array([1, 2, 3] * 2)))
+    with pytest.raises(ValueError, match=r"Class\(es\) \['0'\] have no training image "
+                                         r"\(4 classes: \['0', '1', '2', '3'\]\).*Map the "
+                                         r"labels to 0 \.\.\. C-1"):
+        tuner.load_data(starting_at_one)
+    with pytest.raises(ValueError, match=r"`validation` and `validation_split` both given.*"
+                                         r"Received: validation_split=0.3"):
+        tuner.load_data(starting_at_one, starting_at_one, validation_split=0.3)
 
 
 # Issue 9, kind 4: bad files are kept on the tuner; strict mode stops.

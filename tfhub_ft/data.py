@@ -314,6 +314,24 @@ def stratified_split(labels, validation_fraction, seed=0):
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(validation, np.int64))
 
 
+def check_training_classes(image_set):
+    """Every class needs a training image: a class without one can never be
+    learned, and its output unit only takes probability from the others.
+
+    Raises:
+        ValueError: naming the classes without images (for a tf.data or
+            TFDS source: labels with a gap, or starting at 1).
+    """
+    counts = np.bincount(np.asarray(image_set.labels), minlength=len(image_set.class_names))
+    empty = [image_set.class_names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ValueError(
+            f"Class(es) {empty} have no training image ({len(image_set.class_names)} classes: "
+            f"{list(image_set.class_names)}). The labels are class indices 0, 1, ...: labels "
+            "1 to 3 make four classes, '0' without images. Map the labels to 0 ... C-1 "
+            "without gaps, or drop the classes from `class_names`.")
+
+
 def check_validation_split(labels, class_names, validation_fraction, seed=0):
     """Checks, before anything is built, that a validation split means something.
 
@@ -490,9 +508,14 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
     file.
 
     Args:
-        dataset: Elements (image [H, W, 3] or [B, H, W, 3], int label [] or [B]).
+        dataset: Elements (image, label), one image or a batch: images
+            [H, W, C] or [B, H, W, C], C = 3 (RGB), 1 (gray), 2 or 4 (with
+            alpha, composited over white as decoded files are); labels int
+            class indices [] or [B], also [1] / [B, 1] (Keras datasets'
+            shape) or one-hot [C] / [B, C] (its argmax is the class).
         image_size: Side of the square uint8 images to keep.
-        class_names: One name per label; "0" ... up to the largest label when None.
+        class_names: One name per label; when None, "0" ... up to the
+            largest label (one-hot: one per column).
         budget: `arrays.ArrayBudget`; everything in memory when None.
 
     Returns:
@@ -500,9 +523,12 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
         budget), int32 labels [N], in the dataset's order.
 
     Raises:
-        TypeError: if the elements are not (image, label) pairs.
-        ValueError: if the dataset is infinite or empty, or a label is
-            outside `class_names`.
+        TypeError: if the elements are not (image, label) pairs, the images
+            neither uint8 nor float, or the labels not numbers.
+        ValueError: if the dataset is infinite or empty, a label is outside
+            `class_names`, a float image has values outside [0, 1] (0-255
+            floats, or images already normalised), or the images' or
+            labels' shape is none of the above.
     """
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
@@ -512,6 +538,7 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
     _dataset_length(dataset)  # an infinite dataset fails before unbatching
     if spec[0].shape.rank == 4:
         dataset = dataset.unbatch()
+    image_spec, label_spec = _check_element_spec(*dataset.element_spec, class_names)
     length = _dataset_length(dataset)
     if length is None:
         logger.info(
@@ -522,10 +549,21 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
 
     def prepare(image, label):
         # To uint8 first: float and uint8 sources then resize the same way
-        # (area interpolation when shrinking, as decoded files).
+        # (area interpolation when shrinking, as decoded files). The float
+        # range travels along, checked below: clipping a 0-255 float image
+        # into [0, 1] leaves it nearly black and white, and training on
+        # that reaches chance without an error.
+        low = high = tf.constant(0.0)
         if image.dtype != tf.uint8:
+            image = tf.cast(image, tf.float32)
+            low, high = tf.reduce_min(image), tf.reduce_max(image)
             image = tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255), tf.uint8)
-        return preprocessing.resize_images(image, image_size), tf.cast(label, tf.int32)
+        if image_spec.shape[-1] != 3:
+            image = preprocessing.composite_over_background(image)
+        if label_spec.shape.rank == 1:
+            label = tf.argmax(label) if label_spec.shape[0] > 1 else label[0]
+        return (preprocessing.resize_images(image, image_size), tf.cast(label, tf.int32),
+                low, high)
 
     batches = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True).batch(_STREAM_BATCH).prefetch(1)
@@ -534,9 +572,10 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
                               rows=length)
     labels = []  # int32, 4 bytes an image: small next to the images
     start = time.perf_counter()
-    for image_batch, label_batch in _with_progress(batches, length or 0):
+    for image_batch, label_batch, lows, highs in _with_progress(batches, length or 0):
         batch_labels = label_batch.numpy()
         _check_labels(batch_labels, class_names, writer.count)
+        _check_unit_range(lows.numpy(), highs.numpy(), writer.count)
         writer.append(image_batch.numpy())
         labels.append(batch_labels)
     images = writer.finish()
@@ -549,8 +588,67 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
                 "in memory" if isinstance(images, np.ndarray) else "past the memory "
                 "budget, in a spill file")
     if class_names is None:
-        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+        count = (label_spec.shape[0] if label_spec.shape.rank == 1 and label_spec.shape[0] > 1
+                 else int(labels.max()) + 1)
+        class_names = [str(i) for i in range(count)]
     return ImageSet(images, labels, list(class_names), decode_seconds=seconds)
+
+
+def _check_element_spec(image_spec, label_spec, class_names):
+    """(image spec, label spec) of one element, checked before any image is
+    read; see `dataset_to_image_set` for what is accepted."""
+    if not (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating):
+        raise TypeError(
+            "Invalid value for `dataset`. Expected uint8 images in [0, 255] or float "
+            f"images in [0, 1]. Received: images of dtype {image_spec.dtype.name}. Cast "
+            "them, e.g. `dataset.map(lambda image, label: (tf.cast(image, tf.uint8), "
+            "label))` for values 0-255.")
+    if image_spec.shape.rank != 3 or image_spec.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            "Invalid value for `dataset`. Expected images [H, W, C] or batches [B, H, W, C] "
+            "with C = 3 (RGB), 1 (gray), 2 or 4 (with alpha). Received: images of shape "
+            f"{image_spec.shape} (after unbatching). For gray images without a channel "
+            "axis, map `image[..., None]`.")
+    if not (label_spec.dtype.is_integer or label_spec.dtype.is_floating
+            or label_spec.dtype.is_bool):
+        raise TypeError(
+            "Invalid value for `dataset`. Expected labels that are class indices 0, 1, ... "
+            f"(or one-hot rows). Received: labels of dtype {label_spec.dtype.name}. Map "
+            "names to indices, e.g. with `keras.layers.StringLookup(vocabulary=names, "
+            "num_oov_indices=0)`, and pass the names as `class_names`; or use an image "
+            "folder, whose subfolders name the classes.")
+    if not (label_spec.shape.rank == 0
+            or (label_spec.shape.rank == 1 and label_spec.shape[0] is not None)):
+        raise ValueError(
+            "Invalid value for `dataset`. Expected labels of shape [] (a class index; "
+            "[B] batched), [1] or one-hot [C]. Received: labels of shape "
+            f"{label_spec.shape} (after unbatching).")
+    one_hot = label_spec.shape.rank == 1 and label_spec.shape[0] > 1
+    if one_hot and class_names is not None and label_spec.shape[0] != len(class_names):
+        raise ValueError(
+            f"Invalid value for `class_names`. Expected one name per column of the one-hot "
+            f"labels ({label_spec.shape[0]}). Received: {len(class_names)} names "
+            f"{list(class_names)}.")
+    return image_spec, label_spec
+
+
+def _check_unit_range(lows, highs, offset):
+    """Raises at the first float image with values outside [0, 1] (a little
+    rounding allowed); `offset` is the index of the first one in the dataset."""
+    tolerance = 1e-3
+    bad = np.flatnonzero((lows < -tolerance) | (highs > 1 + tolerance))
+    if not len(bad):
+        return
+    index = int(bad[0])
+    hint = ("Divide 0-255 values by 255: `dataset.map(lambda image, label: (image / 255, "
+            "label))`, or cast them to uint8." if highs[index] > 1 + tolerance and
+            lows[index] >= -tolerance else
+            "Pass the images before normalisation (the hub module normalises its input "
+            "itself), as uint8 in [0, 255] or float in [0, 1].")
+    raise ValueError(
+        "Invalid value for `dataset`. Expected float images in [0, 1] (or uint8 in "
+        f"[0, 255]). Received: element {offset + index} has values from {lows[index]:g} "
+        f"to {highs[index]:g}. {hint}")
 
 
 def _check_labels(labels, class_names, offset):

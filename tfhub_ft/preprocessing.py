@@ -483,13 +483,15 @@ def resize_images(images, image_size):
     An image already at the size is returned unchanged.
 
     Args:
-        images: uint8 [..., H, W, 3] in [0, 255] or float32 in [0, 1].
+        images: uint8 [..., H, W, 3] in [0, 255] or float32 in [0, 1], a
+            tensor or numpy array.
         image_size: int, the side of the output.
 
     Returns:
         Tensor [..., image_size, image_size, 3] of the input dtype (uint8 is
         rounded back to uint8).
     """
+    images = tf.convert_to_tensor(images)
     size = tf.constant([image_size, image_size])
     resized = tf.cond(
         tf.reduce_all(tf.shape(images)[-3:-1] == size),

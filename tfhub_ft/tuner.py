@@ -158,15 +158,22 @@ class FineTuner:
             (train `ImageSet`, validation `ImageSet`).
 
         Raises:
-            ValueError: when a held-out split would be empty (every class
+            ValueError: for both `validation` and `validation_split`, when
+                a held-out split would be empty (every class
                 has fewer than 2 images), or with `on_bad_image="error"`
                 and a bad file, or for an infinite tf.data source, or when
                 the validation data has classes the training data lacks
-                (two folders: checked before anything is decoded). A class
-                without validation images is a warning.
+                (two folders: checked before anything is decoded), or a
+                class has no training image. A class without validation
+                images is a warning.
             ImportError: when a package TFDS needs is missing (named, with
                 its `pip install`).
         """
+        if validation is not None and validation_split is not None:
+            raise ValueError(
+                "Invalid arguments: `validation` and `validation_split` both given. Pass "
+                "validation data, or `validation_split` to hold out part of `train`, not "
+                f"both. Received: validation_split={validation_split}.")
         # Neither the config nor the module fixes the size: the training
         # images choose it (config.choose_image_size), validation follows.
         size = None if self._image_size_from_data else self.image_size
@@ -177,6 +184,7 @@ class FineTuner:
         is_tfds = data_lib.is_tfds_name(train)
         train_set = data_lib.load_images(train, size, class_names, split="train",
                                          data_dir=data_dir, budget=budget, config=self.config)
+        data_lib.check_training_classes(train_set)
         if size is None:
             self.image_size = size = int(train_set.images.shape[1])
         self.skipped_files = list(train_set.skipped)
@@ -498,22 +506,37 @@ class FineTuner:
         Args:
             images: uint8 [N, H, W, 3] in [0, 255] or float [N, H, W, 3] in
                 [0, 1] (numpy or tensor), any H, W; one image [H, W, 3] is
-                a batch of one.
+                a batch of one; a list of images may mix sizes.
 
         Returns:
-            float32 numpy [N, num_classes], rows summing to 1.
+            float32 numpy [N, num_classes], rows summing to 1 ([0,
+            num_classes] for no image).
 
         Raises:
-            ValueError: for images of another shape.
+            ValueError: for images of another shape, or float images with
+                values outside [0, 1].
         """
         self._require_model()
-        shape = tuple(np.shape(images))
+        if isinstance(images, (list, tuple)) and len({np.shape(i) for i in images}) > 1:
+            # Sizes differ: no one array holds them; the model resizes each.
+            return np.concatenate([self.predict(image, batch_size) for image in images])
+        images = np.asarray(images)
+        shape = images.shape
         if len(shape) not in (3, 4) or shape[-1] != 3:
             raise ValueError(
                 "Invalid value for `images`. Expected RGB images [N, H, W, 3] (or one "
                 f"[H, W, 3]). Received: images of shape {shape}.")
+        if images.dtype != np.uint8 and images.size and (images.min() < -1e-3
+                                                         or images.max() > 1 + 1e-3):
+            raise ValueError(
+                "Invalid value for `images`. Expected uint8 in [0, 255] or float in [0, 1]. "
+                f"Received: {images.dtype} values from {images.min():g} to "
+                f"{images.max():g}. Divide 0-255 values by 255 (or cast them to uint8); "
+                "pass images before any normalisation (the model normalises them).")
         if len(shape) == 3:
             images = images[None]
+        if not len(images):
+            return np.zeros((0, len(self.class_names)), np.float32)
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(
             batch_size or self.config.batch_size)
         return self._probabilities(dataset)
