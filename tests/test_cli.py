@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from typing import Dict, Literal, Optional, Tuple
 
 import pytest
@@ -264,6 +265,22 @@ def test_an_interrupted_run_says_how_to_resume(run_in_process, monkeypatch, caps
         "tfhub_ft: interrupted; the same command resumes it from --work_dir='runs/my run'\n")
     assert run_in_process(["train"]) == 130
     assert capsys.readouterr().err == "tfhub_ft: interrupted\n"
+
+
+def test_sigterm_cleans_up_like_ctrl_c(run_in_process, monkeypatch, capsys):
+    import signal
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(cli.COMMANDS, "train", terminated)
+    assert run_in_process(["train", "--work_dir=runs"]) == 143
+    assert capsys.readouterr().err == (
+        "tfhub_ft: terminated (SIGTERM); the same command resumes it from --work_dir=runs\n")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_predict_and_inspect_call_their_modules(run_in_process, monkeypatch, capsys):

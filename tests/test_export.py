@@ -68,6 +68,31 @@ def test_failed_export_keeps_the_earlier_one(trained, tmp_path, monkeypatch):
     tf.saved_model.load(path)
 
 
+def test_staging_folders_of_killed_exports_are_removed_and_no_others(tmp_path, caplog):
+    import socket
+    import subprocess
+    import sys
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead_pid = int(ended.stdout)
+    host = socket.gethostname().replace("/", "_")
+    names = {"dead": f".export-{dead_pid}@{host}-abc123_x",
+             "running": f".export-{os.getpid()}@{host}-def456_y",
+             "other host": f".export-{dead_pid}@another-host.example-ghi789",
+             "not ours": ".export-mine"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.export"):
+        removed = export.remove_abandoned_staging(str(tmp_path))
+    assert removed == [str(tmp_path / names["dead"])]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        names[key] for key in ("running", "other host", "not ours"))
+    assert f"export that process {dead_pid} did not finish" in caplog.text
+    # atomic_folder names its staging folders so that a later export can tell.
+    with export.atomic_folder(str(tmp_path / "model"), "the export") as staging:
+        assert re.match(rf"\.export-{os.getpid()}@", os.path.basename(staging))
+
+
 @pytest.mark.slow
 def test_export_replaces_an_earlier_export_with_a_warning(trained, tmp_path, caplog):
     path = str(tmp_path / "model")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfhub_ft import FineTuner, HubBackbone, hub_export
+from tfhub_ft import FineTuner, HubBackbone, export, hub_export
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,16 @@ def test_written_atomically_and_errors_are_explained(exported, tmp_path, monkeyp
         tuner.export_backbone(str(blocker))
     with pytest.raises(TypeError, match="Expected a HubBackbone"):
         hub_export.export_backbone(tuner.model, str(tmp_path / "x"))
+    # One kind of export does not replace the other.
+    classifier = tmp_path / "classifier"  # what `FineTuner.export` writes, in short
+    classifier.mkdir()
+    (classifier / "saved_model.pb").write_bytes(b"")
+    (classifier / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match=r"earlier backbone export to replace.*holds a "
+                                         r"classifier export \(saved_model.pb with "
+                                         r"labels.txt\).*Choose another folder"):
+        tuner.export_backbone(classifier)
+    with pytest.raises(ValueError, match=r"earlier classifier export to replace.*holds a "
+                                         r"backbone or hub module \(saved_model.pb without"):
+        export.check_replaceable(path)
+    assert "labels.txt" in os.listdir(classifier) and "labels.txt" not in os.listdir(path)

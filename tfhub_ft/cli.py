@@ -24,6 +24,7 @@ traceback.
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -32,8 +33,10 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 import typing
 
@@ -568,11 +571,11 @@ def _train(args):
         _check_writable(name, getattr(args, name))
     from tfhub_ft import export
 
-    for name in ("export_dir", "export_backbone_dir"):
+    _check_outside_exports(args)
+    for name, kind in (("export_dir", "classifier"), ("export_backbone_dir", "backbone")):
         # Refused after training would waste the training.
         if getattr(args, name):
-            export.check_replaceable(getattr(args, name), name)
-    _check_outside_exports(args)
+            export.check_replaceable(getattr(args, name), name, kind)
     _check_outside_image_folders(args)
     if not args.export_dir:
         logger.warning("No --export_dir: the trained classifier will not be saved "
@@ -765,11 +768,40 @@ def run(argv=None):
 
 
 def main(argv=None):
-    """Runs the command; returns its exit status (0, or 2 for an error).
+    """Runs the command; returns its exit status (0, 2 for an error, 130
+    after Ctrl-C, 143 after SIGTERM: both clean up and say how to resume).
 
     Args:
         argv: The arguments after the program name; `sys.argv[1:]` when None.
     """
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised where the process
+    is, so the same clean-up runs as for Ctrl-C: the spill files and an
+    unfinished export's staging folder are removed, and the log says so."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    # Python's default for SIGTERM ends the process at once: no `finally`,
+    # no exit handlers, spill files of hundreds of MB left in the temp folder.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv):
     started = time.monotonic()  # where `train --time_budget` counts from
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
@@ -793,12 +825,14 @@ def main(argv=None):
         sys.stdout.flush()
         print(_one_line(command, error), file=sys.stderr, flush=True)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         work_dir = getattr(args, "work_dir", None)
         resume = (f"; the same command resumes it from --work_dir={shlex.quote(work_dir)}"
                   if work_dir else "")
-        print(f"{PROG}: interrupted{resume}", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"{PROG}: {what}{resume}", file=sys.stderr)
+        # The shell's statuses for a process ended by SIGTERM / SIGINT.
+        return 143 if isinstance(interrupt, Terminated) else 130
 
 
 def _verbosity_of(argv):

@@ -7,7 +7,9 @@ server needs only `tf.saved_model.load` (or TF Serving) and no tfhub_ft.
 import contextlib
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 
 import tensorflow as tf
@@ -123,7 +125,7 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
 
 
 @contextlib.contextmanager
-def atomic_folder(path, what):
+def atomic_folder(path, what, kind="classifier"):
     """Yields a staging folder beside `path` that replaces `path` on success.
 
     A failure (or a kill) before the end leaves an earlier folder at `path`
@@ -132,6 +134,8 @@ def atomic_folder(path, what):
     Args:
         path: The folder to write (str or os.PathLike).
         what: Names the content in errors, e.g. "the export".
+        kind: "classifier" or "backbone": the kind of earlier export that
+            may be replaced (`check_replaceable`).
 
     Raises:
         TypeError, ValueError: if `path` is not a folder path (see
@@ -139,11 +143,12 @@ def atomic_folder(path, what):
             replace (`check_replaceable`), or its parent cannot be written.
     """
     path = os.path.abspath(check_folder_path("export_dir", path))
-    replacing = check_replaceable(path)
+    replacing = check_replaceable(path, kind=kind)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+        remove_abandoned_staging(parent)
+        staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
     except OSError as error:
         raise ValueError(
             f"Cannot write {what} to {path!r}: {error}. Choose a folder you can "
@@ -161,6 +166,49 @@ def atomic_folder(path, what):
         raise
 
 
+_STAGING = re.compile(r"^\.export-(\d+)@(.+)-[^-@]+$")
+
+
+def _staging_prefix():
+    # The writer's process and host in the name: a later export can tell a
+    # staging folder whose writer was killed (SIGKILL, power loss: no
+    # clean-up ran) from one another process is still writing.
+    return f".export-{os.getpid()}@{socket.gethostname().replace('/', '_')}-"
+
+
+def remove_abandoned_staging(parent):
+    """Removes staging folders in `parent` that a killed export left behind.
+
+    Only folders named by `atomic_folder` on this host whose process has
+    ended are removed; another host's, a running process's and any other
+    folder are left alone.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    host = socket.gethostname().replace("/", "_")
+    for name in sorted(os.listdir(parent)):
+        match = _STAGING.match(name)
+        if not match or match.group(2) != host or _process_exists(int(match.group(1))):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed.append(os.path.join(parent, name))
+        logger.info("Removed %s: the staging folder of an export that process %s did not "
+                    "finish (it has ended)", os.path.join(parent, name), match.group(1))
+    return removed
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a pid out of range: keep)
+    return True
+
+
 def _umask():
     """The process's umask, read without changing it where Linux allows
     (os.umask can only be read by setting it, for every thread at once)."""
@@ -176,16 +224,19 @@ def _umask():
     return umask
 
 
-def check_replaceable(path, name="export_dir"):
+def check_replaceable(path, name="export_dir", kind="classifier"):
     """Whether writing an export to `path` replaces an earlier one.
 
     An export replaces the folder at its path whole. A folder that holds
-    anything but an earlier export (a SavedModel: saved_model.pb) would be
-    deleted with it, so it is refused.
+    anything but an earlier export of the same kind (a SavedModel:
+    saved_model.pb; a classifier's has labels.txt beside it, a backbone's
+    not) would be deleted with it, so it is refused.
 
     Args:
         path: The export folder (str or os.PathLike).
         name: The argument's name in the error.
+        kind: "classifier" (`export_saved_model`) or "backbone"
+            (`hub_export.export_backbone`).
 
     Returns:
         True when `path` holds an earlier export (to be replaced), False
@@ -213,7 +264,15 @@ def check_replaceable(path, name="export_dir"):
     if not entries:
         return False
     if "saved_model.pb" in entries:
-        return True
+        found = "classifier" if LABELS_FILE in entries else "backbone"
+        if found == kind:
+            return True
+        held = ("a classifier export (saved_model.pb with labels.txt)" if found == "classifier"
+                else "a backbone or hub module (saved_model.pb without labels.txt)")
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected a new or empty folder, or an earlier "
+            f"{kind} export to replace. Received: {name}={path!r}, which holds {held} "
+            f"that the {kind} would replace. Choose another folder.")
     raise ValueError(
         f"Invalid value for `{name}`. Expected a new or empty folder, or an earlier "
         f"export to replace (a folder with saved_model.pb). Received: {name}={path!r}, "

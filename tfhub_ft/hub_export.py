@@ -43,7 +43,8 @@ def export_backbone(backbone, export_dir):
     Raises:
         TypeError: if `backbone` is not a `HubBackbone`.
         ValueError: if `export_dir` is a file, a link, a folder that is
-            neither empty nor an earlier export (`export.check_replaceable`),
+            neither empty nor an earlier backbone export
+            (`export.check_replaceable`),
             or its parent cannot be written.
     """
     from tfhub_ft.backbone import HubBackbone
@@ -51,7 +52,7 @@ def export_backbone(backbone, export_dir):
         raise TypeError(
             "Invalid value for `backbone`. Expected a HubBackbone (e.g. "
             f"`FineTuner.backbone`). Received: backbone of type {type(backbone).__name__}")
-    with export_lib.atomic_folder(export_dir, "the backbone") as staging:
+    with export_lib.atomic_folder(export_dir, "the backbone", kind="backbone") as staging:
         with export_lib.quiet_saving_logs():
             tf.saved_model.save(backbone.module, staging)
     export_dir = os.path.abspath(os.fspath(export_dir))
