@@ -1,3 +1,4 @@
+import logging
 import os
 
 import numpy as np
@@ -389,33 +390,70 @@ def _jpeg(seed=0, size=16):
 def test_scan_lists_webp_jfif_links_nested_and_logs_what_it_leaves_out(tmp_path, caplog):
     from tests import photos
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    (tmp_path / "a" / "nested" / "deeper").mkdir(parents=True)
-    (tmp_path / "a" / "x.webp").write_bytes(photos.encode(image, "WEBP", quality=90))
-    (tmp_path / "a" / "y.JFIF").write_bytes(_jpeg(1))
-    (tmp_path / "a" / "nested" / "deeper" / "z.jpe").write_bytes(_jpeg(2))
-    (tmp_path / "a" / "scan.tif").write_bytes(b"II*\x00")
-    (tmp_path / "a" / "notes.txt").write_text("x")
-    (tmp_path / "a" / ".hidden.jpg").write_bytes(_jpeg(3))
-    (tmp_path / "a" / "nested" / "loop").symlink_to(tmp_path / "a")
+    root = tmp_path / "photos"  # `elsewhere`, outside it, is reached by a link
+    (root / "a" / "nested" / "deeper").mkdir(parents=True)
+    (root / "a" / "x.webp").write_bytes(photos.encode(image, "WEBP", quality=90))
+    (root / "a" / "y.JFIF").write_bytes(_jpeg(1))
+    (root / "a" / "nested" / "deeper" / "z.jpe").write_bytes(_jpeg(2))
+    (root / "a" / "scan.tif").write_bytes(b"II*\x00")
+    (root / "a" / "notes.txt").write_text("x")
+    (root / "a" / ".hidden.jpg").write_bytes(_jpeg(3))
+    (root / "a" / "nested" / "loop").symlink_to(root / "a")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "w.png").write_bytes(photos.encode(image, "PNG"))
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "linked").symlink_to(tmp_path / "elsewhere")
-    (tmp_path / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    (root / "b").mkdir()
+    (root / "b" / "linked").symlink_to(tmp_path / "elsewhere")
+    (root / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
     with caplog.at_level("INFO", logger="tfhub_ft.data"):
-        paths, labels, names = data.list_image_folder(str(tmp_path / "."))
-        image_set = data.load_images(str(tmp_path), 8)
-    assert names == ["a", "b", "elsewhere"]
-    assert sorted(os.path.basename(p) for p in paths) == ["w.png", "w.png", "x.webp", "y.JFIF",
-                                                          "z.jpe"]
-    assert len(image_set) == 5
-    assert "a: 3, b: 1, elsewhere: 1" in caplog.text
+        paths, labels, names = data.list_image_folder(str(root / "."))
+        image_set = data.load_images(str(root), 8)
+    assert names == ["a", "b"]
+    assert sorted(os.path.basename(p) for p in paths) == ["w.png", "x.webp", "y.JFIF", "z.jpe"]
+    assert len(image_set) == 4
+    assert "a: 3, b: 1)" in caplog.text
     assert "nested folder(s) searched" in caplog.text
     for expected in ["scan.tif (an image format TensorFlow cannot decode",
                      "notes.txt (not an image file name", ".hidden.jpg (hidden)",
                      "loop (folder already listed", "dangling.jpg (broken link)"]:
         assert expected in caplog.text
     assert any(r.levelname == "WARNING" and "Left out" in r.message for r in caplog.records)
+
+
+def test_a_file_in_two_classes_through_a_link_is_refused(tmp_path):
+    root = tmp_path / "photos"
+    fixtures.write_image_folder(str(root), np.zeros((4, 8, 8, 3), np.uint8),
+                                np.array([0, 0, 1, 1]), ["hat", "pants"])
+    os.symlink(root / "pants", root / "hat" / "pants_link")
+    with pytest.raises(ValueError, match=r"2 file\(s\) in .* are in two classes, reached "
+                                         r"through a link: .*hat/pants_link/00002.jpg \(hat\) and "
+                                         r".*pants/00002.jpg \(pants\) are one file.*"
+                                         r"remove the link"):
+        data.list_image_folder(str(root))
+    # A link inside one class to files of the same class is only a path.
+    os.remove(root / "hat" / "pants_link")
+    os.symlink(root / "hat", root / "hat_again")
+    os.rename(root / "hat_again", root / "pants" / "hat_link")
+    with pytest.raises(ValueError, match="are in two classes"):
+        data.list_image_folder(str(root))
+
+
+def test_class_names_with_control_characters_are_refused(tmp_path, caplog):
+    root = tmp_path / "photos"
+    fixtures.write_image_folder(str(root), np.zeros((4, 8, 8, 3), np.uint8),
+                                np.array([0, 0, 1, 1]), ["new\nline", "tab"])
+    with pytest.raises(ValueError, match=r"Invalid class name\(s\) \['new\\nline'\] in the "
+                                         r"class folders of .*labels.txt holds one name per "
+                                         r"line\)\. Rename them"):
+        data.list_image_folder(str(root))
+    os.rename(root / "new\nline", root / "plain")
+    (root / ".DS_Store").write_bytes(b"")
+    (root / ".ipynb_checkpoints").mkdir()
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.data"):
+        data.list_image_folder(str(root))
+    assert ".DS_Store" in caplog.text and ".ipynb_checkpoints" in caplog.text
+    images = tf.data.Dataset.from_tensor_slices((np.zeros((2, 8, 8, 3), np.uint8), [0, 1]))
+    with pytest.raises(ValueError, match=r"in `class_names`"):
+        data.load_images(images, 8, class_names=["a\tb", "c"])
 
 
 def test_files_left_out_for_one_reason_are_grouped():

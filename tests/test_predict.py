@@ -1,3 +1,4 @@
+import logging
 import csv
 import os
 import re
@@ -59,6 +60,19 @@ def test_listing_is_recursive_and_skips_non_images(photos):
     assert paths == sorted(paths)
     assert predict.list_image_files(os.path.join(root, "**", "*.png")) == sorted(
         p for p in paths if p.endswith(".png"))
+
+
+def test_listing_follows_linked_folders_as_training_does(photos, tmp_path, caplog):
+    root, paths, _ = photos
+    folder = tmp_path / "to_classify"
+    folder.mkdir()
+    os.symlink(root, folder / "linked")
+    (folder / ".hidden.jpg").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.predict"):
+        listed = predict.list_image_files(str(folder))
+    assert listed == sorted(os.path.join(folder, "linked", os.path.relpath(p, root))
+                            for p in paths)
+    assert "left out" in caplog.text and ".hidden.jpg" in caplog.text
 
 
 @pytest.mark.slow

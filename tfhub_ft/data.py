@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import unicodedata
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -87,7 +88,9 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
 
     Raises:
         ValueError: if the folder is missing, has fewer than two class
-            folders, or a class folder holds no image.
+            folders, a class folder holds no image, a class name holds a
+            control character (a line break), or a file is in two classes
+            through a link.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -98,6 +101,7 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
         )
     folders = _class_folders(directory)
     class_names = [image_files.display_path(name) for name in folders]
+    check_class_names(class_names, f"the class folders of {directory!r}")
     if len(class_names) < 2:
         raise ValueError(
             f"The image folder {directory!r} has {len(class_names)} class "
@@ -105,9 +109,17 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
             "each class's images in a subfolder named after the class."
         )
     paths, labels, empty, left_out, counts, nested = [], [], [], [], [], 0
+    owners = {}  # a file's real path -> (its path, its class) as first listed
+    in_two_classes = []
     for label, folder in enumerate(folders):
         scan = image_files.scan_class_folder(os.path.join(directory, folder),
                                              preprocessing.IMAGE_EXTENSIONS)
+        for path, real in zip(scan.files, scan.real_files):
+            owner = owners.setdefault(real, (path, label))
+            if owner[1] != label:
+                in_two_classes.append(
+                    f"{image_files.display_path(owner[0])} ({class_names[owner[1]]}) and "
+                    f"{image_files.display_path(path)} ({class_names[label]}) are one file")
         if not scan.files:
             empty.append(class_names[label])
         paths.extend(scan.files)
@@ -115,10 +127,17 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
         left_out.extend(scan.left_out)
         counts.append(f"{class_names[label]}: {len(scan.files)}")
         nested += scan.nested_folders
-    top_files = [name for name in os.listdir(directory)
-                 if not os.path.isdir(os.path.join(directory, name))]
-    left_out.extend((os.path.join(directory, name), "a file outside the class folders")
-                    for name in sorted(top_files) if not name.startswith("."))
+    if in_two_classes:
+        raise ValueError(
+            f"{len(in_two_classes)} file(s) in {directory!r} are in two classes, reached "
+            f"through a link: {'; '.join(in_two_classes[:3])}"
+            f"{'; ...' if len(in_two_classes) > 3 else ''}. A file belongs to one class: "
+            "remove the link, or copy the files you mean to have in both.")
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("."):
+            left_out.append((os.path.join(directory, name), "hidden"))
+        elif not os.path.isdir(os.path.join(directory, name)):
+            left_out.append((os.path.join(directory, name), "a file outside the class folders"))
     if empty:
         raise ValueError(
             f"The class folder(s) {empty} in {directory!r} hold no image "
@@ -312,6 +331,23 @@ def stratified_split(labels, validation_fraction, seed=0):
         validation.extend(members[:count])
         train.extend(members[count:])
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(validation, np.int64))
+
+
+def check_class_names(class_names, source):
+    """Class names are lines of labels.txt and cells of the reports: a line
+    break or another control character in one would split or shift them.
+
+    Raises:
+        ValueError: naming the class and `source` (its folder, or the
+            `class_names` argument).
+    """
+    bad = [name for name in class_names
+           if any(unicodedata.category(char) == "Cc" for char in str(name))]
+    if bad:
+        raise ValueError(
+            f"Invalid class name(s) {bad} in {source}: a class name may not hold a line "
+            "break, tab or other control character (labels.txt holds one name per "
+            "line). Rename them.")
 
 
 def check_training_classes(image_set):
@@ -539,6 +575,8 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
     if spec[0].shape.rank == 4:
         dataset = dataset.unbatch()
     image_spec, label_spec = _check_element_spec(*dataset.element_spec, class_names)
+    if class_names is not None:
+        check_class_names(class_names, "`class_names`")
     length = _dataset_length(dataset)
     if length is None:
         logger.info(

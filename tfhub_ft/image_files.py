@@ -88,6 +88,7 @@ class FolderScan:
 
     Attributes:
         files: Image paths, sorted, nested folders and links included.
+        real_files: Each file's path with links resolved, in `files`' order.
         left_out: (path, why) of every file or folder not listed.
         nested_folders: How many sub-folders were searched.
     """
@@ -95,6 +96,7 @@ class FolderScan:
     files: List[str]
     left_out: List[Tuple[str, str]]
     nested_folders: int = 0
+    real_files: List[str] = dataclasses.field(default_factory=list)
 
 
 def scan_class_folder(class_dir, extensions) -> FolderScan:
@@ -145,7 +147,10 @@ def scan_class_folder(class_dir, extensions) -> FolderScan:
                 why = "broken link" if entry.is_symlink() else "not a file or folder"
                 left_out.append((entry.path, why))
             elif entry.name.lower().endswith(extensions):
-                files.append(entry.path)
+                # realpath only for a link: one call per file costs seconds
+                # on 50,000 files.
+                files.append((entry.path, os.path.realpath(entry.path) if entry.is_symlink()
+                              else os.path.join(real, entry.name)))
             elif entry.name.lower().endswith(UNSUPPORTED_IMAGE_EXTENSIONS):
                 left_out.append((entry.path, "an image format TensorFlow cannot "
                                  "decode; convert it to JPEG or PNG"))
@@ -153,7 +158,9 @@ def scan_class_folder(class_dir, extensions) -> FolderScan:
                 left_out.append((entry.path, "not an image file name "
                                  f"({', '.join(extensions)})"))
         stack.extend(reversed(subfolders))
-    return FolderScan(sorted(files), left_out, nested)
+    files.sort()
+    return FolderScan([path for path, _ in files], left_out, nested,
+                      [real_path for _, real_path in files])
 
 
 @dataclasses.dataclass

@@ -6,7 +6,8 @@
 `--model` is an export folder (`FineTuner.export`: the SavedModel and
 labels.txt) or a .tflite file with labels.txt beside it. Nothing from
 training is needed. A folder is read recursively (files with the extensions
-of `preprocessing.IMAGE_EXTENSIONS`, hidden ones skipped); a glob takes every
+of `preprocessing.IMAGE_EXTENSIONS`, hidden ones skipped, links to files and
+folders followed as in training's `image_files.scan_class_folder`); a glob takes every
 file it matches (`**` included). The CSV has the columns `path`, `class_1`,
 `probability_1`, ..., `class_k`, `probability_k`, `error`; a file that cannot
 be read or decoded gets a row with its error and empty classes, and the run
@@ -50,12 +51,14 @@ def list_image_files(images):
     from tfhub_ft import preprocessing
     images = os.fspath(images)
     if os.path.isdir(images):
-        paths = []
-        for root, folders, files in os.walk(images):
-            folders[:] = sorted(f for f in folders if not f.startswith("."))
-            paths.extend(os.path.join(root, name) for name in files
-                         if not name.startswith(".")
-                         and name.lower().endswith(preprocessing.IMAGE_EXTENSIONS))
+        # As training lists a class folder: links to folders followed (once
+        # each), hidden entries left out, and the log says what was.
+        scan = image_files.scan_class_folder(images, preprocessing.IMAGE_EXTENSIONS)
+        paths = scan.files
+        if scan.left_out:
+            logger.info("Found %d image files in %s; left out %d: %s", len(paths),
+                        image_files.display_path(images), len(scan.left_out),
+                        image_files.listing_by_reason(scan.left_out, "files left out"))
     else:
         paths = [path for path in glob.glob(images, recursive=True) if os.path.isfile(path)]
     if not paths:
