@@ -141,6 +141,21 @@ def test_a_report_written_into_an_earlier_one_removes_its_files_only(tmp_path, c
     assert "left by an earlier report" in caplog.text
 
 
+def test_characters_the_font_lacks_are_one_log_line(tmp_path, caplog, recwarn):
+    names = ["シャツ", "dog", "fox"]
+    probabilities = _probabilities(PREDICTIONS, 0.7)
+    indices = report.most_confident_mistakes(LABELS, probabilities)
+    images = np.zeros((len(indices), 8, 8, 3), np.uint8)
+    with caplog.at_level("WARNING", logger="tfhub_ft.report"):
+        report.write_report(tmp_path, names, LABELS, probabilities, mistake_images=images,
+                            mistake_indices=indices)
+    if not [r for r in caplog.records if "fonts lack" in r.getMessage()]:
+        pytest.skip("a font with Japanese is installed: nothing is missing")
+    [line] = [r.getMessage() for r in caplog.records if "fonts lack" in r.getMessage()]
+    assert line.startswith("The plots' fonts lack シャツ, used in class names")
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+
+
 def test_probabilities_of_the_wrong_shape_are_refused(tmp_path):
     with pytest.raises(ValueError, match="Expected shape \\[N, C\\] = \\[6, 3\\]"):
         report.write_report(tmp_path, NAMES, LABELS, np.zeros((6, 2)))

@@ -23,10 +23,13 @@ Metrics come from scikit-learn (`sklearn.metrics`); plots from matplotlib
 with the Agg backend, so no display is needed.
 """
 
+import contextlib
 import csv
 import json
 import logging
 import os
+import re
+import warnings
 
 import numpy as np
 
@@ -47,12 +50,46 @@ PHASE_TITLES = {"head": "head (backbone frozen)", "fine_tune": "fine-tune"}
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
 
 
+# Fonts with scripts DejaVu Sans (matplotlib's own) lacks, used in this
+# order for a character it has not, where installed (matplotlib >= 3.6
+# falls back along `font.family`).
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR",
+                  "Droid Sans Fallback", "WenQuanYi Zen Hei", "Arial Unicode MS", "Noto Sans")
+
+
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only, no display)."""
+    """matplotlib.pyplot on the Agg backend (files only, no display), with
+    the installed `FALLBACK_FONTS` after the default font."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    plt.rcParams["font.family"] = ["DejaVu Sans", *(name for name in FALLBACK_FONTS
+                                                    if name in installed)]
     return plt
+
+
+@contextlib.contextmanager
+def _missing_glyphs_noted():
+    """Turns matplotlib's warning per missing character and figure (six
+    blocks for one Japanese class name) into one log line."""
+    missing = {}  # in the order drawn: as the names spell them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        match = re.match(r"Glyph (\d+) .*missing from", str(warning.message))
+        if match:
+            missing.setdefault(chr(int(match.group(1))))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    if missing:
+        logger.warning("The plots' fonts lack %s, used in class names: they show as boxes "
+                       "in the PNG files (the CSV files and summary.json have them). "
+                       "Install a font that has them, e.g. Noto Sans CJK, for matplotlib.",
+                       "".join(missing))
 
 
 def _check_predictions(labels, probabilities, class_names):
@@ -323,20 +360,21 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
     rows = per_class_metrics(labels, predictions, class_names)
     written[CONFUSION_MATRIX_CSV] = write_confusion_matrix_csv(
         matrix, class_names, join(CONFUSION_MATRIX_CSV))
-    written[CONFUSION_MATRIX_FILE] = plot_confusion_matrix(
-        matrix, class_names, join(CONFUSION_MATRIX_FILE))
     written[PER_CLASS_FILE] = write_per_class_csv(rows, join(PER_CLASS_FILE))
-    if history is not None:
-        written[CURVES_FILE] = plot_curves(history, join(CURVES_FILE))
     written[MISTAKES_CSV] = write_mistakes_csv(labels, probabilities, class_names,
                                                join(MISTAKES_CSV), paths)
-    if mistake_images is not None:
-        indices = np.asarray(mistake_indices, np.int64)
-        written[MISTAKES_FILE] = plot_mistakes(
-            mistake_images, labels[indices], probabilities[indices], class_names,
-            join(MISTAKES_FILE),
-            None if paths is None else [display_path(os.path.basename(paths[i]))
-                                        for i in indices])
+    with _missing_glyphs_noted():
+        written[CONFUSION_MATRIX_FILE] = plot_confusion_matrix(
+            matrix, class_names, join(CONFUSION_MATRIX_FILE))
+        if history is not None:
+            written[CURVES_FILE] = plot_curves(history, join(CURVES_FILE))
+        if mistake_images is not None:
+            indices = np.asarray(mistake_indices, np.int64)
+            written[MISTAKES_FILE] = plot_mistakes(
+                mistake_images, labels[indices], probabilities[indices], class_names,
+                join(MISTAKES_FILE),
+                None if paths is None else [display_path(os.path.basename(paths[i]))
+                                            for i in indices])
     from sklearn import metrics
     content = dict(summary or {})
     content.setdefault("validation_metrics", {})
