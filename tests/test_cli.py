@@ -160,6 +160,9 @@ def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folde
         "Invalid value for `distribution_strategy`": [
             "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
             "--distribution_strategy=mirorred"],
+        "Invalid value for `validation_dir`. Expected images other than the training": [
+            "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
+            f"--validation_dir={train}/."],
         "invalid choice": ["fly"],
         "Invalid value for `model`": ["evaluate", f"--model={tmp_path}", f"--image_dir={train}"],
         "Invalid value for `time_budget_s`. Expected a number of seconds > 0": [

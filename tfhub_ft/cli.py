@@ -567,6 +567,17 @@ def _train(args):
     config = config_from_args(args)
     _check_folder("image_dir", args.image_dir)
     _check_folder("validation_dir", args.validation_dir)
+    if (args.image_dir and args.validation_dir and os.path.isdir(args.image_dir)
+            and os.path.isdir(args.validation_dir)
+            and os.path.samefile(args.image_dir, args.validation_dir)):
+        # The library only warns (a deliberate check on the training images
+        # is a Python user's call); on the command line it is a slip.
+        raise ValueError(
+            "Invalid value for `validation_dir`. Expected images other than the training "
+            "images: a score on them measures memory, not new images. Received: "
+            f"validation_dir={args.validation_dir!r}, the folder of image_dir. Pass a "
+            "folder of other images, or leave validation_dir out to hold out "
+            "validation_split of the training images.")
     for name in TRAIN_OUTPUT_FLAGS:
         _check_writable(name, getattr(args, name))
     from tfhub_ft import export

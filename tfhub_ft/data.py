@@ -257,10 +257,11 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
         sides = [min(c.height, c.width) for c in checks if c.height and c.width]
         image_size = choose_image_size(sides)
         if sides:
-            logger.info("Image size %d: the median training image's shorter side is %d px "
-                        "(%d px, or %d when the median shorter side is under %d px; set "
-                        "`image_size` to choose)", image_size, sorted(sides)[len(sides) // 2],
-                        DEFAULT_IMAGE_SIZE, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIDE)
+            median = sorted(sides)[len(sides) // 2]
+            logger.info("Image size %d: the median training image's shorter side is %d px, "
+                        "%s %d px (%d px below that, %d from it; set `image_size` to choose)",
+                        image_size, median, "under" if median < SMALL_IMAGE_SIDE else "not under",
+                        SMALL_IMAGE_SIDE, SMALL_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
     reasons = {c.path: c.problem for c in checks if c.problem}
     notes = [c for c in checks if c.note]
     if notes:

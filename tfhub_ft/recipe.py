@@ -59,8 +59,10 @@ def plan_fine_tune(backbone, config) -> FineTunePlan:
             len(blocks), len(backbone.blocks),
             blocks[0].name if len(blocks) == 1 else f"{blocks[0].name} to {blocks[-1].name}",
             f"{sum(block.parameter_count for block in blocks):,}",
+            "through the whole module each step" if split is None else
             "from the cached output of the frozen blocks below them (split backbone)"
-            if split is not None else "through the whole module each step")
+            if len(blocks) < len(backbone.blocks) else "from the cached input (no block "
+            "below them stays frozen)")
     return FineTunePlan(blocks, split, reason)
 
 

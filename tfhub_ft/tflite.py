@@ -372,10 +372,12 @@ def export_tflite(model, image_size, export_dir, mode, representative_images=Non
         f.write("\n")
     logger.info(
         "TFLite %s model, %s bytes: top-1 agreement with the SavedModel %.4f on %d "
-        "validation images (%d changed class, %d of them near ties), accuracy %.4f "
+        "validation images (%s), accuracy %.4f "
         "(SavedModel %.4f), largest probability difference %.4f, %.2f ms per image.",
         mode, f"{report['tflite_bytes']:,}", report["top1_agreement"], report["images"],
-        report["changed_images"], report["changed_near_ties"], report["tflite_accuracy"],
+        "no image changed class" if not report["changed_images"] else
+        f"{report['changed_images']} changed class, {report['changed_near_ties']} of them "
+        "near ties", report["tflite_accuracy"],
         report["saved_model_accuracy"], report["max_probability_difference"],
         report["tflite_latency_ms"])
     if mode == "int8" and report["top1_agreement"] < int8_agreement_threshold:

@@ -180,6 +180,15 @@ class FineTuner:
         budget = budget or self._new_budget()
         if all(isinstance(source, (str, os.PathLike)) and os.path.isdir(source)
                for source in (train, validation)):
+            if os.path.samefile(train, validation):
+                # A warning, not an error: scoring the training images is a
+                # check some users (and this project's tests) make on purpose.
+                logger.warning(
+                    "The validation folder is the training folder (%s): the validation "
+                    "score measures memory, not how the model does on new images, and early "
+                    "stopping cannot see overfitting. Pass a folder of other images, or none "
+                    "to hold out `validation_split` of the training images.",
+                    os.fspath(validation))
             data_lib.check_class_folders(train, validation)
         is_tfds = data_lib.is_tfds_name(train)
         train_set = data_lib.load_images(train, size, class_names, split="train",
