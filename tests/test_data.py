@@ -137,6 +137,12 @@ def test_dataset_label_and_image_forms_a_keras_user_has():
     # Gray images (a channel of 1) become RGB, as decoded gray files do.
     gray = loaded(images[..., :1], labels)
     np.testing.assert_array_equal(gray.images, np.repeat(gray.images[..., :1], 3, -1))
+    # Channels tf.data does not know, as `tf.io.decode_image` gives them.
+    unknown = tf.data.Dataset.from_tensor_slices((images, labels)).map(
+        lambda image, label: (tf.io.decode_image(tf.io.encode_png(image),
+                                                 expand_animations=False), label))
+    assert unknown.element_spec[0].shape.as_list() == [None, None, None]
+    np.testing.assert_array_equal(data.load_images(unknown, 8).images, expected.images)
     with pytest.raises(TypeError, match=r"Expected labels that are class indices.*"
                                         r"Received: labels of dtype string.*StringLookup"):
         loaded(images, np.array(["a", "b", "c"] * 2))

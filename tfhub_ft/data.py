@@ -642,7 +642,9 @@ def _check_element_spec(image_spec, label_spec, class_names):
             f"images in [0, 1]. Received: images of dtype {image_spec.dtype.name}. Cast "
             "them, e.g. `dataset.map(lambda image, label: (tf.cast(image, tf.uint8), "
             "label))` for values 0-255.")
-    if image_spec.shape.rank != 3 or image_spec.shape[-1] not in (1, 2, 3, 4):
+    # A channel count tf.data does not know (`tf.io.decode_image` without
+    # `channels`) is read per image.
+    if image_spec.shape.rank != 3 or image_spec.shape[-1] not in (1, 2, 3, 4, None):
         raise ValueError(
             "Invalid value for `dataset`. Expected images [H, W, C] or batches [B, H, W, C] "
             "with C = 3 (RGB), 1 (gray), 2 or 4 (with alpha). Received: images of shape "
