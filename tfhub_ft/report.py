@@ -59,14 +59,17 @@ FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR",
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display), with
-    the installed `FALLBACK_FONTS` after the default font."""
+    the installed `FALLBACK_FONTS` after matplotlib's default font (unless
+    the user chose another)."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     from matplotlib import font_manager
     installed = {font.name for font in font_manager.fontManager.ttflist}
-    plt.rcParams["font.family"] = ["DejaVu Sans", *(name for name in FALLBACK_FONTS
-                                                    if name in installed)]
+    fallbacks = [name for name in FALLBACK_FONTS if name in installed]
+    # Only over matplotlib's own default: a font the user chose stays.
+    if fallbacks and list(plt.rcParams["font.family"]) == ["sans-serif"]:
+        plt.rcParams["font.family"] = ["DejaVu Sans", *fallbacks]
     return plt
 
 
