@@ -567,8 +567,8 @@ def _train(args):
     config = config_from_args(args)
     _check_folder("image_dir", args.image_dir)
     _check_folder("validation_dir", args.validation_dir)
-    if (args.image_dir and args.validation_dir and os.path.isdir(args.image_dir)
-            and os.path.isdir(args.validation_dir)
+    # Both are folders here (`_check_folder`).
+    if (args.image_dir and args.validation_dir
             and os.path.samefile(args.image_dir, args.validation_dir)):
         # The library only warns (a deliberate check on the training images
         # is a Python user's call); on the command line it is a slip.

@@ -509,6 +509,10 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
 # Rows decoded and written at a time: large enough to keep the parallel
 # resize busy, small enough (7 MB at 96 px, 38 MB at 224) next to a budget.
 _STREAM_BATCH = 256
+# How far outside [0, 1] a float image may stray (rounding) before it is
+# taken for 0-255 or normalised values (`dataset_to_image_set`,
+# `FineTuner.predict`).
+UNIT_RANGE_TOLERANCE = 1e-3
 
 
 def _dataset_length(dataset):
@@ -575,7 +579,7 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
     _dataset_length(dataset)  # an infinite dataset fails before unbatching
     if spec[0].shape.rank == 4:
         dataset = dataset.unbatch()
-    image_spec, label_spec = _check_element_spec(*dataset.element_spec, class_names)
+    channels, label_columns = _check_element_spec(*dataset.element_spec, class_names)
     if class_names is not None:
         check_class_names(class_names, "`class_names`")
     length = _dataset_length(dataset)
@@ -597,10 +601,10 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
             image = tf.cast(image, tf.float32)
             low, high = tf.reduce_min(image), tf.reduce_max(image)
             image = tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255), tf.uint8)
-        if image_spec.shape[-1] != 3:
+        if channels != 3:
             image = preprocessing.composite_over_background(image)
-        if label_spec.shape.rank == 1:
-            label = tf.argmax(label) if label_spec.shape[0] > 1 else label[0]
+        if label_columns is not None:
+            label = tf.argmax(label) if label_columns > 1 else label[0]
         return (preprocessing.resize_images(image, image_size), tf.cast(label, tf.int32),
                 low, high)
 
@@ -627,15 +631,20 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
                 "in memory" if isinstance(images, np.ndarray) else "past the memory "
                 "budget, in a spill file")
     if class_names is None:
-        count = (label_spec.shape[0] if label_spec.shape.rank == 1 and label_spec.shape[0] > 1
+        count = (label_columns if label_columns is not None and label_columns > 1
                  else int(labels.max()) + 1)
         class_names = [str(i) for i in range(count)]
     return ImageSet(images, labels, list(class_names), decode_seconds=seconds)
 
 
 def _check_element_spec(image_spec, label_spec, class_names):
-    """(image spec, label spec) of one element, checked before any image is
-    read; see `dataset_to_image_set` for what is accepted."""
+    """Checks one element's specs before any image is read (see
+    `dataset_to_image_set` for what is accepted).
+
+    Returns:
+        (channels: 1 to 4, or None when tf.data does not know it;
+        label_columns: None for a class index, 1 for [1], C for one-hot).
+    """
     if not (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating):
         raise TypeError(
             "Invalid value for `dataset`. Expected uint8 images in [0, 255] or float "
@@ -664,19 +673,19 @@ def _check_element_spec(image_spec, label_spec, class_names):
             "Invalid value for `dataset`. Expected labels of shape [] (a class index; "
             "[B] batched), [1] or one-hot [C]. Received: labels of shape "
             f"{label_spec.shape} (after unbatching).")
-    one_hot = label_spec.shape.rank == 1 and label_spec.shape[0] > 1
-    if one_hot and class_names is not None and label_spec.shape[0] != len(class_names):
+    label_columns = label_spec.shape[0] if label_spec.shape.rank == 1 else None
+    if (label_columns or 0) > 1 and class_names is not None and label_columns != len(class_names):
         raise ValueError(
             f"Invalid value for `class_names`. Expected one name per column of the one-hot "
-            f"labels ({label_spec.shape[0]}). Received: {len(class_names)} names "
+            f"labels ({label_columns}). Received: {len(class_names)} names "
             f"{list(class_names)}.")
-    return image_spec, label_spec
+    return image_spec.shape[-1], label_columns
 
 
 def _check_unit_range(lows, highs, offset):
     """Raises at the first float image with values outside [0, 1] (a little
     rounding allowed); `offset` is the index of the first one in the dataset."""
-    tolerance = 1e-3
+    tolerance = UNIT_RANGE_TOLERANCE
     bad = np.flatnonzero((lows < -tolerance) | (highs > 1 + tolerance))
     if not len(bad):
         return

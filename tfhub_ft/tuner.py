@@ -535,8 +535,9 @@ class FineTuner:
             raise ValueError(
                 "Invalid value for `images`. Expected RGB images [N, H, W, 3] (or one "
                 f"[H, W, 3]). Received: images of shape {shape}.")
-        if images.dtype != np.uint8 and images.size and (images.min() < -1e-3
-                                                         or images.max() > 1 + 1e-3):
+        tolerance = data_lib.UNIT_RANGE_TOLERANCE
+        if images.dtype != np.uint8 and images.size and (images.min() < -tolerance
+                                                         or images.max() > 1 + tolerance):
             raise ValueError(
                 "Invalid value for `images`. Expected uint8 in [0, 255] or float in [0, 1]. "
                 f"Received: {images.dtype} values from {images.min():g} to "
