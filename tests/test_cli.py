@@ -237,6 +237,26 @@ def test_advice_names_flags_as_the_command_user_types_them():
         assert cli.as_typed(text) == expected
 
 
+def test_evaluate_table_aligns_wide_class_names():
+    def row(name, support=4, value=0.5):
+        return {"class": name, "precision": value, "recall": value, "f1": value,
+                "support": support}
+
+    lines = cli.per_class_table([row("猫"), row("dog"), row("シャツ", support=0, value=0.0),
+                                 row("macro avg"), row("weighted avg")])
+    assert lines == [
+        "class         precision  recall      f1  support",
+        "猫               0.5000  0.5000  0.5000        4",
+        "dog              0.5000  0.5000  0.5000        4",
+        "シャツ           0.0000       -       -        0",
+        "macro avg        0.5000  0.5000  0.5000        4",
+        "weighted avg     0.5000  0.5000  0.5000        4",
+    ]
+    # Each line fills the same number of terminal columns.
+    assert len({cli.display_width(line) for line in lines}) == 1
+    assert cli.display_width("e\u0301") == 1
+
+
 def test_train_without_export_dir_warns_before_training(run_in_process, capsys, caplog,
                                                         tiny_backbone_path, image_folders):
     train, _, _, _ = image_folders

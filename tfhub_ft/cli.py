@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import typing
+import unicodedata
 
 from tfhub_ft import checks
 from tfhub_ft import config as config_lib
@@ -320,10 +321,11 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate", help="Score an exported model on an image folder.",
-        description="Loads the SavedModel and labels.txt of an export (nothing else) and "
-                    "prints accuracy and per-class precision, recall and F1.")
-    evaluate.add_argument("--model", required=True, metavar="EXPORT_DIR",
-                          help="Export folder written by `tfhub_ft train --export_dir`.")
+        description="Loads an export (its SavedModel or .tflite file and labels.txt, "
+                    "nothing else) and prints accuracy and per-class precision, recall and F1.")
+    evaluate.add_argument("--model", required=True, metavar="EXPORT",
+                          help="Export folder written by `tfhub_ft train --export_dir`, or "
+                               "its model.tflite (scores the quantized model).")
     evaluate.add_argument("--image_dir", required=True, metavar="DIR",
                           help="Folder with one subfolder of images per class.")
     evaluate.add_argument("--batch_size", type=int, default=config_lib.FineTuneConfig().batch_size,
@@ -633,29 +635,52 @@ def _train(args):
     return 0
 
 
+def display_width(text):
+    """Columns `text` takes in a terminal: East Asian wide and full-width
+    characters take two (Unicode TR 11), combining marks none."""
+    return sum(0 if unicodedata.combining(char)
+               else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+               for char in text)
+
+
+def per_class_table(rows):
+    """`evaluate`'s table as lines: one per class, then the averages.
+
+    Args:
+        rows: `report.per_class_metrics` rows (class, precision, recall, f1,
+            support), the last two the macro and weighted averages.
+
+    Returns:
+        Lines with the columns aligned by display width (a Japanese class
+        name is padded for two columns a character); a class with no image
+        (support 0) shows '-' for recall and F1, which mean nothing there.
+    """
+    width = max(display_width(row["class"]) for row in rows + [{"class": "class"}])
+
+    def padded(name):
+        return name + " " * (width - display_width(name))
+
+    lines = [f"{padded('class')}  precision  recall      f1  support"]
+    for index, row in enumerate(rows):
+        absent = index < len(rows) - 2 and row["support"] == 0
+        recall, f1 = ((f"{'-':>6}", f"{'-':>6}") if absent
+                      else (f"{row['recall']:6.4f}", f"{row['f1']:6.4f}"))
+        lines.append(f"{padded(row['class'])}  {row['precision']:9.4f}  {recall}  {f1}  "
+                     f"{row['support']:7d}")
+    return lines
+
+
 def _evaluate(args):
     _check_folder("image_dir", args.image_dir)
-    if not os.path.isdir(args.model):
-        tflite = (" A .tflite file is scored against its SavedModel when it is exported "
-                  "(tflite_parity.json beside it), and `tfhub_ft predict` runs it on files."
-                  if args.model.endswith(".tflite") else "")
-        raise ValueError(f"Invalid value for `model`. Expected an export folder. Received: "
-                         f"model={args.model!r}, which is not a folder.{tflite}")
     _check_writable("report_dir", args.report_dir)
     from tfhub_ft import evaluation
 
     result = evaluation.evaluate_export(args.model, args.image_dir, args.batch_size)
     print(f"accuracy={result['accuracy']:.4f} loss={result['loss']:.4f} "
           f"images={result['count']}")
-    width = max(len(row["class"]) for row in result["per_class"])
-    print(f"{'class':<{width}}  precision  recall      f1  support")
+    for line in per_class_table(result["per_class"]):
+        print(line)
     absent = [row["class"] for row in result["per_class"][:-2] if row["support"] == 0]
-    for row in result["per_class"]:
-        # No image of the class: its recall and F1 mean nothing.
-        recall, f1 = ((f"{'-':>6}", f"{'-':>6}") if row["class"] in absent
-                      else (f"{row['recall']:6.4f}", f"{row['f1']:6.4f}"))
-        print(f"{row['class']:<{width}}  {row['precision']:9.4f}  {recall}  {f1}  "
-              f"{row['support']:7d}")
     if absent:
         # An explanation, not a result: the log, not stdout.
         logger.info("%d of the model's %d classes %s no image here (recall and F1 '-'); the "

@@ -72,7 +72,7 @@ def _class_folders(directory):
                   if not name.startswith(".") and os.path.isdir(os.path.join(directory, name)))
 
 
-def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
+def list_image_folder(directory, min_classes=2) -> Tuple[List[str], np.ndarray, List[str]]:
     """Lists an image folder with one subfolder per class.
 
     Each class folder is searched recursively: nested folders and links (to
@@ -81,14 +81,19 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     so are hidden files and folders; every file or folder left out is
     logged with why, and so is the number of images per class.
 
+    Args:
+        directory: The folder.
+        min_classes: Class folders it must hold: 2 to train a classifier,
+            1 to score one (`evaluation.evaluate_export`).
+
     Returns:
         (paths, labels int32 [N], class names sorted alphabetically). A
         class name that is not valid UTF-8 is shown with escapes
         (`image_files.display_path`).
 
     Raises:
-        ValueError: if the folder is missing, has fewer than two class
-            folders, a class folder holds no image, a class name holds a
+        ValueError: if the folder is missing, has fewer than `min_classes`
+            class folders, a class folder holds no image, a class name holds a
             control character (a line break), or a file is in two classes
             through a link.
     """
@@ -102,11 +107,12 @@ def list_image_folder(directory) -> Tuple[List[str], np.ndarray, List[str]]:
     folders = _class_folders(directory)
     class_names = [image_files.display_path(name) for name in folders]
     check_class_names(class_names, f"the class folders of {directory!r}")
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         raise ValueError(
             f"The image folder {directory!r} has {len(class_names)} class "
-            f"subfolder(s) {class_names}; a classifier needs at least two. Put "
-            "each class's images in a subfolder named after the class."
+            f"subfolder(s) {class_names}; "
+            f"{'a classifier needs at least two' if min_classes > 1 else 'one is needed'}. "
+            "Put each class's images in a subfolder named after the class."
         )
     paths, labels, empty, left_out, counts, nested = [], [], [], [], [], 0
     owners = {}  # a file's real path -> (its path, its class) as first listed

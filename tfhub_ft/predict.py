@@ -74,7 +74,12 @@ class _SavedModelClassifier:
 
     def __init__(self, export_dir):
         import tensorflow as tf
-        self._serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+        self._serve = tf.saved_model.load(export_dir).signatures.get("serving_default")
+        if self._serve is None:
+            raise ValueError(
+                f"Invalid value for `model`. Expected a SavedModel with a `serving_default` "
+                f"signature (encoded images in, probabilities out), as `FineTuner.export` "
+                f"writes. Received: model={export_dir!r}, which has none.")
 
     def predict_batch(self, encoded):
         """Encoded images -> float32 [N, C]; raises on any undecodable one."""
@@ -122,21 +127,23 @@ def load_classifier(model):
     from tfhub_ft import export as export_lib
     model = os.fspath(model)
     if os.path.isfile(model) and model.endswith(".tflite"):
-        labels_dir = os.path.dirname(os.path.abspath(model))
-        classifier = _TFLiteFileClassifier(model)
+        labels_dir, make = os.path.dirname(os.path.abspath(model)), _TFLiteFileClassifier
     elif os.path.isdir(model) and tf.saved_model.contains_saved_model(model):
-        labels_dir = model
-        classifier = _SavedModelClassifier(model)
+        labels_dir, make = model, _SavedModelClassifier
     else:
         raise ValueError(
             "Invalid value for `model`. Expected an export folder written by "
             "`FineTuner.export` (saved_model.pb and labels.txt) or a .tflite "
             f"file beside its labels.txt. Received: model={model!r}")
     if not os.path.isfile(os.path.join(labels_dir, export_lib.LABELS_FILE)):
+        backbone = (" A SavedModel without it is not a classifier: `export_backbone` "
+                    "writes a feature extractor, which has no classes."
+                    if make is _SavedModelClassifier else "")
         raise ValueError(
             f"No {export_lib.LABELS_FILE} in {labels_dir!r}: the class names "
             "are read from it. Keep the labels.txt written by the export "
-            "beside the model.")
+            f"beside the model.{backbone}")
+    classifier = make(model)
     class_names = export_lib.read_labels(labels_dir)
     count = getattr(classifier, "num_classes", len(class_names))
     if count != len(class_names):
@@ -222,46 +229,75 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
     import keras  # Only for its progress bar.
     progress = keras.utils.Progbar(len(paths), verbose=1 if verbose else 0, unit_name="image")
     rows = []
-    for start in range(0, len(paths), batch_size):
-        batch_rows, encoded, readable = [], [], []
-        for path in paths[start:start + batch_size]:
-            row = {"path": path, "classes": [], "probabilities": [], "error": ""}
-            try:
-                data = _read(path)
-            except OSError as error:
-                row["error"] = error_text(error)
-            else:
-                if data:
-                    encoded.append(data)
-                    readable.append(row)
-                else:
-                    row["error"] = image_files.EMPTY_FILE  # As training's file check says it.
-            batch_rows.append(row)
-        if encoded:
-            for row, probabilities in zip(readable, _predict_or_isolate(classifier, encoded, readable)):
-                if probabilities is not None:
-                    top = np.argsort(-probabilities, kind="stable")[:top_k]
-                    row["classes"] = [class_names[i] for i in top]
-                    row["probabilities"] = [float(probabilities[i]) for i in top]
-        rows.extend(batch_rows)
-        progress.add(len(batch_rows))
+    for path, (probabilities, error) in zip(
+            paths, score_files(classifier, paths, batch_size, progress=progress.add)):
+        row = {"path": path, "classes": [], "probabilities": [], "error": error}
+        if probabilities is not None:
+            top = np.argsort(-probabilities, kind="stable")[:top_k]
+            row["classes"] = [class_names[i] for i in top]
+            row["probabilities"] = [float(probabilities[i]) for i in top]
+        rows.append(row)
     failed = sum(1 for row in rows if row["error"])
     logger.info("Classified %d of %d files%s.", len(rows) - failed, len(rows),
                 f"; {failed} could not be read or decoded" if failed else "")
     return rows
 
 
-def _predict_or_isolate(classifier, encoded, rows):
-    """Probabilities per encoded image; None (and the row's error) for a bad one."""
+def score_files(classifier, paths, batch_size=DEFAULT_BATCH_SIZE, progress=None):
+    """Probabilities for each image file, bad files isolated.
+
+    Files are read and run `batch_size` at a time; a batch that fails (a
+    file that cannot be decoded) is run again one file at a time, so only
+    the bad files lose their scores. Shared by `predict_files` and
+    `evaluation.evaluate_export`.
+
+    Args:
+        classifier: From `load_classifier`.
+        paths: Image file paths.
+        batch_size: Files per model call (>= 1).
+        progress: Called with the number of files done after each batch,
+            or None.
+
+    Returns:
+        One (probabilities, error) pair per path, in order: float32 [C]
+        probabilities and "", or None and why the file was not scored
+        (read errors, `image_files.EMPTY_FILE`, `error_text` of the
+        decode error).
+    """
+    scored = []
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start:start + batch_size]
+        results, encoded, positions = [None] * len(batch), [], []
+        for position, path in enumerate(batch):
+            try:
+                data = _read(path)
+            except OSError as error:
+                results[position] = (None, error_text(error))
+                continue
+            if not data:
+                # As training's file check says it.
+                results[position] = (None, image_files.EMPTY_FILE)
+                continue
+            encoded.append(data)
+            positions.append(position)
+        if encoded:
+            for position, result in zip(positions, _predict_or_isolate(classifier, encoded)):
+                results[position] = result
+        scored.extend(results)
+        if progress is not None:
+            progress(len(batch))
+    return scored
+
+
+def _predict_or_isolate(classifier, encoded):
+    """(probabilities, "") per encoded image; (None, error text) for a bad one."""
     import tensorflow as tf
     try:
-        return list(classifier.predict_batch(encoded))
+        return [(probabilities, "") for probabilities in classifier.predict_batch(encoded)]
     except tf.errors.OpError as error:
         if len(encoded) == 1:
-            rows[0]["error"] = error_text(error)
-            return [None]
-    return [_predict_or_isolate(classifier, [data], [row])[0]
-            for data, row in zip(encoded, rows)]
+            return [(None, error_text(error))]
+    return [_predict_or_isolate(classifier, [data])[0] for data in encoded]
 
 
 def check_output(output, model, paths):
