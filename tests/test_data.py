@@ -462,16 +462,6 @@ def test_class_names_with_control_characters_are_refused(tmp_path, caplog):
         data.load_images(images, 8, class_names=["a\tb", "c"])
 
 
-def test_files_left_out_for_one_reason_are_grouped():
-    outside = [(f"top/{n}.jpg", "a file outside the class folders") for n in range(5)]
-    line = image_files.listing_by_reason(outside + [("a/notes.txt", "not an image")], "x")
-    assert line == ("a file outside the class folders (5): top/0.jpg, top/1.jpg, top/2.jpg "
-                    "and 2 more; a/notes.txt (not an image) (DEBUG logging, `--verbosity=2` "
-                    "in the command, lists them all)")
-    assert image_files.listing_by_reason(outside[:2], "x") == (
-        "a file outside the class folders (2): top/0.jpg, top/1.jpg")
-
-
 # Issue 9, kind 4: every bad file is named with its reason, before training.
 @pytest.mark.slow
 def test_bad_files_are_reported_with_reasons(tmp_path, caplog):
