@@ -7,7 +7,7 @@ Verified on Keras 3.15 (`VERIFIED_KERAS`); the patch replaces one method of
 the model and one function of Keras's TensorFlow trainer for the duration
 of a phase's `fit`, and raises an error naming the Keras version and the
 upstream issue when either is missing (a Keras release that renamed them
-needs this module checked against tests/test_distribution_strategies.py).
+needs this module checked against tests/test_distribution.py).
 """
 
 import contextlib
