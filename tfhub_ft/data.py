@@ -66,10 +66,19 @@ class ImageSet:
             len(self.class_names) if one_hot else None, shuffle=shuffle, seed=seed).dataset()
 
 
-def _class_folders(directory):
-    """The class subfolders of an image folder, sorted (hidden ones left out)."""
-    return sorted(name for name in os.listdir(directory)
-                  if not name.startswith(".") and os.path.isdir(os.path.join(directory, name)))
+def _top_level(directory):
+    """(class subfolder names, sorted; (path, why) of the other entries) of
+    an image folder's top: hidden entries and files are not classes."""
+    folders, others = [], []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.startswith("."):
+            others.append((path, "hidden"))
+        elif os.path.isdir(path):
+            folders.append(name)
+        else:
+            others.append((path, "a file outside the class folders"))
+    return folders, others
 
 
 def list_image_folder(directory, min_classes=2) -> Tuple[List[str], np.ndarray, List[str]]:
@@ -104,7 +113,7 @@ def list_image_folder(directory, min_classes=2) -> Tuple[List[str], np.ndarray, 
             f"subfolder of images per class. Received: {directory!r}, which "
             "is not a folder."
         )
-    folders = _class_folders(directory)
+    folders, outside = _top_level(directory)
     class_names = [image_files.display_path(name) for name in folders]
     check_class_names(class_names, f"the class folders of {directory!r}")
     if len(class_names) < min_classes:
@@ -139,11 +148,7 @@ def list_image_folder(directory, min_classes=2) -> Tuple[List[str], np.ndarray, 
             f"through a link: {'; '.join(in_two_classes[:3])}"
             f"{'; ...' if len(in_two_classes) > 3 else ''}. A file belongs to one class: "
             "remove the link, or copy the files you mean to have in both.")
-    for name in sorted(os.listdir(directory)):
-        if name.startswith("."):
-            left_out.append((os.path.join(directory, name), "hidden"))
-        elif not os.path.isdir(os.path.join(directory, name)):
-            left_out.append((os.path.join(directory, name), "a file outside the class folders"))
+    left_out.extend(outside)
     if empty:
         raise ValueError(
             f"The class folder(s) {empty} in {directory!r} hold no image "
@@ -794,7 +799,7 @@ def check_class_folders(train_dir, validation_dir, name="validation"):
         ValueError: naming the classes the training folder lacks.
     """
     def class_names(directory):
-        return [image_files.display_path(folder) for folder in _class_folders(directory)]
+        return [image_files.display_path(folder) for folder in _top_level(directory)[0]]
     _check_known_classes(class_names(validation_dir), class_names(train_dir), name)
 
 
