@@ -62,7 +62,7 @@ def test_metrics_are_those_of_the_scored_files(fake_export, caplog):
     # The batch of four failed on the bad file and was scored file by file;
     # the empty file never reached the model.
     assert fake.batches == [4, 1, 1, 1, 1]
-    assert "Skipped 2 file(s) that could not be decoded as images" in caplog.text
+    assert "Skipped 2 file(s) that could not be read or decoded as images" in caplog.text
     assert "3.jpg (the file is not an image)" in caplog.text
     assert "2.jpg (empty (0 bytes))" in caplog.text
     rows = {row["class"]: row for row in result["per_class"]}

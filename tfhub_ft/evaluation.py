@@ -57,7 +57,7 @@ def evaluate_export(model, image_dir, batch_size=32):
     skipped = [(paths[index], error) for index, (probabilities, error) in enumerate(scored)
                if probabilities is None]
     if skipped:
-        logger.warning("Skipped %d file(s) that could not be decoded as images: %s",
+        logger.warning("Skipped %d file(s) that could not be read or decoded as images: %s",
                        len(skipped), image_files.listing(
                            (f"{image_files.display_path(path)} ({reason})"
                             for path, reason in skipped), "files skipped"))
