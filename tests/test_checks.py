@@ -50,3 +50,13 @@ def test_check_folder_path(tmp_path):
         with pytest.raises(TypeError, match=r"Invalid value for `work_dir`. Expected a folder "
                                             r"path."):
             checks.check_folder_path("work_dir", value)
+
+
+def test_check_writable_folder_tries_the_nearest_existing_folder(tmp_path):
+    checks.check_writable_folder("report_dir", tmp_path / "new" / "deeper")
+    assert os.listdir(tmp_path) == []  # the trial folder is removed
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"Invalid value for `report_dir`. Cannot write "
+                                         r"'.*file/deeper': Not a directory \('.*file'\). "
+                                         r"Choose a folder you can write to."):
+        checks.check_writable_folder("report_dir", tmp_path / "file" / "deeper")

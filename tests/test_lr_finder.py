@@ -67,7 +67,8 @@ def test_find_learning_rate_on_cached_activations(tiny_backbone_path, image_fold
     tuner = FineTuner(tiny_backbone_path, config=small_config)
     before = [variable.numpy().copy() for variable in tuner.backbone.weights]
     for phase in ("head", "fine_tune"):
-        path = str(tmp_path / f"lr_find_{phase}.png")
+        # A folder that does not exist yet is made.
+        path = str(tmp_path / "plots" / f"lr_find_{phase}.png")
         finding = tuner.find_learning_rate(train, phase=phase, validation=validation,
                                            steps=30, plot_path=path)
         assert len(finding.losses) == len(finding.learning_rates) <= 30

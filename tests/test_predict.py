@@ -194,7 +194,10 @@ def test_an_output_that_would_overwrite_an_input_is_refused(export_dir, photos, 
         str(tmp_path / "new.jpg"): "which is named as an image file",
         os.path.join(export_dir, "saved_model.pb"): "which is inside the model's folder",
         os.path.join(export_dir, "predictions.csv"): "which is inside the model's folder",
+        str(tmp_path / "notes.txt" / "deeper" / "p.csv"):
+            f"whose folder cannot be made: {str(tmp_path / 'notes.txt')!r} is a file",
     }
+    (tmp_path / "notes.txt").write_text("x")
     for output, problem in refused.items():
         with pytest.raises(ValueError, match="Invalid value for `output`. Expected a new CSV "
                            "file outside the model's folder") as error:

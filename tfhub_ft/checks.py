@@ -7,6 +7,7 @@ checks its flags before TensorFlow loads).
 """
 
 import os
+import tempfile
 
 import numpy as np
 
@@ -67,3 +68,25 @@ def check_folder_path(name, value):
             f"Invalid value for `{name}`. Expected a folder path. Received: "
             f"{name}={path!r}, which is a file. Choose another path or remove it.")
     return path
+
+
+def check_writable_folder(name, path):
+    """Refuses a folder path that cannot be created or written, before any work.
+
+    The nearest existing folder on the path is tried by making (and
+    removing) a folder in it: the only sure test (root passes `os.access`
+    on read-only mounts).
+
+    Raises:
+        ValueError: if the path or a folder above it is a file, or the
+            nearest existing folder cannot be written.
+    """
+    path = os.path.abspath(check_folder_path(name, path))
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tfhub_ft-check-", dir=parent))
+    except OSError as error:
+        raise ValueError(f"Invalid value for `{name}`. Cannot write {path!r}: {error.strerror} "
+                         f"({parent!r}). Choose a folder you can write to.") from None

@@ -35,7 +35,6 @@ import re
 import shlex
 import signal
 import sys
-import tempfile
 import threading
 import time
 import typing
@@ -503,20 +502,8 @@ def _check_folder(name, path):
 
 def _check_writable(name, path):
     """Fails before training, not after, where an output cannot be written."""
-    if not path:
-        return
-    from tfhub_ft.checks import check_folder_path
-
-    path = os.path.abspath(check_folder_path(name, path))
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    try:
-        # Trying is the only sure test (root passes os.access on read-only mounts).
-        os.rmdir(tempfile.mkdtemp(prefix=".tfhub_ft-check-", dir=parent))
-    except OSError as error:
-        raise ValueError(f"Invalid value for `{name}`. Cannot write {path!r}: {error.strerror} "
-                         f"({parent!r}). Choose a folder you can write to.") from None
+    if path:
+        checks.check_writable_folder(name, path)
 
 
 def _check_outside_exports(args):

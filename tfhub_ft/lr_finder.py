@@ -14,6 +14,7 @@ Networks", WACV 2017, section 3.3 ("LR range test").
 import dataclasses
 import logging
 import math
+import os
 from typing import Optional
 
 import numpy as np
@@ -206,6 +207,7 @@ def plot(finding, path, title="Learning-rate range test"):
                 "past its minimum, / 10",
                 fontsize=8, color="0.4")
     figure.tight_layout(rect=(0, 0.03, 1, 1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
     return path

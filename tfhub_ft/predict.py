@@ -311,7 +311,8 @@ def check_output(output, model, paths):
         paths: The image files to classify.
 
     Raises:
-        ValueError: if `output` is a folder, one of the images or an image
+        ValueError: if `output` is a folder, under a file, in a folder that
+            cannot be written, one of the images or an image
             file, inside the model's export folder (a SavedModel's folder, or
             a .tflite file's when it holds the SavedModel too), or the
             .tflite file or the labels.txt beside it.
@@ -325,9 +326,15 @@ def check_output(output, model, paths):
     # A .tflite file alone in a folder of other things does not own it.
     owns_folder = os.path.isdir(model) or os.path.isfile(
         os.path.join(model_dir, "saved_model.pb"))
+    folder = os.path.dirname(os.path.abspath(output))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     problem = None
     if os.path.isdir(output):
         problem = "which is a folder"
+    elif not os.path.isdir(existing):
+        problem = f"whose folder cannot be made: {existing!r} is a file"
     elif real in {os.path.realpath(path) for path in paths}:
         problem = "which is one of the images to classify"
     elif output.lower().endswith(preprocessing.IMAGE_EXTENSIONS):
@@ -341,6 +348,7 @@ def check_output(output, model, paths):
         raise ValueError(
             f"Invalid value for `output`. Expected a new CSV file outside the model's "
             f"folder. Received: output={output!r}, {problem}.")
+    checks.check_writable_folder("output", folder)
 
 
 def write_csv(rows, output, top_k):
