@@ -210,6 +210,76 @@ def test_a_different_run_is_refused(tmp_path):
         checkpoints.open_work_directory(str(tmp_path), identity).phase("fine_tune", ["head"])
 
 
+def test_other_images_of_the_same_count_are_a_different_run(tmp_path):
+    def identity(train="0123", validation="4567"):
+        return checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4,
+                                        fingerprints={"train": train, "validation": validation})
+
+    checkpoints.open_work_directory(str(tmp_path / "work"), identity())
+    checkpoints.open_work_directory(str(tmp_path / "work"), identity())
+    with pytest.raises(ValueError) as error:
+        checkpoints.open_work_directory(str(tmp_path / "work"), identity(train="89ab"))
+    assert ("holds a different run (the train images differ (their files, sizes, labels or "
+            "pixels; fingerprint 0123 -> 89ab))") in str(error.value)
+    # A work directory written before fingerprints were recorded resumes on
+    # the counts alone.
+    checkpoints.open_work_directory(str(tmp_path / "old"), checkpoints.run_identity(
+        FineTuneConfig(), "hub", ["a", "b"], 10, 4))
+    checkpoints.open_work_directory(str(tmp_path / "old"), identity())
+
+
+def test_an_image_set_fingerprint_follows_files_labels_and_pixels(tmp_path):
+    from tfhub_ft import data
+
+    images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
+    for index in range(4):
+        os.makedirs(tmp_path / "photos" / "ab"[index % 2], exist_ok=True)
+        (tmp_path / "photos" / "ab"[index % 2] / f"{index}.jpg").write_bytes(b"x" * index)
+    paths = [str(tmp_path / "photos" / "ab"[i % 2] / f"{i}.jpg") for i in range(4)]
+
+    def fingerprint(images=images, labels=(0, 1, 0, 1), paths=paths):
+        return data.ImageSet(images, np.asarray(labels, np.int32), ["a", "b"],
+                             paths=paths).fingerprint()
+
+    first = fingerprint()
+    assert len(first) == 16 and fingerprint() == first
+    assert fingerprint(labels=(0, 1, 1, 1)) != first
+    assert fingerprint(images=images[::-1]) != first
+    assert fingerprint(paths=None) != first  # a tf.data source of the same pixels
+    (tmp_path / "photos" / "a" / "2.jpg").write_bytes(b"y" * 5)  # another photo
+    assert fingerprint() != first
+    (tmp_path / "photos" / "a" / "2.jpg").write_bytes(b"x" * 2)
+    assert fingerprint() == first
+    # The same folder moved elsewhere is the same data.
+    os.rename(tmp_path / "photos", tmp_path / "moved")
+    assert fingerprint(paths=[p.replace("photos", "moved") for p in paths]) == first
+    assert data.ImageSet(images[:0], np.zeros(0, np.int32), ["a", "b"]).fingerprint()
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_not_resumed_on_other_photos(tiny_backbone_path, image_folders,
+                                                         small_config, tmp_path):
+    import shutil
+
+    from tfhub_ft import FineTuner
+
+    train, validation, _, _ = image_folders
+    config = small_config.replace(head_epochs=1, fine_tune_epochs=0)
+    FineTuner(tiny_backbone_path, config=config).fit(
+        train, validation, verbose=0, work_dir=str(tmp_path / "work"))
+    # A copy elsewhere is the same data; one photo replaced by another is not.
+    shutil.copytree(train, tmp_path / "copy")
+    FineTuner(tiny_backbone_path, config=config).fit(
+        str(tmp_path / "copy"), validation, verbose=0, work_dir=str(tmp_path / "work"))
+    first_class = sorted(os.listdir(tmp_path / "copy"))[0]
+    photo = sorted(path for path in (tmp_path / "copy" / first_class).iterdir()
+                   if not path.name.startswith("corrupt"))[0]
+    photo.write_bytes(open(photo, "rb").read() + b"\0")
+    with pytest.raises(ValueError, match="holds a different run \\(the train images differ"):
+        FineTuner(tiny_backbone_path, config=config).fit(
+            str(tmp_path / "copy"), validation, verbose=0, work_dir=str(tmp_path / "work"))
+
+
 def test_work_dir_is_checked(tmp_path):
     identity = checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4)
     a_file = tmp_path / "file"

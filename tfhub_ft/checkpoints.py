@@ -55,7 +55,8 @@ PHASES = ("head", "fine_tune")
 RESUMABLE_CONFIG_CHANGES = ("cache_memory_mb", "deterministic")
 
 
-def run_identity(config, hub_handle, class_names, train_count, validation_count):
+def run_identity(config, hub_handle, class_names, train_count, validation_count,
+                 fingerprints=None):
     """What must not change between a run and its resumption, as JSON data.
 
     Args:
@@ -63,13 +64,19 @@ def run_identity(config, hub_handle, class_names, train_count, validation_count)
         hub_handle: The backbone's handle.
         class_names: The classes, in label order.
         train_count, validation_count: Sizes of the two image sets.
+        fingerprints: {"train": ..., "validation": ...}, each the image
+            set's `data.ImageSet.fingerprint()`, so that other images of the
+            same count do not resume the run; None leaves them out.
     """
     settings = {name: list(value) if isinstance(value, tuple) else value
                 for name, value in dataclasses.asdict(config).items()
                 if name not in RESUMABLE_CONFIG_CHANGES}
-    return {"config": settings, "hub_handle": str(hub_handle),
-            "class_names": list(class_names), "train_images": int(train_count),
-            "validation_images": int(validation_count)}
+    identity = {"config": settings, "hub_handle": str(hub_handle),
+                "class_names": list(class_names), "train_images": int(train_count),
+                "validation_images": int(validation_count)}
+    if fingerprints is not None:
+        identity["fingerprints"] = dict(fingerprints)
+    return identity
 
 
 def open_work_directory(work_dir, identity, is_chief=True):
@@ -266,11 +273,21 @@ class WorkDirectory:
 
 
 def _check_same_run(path, recorded, identity):
+    if "fingerprints" not in recorded:
+        # A work directory from before fingerprints were recorded: the
+        # counts are all it can be checked by.
+        identity = {key: value for key, value in identity.items() if key != "fingerprints"}
     if recorded == identity:
         return
     differences = []
     for key in sorted(set(recorded) | set(identity)):
-        if key == "config":
+        if key == "fingerprints":
+            old, new = recorded.get(key, {}), identity.get(key, {})
+            differences += [f"the {name} images differ (their files, sizes, labels or "
+                            f"pixels; fingerprint {old.get(name)} -> {new.get(name)})"
+                            for name in sorted(set(old) | set(new))
+                            if old.get(name) != new.get(name)]
+        elif key == "config":
             old, new = recorded.get(key, {}), identity.get(key, {})
             differences += [f"{name}: {old.get(name)!r} -> {new.get(name)!r}"
                             for name in sorted(set(old) | set(new))

@@ -6,6 +6,7 @@ backbone's size and kept as uint8, so epochs never decode a JPEG again.
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import sys
@@ -21,6 +22,10 @@ from tfhub_ft.config import (DEFAULT_IMAGE_SIZE, SMALL_IMAGE_SIDE, SMALL_IMAGE_S
                              FineTuneConfig, choose_image_size)
 
 logger = logging.getLogger(__name__)
+
+
+# Decoded images hashed by `ImageSet.fingerprint`.
+FINGERPRINT_IMAGES = 64
 
 
 @dataclasses.dataclass
@@ -49,6 +54,28 @@ class ImageSet:
 
     def __len__(self):
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """A short hash of what the set holds, to tell one data set from another.
+
+        Hashes the labels, each file's class folder, name and size (folder
+        sources; the folder above may move), and `FINGERPRINT_IMAGES` decoded
+        images spread over the set (any source). Reading them costs a few
+        milliseconds; the files are stat-ed, not read again.
+
+        Returns:
+            16 hexadecimal characters.
+        """
+        digest = hashlib.sha256(np.asarray(self.labels, np.int64).tobytes())
+        for path in self.paths or ():
+            folder, name = os.path.split(os.fsencode(path))
+            digest.update(b"%s/%s %d\0" % (os.path.basename(folder), name,
+                                             os.stat(path).st_size))
+        if len(self):
+            rows = np.unique(np.linspace(0, len(self) - 1, min(FINGERPRINT_IMAGES, len(self)),
+                                         dtype=np.int64))
+            digest.update(np.ascontiguousarray(arrays.take(self.images, rows)).tobytes())
+        return digest.hexdigest()[:16]
 
     def subset(self, indices) -> "ImageSet":
         paths = None if self.paths is None else [self.paths[i] for i in indices]

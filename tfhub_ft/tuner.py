@@ -282,9 +282,11 @@ class FineTuner:
         keras.utils.set_random_seed(self.config.seed)
         self.class_names = list(train_set.class_names)
         work = checkpoints.open_work_directory(
-            work_dir, checkpoints.run_identity(self.config, self.backbone.hub_handle,
-                                               self.class_names, len(train_set),
-                                               len(validation_set)),
+            work_dir, checkpoints.run_identity(
+                self.config, self.backbone.hub_handle, self.class_names, len(train_set),
+                len(validation_set), fingerprints=None if work_dir is None else {
+                    "train": train_set.fingerprint(),
+                    "validation": validation_set.fingerprint()}),
             is_chief=self.strategy.extended.should_checkpoint)
         with self.strategy.scope():
             self.model = model_lib.build_classifier(
