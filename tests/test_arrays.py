@@ -93,3 +93,34 @@ def test_row_writer_known_and_unknown_lengths(tmp_path):
     assert isinstance(kept, arrays.FileArray) and budget.spilled_bytes == 60 + 60
     np.testing.assert_array_equal(arrays.take(kept, np.arange(10)), values)
     assert sorted(os.listdir(tmp_path)) == ["001-short.bin", "003-spills.bin"]  # 002-fits: removed
+
+
+def test_a_budget_spills_into_a_folder_of_its_process_and_close_removes_it(
+        tmp_path, monkeypatch, caplog):
+    import logging
+    import socket
+    import tempfile
+
+    from tests.test_scratch import ended_process_id
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = socket.gethostname().replace("/", "_")
+    left = tmp_path / f"tfhub_ft_cache-{ended_process_id()}@{host}-abc"
+    left.mkdir()
+    (left / "001-images.bin").write_bytes(b"x" * 100)
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        budget = arrays.ArrayBudget(0)
+    # What a killed run left is removed when the next budget starts.
+    assert not left.exists() and "the spill files of a run that process" in caplog.text
+    spilled = budget.allocate((4, 2), np.float32, "features")
+    folder, = os.listdir(tmp_path)
+    assert folder.startswith(f"tfhub_ft_cache-{os.getpid()}@")
+    assert os.path.dirname(spilled.path) == str(tmp_path / folder)
+    budget.close()
+    assert os.listdir(tmp_path) == []
+    budget.close()  # twice is harmless
+    # A folder given to the budget is the caller's: close leaves it.
+    given = arrays.ArrayBudget(0, directory=str(tmp_path / "mine"))
+    given.allocate((4, 2), np.float32, "features")
+    given.close()
+    assert os.listdir(tmp_path / "mine") == ["001-features.bin"]

@@ -281,7 +281,7 @@ dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(300) % 2))
 budget = arrays.ArrayBudget(0)
 for source in (dataset, dataset.filter(lambda i, l: True), {train!r}):
     assert isinstance(data.load_images(source, 8, budget=budget).images, arrays.FileArray)
-spill, = [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("tfhub_ft_cache_")]
+spill, = [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("tfhub_ft_cache-")]
 print(sorted(os.listdir(os.path.join(tempfile.gettempdir(), spill))))
 """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,7 +291,7 @@ print(sorted(os.listdir(os.path.join(tempfile.gettempdir(), spill))))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(
         ["001-images.bin", "002-images.bin", "003-images.bin"])
-    assert not [name for name in os.listdir(temporary) if name.startswith("tfhub_ft_cache_")]
+    assert not [name for name in os.listdir(temporary) if name.startswith("tfhub_ft_cache-")]
 
 
 _FLOWERS = ["dandelion", "daisy", "tulips", "sunflowers", "roses"]

@@ -1,6 +1,7 @@
 import logging
 import os
 import re
+import socket
 import stat
 
 import numpy as np
@@ -68,29 +69,20 @@ def test_failed_export_keeps_the_earlier_one(trained, tmp_path, monkeypatch):
     tf.saved_model.load(path)
 
 
-def test_staging_folders_of_killed_exports_are_removed_and_no_others(tmp_path, caplog):
-    import socket
-    import subprocess
-    import sys
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)
-    dead_pid = int(ended.stdout)
+def test_staging_folders_of_killed_exports_are_removed(tmp_path, caplog):
+    from tests.test_scratch import ended_process_id
+    dead_pid = ended_process_id()
     host = socket.gethostname().replace("/", "_")
-    names = {"dead": f".export-{dead_pid}@{host}-abc123_x",
-             "running": f".export-{os.getpid()}@{host}-def456_y",
-             "other host": f".export-{dead_pid}@another-host.example-ghi789",
-             "not ours": ".export-mine"}
-    for name in names.values():
-        (tmp_path / name).mkdir()
-    with caplog.at_level(logging.INFO, logger="tfhub_ft.export"):
-        removed = export.remove_abandoned_staging(str(tmp_path))
-    assert removed == [str(tmp_path / names["dead"])]
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        names[key] for key in ("running", "other host", "not ours"))
-    assert f"export that process {dead_pid} did not finish" in caplog.text
-    # atomic_folder names its staging folders so that a later export can tell.
-    with export.atomic_folder(str(tmp_path / "model"), "the export") as staging:
-        assert re.match(rf"\.export-{os.getpid()}@", os.path.basename(staging))
+    (tmp_path / f".export-{dead_pid}@{host}-abc123_x").mkdir()
+    (tmp_path / f".export-{os.getpid()}@{host}-def456_y").mkdir()
+    # atomic_folder names its staging folder so that a later export can
+    # tell, and removes what a killed export left first.
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        with export.atomic_folder(str(tmp_path / "model"), "the export") as staging:
+            assert re.match(rf"\.export-{os.getpid()}@", os.path.basename(staging))
+            assert sorted(os.listdir(tmp_path)) == sorted(
+                [f".export-{os.getpid()}@{host}-def456_y", os.path.basename(staging)])
+    assert f"the staging folder of an export that process {dead_pid} left" in caplog.text
 
 
 @pytest.mark.slow

@@ -78,6 +78,30 @@ def test_same_seed_repeats(tiny_backbone_path, image_folders, small_config):
 
 
 @pytest.mark.slow
+def test_a_second_fit_starts_from_the_pretrained_backbone_and_leaves_no_spill_files(
+        tiny_backbone_path, image_folders, small_config, tmp_path, monkeypatch, caplog):
+    import logging
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    train, validation, _, _ = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=small_config.replace(cache_memory_mb=0))
+    first = tuner.fit(train, validation, verbose=0)
+    # What phase 2 does to the backbone, made certain: every variable moved.
+    for variable in tuner.backbone.weights:
+        variable.assign(variable.numpy() + 0.5)
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        second = tuner.fit(train, validation, verbose=0)
+    assert "starts again from the pretrained weights" in caplog.text
+    for phase in ("head", "fine_tune"):
+        np.testing.assert_allclose(first[phase]["val_loss"], second[phase]["val_loss"],
+                                   rtol=1e-6)
+    # Every array went to a spill file (0 MB budget); none outlives its fit.
+    assert "over the 0 MB memory budget" in caplog.text
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("tfhub_ft_cache")]
+
+
+@pytest.mark.slow
 def test_decode_seconds_count_only_what_fit_decoded(tiny_backbone_path, image_folders,
                                                     small_config, caplog):
     train, validation, _, _ = image_folders

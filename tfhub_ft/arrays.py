@@ -11,14 +11,17 @@ import atexit
 import logging
 import os
 import shutil
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
+from tfhub_ft import scratch
 from tfhub_ft.checks import check_integer
 
 logger = logging.getLogger(__name__)
+
+# The prefix of spill folders in the temporary folder (`scratch.make_folder`).
+SPILL_KIND = "tfhub_ft_cache"
 
 
 class FileArray:
@@ -151,8 +154,10 @@ class ArrayBudget:
     Args:
         memory_bytes: Bytes of arrays kept in memory; 0 puts every array in
             a file, None keeps every array in memory.
-        directory: Where spilled arrays go; a temporary folder, removed at
-            exit, when None.
+        directory: Where spilled arrays go; when None, a folder in the
+            temporary folder named after this process (`scratch`), removed
+            at exit or by `close`, and spill folders of ended processes are
+            removed there first.
     """
 
     def __init__(self, memory_bytes: Optional[int] = None, directory: Optional[str] = None):
@@ -161,14 +166,33 @@ class ArrayBudget:
         self.used_bytes = 0
         self.spilled_bytes = 0
         self._directory = directory
+        self._owned = False
         self._count = 0
+        if directory is None:
+            # What a killed run (SIGKILL: no exit handler ran) left in the
+            # temporary folder.
+            scratch.remove_abandoned(SPILL_KIND, what="the spill files of a run")
 
     def _spill_directory(self):
         if self._directory is None:
-            self._directory = tempfile.mkdtemp(prefix="tfhub_ft_cache_")
+            self._directory = scratch.make_folder(SPILL_KIND)
+            self._owned = True
             atexit.register(shutil.rmtree, self._directory, True)
         os.makedirs(self._directory, exist_ok=True)
         return self._directory
+
+    def close(self):
+        """Removes the spill folder this budget made, and every file in it.
+
+        Arrays it allocated past the memory budget (`FileArray`s) cannot be
+        read afterwards. Called when a run's arrays are no longer needed
+        (`FineTuner.fit` closes the previous fit's budget): without it they
+        stay on disk until the process exits. A folder passed in as
+        `directory` is left alone.
+        """
+        if self._owned:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory, self._owned = None, False
 
     def _new_path(self, name):
         self._count += 1

@@ -7,14 +7,12 @@ server needs only `tf.saved_model.load` (or TF Serving) and no tfhub_ft.
 import contextlib
 import logging
 import os
-import re
 import shutil
-import socket
 import tempfile
 
 import tensorflow as tf
 
-from tfhub_ft import preprocessing
+from tfhub_ft import preprocessing, scratch
 from tfhub_ft.checks import check_folder_path
 
 logger = logging.getLogger(__name__)
@@ -148,7 +146,7 @@ def atomic_folder(path, what, kind="classifier"):
     try:
         os.makedirs(parent, exist_ok=True)
         remove_abandoned_staging(parent)
-        staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
+        staging = scratch.make_folder(STAGING_KIND, parent)
     except OSError as error:
         raise ValueError(
             f"Cannot write {what} to {path!r}: {error}. Choose a folder you can "
@@ -166,47 +164,19 @@ def atomic_folder(path, what, kind="classifier"):
         raise
 
 
-_STAGING = re.compile(r"^\.export-(\d+)@(.+)-[^-@]+$")
-
-
-def _staging_prefix():
-    # The writer's process and host in the name: a later export can tell a
-    # staging folder whose writer was killed (SIGKILL, power loss: no
-    # clean-up ran) from one another process is still writing.
-    return f".export-{os.getpid()}@{socket.gethostname().replace('/', '_')}-"
+# The staging folder's prefix (`scratch.make_folder`): hidden, and named
+# with its writer's process so that a later export can remove one a killed
+# export left.
+STAGING_KIND = ".export"
 
 
 def remove_abandoned_staging(parent):
     """Removes staging folders in `parent` that a killed export left behind.
 
-    Only folders named by `atomic_folder` on this host whose process has
-    ended are removed; another host's, a running process's and any other
-    folder are left alone.
-
     Returns:
-        The paths removed.
+        The paths removed (see `scratch.remove_abandoned`).
     """
-    removed = []
-    host = socket.gethostname().replace("/", "_")
-    for name in sorted(os.listdir(parent)):
-        match = _STAGING.match(name)
-        if not match or match.group(2) != host or _process_exists(int(match.group(1))):
-            continue
-        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-        removed.append(os.path.join(parent, name))
-        logger.info("Removed %s: the staging folder of an export that process %s did not "
-                    "finish (it has ended)", os.path.join(parent, name), match.group(1))
-    return removed
-
-
-def _process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's process (or a pid out of range: keep)
-    return True
+    return scratch.remove_abandoned(STAGING_KIND, parent, "the staging folder of an export")
 
 
 def _umask():

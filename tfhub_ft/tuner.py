@@ -124,6 +124,7 @@ class FineTuner:
         # the parity check's validation images and labels (seeded samples).
         self._representative_images = None
         self._parity_data = None
+        self._pretrained_weights = None  # the backbone's, kept by the first `fit`
         self.history = None
         self.stage_seconds = {}
         self._decode_seconds = 0.0
@@ -261,7 +262,16 @@ class FineTuner:
         time_budget = self._start_budget(work_dir)
         self.time_plan = None
         self.stage_seconds = {}
-        budget = self._new_budget()
+        self._start_from_pretrained_weights()
+        # What is kept after `fit` (samples for TFLite, the report's images)
+        # is copied out of the budget's arrays: its spill files go at the end.
+        with contextlib.closing(self._new_budget()) as budget:
+            return self._fit(budget, time_budget, train, validation, validation_split,
+                             class_names, data_dir, verbose, work_dir, tensorboard_dir,
+                             callbacks, budget_reserve_s)
+
+    def _fit(self, budget, time_budget, train, validation, validation_split, class_names,
+             data_dir, verbose, work_dir, tensorboard_dir, callbacks, budget_reserve_s):
         with self._stage("load") as note:
             started = time.perf_counter()
             train_set, validation_set = self.load_data(
@@ -371,6 +381,25 @@ class FineTuner:
         self._keep_tflite_data(train_set, validation_set)
         self.history = {"head": head_history, "fine_tune": fine_tune_history}
         return self.history
+
+    def _start_from_pretrained_weights(self):
+        """Each `fit` is a run of its own, from the module's weights.
+
+        Phase 2 changes the backbone's variables in place, so a second `fit`
+        on the same tuner (a notebook cell run again) would otherwise
+        fine-tune the backbone the first one fine-tuned, and give other
+        numbers for the same seed and data. The first `fit` keeps a copy
+        (the backbone's size in memory); a later one puts it back.
+        """
+        variables = self.backbone.weights
+        if self._pretrained_weights is None:
+            self._pretrained_weights = [variable.numpy() for variable in variables]
+            return
+        for variable, value in zip(variables, self._pretrained_weights):
+            variable.assign(value)
+        logger.info("This fit starts again from the pretrained weights of %s, not from the "
+                    "backbone the earlier fit on this tuner fine-tuned.",
+                    self.backbone.hub_handle)
 
     def _start_budget(self, work_dir):
         """The `TimeBudget` of a `fit` (None without `time_budget_s`): from the
@@ -749,39 +778,40 @@ class FineTuner:
         config = self.config
         if phase == "fine_tune" and config.fine_tune_epochs == 0:
             config = config.replace(fine_tune_epochs=1)
-        budget = self._new_budget()
-        train_set, validation_set = self.load_data(
-            train, validation, validation_split, class_names, data_dir, budget)
-        keras.utils.set_random_seed(config.seed)
-        classes = len(train_set.class_names)
-        with self.strategy.scope():
-            model = model_lib.build_classifier(
-                self.backbone, classes, self.image_size, config.dropout_rate,
-                config.augmentation, config.seed)
-            self.backbone.freeze_all()
-            # The head's test needs only the features: no split.
-            plan = (recipe.plan_fine_tune(self.backbone, config) if phase == "fine_tune"
-                    else recipe.FineTunePlan())
-            frozen = cache.compute_frozen_activations(model, train_set, validation_set,
-                                                      config, budget, plan.split)
-            loss = recipe.classification_loss(config, train_set.labels, model.num_classes)
-            if phase == "head":
-                trainee = model_lib.CachedInputClassifier(model)
-                inputs = frozen.train_features
-                make_optimizer = keras.optimizers.Adam
-            else:
-                recipe.train_head(model, frozen, train_set, validation_set, config, verbose=0)
-                self.backbone.unfreeze_top_blocks(len(plan.blocks))
-                trainee, inputs, _ = recipe.fine_tune_trainee(
-                    model, frozen, train_set, validation_set)
+        # Nothing of the test's arrays outlives it: its spill files go now.
+        with contextlib.closing(self._new_budget()) as budget:
+            train_set, validation_set = self.load_data(
+                train, validation, validation_split, class_names, data_dir, budget)
+            keras.utils.set_random_seed(config.seed)
+            classes = len(train_set.class_names)
+            with self.strategy.scope():
+                model = model_lib.build_classifier(
+                    self.backbone, classes, self.image_size, config.dropout_rate,
+                    config.augmentation, config.seed)
+                self.backbone.freeze_all()
+                # The head's test needs only the features: no split.
+                plan = (recipe.plan_fine_tune(self.backbone, config) if phase == "fine_tune"
+                        else recipe.FineTunePlan())
+                frozen = cache.compute_frozen_activations(model, train_set, validation_set,
+                                                          config, budget, plan.split)
+                loss = recipe.classification_loss(config, train_set.labels, model.num_classes)
+                if phase == "head":
+                    trainee = model_lib.CachedInputClassifier(model)
+                    inputs = frozen.train_features
+                    make_optimizer = keras.optimizers.Adam
+                else:
+                    recipe.train_head(model, frozen, train_set, validation_set, config, verbose=0)
+                    self.backbone.unfreeze_top_blocks(len(plan.blocks))
+                    trainee, inputs, _ = recipe.fine_tune_trainee(
+                        model, frozen, train_set, validation_set)
 
-                def make_optimizer(rate):
-                    return recipe.fine_tune_optimizer(rate, config)
-            batches = cache.training_batches(inputs, train_set.labels, classes, config)
-            finding = lr_finder.range_test(
-                trainee, batches.batches, make_optimizer, loss, min_learning_rate,
-                max_learning_rate, steps)
-            self.backbone.freeze_all()
+                    def make_optimizer(rate):
+                        return recipe.fine_tune_optimizer(rate, config)
+                batches = cache.training_batches(inputs, train_set.labels, classes, config)
+                finding = lr_finder.range_test(
+                    trainee, batches.batches, make_optimizer, loss, min_learning_rate,
+                    max_learning_rate, steps)
+                self.backbone.freeze_all()
         if plot_path:
             finding.plot_path = lr_finder.plot(
                 finding, plot_path, title=f"Learning-rate range test, {phase} phase")

@@ -1,0 +1,84 @@
+"""Scratch folders named after the process that owns them.
+
+An export's staging folder and a cache's spill folder are removed by the
+process that made them, when it ends or fails. A process killed outright
+(SIGKILL, the out-of-memory killer, power loss) runs no clean-up, and its
+folder stays: hundreds of megabytes of spill files, or a staging folder
+beside an export. Each such folder is named `<kind>-<pid>@<host>-<random>`,
+so that a later process can tell a folder whose owner has ended from one a
+running process is still writing, and remove the first kind only.
+"""
+
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+
+logger = logging.getLogger(__name__)
+
+
+def _host():
+    return socket.gethostname().replace("/", "_")
+
+
+def make_folder(kind, parent=None):
+    """Makes an empty private folder `<kind>-<pid>@<host>-<random>` in `parent`.
+
+    Args:
+        kind: The folder's prefix (".export", "tfhub_ft_cache"): no "@".
+        parent: The folder to make it in; the temporary folder when None.
+
+    Returns:
+        Its path.
+
+    Raises:
+        OSError: if it cannot be made.
+    """
+    return tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}@{_host()}-", dir=parent)
+
+
+def remove_abandoned(kind, parent=None, what="scratch folder"):
+    """Removes the `kind` folders in `parent` whose owning process has ended.
+
+    Only folders named by `make_folder` on this host are candidates; another
+    host's (a shared file system), a running process's and any other folder
+    are left alone. Each removal is logged at INFO, naming `what` it was.
+
+    Args:
+        kind: As given to `make_folder`.
+        parent: The folder to look in; the temporary folder when None.
+        what: Words for the log line ("the staging folder of an export").
+
+    Returns:
+        The paths removed.
+    """
+    parent = tempfile.gettempdir() if parent is None else parent
+    pattern = re.compile(rf"^{re.escape(kind)}-(\d+)@(.+)-[^-@]+$")
+    host = _host()
+    removed = []
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        if not match or match.group(2) != host or _process_exists(int(match.group(1))):
+            continue
+        path = os.path.join(parent, name)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        logger.info("Removed %s: %s that process %s left when it ended without "
+                    "cleaning up", path, what, match.group(1))
+    return removed
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a pid out of range: keep)
+    return True
