@@ -57,13 +57,19 @@ def _run_phase(timer, clock, config_epochs, steps_per_epoch, step_seconds, valid
     return epochs, steps
 
 
-def test_phase_start_gives_phase_one_half_of_what_is_left_or_skips_when_spent():
+def test_phase_start_gives_phase_one_half_of_what_is_left_or_what_phase_2_leaves():
     ample = time_budget.plan_phase_start("head", 10, budget_s=90, used_s=30, reserve_s=6,
                                          used_by="loading", fine_tune_s=10.0)
     assert ample.epochs == 10 and ample.deadline_s == pytest.approx(30 + 0.5 * 54)
     assert "(0.5 of the 54.0 s left, the rest for phase 2)" in ample.reason
     alone = time_budget.plan_phase_start("head", 10, 90, 30, 6, "loading")
     assert alone.deadline_s == pytest.approx(84)
+    # Half would not leave phase 2 its first epoch: phase 1 leaves it that
+    # (54 s left, a 30 s epoch), where half of it would end in phase 2
+    # skipped and 27 s unused.
+    leaving = time_budget.plan_phase_start("head", 10, 90, 30, 6, "loading", fine_tune_s=30.0)
+    assert leaving.deadline_s == pytest.approx(30 + 24)
+    assert "(the 54.0 s left less the ~30.0 s a first phase 2 epoch needs)" in leaving.reason
     # Less left than phase 2's first epoch needs: phase 1 may take it all,
     # and phase 2 does not start.
     short = time_budget.plan_phase_start("head", 10, 40, 28, 8, "loading", fine_tune_s=9.0)

@@ -273,15 +273,21 @@ def plan_phase_start(phase, config_epochs, budget_s, used_s, reserve_s, used_by,
             phase, 0, config_epochs, deadline_s=used_s, steps=0, reason=(
                 f"{spent}. {name.capitalize()} skipped, the head alone is trained (or set "
                 f"fine_tune_epochs=0 to skip phase 2 without this warning). {advice}"))
-    share, why = 1.0, ""
+    phase_s, why = left, ""
     if phase == "head" and fine_tune_s is not None:
-        if left >= fine_tune_s:
-            share = config_lib.TIME_BUDGET_HEAD_SHARE
+        share = config_lib.TIME_BUDGET_HEAD_SHARE
+        if left - share * left >= fine_tune_s:
+            phase_s = share * left
             why = f" ({share:g} of the {left:.1f} s left, the rest for phase 2)"
+        elif left >= fine_tune_s:
+            # Half would leave phase 2 too little to start: it gets what its
+            # first epoch needs, phase 1 the rest.
+            phase_s = left - fine_tune_s
+            why = (f" (the {left:.1f} s left less the ~{fine_tune_s:.1f} s a first "
+                   "phase 2 epoch needs)")
         else:
             why = (f" (all of it: less than the ~{fine_tune_s:.1f} s a first phase 2 "
                    "epoch needs is left)")
-    phase_s = share * left
     return PhasePlan(
         phase, config_epochs, config_epochs, deadline_s=used_s + phase_s, reason=(
             f"{_budget_words(budget_s)}: {used_s:.1f} s used by {used_by}, "
