@@ -303,11 +303,43 @@ def test_the_fine_tune_plan_names_its_blocks_and_how_they_train(tiny_backbone_pa
         plan = recipe.plan_fine_tune(backbone, FineTuneConfig(unfreeze_blocks=2))
         recipe.plan_fine_tune(HubBackbone(tiny_backbone_path, batch_norm_trainable=True),
                               FineTuneConfig(unfreeze_blocks=1))
+        nothing = recipe.plan_fine_tune(backbone, FineTuneConfig(unfreeze_blocks=0))
     assert plan.split is not None
+    assert nothing.blocks == () and nothing.split is None
     # TinyBackbone(widths=(4, 8, 8, 16)): block_3 1,216 and top 320 parameters.
     assert [r.getMessage() for r in caplog.records if r.name == "tfhub_ft.recipe"] == [
         "Phase 2 will fine-tune the top 2 of 5 blocks (block_3 to top; 1,536 weights, "
         "batch-norm statistics included) from the cached output of the frozen blocks below "
         "them (split backbone)",
         "Phase 2 will fine-tune the top 1 of 5 blocks (top; 320 weights, batch-norm "
-        "statistics included) through the whole module each step"]
+        "statistics included) through the whole module each step",
+        "Phase 2 fine-tunes no block (unfreeze_blocks=0): it trains the head further at "
+        "fine_tune_learning_rate, on the cached features as phase 1 does."]
+    # The backbone did not log a split it did not need.
+    assert "Not splitting" not in caplog.text
+
+
+@pytest.mark.slow
+def test_phase_two_without_blocks_trains_the_head_on_cached_features(
+        tiny_backbone_path, image_folders, small_config, monkeypatch):
+    from tfhub_ft import model as model_lib
+
+    train, validation, _, _ = image_folders
+    trainees = []
+    chooser = recipe.fine_tune_trainee
+
+    def recorded(*args):
+        trainees.append(chooser(*args))
+        return trainees[-1]
+
+    monkeypatch.setattr(recipe, "fine_tune_trainee", recorded)
+    tuner = FineTuner(tiny_backbone_path, config=small_config.replace(unfreeze_blocks=0))
+    before = snapshot(tuner)
+    tuner.fit(train, validation, verbose=0)
+    assert tuner.history["fine_tune"]["loss"] and not changed(before, tuner)
+    # Phase 2 and the final validation: the head on the frozen pass's
+    # features, never the images through the module.
+    assert len(trainees) == 2
+    for trainee, inputs, _ in trainees:
+        assert isinstance(trainee, model_lib.CachedInputClassifier) and trainee.top is None
+        assert inputs[0].shape[1:] == (tuner.backbone.feature_dim,)

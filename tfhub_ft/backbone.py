@@ -507,14 +507,16 @@ class HubBackbone(keras.layers.Layer):
 
         Returns:
             (`BackboneSplit`, None), or (None, the reason) where the module
-            cannot be split: `count` is 0 (logged at INFO), batch norm
+            cannot be split: `count` is 0 (not logged), batch norm
             trains (training mode changes every block's output), the call
             graph could not be traced, or the split failed (each logged
             once as a WARNING with the reason and the cost).
         """
         chosen = blocks_lib.top_blocks(self.blocks, count)
         if not chosen:
-            return self._no_split(logging.INFO, "no block is unfrozen")
+            # Nothing to split: phase 2 trains the head on cached features
+            # (`recipe.fine_tune_trainee`), which the caller says.
+            return None, "no block is unfrozen"
         if self.batch_norm_trainable:
             # Asked for: said at INFO, with what it costs.
             return self._no_split(

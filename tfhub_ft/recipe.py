@@ -63,6 +63,10 @@ def plan_fine_tune(backbone, config) -> FineTunePlan:
             "from the cached output of the frozen blocks below them (split backbone)"
             if len(blocks) < len(backbone.blocks) else "from the cached input (no block "
             "below them stays frozen)")
+    else:
+        logger.info("Phase 2 fine-tunes no block (unfreeze_blocks=0): it trains the head "
+                    "further at fine_tune_learning_rate, on the cached features as phase 1 "
+                    "does.")
     return FineTunePlan(blocks, split, reason)
 
 
@@ -358,7 +362,8 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
 
 def fine_tune_trainee(model, frozen, train, validation):
     """What phase 2 trains and on what: the top of a split backbone on the
-    cached boundary tensors, or the whole model on the images.
+    cached boundary tensors, the head alone on the cached features when no
+    block is unfrozen, or the whole model on the images.
 
     Returns:
         (Keras model, training inputs: one array tuple per augmentation
@@ -367,6 +372,10 @@ def fine_tune_trainee(model, frozen, train, validation):
     if frozen.split is not None:
         return (model_lib.CachedInputClassifier(model, top=frozen.split.top),
                 frozen.train_boundary, frozen.validation_boundary)
+    if not model.backbone.trainable_weights:
+        # No block unfrozen: the features are the frozen pass's, as in phase 1.
+        return (model_lib.CachedInputClassifier(model), frozen.train_features,
+                frozen.validation_features)
     return model, [train.images], validation.images
 
 
