@@ -101,6 +101,15 @@ def test_a_second_fit_starts_from_the_pretrained_backbone_and_leaves_no_spill_fi
     assert not [name for name in os.listdir(tmp_path) if name.startswith("tfhub_ft_cache")]
 
 
+def test_a_run_that_trains_nothing_is_warned_about(tiny_backbone_path, caplog):
+    tuner = FineTuner(tiny_backbone_path, head_epochs=0, fine_tune_epochs=0)
+    with pytest.raises(ValueError):  # the warning comes before the data is read
+        tuner.fit("no/such/folder")
+    assert ("head_epochs=0 and fine_tune_epochs=0: nothing will be trained. The head keeps "
+            "its random start, so the classifier is no better than chance. Set "
+            f"head_epochs={FineTuneConfig().head_epochs}") in caplog.text
+
+
 @pytest.mark.slow
 def test_decode_seconds_count_only_what_fit_decoded(tiny_backbone_path, image_folders,
                                                     small_config, caplog):
@@ -264,8 +273,10 @@ def test_labels_with_a_gap_and_two_validation_sources_are_refused(tiny_backbone_
     images = np.zeros((6, 8, 8, 3), np.uint8)
     starting_at_one = tf.data.Dataset.from_tensor_slices((images, np.array([1, 2, 3] * 2)))
     with pytest.raises(ValueError, match=r"Class\(es\) \['0'\] have no training image "
-                                         r"\(4 classes: \['0', '1', '2', '3'\]\).*Map the "
-                                         r"labels to 0 \.\.\. C-1"):
+                                         r"\(4 classes: \['0', '1', '2', '3'\]\)\. The "
+                                         r"labels are class indices 0, 1, \.\.\.; these run "
+                                         r"from 1 to 3 \(3 distinct\), so 4 classes were "
+                                         r"made\. Map the labels to 0 \.\.\. C-1"):
         tuner.load_data(starting_at_one)
     with pytest.raises(ValueError, match=r"`validation` and `validation_split` both given.*"
                                          r"Received: validation_split=0.3"):

@@ -340,8 +340,10 @@ class PhaseCheckpoint:
             # restoring them restores what the phase left in the classifier.
             _assign(_model_variables(trainee), work.read_arrays(record["checkpoint"]),
                     "model", f"{work.path}/{record['checkpoint']}")
-            logger.info("Phase %s finished in an earlier run (%d epochs): restored "
-                        "its weights from %s", self.name, record["epochs_done"], work.path)
+            epochs = record["epochs_done"]
+            logger.info("Phase %s finished in an earlier run (%d epoch%s): restored "
+                        "its weights from %s", self.name, epochs, "" if epochs == 1 else "s",
+                        work.path)
             return record["history"]
         if record is None:
             record = {"epochs_done": 0, "finished": False, "stopped": False,

@@ -117,6 +117,18 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+_METAVAR_WORDS = {"FLOAT": "a number", "INT": "an integer", "STR": "text"}
+
+
+def _parsed(parse, text, expected):
+    """`parse(text)`, its ValueError worded for argparse (which otherwise
+    names the parsing function: "invalid parse_optional value")."""
+    try:
+        return parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def _value_parser(annotation):
     """A function str -> value of the annotated type, and a metavar."""
     origin = typing.get_origin(annotation)
@@ -130,7 +142,9 @@ def _value_parser(annotation):
         parse, metavar = _value_parser(inner[0] if len(inner) == 1 else typing.Union[tuple(inner)])
 
         def parse_optional(text):
-            return None if str(text).strip().lower() in ("", "none", "null") else parse(text)
+            if str(text).strip().lower() in ("", "none", "null"):
+                return None
+            return _parsed(parse, text, f"{_METAVAR_WORDS.get(metavar, metavar)} or none")
         return parse_optional, f"{metavar}|none"
     if origin in (tuple, list) or annotation in (tuple, list):
         item = arguments[0] if arguments else str
@@ -140,7 +154,9 @@ def _value_parser(annotation):
             # "none", as the help writes the empty default, is the empty tuple.
             if str(text).strip().lower() == "none":
                 return ()
-            return tuple(parse(part.strip()) for part in str(text).split(",") if part.strip())
+            return tuple(_parsed(parse, part.strip(),
+                                 f"{_METAVAR_WORDS.get(metavar, metavar)}, comma-separated")
+                         for part in str(text).split(",") if part.strip())
         return parse_sequence, f"{metavar},..."
     if origin is typing.Literal:
         choices = arguments
@@ -412,7 +428,8 @@ def as_typed(text):
 
     The library's messages name Python arguments ("pass
     class_weight='balanced'", "Received: time_budget_s=0"); on the command
-    line those are flags: `--class_weight=balanced`, `--time_budget_s=0`.
+    line those are flags: `--class_weight=balanced`, `--time_budget=0` (a
+    field's `FLAG_ALIASES` name where it has one).
     Options of the train command (the config's fields and its own flags)
     standing as words (at the start, after a space or a bracket: not inside
     a path such as runs/seed=1) are rewritten; a value in brackets (a
@@ -430,7 +447,9 @@ def as_typed(text):
         end = ""
         if match.group(4) is not None and value.endswith("."):
             value, end = value[:-1], "."  # the sentence's end, not the value's
-        return f"--{match.group(1)}={shlex.quote(value)}{end}"
+        # The flag README shows: `--time_budget`, not `--time_budget_s`.
+        name = FLAG_ALIASES.get(match.group(1), (match.group(1),))[0]
+        return f"--{name}={shlex.quote(value)}{end}"
     return _OPTION_VALUE.sub(flag, text)
 
 

@@ -188,8 +188,8 @@ def list_image_folder(directory, min_classes=2) -> Tuple[List[str], np.ndarray, 
     alarming = [(p, why) for p, why in left_out if "cannot decode" in why
                 or "link" in why or "cannot be read" in why]
     quiet = [item for item in left_out if item not in alarming]
-    logger.info("Found %d image files in %s (%s)%s%s", len(paths),
-                image_files.display_path(directory), ", ".join(counts),
+    logger.info("Found %d image file%s in %s (%s)%s%s", len(paths),
+                "" if len(paths) == 1 else "s", image_files.display_path(directory), ", ".join(counts),
                 f", {nested} nested folder(s) searched" if nested else "",
                 f"; left out {len(quiet)}: " + image_files.listing_by_reason(
                     quiet, "files left out") if quiet else "")
@@ -400,11 +400,13 @@ def check_training_classes(image_set):
     counts = np.bincount(np.asarray(image_set.labels), minlength=len(image_set.class_names))
     empty = [image_set.class_names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
+        present = np.flatnonzero(counts)
         raise ValueError(
             f"Class(es) {empty} have no training image ({len(image_set.class_names)} classes: "
-            f"{list(image_set.class_names)}). The labels are class indices 0, 1, ...: labels "
-            "1 to 3 make four classes, '0' without images. Map the labels to 0 ... C-1 "
-            "without gaps, or drop the classes from `class_names`.")
+            f"{list(image_set.class_names)}). The labels are class indices 0, 1, ...; these "
+            f"run from {present.min()} to {present.max()} ({len(present)} distinct), so "
+            f"{len(counts)} classes were made. Map the labels to 0 ... C-1 without gaps, or "
+            "drop the classes from `class_names`.")
 
 
 def check_validation_split(labels, class_names, validation_fraction, seed=0):

@@ -56,8 +56,8 @@ def list_image_files(images):
         scan = image_files.scan_class_folder(images, preprocessing.IMAGE_EXTENSIONS)
         paths = scan.files
         if scan.left_out:
-            logger.info("Found %d image files in %s; left out %d: %s", len(paths),
-                        image_files.display_path(images), len(scan.left_out),
+            logger.info("Found %d image file%s in %s; left out %d: %s", len(paths),
+                        "" if len(paths) == 1 else "s", image_files.display_path(images), len(scan.left_out),
                         image_files.listing_by_reason(scan.left_out, "files left out"))
     else:
         paths = [path for path in glob.glob(images, recursive=True) if os.path.isfile(path)]

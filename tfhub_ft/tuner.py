@@ -263,6 +263,12 @@ class FineTuner:
         self.time_plan = None
         self.stage_seconds = {}
         self._start_from_pretrained_weights()
+        if not self.config.head_epochs and not self.config.fine_tune_epochs:
+            logger.warning(
+                "head_epochs=0 and fine_tune_epochs=0: nothing will be trained. The head "
+                "keeps its random start, so the classifier is no better than chance. Set "
+                "head_epochs=%d (phase 1 on cached features costs seconds).",
+                FineTuneConfig.head_epochs)
         # What is kept after `fit` (samples for TFLite, the report's images)
         # is copied out of the budget's arrays: its spill files go at the end.
         with contextlib.closing(self._new_budget()) as budget:
