@@ -75,6 +75,22 @@ def test_listing_follows_linked_folders_as_training_does(photos, tmp_path, caplo
     assert "left out" in caplog.text and ".hidden.jpg" in caplog.text
 
 
+def test_a_glob_says_what_it_matched_that_is_not_a_file(tmp_path, caplog):
+    folder = tmp_path / "photos"
+    (folder / "cats").mkdir(parents=True)
+    (folder / "x.jpg").write_bytes(b"x")
+    (folder / "y.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(folder / "z.jpg")
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.predict"):
+        assert predict.list_image_files(str(folder / "*")) == [str(folder / "x.jpg")]
+    assert caplog.messages == [
+        f"Found 1 file matching {folder}/*; left out 3: {folder}/cats (a folder); "
+        f"{folder}/y.jpg (broken link); {folder}/z.jpg (not a regular file)"]
+    with pytest.raises(ValueError, match=r"which matches no file, only .*cats \(a folder\)\. "
+                                         r"Pass a folder to read it recursively"):
+        predict.list_image_files(str(folder / "c*"))
+
+
 @pytest.mark.slow
 def test_a_row_per_file_bad_files_included(export_dir, photos, tmp_path):
     root, paths, corrupt = photos

@@ -60,7 +60,24 @@ def list_image_files(images):
                         "" if len(paths) == 1 else "s", image_files.display_path(images), len(scan.left_out),
                         image_files.listing_by_reason(scan.left_out, "files left out"))
     else:
-        paths = [path for path in glob.glob(images, recursive=True) if os.path.isfile(path)]
+        paths, left_out = [], []
+        for path in sorted(glob.glob(images, recursive=True)):
+            if os.path.isfile(path):
+                paths.append(path)
+            else:
+                left_out.append((path, "a folder" if os.path.isdir(path) else "broken link"
+                                 if os.path.islink(path) and not os.path.exists(path)
+                                 else "not a regular file"))
+        if left_out and paths:
+            logger.info("Found %d file%s matching %s; left out %d: %s", len(paths),
+                        "" if len(paths) == 1 else "s", images, len(left_out),
+                        image_files.listing_by_reason(left_out, "matches left out"))
+        if left_out and not paths:
+            raise ValueError(
+                f"Invalid value for `images`. Expected a folder with image files or a glob "
+                f"matching files. Received: images={images!r}, which matches no file, only "
+                f"{image_files.listing_by_reason(left_out, 'matches')}. Pass a folder to "
+                f"read it recursively, or a glob of files such as 'photos/**/*.jpg'.")
     if not paths:
         raise ValueError(
             f"Invalid value for `images`. Expected a folder with image files "

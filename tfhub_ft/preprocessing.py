@@ -438,7 +438,8 @@ def decode_image(encoded, image_size=None, max_pixels=_DEFAULTS.max_image_pixels
                 name, " is too large: its header says ", tf.strings.as_string(size[1]),
                 " x ", tf.strings.as_string(size[0]), " pixels = ",
                 tf.strings.as_string(pixels), f", above max_image_pixels={max_pixels}. "
-                "Shrink the image or raise max_image_pixels."])]))
+                "Shrink the image (an export keeps the limit it was trained with; "
+                "max_image_pixels changes it for the next training run)."])]))
     with tf.control_dependencies(checks):
         encoded = tf.identity(encoded)
 
