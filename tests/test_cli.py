@@ -245,7 +245,9 @@ def test_advice_names_flags_as_the_command_user_types_them():
 
 def test_evaluate_table_aligns_wide_class_names():
     def row(name, support=4, value=0.5):
-        return {"class": name, "precision": value, "recall": value, "f1": value,
+        # No image of the class: recall and F1 are undefined (None).
+        undefined = None if support == 0 else value
+        return {"class": name, "precision": value, "recall": undefined, "f1": undefined,
                 "support": support}
 
     lines = cli.per_class_table([row("猫"), row("dog"), row("シャツ", support=0, value=0.0),

@@ -45,12 +45,17 @@ def test_per_class_numbers_equal_the_hand_counts(tmp_path):
         assert int(row["support"]) == support
 
 
-def test_averages_leave_out_classes_the_data_does_not_hold():
+def test_averages_leave_out_classes_the_data_does_not_hold(tmp_path):
     # Only cat and dog images, never a fox predicted: evaluating a folder with
     # some of the model's classes must not average zeros for the others.
     rows = report.per_class_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), NAMES)
     fox, macro = rows[2], rows[3]
-    assert (fox["class"], fox["recall"], fox["support"]) == ("fox", 0.0, 0)
+    # No fox image: its recall and F1 are undefined, written empty.
+    assert (fox["class"], fox["precision"], fox["recall"], fox["f1"], fox["support"]) == (
+        "fox", 0.0, None, None, 0)
+    path = report.write_per_class_csv(rows, tmp_path / "per_class.csv")
+    with open(path, newline="") as f:
+        assert list(csv.reader(f))[3] == ["fox", "0.000000", "", "", "0"]
     assert macro["class"] == "macro avg"
     np.testing.assert_allclose([macro["precision"], macro["recall"]],
                                [(1 + 2 / 3) / 2, (0.5 + 1) / 2])

@@ -658,8 +658,8 @@ def per_class_table(rows):
 
     Returns:
         Lines with the columns aligned by display width (a Japanese class
-        name is padded for two columns a character); a class with no image
-        (support 0) shows '-' for recall and F1, which mean nothing there.
+        name is padded for two columns a character); a recall or F1 of None
+        (a class with no image: undefined) shows as '-'.
     """
     width = max(display_width(row["class"]) for row in rows + [{"class": "class"}])
 
@@ -667,10 +667,9 @@ def per_class_table(rows):
         return name + " " * (width - display_width(name))
 
     lines = [f"{padded('class')}  precision  recall      f1  support"]
-    for index, row in enumerate(rows):
-        absent = index < len(rows) - 2 and row["support"] == 0
-        recall, f1 = ((f"{'-':>6}", f"{'-':>6}") if absent
-                      else (f"{row['recall']:6.4f}", f"{row['f1']:6.4f}"))
+    for row in rows:
+        recall, f1 = (f"{'-':>6}" if row[key] is None else f"{row[key]:6.4f}"
+                      for key in ("recall", "f1"))
         lines.append(f"{padded(row['class'])}  {row['precision']:9.4f}  {recall}  {f1}  "
                      f"{row['support']:7d}")
     return lines

@@ -126,15 +126,17 @@ def per_class_metrics(labels, predictions, class_names):
         in `labels` or `predictions`, as sklearn averages when given no
         label list: data holding some of the classes is not averaged with
         zeros for the others) and "weighted avg" (mean weighted by
-        support). A class never predicted has precision 0, one with no
-        image recall 0 (sklearn's `zero_division=0`).
+        support). A class never predicted has precision 0 (sklearn's
+        `zero_division=0`); one with no image has recall and F1 None: they
+        are undefined there, not 0 (per_class.csv leaves them empty, the
+        command prints '-').
     """
     from sklearn import metrics
     classes = np.arange(len(class_names))
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
         labels, predictions, labels=classes, zero_division=0)
-    rows = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
-             "support": int(s)}
+    rows = [{"class": name, "precision": float(p), "recall": float(r) if s else None,
+             "f1": float(f) if s else None, "support": int(s)}
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support)]
     seen = np.union1d(labels, predictions)
     for average in ("macro", "weighted"):
@@ -150,7 +152,8 @@ def write_per_class_csv(rows, path):
         writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value)
+            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else
+                                   "" if value is None else value)
                              for key, value in row.items()})
     return path
 
