@@ -156,6 +156,25 @@ def test_small_training_images_choose_the_small_image_size(tiny_backbone_path, i
     assert tuner.image_size == 48
 
 
+def test_a_dataset_of_small_images_chooses_the_small_image_size(tiny_backbone_path, caplog):
+    images = np.zeros((4, 40, 48, 3), np.uint8)
+    small = tf.data.Dataset.from_tensor_slices((images, [0, 1, 0, 1]))
+    tuner = FineTuner(tiny_backbone_path)
+    with caplog.at_level("INFO", logger="tfhub_ft"):
+        tuner.load_data(small, small)
+    assert tuner.image_size == 160
+    assert ("Image size 160: the dataset's images are 48 x 40 px, shorter side under 112 px"
+            in caplog.text)
+    # Images of no fixed size (a ragged source): the default size.
+    ragged = tf.data.Dataset.from_generator(
+        lambda: ((np.zeros((40 + i, 40, 3), np.uint8), i % 2) for i in range(4)),
+        output_signature=(tf.TensorSpec([None, None, 3], tf.uint8),
+                          tf.TensorSpec([], tf.int64)))
+    tuner = FineTuner(tiny_backbone_path)
+    tuner.load_data(ragged, ragged)
+    assert tuner.image_size == 224
+
+
 @pytest.mark.slow
 def test_validation_classes_must_match(tiny_backbone_path, image_folders, tmp_path, small_config):
     from tests import fixtures

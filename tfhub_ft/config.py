@@ -105,8 +105,9 @@ class FineTuneConfig:
     Attributes:
         image_size: Side in pixels of the square images fed to the backbone.
             `None` reads it from the module where it declares one; else 224,
-            or 160 when the training folder's images are small (median
-            shorter side under 112 px; see `choose_image_size`).
+            or 160 when the training images are small (a folder's median
+            shorter side, or a tf.data / TFDS source's fixed size, under
+            112 px; see `choose_image_size`).
         batch_size: Images per training step, global: under a
             `tf.distribute` strategy with R replicas each replica takes
             batch_size / R of every batch. The learning rates below are for

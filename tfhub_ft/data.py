@@ -491,8 +491,7 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
         name: TFDS name, e.g. "tf_flowers".
         split: TFDS split, slices included ("train", "train[:80%]").
         image_size: Side of the square uint8 images to keep; None: chosen
-            from a folder's images (`load_image_folder`), else
-            `DEFAULT_IMAGE_SIZE`.
+            from the dataset's static image size (`dataset_to_image_set`).
         data_dir: TFDS data folder (TFDS's default when None).
         budget: `arrays.ArrayBudget`; everything in memory when None.
 
@@ -574,6 +573,23 @@ def _dataset_length(dataset):
     return cardinality
 
 
+def _image_size_from_spec(image_spec):
+    """`image_size=None` for a dataset: chosen from its images' static
+    height and width [H, W, C] (the rule a folder's headers follow), logged."""
+    height, width = image_spec.shape.as_list()[:2]
+    if height and width:
+        image_size = choose_image_size([min(height, width)])
+        logger.info("Image size %d: the dataset's images are %d x %d px, shorter side %s "
+                    "%d px (%d px below that, %d from it; set `image_size` to choose)",
+                    image_size, width, height,
+                    "under" if min(height, width) < SMALL_IMAGE_SIDE else "not under",
+                    SMALL_IMAGE_SIDE, SMALL_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+        return image_size
+    logger.info("Image size %d: the dataset's images have no fixed size (set `image_size` "
+                "to choose)", DEFAULT_IMAGE_SIZE)
+    return DEFAULT_IMAGE_SIZE
+
+
 def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> ImageSet:
     """Decodes a tf.data.Dataset of (image, label) into an `ImageSet`, streaming.
 
@@ -594,7 +610,9 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
             alpha, composited over white as decoded files are); labels int
             class indices [] or [B], also [1] / [B, 1] (Keras datasets'
             shape) or one-hot [C] / [B, C] (its argmax is the class).
-        image_size: Side of the square uint8 images to keep.
+        image_size: Side of the square uint8 images to keep; None chooses
+            it as for a folder (`config.choose_image_size`) from the
+            images' static size, `DEFAULT_IMAGE_SIZE` when they have none.
         class_names: One name per label; when None, "0" ... up to the
             largest label (one-hot: one per column).
         budget: `arrays.ArrayBudget`; everything in memory when None.
@@ -620,6 +638,8 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
     if spec[0].shape.rank == 4:
         dataset = dataset.unbatch()
     channels, label_columns = _check_element_spec(*dataset.element_spec, class_names)
+    if image_size is None:
+        image_size = _image_size_from_spec(dataset.element_spec[0])
     if class_names is not None:
         check_class_names(class_names, "`class_names`")
     length = _dataset_length(dataset)
@@ -771,7 +791,8 @@ def load_images(source, image_size, class_names=None, split="train",
         source: A folder path (one subfolder per class), a TFDS name (with
             `split` and `data_dir`), a `tf.data.Dataset` of (image, label),
             or an `ImageSet`.
-        image_size: Side of the square uint8 images to keep.
+        image_size: Side of the square uint8 images to keep; None chooses it
+            from the images (`load_image_folder`, `dataset_to_image_set`).
         class_names: Class names for a `tf.data.Dataset` source.
         budget: `arrays.ArrayBudget` the decoded images of a folder, TFDS
             or tf.data source are written into (memory up to the budget,
@@ -784,9 +805,6 @@ def load_images(source, image_size, class_names=None, split="train",
         ValueError, ImportError: see `load_image_folder`, `load_tfds`,
             `dataset_to_image_set`.
     """
-    if image_size is None and not (isinstance(source, (str, os.PathLike))
-                                   and not is_tfds_name(source)):
-        image_size = DEFAULT_IMAGE_SIZE
     if isinstance(source, ImageSet):
         return source
     if isinstance(source, tf.data.Dataset):
