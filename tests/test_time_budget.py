@@ -179,6 +179,19 @@ def test_phase_timer_plans_moves_the_cosine_and_ends_within_the_deadline():
     assert "(another (~5.4 s) would not end in the" in lines[-1]
 
 
+def test_the_end_line_says_when_the_first_plan_was_remade():
+    clock = FakeClock()
+    budget, timer, _, lines = _fine_tune_timer(clock, 60, 6)
+    # The first steps are slow (0.5 s: a plan of a few epochs), the rest fast
+    # (0.1 s): every epoch runs, more than the first plan said.
+    _run_phase(timer, clock, 6, 10, lambda step: 0.5 if step < 6 else 0.1, validation_s=0.1)
+    assert ", so 5 of 6 fine-tune epochs and 4 of 10 steps of one more" in lines[0]
+    assert timer.epochs_done == 6
+    assert lines[-1].startswith("Time budget: phase 2 ran 6 of 6 epochs (60 steps) in ")
+    assert ("(all of them; 54 steps were planned from the first ones, replanned as epochs "
+            "were timed)") in lines[-1]
+
+
 def test_phase_timer_stops_mid_epoch_rather_than_overrun():
     clock = FakeClock()
     budget, timer, _, lines = _fine_tune_timer(clock, 40, 6)
@@ -201,7 +214,8 @@ def test_phase_timer_runs_a_last_epoch_cut_to_the_time_left():
     assert (epochs, steps) == (3, 27) and moves == [(6, 24), (10, 27)]
     assert "so 2 of 3 fine-tune epochs and 4 of 10 steps of one more" in lines[0]
     assert "ran 3 of 3 epochs (27 steps)" in lines[-1]
-    assert "(the last cut to 7 steps to fit)" in lines[-1]
+    assert ("(the last cut to 7 steps to fit; 24 steps were planned from the first ones, "
+            "replanned as epochs were timed)") in lines[-1]
     assert budget.used() <= 40.6 - 4.0
 
 

@@ -433,6 +433,7 @@ class PhaseTimer:
         self._train_begin = None
         self._phase_start = None
         self._stopped_at = None
+        self._first_plan = None  # (epochs, steps) of the plan logged at the start
 
     # Keras hooks.
 
@@ -510,6 +511,11 @@ class PhaseTimer:
                    f"{max(left, 0):.1f} s left")
         else:
             why = "early stopping"
+        if self._first_plan is not None and self._first_plan[1] != self.steps_done:
+            # The plan logged at the start was a first estimate, remade as epochs were
+            # timed: say so, or the two lines read as a promise broken.
+            why += (f"; {self._first_plan[1]} steps were planned from the first ones, "
+                    "replanned as epochs were timed")
         self.log(f"Time budget: {name} ran {self.epochs_done} of "
                  f"{self.plan.config_epochs} epochs ({self.steps_done} steps) in "
                  f"{self.budget.clock() - self._phase_start:.1f} s ({why}), ending "
@@ -551,6 +557,7 @@ class PhaseTimer:
         if self.plan.steps != old.steps and self.on_plan is not None:
             self.on_plan(self.plan, self.steps_done)
         if old.steps is None:
+            self._first_plan = (self.plan.epochs, self.plan.steps)
             (self.warn if self.plan.overruns else self.log)(self.plan.reason)
         elif (self.plan.epochs, self.plan.steps) != (old.epochs, old.steps):
             # Replanned after an epoch: the end line says what came of it.
