@@ -210,6 +210,22 @@ def test_a_different_run_is_refused(tmp_path):
         checkpoints.open_work_directory(str(tmp_path), identity).phase("fine_tune", ["head"])
 
 
+def test_changed_settings_are_refused_before_the_images_load(tiny_backbone_path, tmp_path):
+    from tfhub_ft import FineTuner
+
+    # A tuner caps unfreeze_blocks at the module's blocks: its own config.
+    config = FineTuner(tiny_backbone_path).config
+    checkpoints.open_work_directory(str(tmp_path / "work"), checkpoints.run_identity(
+        config, tiny_backbone_path, ["a", "b"], 10, 4))
+    checkpoints.check_settings_before_loading(str(tmp_path / "work"), config,
+                                              tiny_backbone_path)
+    checkpoints.check_settings_before_loading(str(tmp_path / "new"), FineTuneConfig(), "x")
+    tuner = FineTuner(tiny_backbone_path, config=FineTuneConfig(head_epochs=3))
+    # The data does not exist: the settings are refused before it is read.
+    with pytest.raises(ValueError, match=r"holds a different run \(head_epochs: \d+ -> 3\)"):
+        tuner.fit("no/such/folder", work_dir=str(tmp_path / "work"))
+
+
 def test_other_images_of_the_same_count_are_a_different_run(tmp_path):
     def identity(train="0123", validation="4567"):
         return checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4,

@@ -156,7 +156,7 @@ class WorkDirectory:
         self.is_chief = is_chief
         state_path = self._file(STATE_FILE)
         if tf.io.gfile.exists(state_path):
-            self.state = self._read_state(state_path)
+            self.state = _read_state(state_path)
             _check_same_run(path, self.state["identity"], identity)
             logger.info("Resuming the run in %s: %s", path, self.describe())
         else:
@@ -220,23 +220,7 @@ class WorkDirectory:
     # Files.
 
     def _file(self, name):
-        return os.path.join(self.path, name) if "://" not in self.path else (
-            self.path.rstrip("/") + "/" + name)
-
-    def _read_state(self, state_path):
-        try:
-            with tf.io.gfile.GFile(state_path, "r") as file:
-                state = json.load(file)
-        except (ValueError, tf.errors.OpError) as error:
-            raise ValueError(
-                f"The state file {state_path!r} cannot be read ({error}). "
-                "Remove the work_dir to start over, or pass another one.") from error
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"The state file {state_path!r} is not a tfhub_ft state of "
-                f"format {STATE_FORMAT}. Remove the work_dir to start over, "
-                "or pass another one.")
-        return state
+        return _in_folder(self.path, name)
 
     def save_state(self):
         """Writes `state` to state.json (on the chief), atomically."""
@@ -270,6 +254,50 @@ class WorkDirectory:
         with tf.io.gfile.GFile(partial, "wb") as file:
             file.write(data)
         tf.io.gfile.rename(partial, final, overwrite=True)
+
+
+def _read_state(state_path):
+    try:
+        with tf.io.gfile.GFile(state_path, "r") as file:
+            state = json.load(file)
+    except (ValueError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"The state file {state_path!r} cannot be read ({error}). "
+            "Remove the work_dir to start over, or pass another one.") from error
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(
+            f"The state file {state_path!r} is not a tfhub_ft state of "
+            f"format {STATE_FORMAT}. Remove the work_dir to start over, "
+            "or pass another one.")
+    return state
+
+
+def _in_folder(path, name):
+    """`name` inside the folder `path` (local, or a `tf.io.gfile` URL)."""
+    return os.path.join(path, name) if "://" not in path else path.rstrip("/") + "/" + name
+
+
+def check_settings_before_loading(work_dir, config, hub_handle):
+    """The part of the same-run check that needs no data, made before it loads.
+
+    `open_work_directory` compares the whole identity after the images are
+    decoded (their counts and fingerprints need them); a changed option or
+    module is known at once, and a run of 50,000 images should not decode
+    them to hear it.
+
+    Raises:
+        ValueError: as `open_work_directory`, for the config or handle.
+    """
+    if work_dir is None:
+        return
+    path = check_folder_path("work_dir", work_dir)
+    state_path = _in_folder(path, STATE_FILE)
+    if not tf.io.gfile.exists(state_path):
+        return
+    recorded = _read_state(state_path)["identity"]
+    settings = run_identity(config, hub_handle, [], 0, 0)
+    _check_same_run(path, {key: recorded.get(key) for key in ("config", "hub_handle")},
+                    {key: settings[key] for key in ("config", "hub_handle")})
 
 
 def _check_same_run(path, recorded, identity):

@@ -596,13 +596,14 @@ def _train(args):
         if getattr(args, name):
             export.check_replaceable(getattr(args, name), name, kind)
     _check_outside_image_folders(args)
-    if not args.export_dir:
-        logger.warning("No --export_dir: the trained classifier will not be saved "
-                       "(pass --export_dir=FOLDER to keep it).")
     from tfhub_ft import time_budget
 
     time_budget.check_time_budget_use(config.time_budget_s, args.work_dir,
                                       args.distribution_strategy == "multi_worker")
+    # After every check: a usage error is then the only line.
+    if not args.export_dir:
+        logger.warning("No --export_dir: the trained classifier will not be saved "
+                       "(pass --export_dir=FOLDER to keep it).")
     import tfhub_ft
     from tfhub_ft import distribution
 

@@ -278,6 +278,8 @@ class FineTuner:
 
     def _fit(self, budget, time_budget, train, validation, validation_split, class_names,
              data_dir, verbose, work_dir, tensorboard_dir, callbacks, budget_reserve_s):
+        checkpoints.check_settings_before_loading(work_dir, self.config,
+                                                  self.backbone.hub_handle)
         with self._stage("load") as note:
             started = time.perf_counter()
             train_set, validation_set = self.load_data(
