@@ -343,3 +343,16 @@ def test_phase_two_without_blocks_trains_the_head_on_cached_features(
     for trainee, inputs, _ in trainees:
         assert isinstance(trainee, model_lib.CachedInputClassifier) and trainee.top is None
         assert inputs[0].shape[1:] == (tuner.backbone.feature_dim,)
+
+
+def test_only_keras_step_retracing_warnings_are_dropped_during_fit(caplog):
+    tf_logger = logging.getLogger("tensorflow")
+    keras_steps = ("5 out of the last 13 calls to <function TensorFlowTrainer._make_function."
+                   "<locals>.multi_step_on_iterator at 0x7f55> triggered tf.function retracing.")
+    ours = "5 out of the last 6 calls to <function decode> triggered tf.function retracing."
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        with recipe._without_keras_retracing_warnings():
+            tf_logger.warning(keras_steps)
+            tf_logger.warning(ours)
+        tf_logger.warning(keras_steps)
+    assert caplog.messages == [ours, keras_steps]

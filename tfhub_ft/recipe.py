@@ -4,6 +4,7 @@ Each phase is a function of (model, cached activations, data, config) that
 returns its Keras history, so `FineTuner.fit` reads as the recipe itself.
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -493,6 +494,32 @@ def _fit(trainee, train_batches, validation_data, epochs, verbose, callbacks, ch
         # tf.function trace that step twice (variables may only be made on
         # a first trace): built here, phase 2 starts about 3 s sooner.
         trainee.optimizer.build(trainee.trainable_weights)
-    with _keras_fit_workaround.keras_fit_under_strategy(trainee, train_batches.element_spec):
+    with _keras_fit_workaround.keras_fit_under_strategy(trainee, train_batches.element_spec), \
+            _without_keras_retracing_warnings():
         return checkpoint.fit(trainee, train_batches, validation_data, epochs,
                               callbacks, verbose)
+
+
+class _KerasRetracingFilter(logging.Filter):
+    """Drops TensorFlow's frequent-retracing warning about Keras's own step
+    functions. Every phase of every `fit` makes new ones, and a last partial
+    batch is a new shape, so a notebook that fits a few times in one process
+    saw "5 out of the last 13 calls to <function TensorFlowTrainer.
+    _make_function.<locals>.multi_step_on_iterator> triggered tf.function
+    retracing" twice per fit, about nothing it could change."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message
+                    and "TensorFlowTrainer._make_function" in message)
+
+
+@contextlib.contextmanager
+def _without_keras_retracing_warnings():
+    tf_logger = logging.getLogger("tensorflow")
+    retracing = _KerasRetracingFilter()
+    tf_logger.addFilter(retracing)
+    try:
+        yield
+    finally:
+        tf_logger.removeFilter(retracing)
