@@ -50,3 +50,16 @@ def small_config():
     return FineTuneConfig(image_size=32, batch_size=8, head_epochs=2,
                           fine_tune_epochs=2, unfreeze_blocks=2,
                           head_learning_rate=1e-2, fine_tune_learning_rate=1e-2)
+
+
+@pytest.fixture(scope="session")
+def export_dir(tiny_backbone_path, image_folders, tmp_path_factory):
+    """An export (SavedModel, labels.txt, float32 model.tflite) of a tiny
+    classifier trained head-only on `image_folders`."""
+    from tfhub_ft import FineTuneConfig, FineTuner
+    train, validation, _, _ = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=FineTuneConfig(
+        image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=0,
+        head_learning_rate=1e-2))
+    tuner.fit(train, validation, verbose=0)
+    return tuner.export(str(tmp_path_factory.mktemp("export") / "model"), tflite="float32")

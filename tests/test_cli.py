@@ -409,7 +409,8 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
                     f"--image_dir={tmp_path / 'some'}")
     assert done.returncode == 0, done.stderr
     # A file that cannot be decoded is skipped with its reason.
-    assert re.search(r"Skipped 1 file\(s\) that could not be read or decoded as images: \S+cut\.jpg "
+    assert re.search(r"Skipped 1 file\(s\) that could not be read or decoded as images: "
+                     r"\S+cut\.jpg "
                      r"\(the file is a truncated JPEG file", done.stderr), done.stderr
     assert re.search(rf"^{names[2]} +[\d.]+ +- +- +0$", done.stdout, re.MULTILINE), done.stdout
     # Why, on the log: stdout holds results only.

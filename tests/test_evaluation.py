@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfhub_ft import FineTuneConfig, FineTuner, evaluation, predict
+from tfhub_ft import evaluation, predict
 
 CLASSES = ["cat", "dog", "owl"]
 # What the fake model answers for each file's bytes.
@@ -95,16 +95,6 @@ def test_folder_errors_are_explained(fake_export, tmp_path):
         evaluation.evaluate_export("export", str(tmp_path / "none"))
     with pytest.raises(ValueError, match=r"Invalid value for `batch_size`"):
         evaluation.evaluate_export("export", folder, batch_size=0)
-
-
-@pytest.fixture(scope="module")
-def export_dir(tiny_backbone_path, image_folders, tmp_path_factory):
-    train, validation, _, _ = image_folders
-    tuner = FineTuner(tiny_backbone_path, config=FineTuneConfig(
-        image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=0,
-        head_learning_rate=1e-2))
-    tuner.fit(train, validation, verbose=0)
-    return tuner.export(str(tmp_path_factory.mktemp("export") / "model"), tflite="float32")
 
 
 def test_a_saved_model_and_its_tflite_file_score_alike(export_dir, image_folders):

@@ -10,18 +10,8 @@ import pytest
 import tensorflow as tf
 
 from tests import fixtures
-from tfhub_ft import FineTuneConfig, FineTuner, cli, predict
+from tfhub_ft import cli, predict
 from tfhub_ft.demo import shapes
-
-
-@pytest.fixture(scope="module")
-def export_dir(tiny_backbone_path, image_folders, tmp_path_factory):
-    train, validation, _, _ = image_folders
-    tuner = FineTuner(tiny_backbone_path, config=FineTuneConfig(
-        image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=0,
-        head_learning_rate=1e-2))
-    tuner.fit(train, validation, verbose=0)
-    return tuner.export(str(tmp_path_factory.mktemp("export") / "model"), tflite="float32")
 
 
 @pytest.fixture(scope="module")

@@ -186,9 +186,9 @@ class ArrayBudget:
 
         Arrays it allocated past the memory budget (`FileArray`s) cannot be
         read afterwards. Called when a run's arrays are no longer needed
-        (`FineTuner.fit` closes the previous fit's budget): without it they
-        stay on disk until the process exits. A folder passed in as
-        `directory` is left alone.
+        (`FineTuner.fit` closes its budget as it ends): without it they stay
+        on disk until the process exits. A folder passed in as `directory`
+        is left alone; closing twice is harmless.
         """
         if self._owned:
             shutil.rmtree(self._directory, ignore_errors=True)

@@ -189,7 +189,8 @@ def list_image_folder(directory, min_classes=2) -> Tuple[List[str], np.ndarray, 
                 or "link" in why or "cannot be read" in why]
     quiet = [item for item in left_out if item not in alarming]
     logger.info("Found %d image file%s in %s (%s)%s%s", len(paths),
-                "" if len(paths) == 1 else "s", image_files.display_path(directory), ", ".join(counts),
+                "" if len(paths) == 1 else "s", image_files.display_path(directory),
+                ", ".join(counts),
                 f", {nested} nested folder(s) searched" if nested else "",
                 f"; left out {len(quiet)}: " + image_files.listing_by_reason(
                     quiet, "files left out") if quiet else "")

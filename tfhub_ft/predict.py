@@ -57,7 +57,8 @@ def list_image_files(images):
         paths = scan.files
         if scan.left_out:
             logger.info("Found %d image file%s in %s; left out %d: %s", len(paths),
-                        "" if len(paths) == 1 else "s", image_files.display_path(images), len(scan.left_out),
+                        "" if len(paths) == 1 else "s",
+                        image_files.display_path(images), len(scan.left_out),
                         image_files.listing_by_reason(scan.left_out, "files left out"))
     else:
         paths, left_out = [], []

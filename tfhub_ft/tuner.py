@@ -245,6 +245,10 @@ class FineTuner:
             budget keeps, beyond the final validation and one `export`, for
             what the caller does after them (the command: its exit).
 
+        Each call is a run of its own: it starts from the module's
+        pretrained weights (not from a backbone an earlier `fit` on this
+        tuner fine-tuned) and removes its spill files as it ends.
+
         Under `time_budget_s` (see `time_budget`), the budget counts from
         the tuner's `start_time`; phase 2, when it cannot reach it, is
         skipped with a warning (phase 1 runs at least one epoch, over a
@@ -278,6 +282,7 @@ class FineTuner:
 
     def _fit(self, budget, time_budget, train, validation, validation_split, class_names,
              data_dir, verbose, work_dir, tensorboard_dir, callbacks, budget_reserve_s):
+        """`fit`'s stages, with the array budget `fit` closes after them."""
         checkpoints.check_settings_before_loading(work_dir, self.config,
                                                   self.backbone.hub_handle)
         with self._stage("load") as note:
