@@ -64,12 +64,13 @@ def test_phase_start_gives_phase_one_half_of_what_is_left_or_what_phase_2_leaves
     assert "(0.5 of the 54.0 s left, the rest for phase 2)" in ample.reason
     alone = time_budget.plan_phase_start("head", 10, 90, 30, 6, "loading")
     assert alone.deadline_s == pytest.approx(84)
-    # Half would not leave phase 2 its first epoch: phase 1 leaves it that
-    # (54 s left, a 30 s epoch), where half of it would end in phase 2
-    # skipped and 27 s unused.
-    leaving = time_budget.plan_phase_start("head", 10, 90, 30, 6, "loading", fine_tune_s=30.0)
-    assert leaving.deadline_s == pytest.approx(30 + 24)
-    assert "(the 54.0 s left less the ~30.0 s a first phase 2 epoch needs)" in leaving.reason
+    # Half would not leave phase 2 its first epoch (54 s left, a 30 s epoch):
+    # phase 1 is not stopped at half, which left 27 s unused when it ran to
+    # its deadline; phase 2 still runs if phase 1 ends by 24 s.
+    tight = time_budget.plan_phase_start("head", 10, 90, 30, 6, "loading", fine_tune_s=30.0)
+    assert tight.deadline_s == pytest.approx(30 + 54)
+    assert ("(all of it: half would not leave the ~30.0 s a first phase 2 epoch needs, which "
+            "it gets if phase 1 ends in time)") in tight.reason
     # Less left than phase 2's first epoch needs: phase 1 may take it all,
     # and phase 2 does not start.
     short = time_budget.plan_phase_start("head", 10, 40, 28, 8, "loading", fine_tune_s=9.0)

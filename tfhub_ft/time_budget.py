@@ -280,11 +280,12 @@ def plan_phase_start(phase, config_epochs, budget_s, used_s, reserve_s, used_by,
             phase_s = share * left
             why = f" ({share:g} of the {left:.1f} s left, the rest for phase 2)"
         elif left >= fine_tune_s:
-            # Half would leave phase 2 too little to start: it gets what its
-            # first epoch needs, phase 1 the rest.
-            phase_s = left - fine_tune_s
-            why = (f" (the {left:.1f} s left less the ~{fine_tune_s:.1f} s a first "
-                   "phase 2 epoch needs)")
+            # Half would leave phase 2 too little to start: phase 2 runs only
+            # if phase 1 ends early enough to leave it a first epoch, as with
+            # half, but a phase 1 that does not is not stopped at half to
+            # leave time that nothing uses.
+            why = (f" (all of it: half would not leave the ~{fine_tune_s:.1f} s a first "
+                   "phase 2 epoch needs, which it gets if phase 1 ends in time)")
         else:
             why = (f" (all of it: less than the ~{fine_tune_s:.1f} s a first phase 2 "
                    "epoch needs is left)")
