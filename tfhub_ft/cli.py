@@ -483,8 +483,26 @@ def keras_progress(verbosity):
     if verbosity < 0:
         return 0, None
     if sys.stdout.isatty():
-        return 1, None
+        # Keras's bars say "Epoch 1/2" and nothing of the phase: a line first.
+        return 1, lambda phase: [_phase_header(phase)]
     return 0, lambda phase: [_epoch_logger(phase)]
+
+
+_PHASE_HEADERS = {"head": "Phase 1: the head, backbone frozen",
+                  "fine_tune": "Phase 2: fine-tuning the top blocks"}
+
+
+def _phase_header(phase):
+    import keras
+
+    class PhaseHeader(keras.callbacks.Callback):
+        """Logs which phase Keras's progress bars below belong to."""
+
+        def on_train_begin(self, logs=None):
+            logger.info("%s (%s epochs)", _PHASE_HEADERS.get(phase, phase),
+                        self.params.get("epochs"))
+
+    return PhaseHeader()
 
 
 def _epoch_logger(phase):
