@@ -160,8 +160,9 @@ class FineTuneConfig:
             (a ValueError listing every bad file, before training).
         max_image_pixels: Largest image accepted, height * width read from
             the file's header, in training and in the exported model.
-        exif_orientation: Turn JPEGs upright by their EXIF orientation tag,
-            in training and in the exported model.
+        exif_orientation: Turn JPEGs, PNGs (eXIf chunk) and WebPs (EXIF
+            chunk) upright by their EXIF orientation tag, in training and in
+            the exported model.
         class_weight: "none", or "balanced": the loss of each image is
             weighted by N / (C * count of its class), in both phases.
         input_range: (low, high) pixel range the hub module expects, such
