@@ -297,10 +297,8 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
         image_size = choose_image_size(sides)
         if sides:
             median = sorted(sides)[len(sides) // 2]
-            logger.info("Image size %d: the median training image's shorter side is %d px, "
-                        "%s %d px (%d px below that, %d from it; set `image_size` to choose)",
-                        image_size, median, "under" if median < SMALL_IMAGE_SIDE else "not under",
-                        SMALL_IMAGE_SIDE, SMALL_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+            logger.info("Image size %d: the median training image's shorter side is %d px, %s",
+                        image_size, median, _image_size_rule(median))
     reasons = {c.path: c.problem for c in checks if c.problem}
     notes = [c for c in checks if c.note]
     if notes:
@@ -574,17 +572,22 @@ def _dataset_length(dataset):
     return cardinality
 
 
+def _image_size_rule(side):
+    """How `config.choose_image_size` treats a shorter side of `side` px, in
+    words for the log line that says which size was chosen."""
+    return (f"{'under' if side < SMALL_IMAGE_SIDE else 'not under'} {SMALL_IMAGE_SIDE} px "
+            f"({SMALL_IMAGE_SIZE} px below that, {DEFAULT_IMAGE_SIZE} from it; set "
+            "`image_size` to choose)")
+
+
 def _image_size_from_spec(image_spec):
     """`image_size=None` for a dataset: chosen from its images' static
     height and width [H, W, C] (the rule a folder's headers follow), logged."""
     height, width = image_spec.shape.as_list()[:2]
     if height and width:
         image_size = choose_image_size([min(height, width)])
-        logger.info("Image size %d: the dataset's images are %d x %d px, shorter side %s "
-                    "%d px (%d px below that, %d from it; set `image_size` to choose)",
-                    image_size, width, height,
-                    "under" if min(height, width) < SMALL_IMAGE_SIDE else "not under",
-                    SMALL_IMAGE_SIDE, SMALL_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+        logger.info("Image size %d: the dataset's images are %d x %d px, shorter side %s",
+                    image_size, width, height, _image_size_rule(min(height, width)))
         return image_size
     logger.info("Image size %d: the dataset's images have no fixed size (set `image_size` "
                 "to choose)", DEFAULT_IMAGE_SIZE)

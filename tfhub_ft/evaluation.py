@@ -42,8 +42,9 @@ def evaluate_export(model, image_dir, batch_size=32):
     from tfhub_ft import data, image_files, predict, report
 
     batch_size = checks.check_integer("batch_size", batch_size, 1)
-    classifier, class_names = predict.load_classifier(model)
+    # The folder first: listing it takes milliseconds, loading the model seconds.
     paths, folder_labels, folder_classes = data.list_image_folder(image_dir, min_classes=1)
+    classifier, class_names = predict.load_classifier(model)
     unknown = sorted(set(folder_classes) - set(class_names))
     if unknown:
         raise ValueError(
