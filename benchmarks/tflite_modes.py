@@ -9,7 +9,9 @@ each TFLite mode (`FineTuner.export(..., tflite=mode)`), and prints a
 table from each export's tflite_parity.json: top-1 agreement with the
 SavedModel on the validation folder, accuracy, file size and latency per
 image (one image per call, this machine's CPU: indicative only on a shared
-machine). Exits with the reason when the shared data is absent.
+machine). `dynamic` and `int8` get a second row converted without bias
+correction (`tflite.convert(..., correct_bias=False)`), what the export did
+before it. Exits with the reason when the shared data is absent.
 """
 
 import json
@@ -96,6 +98,11 @@ def main(argv):
             reports[mode] = json.load(f)
         logging.info("%s: exported and checked in %.0f s", mode, timer.seconds)
     images, labels = tuner._parity_data
+    for mode in [m for m in FLAGS.modes if m in ("dynamic", "int8")]:
+        contents = tflite.convert(tuner.model, tuner.image_size, mode,
+                                  tuner._representative_images, correct_bias=False)
+        reports[f"{mode}, no bias correction"] = tflite.parity_report(
+            contents, os.path.join(FLAGS.export_root, mode), images, labels, mode)
     reference = saved_model_row(os.path.join(FLAGS.export_root, FLAGS.modes[0]), images, labels)
     float32_bytes = reports.get("float32", {}).get("tflite_bytes")
     print(f"Machine: {common.machine()}; {len(labels)} validation images")

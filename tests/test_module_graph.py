@@ -181,3 +181,46 @@ def test_inference_features_fall_back_to_the_call_when_the_graph_differs(
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         f"Converting {backbone.hub_handle} through its own call, not its inlined graph"]
     assert "ValueError: its features differ from the module's by up to 1" in caplog.text
+
+
+def test_kernel_ops_are_the_convolutions_reading_kernels_in_order(backbone):
+    ops = backbone.kernel_ops()
+    variables = backbone.module.variables
+    assert [variables[op.kernel_index].name for op in ops] == [
+        v.name for v in variables if v.name.endswith("kernel:0")]
+    assert {op.op for op in ops} == {"Conv2D"} and all(
+        op.options["padding"] == "SAME" for op in ops)
+    np.testing.assert_array_equal(backbone.kernel_value(ops[0]), variables[0].numpy())
+
+
+@pytest.mark.parametrize("builder,batch_norm", [
+    (None, "head_bn"), (module_shapes.keras_exported, "Conv_1_bn")])
+def test_output_offsets_act_as_a_raised_batch_norm_mean(
+        tiny_backbone_path, tmp_path, builder, batch_norm):
+    # The tiny module's unfused batch norm gets an inserted subtraction; a
+    # Keras export's FusedBatchNormV3 takes the offset into its mean.
+    path = tiny_backbone_path if builder is None else builder(tmp_path / "module")[0]
+    backbone = HubBackbone(path)
+    last = backbone.kernel_ops()[-1]
+    channels = backbone.kernel_value(last).shape[-1]
+    offset = np.linspace(-0.5, 0.5, channels).astype(np.float32)
+    moved, inserted = backbone._graph._variable_offsets({last.name: offset})
+    assert (bool(moved), bool(inserted)) == ((True, False) if builder else (False, True))
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[5, 6])
+    got = backbone.inference_features(images, {last.name: offset}).numpy()
+    mean = next(v for v in backbone.module.variables
+                if v.name == f"{batch_norm}/moving_mean:0")
+    mean.assign_add(offset)
+    try:
+        expected = backbone(images, training=False).numpy()
+    finally:
+        mean.assign_sub(offset)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(got - backbone(images, training=False).numpy()).max() > 1e-3
+
+
+def test_output_offsets_need_the_inlined_graph(backbone, monkeypatch):
+    monkeypatch.setattr(backbone, "_graph", None)
+    assert backbone.kernel_ops() == []
+    with pytest.raises(ValueError, match="need the module's inlined inference graph"):
+        backbone.inference_features(tf.zeros([1, 32, 32, 3]), {"conv": np.zeros(4)})

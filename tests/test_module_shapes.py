@@ -66,6 +66,36 @@ def test_split_equals_whole_module_features_and_gradients(saved_shapes, shape):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
+def test_bias_correction_offsets_reach_every_kernel_op(saved_shapes, shape):
+    # Each op's offset goes into a variable or an inserted addition
+    # (`ModuleGraph.whole`): zero offsets change nothing, and one on each
+    # op changes the features.
+    path, _ = saved_shapes[shape]
+    backbone = HubBackbone(path)
+    ops = backbone.kernel_ops()
+    if shape == "bit_resnet":
+        # Weight standardisation: the convolutions' kernels are computed
+        # from the variables, not read; the converter's rounding of them is
+        # not corrected.
+        assert ops == []
+        return
+    assert ops and {op.op for op in ops} <= {"Conv2D", "DepthwiseConv2dNative", "MatMul"}
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 2])
+    plain = backbone.inference_features(images).numpy()
+    zeros = {op.name: np.zeros(int(np.prod([backbone.kernel_value(op).shape[a]
+                                            for a in op.channel_axes])), np.float32)
+             for op in ops}
+    np.testing.assert_allclose(backbone.inference_features(images, zeros).numpy(), plain,
+                               rtol=1e-6, atol=1e-6)
+    for op in (ops[0], ops[-1]):
+        # Not one constant: a layer or group norm after the op removes that.
+        offset = np.linspace(-1.0, 1.0, len(zeros[op.name])).astype(np.float32)
+        moved = backbone.inference_features(images, {op.name: offset}).numpy()
+        assert np.abs(moved - plain).max() > 1e-4, op.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", SHAPES)
 def test_two_phase_recipe_runs_to_the_end_with_the_split_and_exports_tflite(
         saved_shapes, shape, image_folders, small_config, tmp_path, caplog):
     path, _ = saved_shapes[shape]

@@ -196,3 +196,69 @@ def test_flowers_flags_write_the_tflite_model_and_the_backbone(
     with open(tmp_path / "model" / "tflite_parity.json") as f:
         assert json.load(f)["mode"] == "dynamic"
     assert tf.saved_model.contains_saved_model(str(tmp_path / "backbone"))
+
+
+def test_int8_rounded_is_symmetric_per_output_channel():
+    kernel = np.array([[1.0, -0.5, 0.0], [0.3, 0.25, 0.0], [-2.0, 0.1, 0.0]], np.float32)
+    got = tflite.int8_rounded(kernel, (1,))
+    scales = np.array([2.0, 0.5, 1.0]) / 127  # max |w| / 127 per column
+    scales[2] = 1.0
+    np.testing.assert_allclose(got, np.round(kernel / scales) * scales, rtol=0, atol=1e-7)
+    assert got[2, 0] == -2.0 and got[0, 1] == -0.5 and not got[:, 2].any()
+    assert got.dtype == np.float32
+
+
+def test_bias_correction_takes_the_mean_rounding_error_out(trained):
+    images = trained._representative_images
+    model = trained.model
+    correction = tflite.bias_correction(model, "int8", images)
+    ops = model.backbone.kernel_ops()
+    assert (correction.kernel_ops, correction.images) == (len(ops), len(images)) == (5, 60)
+    assert set(correction.output_offsets) == {op.name for op in ops}
+    # The first convolution sees the images as the module scales them.
+    first = ops[0]
+    x = tf.constant(images, tf.float32) / 255.0 * 2.0 - 1.0
+    kernel = model.backbone.kernel_value(first)
+    rounded = tflite.int8_rounded(kernel, first.channel_axes)
+    np.testing.assert_allclose(
+        tf.reduce_mean(first.apply(x, rounded), [0, 1, 2]).numpy()
+        - correction.output_offsets[first.name],
+        tf.reduce_mean(first.apply(x, kernel), [0, 1, 2]).numpy(), rtol=0, atol=1e-5)
+    features = model.backbone.inference_features(tf.constant(images, tf.float32) / 255.0)
+    head = model.head.kernel.numpy()
+    np.testing.assert_allclose(
+        np.mean(features.numpy() @ tflite.int8_rounded(head, (1,)), 0)
+        - correction.logit_offset, np.mean(features.numpy() @ head, 0), rtol=0, atol=1e-5)
+    # Dynamic-range quantization keeps kernels under 1,024 values in float:
+    # all but the 3x3x8x16 one here.
+    dynamic = tflite.bias_correction(model, "dynamic", images)
+    assert [op.name for op in ops if op.name in dynamic.output_offsets] == [
+        op.name for op in ops if model.backbone.kernel_value(op).size >= 1024] == [ops[3].name]
+
+
+def test_quantized_modes_are_bias_corrected_and_say_so(trained, caplog):
+    images = trained._representative_images
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.tflite"):
+        corrected = tflite.convert(trained.model, SIZE, "int8", images)
+        plain = tflite.convert(trained.model, SIZE, "int8", images, correct_bias=False)
+        tflite.convert(trained.model, SIZE, "dynamic", images)
+        tflite.convert(trained.model, SIZE, "dynamic")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Bias correction of the int8 weights (Nagel et al. 2019): the mean rounding error "
+        "of 5 backbone layers and the head, over 60 training images, taken back out of "
+        "their outputs.",
+        "Bias correction of the int8 weights (Nagel et al. 2019): the mean rounding error "
+        "of 1 backbone layer and the head, over 60 training images, taken back out of "
+        "their outputs."]
+    from ai_edge_litert.interpreter import Interpreter
+
+    def op_names(contents):
+        return sorted(op["op_name"] for op in Interpreter(model_content=contents)._get_ops_details())
+
+    assert op_names(corrected) == op_names(plain)  # the offsets are folded into biases
+    probabilities = [tflite.TFLiteClassifier(c).predict(images) for c in (corrected, plain)]
+    assert np.abs(probabilities[0] - probabilities[1]).max() > 0
+    with pytest.raises(ValueError, match=r"Invalid value for `representative_images`.*"
+                                         r"for the bias correction of dynamic-range.*"
+                                         r"or None \(no bias correction\)"):
+        tflite.convert(trained.model, SIZE, "dynamic", np.zeros((4, 16, 16, 3), np.uint8))

@@ -257,6 +257,7 @@ class HubBackbone(keras.layers.Layer):
         names = [v.name for v in self._module_variables]
         self._graph, trace_error = None, None
         self._inference_graph = None
+        self._kernel_ops, self._kernel_inputs = None, None
         try:
             self._graph = module_graph.ModuleGraph(self._module, self._module_variables)
             positions = self._graph.trace_positions(len(names))
@@ -389,7 +390,7 @@ class HubBackbone(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.feature_dim)
 
-    def inference_features(self, images):
+    def inference_features(self, images, output_offsets=None):
         """The features of `call(images, training=False)`, computed by the
         module's inlined inference graph, for converters.
 
@@ -405,13 +406,55 @@ class HubBackbone(keras.layers.Layer):
 
         Args:
             images: float32 [N, H, W, 3] RGB in [0, 1].
+            output_offsets: None, or {`module_graph.KernelOp` name: float
+                [channels]} subtracted from those ops' outputs (bias
+                correction); only where `kernel_ops()` found them.
 
         Returns:
             float32 [N, feature_dim].
+
+        Raises:
+            ValueError: for `output_offsets` where the module runs its own
+                call (`kernel_ops()` is empty then).
         """
         if self._inference_graph is None:
             self._inference_graph = self._inlined_inference_call()
-        return self._inference_graph(images)
+        if not output_offsets:
+            return self._inference_graph(images)
+        if not self.kernel_ops():
+            raise ValueError("Output offsets need the module's inlined inference graph, "
+                             f"which {self.hub_handle} does not run through.")
+        whole = self._graph.whole(output_offsets)
+        return whole(self.to_input_range(images), self._wrapped)
+
+    def kernel_ops(self):
+        """The inference graph's convolutions and matrix products whose
+        kernel is a module variable (`module_graph.KernelOp`s, in graph
+        order); empty where conversion runs the module's own call."""
+        if self._inference_graph is None:
+            self._inference_graph = self._inlined_inference_call()
+        if self._graph is None or not getattr(self._inference_graph, "inlined", False):
+            return []
+        if self._kernel_ops is None:
+            self._kernel_ops = self._graph.kernel_ops()
+        return self._kernel_ops
+
+    def kernel_value(self, op):
+        """The current value of a `kernel_ops()` entry's kernel, numpy."""
+        return self._wrapped[op.kernel_index].numpy()
+
+    def kernel_op_inputs(self, images, ops):
+        """The inputs of `ops` (`kernel_ops()` entries) and the features,
+        for float32 images [N, H, W, 3] in [0, 1], inference mode.
+
+        Returns:
+            (list of the ops' input tensors, float32 [N, feature_dim]).
+        """
+        if self._kernel_inputs is None or self._kernel_inputs[0] != ops:
+            names = [op.input_tensor for op in ops] + [self._graph.output_tensor]
+            self._kernel_inputs = (list(ops), self._graph.tensors(names))
+        values = self._kernel_inputs[1](self.to_input_range(images), self._wrapped)
+        return list(values[:-1]), values[-1]
 
     def _inlined_inference_call(self):
         """The inlined graph as a call, checked once against the module's own
@@ -437,6 +480,7 @@ class HubBackbone(keras.layers.Layer):
                 scale = float(tf.reduce_max(tf.abs(want)))
             if not error <= 1e-4 * scale + 1e-5:
                 raise ValueError(f"its features differ from the module's by up to {error:.3g}")
+            inlined_call.inlined = True
             return inlined_call
         except Exception as error:  # The module's own call still converts most modules.
             logger.warning(

@@ -15,9 +15,11 @@ whole network or around each batch norm. Inlining lowers `If` / `Case` to
 the graph is again plain ops.
 """
 
+import dataclasses
 import functools
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 _PASS_THROUGH = ("Identity", "IdentityN")
@@ -27,6 +29,9 @@ _PASS_THROUGH = ("Identity", "IdentityN")
 _LOOP_OPS = ("While", "StatelessWhile")
 _SWITCHES = ("Switch", "RefSwitch", "_SwitchN")
 _MERGES = ("Merge", "RefMerge")
+# Ops that multiply their input by a kernel (`KernelOp`): what weight
+# quantization rounds.
+_KERNEL_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
 
 
 def _source(input_name):
@@ -308,8 +313,13 @@ class ModuleGraph:
                     frontier.append(consumer)
         return seen
 
-    def whole(self):
+    def whole(self, output_offsets: Optional[Dict[str, np.ndarray]] = None):
         """The uncut inlined graph as a differentiable function.
+
+        Args:
+            output_offsets: None, or {`KernelOp.name`: float [channels]}:
+                each is subtracted from that op's output before anything
+                reads it (`tflite.bias_correction`'s corrections).
 
         Returns:
             A callable (images float32 [N, H, W, 3], the backbone's
@@ -318,9 +328,88 @@ class ModuleGraph:
             compares the two).
         """
         graph_def = self._subgraph({}, [self.output_tensor])
-        run = _graph_function(graph_def, [self.input_name], [self.output_tensor],
+        variable_offsets, op_offsets = self._variable_offsets(output_offsets or {})
+        output = _subtract_after(graph_def, op_offsets, self.output_tensor)
+        run = _graph_function(graph_def, [self.input_name], [output],
                               _reads_in(graph_def, self.reads))
-        return lambda images, variables: run([images], variables)[0]
+        if not variable_offsets:
+            return lambda images, variables: run([images], variables)[0]
+
+        def call(images, variables):
+            values = list(variables)
+            for index, offset in variable_offsets.items():
+                values[index] = tf.convert_to_tensor(values[index]) + offset
+            return run([images], values)[0]
+
+        return call
+
+    def _variable_offsets(self, output_offsets):
+        """Moves each output offset into a variable where one op reads the
+        output and a variable can absorb it: a batch norm's mean (the
+        offset is added to it) or a bias (subtracted). Converters fold
+        those into the op's own bias; an inserted subtraction, which they
+        fold too, still adds its name to the fused tensors' names.
+
+        Returns:
+            ({variable index: float32 offset to add}, {op name: offset}
+            left to `_subtract_after`).
+        """
+        moved, left = {}, {}
+        for name, offset in output_offsets.items():
+            readers = self._readers([name])
+            reader = self.nodes[readers.pop()] if len(readers) == 1 else None
+            target = None
+            if reader is not None and _source(self._canonical(reader.input[0])) == name:
+                if reader.op == "FusedBatchNormV3" and not reader.attr["is_training"].b:
+                    target = (_source(self._canonical(reader.input[3])), 1.0)
+                elif reader.op == "BiasAdd":
+                    target = (_source(self._canonical(reader.input[1])), -1.0)
+            if target is None or target[0] not in self.reads or self.reads[target[0]] in moved:
+                left[name] = offset
+                continue
+            moved[self.reads[target[0]]] = target[1] * np.asarray(offset, np.float32)
+        return moved, left
+
+    def kernel_ops(self) -> List["KernelOp"]:
+        """The convolutions and matrix products of the inference graph whose
+        kernel is one of the module's variables, in graph order.
+
+        Ops with a layout or padding `KernelOp.apply` does not reproduce
+        (NCHW, explicit padding, transposed products), and ops whose kernel
+        is computed from a variable (BiT's weight standardisation), are left
+        out.
+        """
+        needed = {node.name for node in self._subgraph({}, [self.output_tensor]).node}
+        found = []
+        for node in self.graph_def.node:
+            if node.op not in _KERNEL_OPS or node.name not in needed:
+                continue
+            kernel = _source(self._canonical(node.input[1]))
+            if kernel not in self.reads:
+                continue
+            attr = node.attr
+            if node.op == "MatMul":
+                if attr["transpose_a"].b or attr["transpose_b"].b:
+                    continue
+                options = {}
+            else:
+                if (attr["data_format"].s not in (b"", b"NHWC")
+                        or attr["padding"].s not in (b"SAME", b"VALID")):
+                    continue
+                options = {"strides": tuple(attr["strides"].list.i),
+                           "padding": attr["padding"].s.decode(),
+                           "dilations": tuple(attr["dilations"].list.i) or (1, 1, 1, 1)}
+            found.append(KernelOp(node.name, node.op, self._canonical(node.input[0]),
+                                  self.reads[kernel], options))
+        return found
+
+    def tensors(self, names: Sequence[str]):
+        """A callable (images float32 [N, H, W, 3], variables) -> the values
+        of the named tensors ("node:port") of the inference graph."""
+        graph_def = self._subgraph({}, list(names))
+        run = _graph_function(graph_def, [self.input_name], list(names),
+                              _reads_in(graph_def, self.reads))
+        return lambda images, variables: run([images], variables)
 
     def split(self, trainable_indices: Sequence[int]) -> "SplitGraph":
         """Cuts the graph where the given variables start to be used.
@@ -449,6 +538,80 @@ class ModuleGraph:
                 else:
                     copy.input.append(replaced.get(self._canonical(input_name), input_name))
         return graph_def
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelOp:
+    """An op of the inference graph that multiplies its input by a variable.
+
+    Attributes:
+        name: The op's node name.
+        op: "Conv2D", "DepthwiseConv2dNative" or "MatMul".
+        input_tensor: The tensor it multiplies ("node:port").
+        kernel_index: Index of its kernel among the module's variables.
+        options: strides, padding and dilations of a convolution.
+    """
+
+    name: str
+    op: str
+    input_tensor: str
+    kernel_index: int
+    options: dict
+
+    @property
+    def channel_axes(self):
+        """The kernel's axes of its output channels: a Conv2D's [h, w, in,
+        out] kernel has one per `out`, a depthwise [h, w, in, multiplier]
+        one per (in, multiplier) pair, a MatMul's [in, out] one per `out`."""
+        return {"Conv2D": (3,), "DepthwiseConv2dNative": (2, 3), "MatMul": (1,)}[self.op]
+
+    def apply(self, inputs, kernel):
+        """The op on `inputs` with another kernel (same shape): its output."""
+        if self.op == "MatMul":
+            return tf.matmul(inputs, kernel)
+        strides, padding, dilations = (self.options[k] for k in
+                                       ("strides", "padding", "dilations"))
+        if self.op == "Conv2D":
+            return tf.nn.conv2d(inputs, kernel, strides, padding, dilations=dilations)
+        return tf.nn.depthwise_conv2d(inputs, kernel, strides, padding,
+                                      dilations=dilations[1:3])
+
+
+def _subtract_after(graph_def, offsets, output_tensor):
+    """Rewires `graph_def` so that each op in `offsets` has its offset
+    subtracted from its output (port 0) before any consumer reads it.
+
+    Returns:
+        The graph's output tensor name, moved if an offset op produced it.
+    """
+    if not offsets:
+        return output_tensor
+    renamed = {}
+    for i, (name, offset) in enumerate(offsets.items()):
+        # Short names: TFLite names a fused op's tensors after every op it
+        # fused; the op's own name here added 70 KB to a 0.6 MB file.
+        constant = graph_def.node.add(name=f"offset_{i}", op="Const")
+        constant.attr["dtype"].type = tf.float32.as_datatype_enum
+        # Added negated: converters fold an Add of a constant into the
+        # preceding convolution's bias, and leave a Sub an op of its own.
+        constant.attr["value"].tensor.CopyFrom(
+            tf.make_tensor_proto(-np.asarray(offset, np.float32)))
+        subtract = graph_def.node.add(name=f"minus_offset_{i}", op="AddV2")
+        subtract.input.extend([name, constant.name])
+        subtract.attr["T"].type = tf.float32.as_datatype_enum
+        renamed[name] = subtract.name
+    rewired = set(renamed.values())
+    for node in graph_def.node:
+        if node.name in rewired:
+            continue
+        for i, input_name in enumerate(node.input):
+            if (not input_name.startswith("^") and _source(input_name) in renamed
+                    and _port(input_name) == 0):
+                node.input[i] = renamed[_source(input_name)]
+    source = _source(output_tensor)
+    if source in renamed and _port(output_tensor) == 0:
+        return f"{renamed[source]}:0"
+    return output_tensor
 
 
 class SplitGraph:
