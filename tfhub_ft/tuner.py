@@ -654,7 +654,8 @@ class FineTuner:
                 probabilities [1, C] out; see `tfhub_ft.tflite`) and its
                 parity report against the SavedModel on the validation
                 images, `export_dir/tflite_parity.json`. int8 calibrates on
-                a seeded sample of the training images.
+                a seeded sample of the training images, and dynamic and
+                int8 are bias-corrected on it (`tflite.bias_correction`).
 
         Returns:
             The export folder path; None on a non-chief worker.
