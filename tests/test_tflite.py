@@ -236,6 +236,16 @@ def test_bias_correction_takes_the_mean_rounding_error_out(trained):
         op.name for op in ops if model.backbone.kernel_value(op).size >= 1024] == [ops[3].name]
 
 
+def test_bias_correction_does_not_depend_on_its_batches(trained, monkeypatch):
+    images = trained._representative_images
+    whole = tflite.bias_correction(trained.model, "int8", images)
+    monkeypatch.setattr(tflite, "_CORRECTION_BATCH_BYTES", 1)  # one image at a time
+    single = tflite.bias_correction(trained.model, "int8", images)
+    for name, offset in whole.output_offsets.items():
+        np.testing.assert_allclose(single.output_offsets[name], offset, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(single.logit_offset, whole.logit_offset, rtol=1e-4, atol=1e-7)
+
+
 def test_quantized_modes_are_bias_corrected_and_say_so(trained, caplog):
     images = trained._representative_images
     with caplog.at_level(logging.INFO, logger="tfhub_ft.tflite"):
