@@ -224,3 +224,37 @@ def test_output_offsets_need_the_inlined_graph(backbone, monkeypatch):
     assert backbone.kernel_ops() == []
     with pytest.raises(ValueError, match="need the module's inlined inference graph"):
         backbone.inference_features(tf.zeros([1, 32, 32, 3]), {"conv": np.zeros(4)})
+
+
+def test_an_offset_goes_into_a_variable_only_where_nothing_else_reads_it(tmp_path):
+    # Two convolutions whose fused batch norms share one moving mean: moving
+    # the first conv's offset into that mean would shift the second's output.
+    v = module_shapes._Variables(seed=0)
+    kernels = [v.add(f"conv_{i}/kernel", [3, 3, 3 if i == 0 else 4, 4]) for i in range(2)]
+    gamma, beta, mean, variance = v.batch_norm("shared_bn", 4)
+
+    @tf.function
+    def call(images, training=False):
+        x = images
+        for kernel in kernels:
+            x = tf.nn.conv2d(x, kernel, 1, "SAME")
+            x, *_ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean, variance,
+                                                     is_training=False)
+        return tf.reduce_mean(tf.nn.relu(x), axis=[1, 2])
+
+    path = module_shapes._save(str(tmp_path / "shared"), call, v.all, v.all)
+    backbone = HubBackbone(path)
+    first = backbone.kernel_ops()[0]
+    offset = np.linspace(-1.0, 1.0, 4).astype(np.float32)
+    moved, inserted = backbone._graph._variable_offsets({first.name: offset})
+    assert (moved, list(inserted)) == ({}, [first.name])
+    images = tf.random.stateless_uniform([2, 8, 8, 3], seed=[1, 1])
+    x = tf.nn.conv2d(images, kernels[0], 1, "SAME") - offset
+    for i, kernel in enumerate(kernels):
+        if i:
+            x = tf.nn.conv2d(x, kernel, 1, "SAME")
+        x, *_ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean, variance,
+                                                 is_training=False)
+    np.testing.assert_allclose(
+        backbone.inference_features(images, {first.name: offset}).numpy(),
+        tf.reduce_mean(tf.nn.relu(x), axis=[1, 2]).numpy(), rtol=1e-5, atol=1e-6)

@@ -346,14 +346,19 @@ class ModuleGraph:
     def _variable_offsets(self, output_offsets):
         """Moves each output offset into a variable where one op reads the
         output and a variable can absorb it: a batch norm's mean (the
-        offset is added to it) or a bias (subtracted). Converters fold
-        those into the op's own bias; an inserted subtraction, which they
-        fold too, still adds its name to the fused tensors' names.
+        offset is added to it) or a bias (subtracted), read once in the
+        inference graph, so that nothing else sees the change.
+        Converters fold those into the op's own bias; an inserted
+        subtraction, which they fold too, still adds its name to the fused
+        tensors' names.
 
         Returns:
             ({variable index: float32 offset to add}, {op name: offset}
             left to `_subtract_after`).
         """
+        read_count = {}
+        for _, index in _reads_in(self._subgraph({}, [self.output_tensor]), self.reads):
+            read_count[index] = read_count.get(index, 0) + 1
         moved, left = {}, {}
         for name, offset in output_offsets.items():
             readers = self._readers([name])
@@ -364,7 +369,9 @@ class ModuleGraph:
                     target = (_source(self._canonical(reader.input[3])), 1.0)
                 elif reader.op == "BiasAdd":
                     target = (_source(self._canonical(reader.input[1])), -1.0)
-            if target is None or target[0] not in self.reads or self.reads[target[0]] in moved:
+            if (target is None or target[0] not in self.reads
+                    or read_count.get(self.reads[target[0]]) != 1
+                    or self._readers([target[0]]) != {reader.name}):
                 left[name] = offset
                 continue
             moved[self.reads[target[0]]] = target[1] * np.asarray(offset, np.float32)
@@ -590,13 +597,13 @@ def _subtract_after(graph_def, offsets, output_tensor):
     for i, (name, offset) in enumerate(offsets.items()):
         # Short names: TFLite names a fused op's tensors after every op it
         # fused; the op's own name here added 70 KB to a 0.6 MB file.
-        constant = graph_def.node.add(name=f"offset_{i}", op="Const")
+        constant = graph_def.node.add(name=f"bias_correction/{i}/offset", op="Const")
         constant.attr["dtype"].type = tf.float32.as_datatype_enum
         # Added negated: converters fold an Add of a constant into the
         # preceding convolution's bias, and leave a Sub an op of its own.
         constant.attr["value"].tensor.CopyFrom(
             tf.make_tensor_proto(-np.asarray(offset, np.float32)))
-        subtract = graph_def.node.add(name=f"minus_offset_{i}", op="AddV2")
+        subtract = graph_def.node.add(name=f"bias_correction/{i}", op="AddV2")
         subtract.input.extend([name, constant.name])
         subtract.attr["T"].type = tf.float32.as_datatype_enum
         renamed[name] = subtract.name
