@@ -222,7 +222,7 @@ def test_output_offsets_act_as_a_raised_batch_norm_mean(
 def test_output_offsets_need_the_inlined_graph(backbone, monkeypatch):
     monkeypatch.setattr(backbone, "_graph", None)
     assert backbone.kernel_ops() == []
-    with pytest.raises(ValueError, match="need the module's inlined inference graph"):
+    with pytest.raises(ValueError, match=r"Invalid value for `output_offsets`. Expected None: offsets need the module's inlined inference graph"):
         backbone.inference_features(tf.zeros([1, 32, 32, 3]), {"conv": np.zeros(4)})
 
 

@@ -206,6 +206,10 @@ def test_int8_rounded_is_symmetric_per_output_channel():
     np.testing.assert_allclose(got, np.round(kernel / scales) * scales, rtol=0, atol=1e-7)
     assert got[2, 0] == -2.0 and got[0, 1] == -0.5 and not got[:, 2].any()
     assert got.dtype == np.float32
+    # Halves round away from zero, as TFLite does (numpy's round: to even).
+    np.testing.assert_array_equal(
+        tflite.int8_rounded(np.array([[127.0], [2.5], [-2.5], [1.5]]), (1,))[:, 0],
+        [127.0, 3.0, -3.0, 2.0])
 
 
 def test_bias_correction_takes_the_mean_rounding_error_out(trained):
@@ -213,7 +217,8 @@ def test_bias_correction_takes_the_mean_rounding_error_out(trained):
     model = trained.model
     correction = tflite.bias_correction(model, "int8", images)
     ops = model.backbone.kernel_ops()
-    assert (correction.kernel_ops, correction.images) == (len(ops), len(images)) == (5, 60)
+    assert (correction.corrected_ops, correction.images) == (len(ops), len(images)) == (5, 60)
+    assert correction.head_corrected
     assert set(correction.output_offsets) == {op.name for op in ops}
     # The first convolution sees the images as the module scales them.
     first = ops[0]
@@ -234,6 +239,8 @@ def test_bias_correction_takes_the_mean_rounding_error_out(trained):
     dynamic = tflite.bias_correction(model, "dynamic", images)
     assert [op.name for op in ops if op.name in dynamic.output_offsets] == [
         op.name for op in ops if model.backbone.kernel_value(op).size >= 1024] == [ops[3].name]
+    # ... and this 16 x 3 head too: its logits are left as they are.
+    assert not dynamic.head_corrected and not dynamic.logit_offset.any()
 
 
 def test_bias_correction_does_not_depend_on_its_batches(trained, monkeypatch):
@@ -258,8 +265,7 @@ def test_quantized_modes_are_bias_corrected_and_say_so(trained, caplog):
         "of 5 backbone layers and the head, over 60 training images, taken back out of "
         "their outputs.",
         "Bias correction of the int8 weights (Nagel et al. 2019): the mean rounding error "
-        "of 1 backbone layer and the head, over 60 training images, taken back out of "
-        "their outputs."]
+        "of 1 backbone layer, over 60 training images, taken back out of their outputs."]
     from ai_edge_litert.interpreter import Interpreter
 
     def op_names(contents):

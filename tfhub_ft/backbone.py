@@ -422,8 +422,10 @@ class HubBackbone(keras.layers.Layer):
         if not output_offsets:
             return self._inference_graph(images)
         if not self.kernel_ops():
-            raise ValueError("Output offsets need the module's inlined inference graph, "
-                             f"which {self.hub_handle} does not run through.")
+            raise ValueError(
+                "Invalid value for `output_offsets`. Expected None: offsets need the "
+                f"module's inlined inference graph, which {self.hub_handle} does not run "
+                f"through. Received: output_offsets with {len(output_offsets)} entries")
         whole = self._graph.whole(output_offsets)
         return whole(self.to_input_range(images), self._wrapped)
 
@@ -440,7 +442,9 @@ class HubBackbone(keras.layers.Layer):
         return self._kernel_ops
 
     def kernel_value(self, op):
-        """The current value of a `kernel_ops()` entry's kernel, numpy."""
+        """The current value of a `kernel_ops()` entry's kernel: float32
+        numpy, [h, w, in, out] (depthwise [h, w, in, multiplier]) or
+        [in, out]."""
         return self._wrapped[op.kernel_index].numpy()
 
     def kernel_op_inputs(self, images, ops):
@@ -448,7 +452,9 @@ class HubBackbone(keras.layers.Layer):
         for float32 images [N, H, W, 3] in [0, 1], inference mode.
 
         Returns:
-            (list of the ops' input tensors, float32 [N, feature_dim]).
+            (one float32 tensor per op, as the op receives it: [N, h, w, c]
+            for a convolution, [rows, in] for a matrix product; float32
+            [N, feature_dim] features).
         """
         if self._kernel_inputs is None or self._kernel_inputs[0] != ops:
             names = [op.input_tensor for op in ops] + [self._graph.output_tensor]

@@ -595,8 +595,9 @@ def _subtract_after(graph_def, offsets, output_tensor):
         return output_tensor
     renamed = {}
     for i, (name, offset) in enumerate(offsets.items()):
-        # Short names: TFLite names a fused op's tensors after every op it
-        # fused; the op's own name here added 70 KB to a 0.6 MB file.
+        # Not named after the op: TFLite names a fused op's tensors after
+        # every op it fused, and the op's own long name here added 70 KB to
+        # a 0.6 MB file.
         constant = graph_def.node.add(name=f"bias_correction/{i}/offset", op="Const")
         constant.attr["dtype"].type = tf.float32.as_datatype_enum
         # Added negated: converters fold an Add of a constant into the

@@ -35,6 +35,7 @@ import re
 import time
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -79,17 +80,36 @@ class BiasCorrection:
         output_offsets: {`module_graph.KernelOp` name: float32 [channels]},
             for `HubBackbone.inference_features`.
         logit_offset: float32 [C], subtracted from the head's logits.
-        kernel_ops: How many of the backbone's kernel ops were corrected.
+        corrected_ops: How many of the backbone's kernel ops were corrected.
+        head_corrected: Whether the head was (`dynamic` keeps a head of
+            under `DYNAMIC_RANGE_MIN_ELEMENTS` weights in float).
         images: How many images the expectations were taken over.
         backbone_graph: False where the backbone converts through its own
-            call: it has no graph to correct, only the head is.
+            call: it has no graph to correct.
     """
 
     output_offsets: dict
     logit_offset: np.ndarray
-    kernel_ops: int
+    corrected_ops: int
+    head_corrected: bool
     images: int
     backbone_graph: bool
+
+    def description(self):
+        """What was corrected, for the log: "52 backbone layers and the head"."""
+        parts = []
+        if self.corrected_ops:
+            parts.append(f"{self.corrected_ops} backbone layer"
+                         f"{'' if self.corrected_ops == 1 else 's'}")
+        if self.head_corrected:
+            parts.append("the head")
+        if not self.backbone_graph:
+            why = "the backbone converts through its own call: no graph to correct"
+        elif not self.corrected_ops:
+            why = "no backbone kernel is large enough to be quantized"
+        else:
+            why = None
+        return (" and ".join(parts) or "no layer") + (f" ({why})" if why else "")
 
 
 def int8_rounded(kernel, channel_axes):
@@ -110,7 +130,9 @@ def int8_rounded(kernel, channel_axes):
     reduce = tuple(a for a in range(kernel.ndim) if a not in channel_axes)
     scale = np.abs(kernel).max(axis=reduce, keepdims=True) / 127.0
     scale[scale == 0] = 1.0
-    return (np.clip(np.round(kernel / scale), -127, 127) * scale).astype(np.float32)
+    # Halves away from zero, as TFLite rounds (numpy's np.round goes to even).
+    steps = np.sign(kernel) * np.floor(np.abs(kernel) / scale + 0.5)
+    return (np.clip(steps, -127, 127) * scale).astype(np.float32)
 
 
 def bias_correction(model, mode, images):
@@ -127,9 +149,9 @@ def bias_correction(model, mode, images):
     and int8 97.7% -> 98.8% on the clothing photos; dynamic 93.6% -> 97.4%
     and int8 76.6% -> 86.8% on CIFAR-10.
 
-    Each of the backbone's `kernel_ops()` the mode quantizes (`dynamic`:
-    kernels of `DYNAMIC_RANGE_MIN_ELEMENTS` values or more; `int8`: all),
-    and the head, is corrected from its float input (E taken over `images`;
+    Each of the backbone's `kernel_ops()` and the head the mode quantizes
+    (`dynamic`: kernels of `DYNAMIC_RANGE_MIN_ELEMENTS` values or more;
+    `int8`: all) is corrected from its float input (E taken over `images`;
     a convolution's mean also over positions).
 
     Args:
@@ -172,12 +194,14 @@ def bias_correction(model, mode, images):
         feature_sum += tf.reduce_sum(features, 0).numpy()
     count = len(images)
     head = model.head.kernel.numpy()
-    head_delta = int8_rounded(head, (1,)) - head
+    head_corrected = mode == "int8" or head.size >= DYNAMIC_RANGE_MIN_ELEMENTS
+    head_delta = int8_rounded(head, (1,)) - head if head_corrected else np.zeros_like(head)
     return BiasCorrection(
         output_offsets={op.name: (total / n).astype(np.float32)
                         for op, total, n in zip(ops, sums, rows)},
         logit_offset=((feature_sum / count) @ head_delta).astype(np.float32),
-        kernel_ops=len(ops), images=count, backbone_graph=bool(all_ops))
+        corrected_ops=len(ops), head_corrected=head_corrected, images=count,
+        backbone_graph=bool(all_ops))
 
 
 def check_mode(mode):
@@ -221,14 +245,17 @@ class _TFLiteModule(tf.Module):
         correction = self.correction
         features = self.model.backbone.inference_features(
             images, correction.output_offsets if correction else None)
-        if correction is None:
+        head = self.model.head
+        if correction is None or not correction.head_corrected:
             logits = self.model.classify_features(features, training=False)
-        else:
-            # The head (a linear Dense; dropout is the identity here) with
-            # the offset in its bias, which the converter folds: a
-            # subtraction after it stays an op of its own.
-            head = self.model.head
+        elif head.activation is keras.activations.linear:
+            # The head (dropout is the identity here) with the offset in its
+            # bias, which the converter folds: a subtraction after it stays
+            # an op of its own.
             logits = tf.matmul(features, head.kernel) + (head.bias - correction.logit_offset)
+        else:
+            raise TypeError(f"Bias correction needs a linear head. Received: "
+                            f"activation={head.activation.__name__}")
         return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
 
 
@@ -252,26 +279,23 @@ def convert(model, image_size, mode, representative_images=None, correct_bias=Tr
         The .tflite file contents, bytes.
 
     Raises:
-        ValueError: for an unknown mode, or int8 without representative
-            images of the right shape.
+        ValueError: for an unknown mode, int8 without representative
+            images of the right shape, or dynamic with images of another
+            shape.
     """
     check_mode(mode)
-    if mode == "int8" or (mode == "dynamic" and representative_images is not None):
+    corrects = correct_bias and mode in ("dynamic", "int8") and (
+        representative_images is not None)
+    if mode == "int8" or corrects:
         representative_images = _check_representative_images(representative_images,
                                                               image_size, mode)
     correction = None
-    if (correct_bias and mode in ("dynamic", "int8") and representative_images is not None
-            and len(representative_images)):
+    if corrects:
         correction = bias_correction(model, mode, representative_images)
         logger.info(
             "Bias correction of the int8 weights (Nagel et al. 2019): the mean rounding "
             "error of %s, over %d training images, taken back out of their outputs.",
-            f"{correction.kernel_ops} backbone layer"
-            f"{'' if correction.kernel_ops == 1 else 's'} and the head"
-            if correction.kernel_ops else "the head" + (
-                " (no backbone kernel is large enough to be quantized)"
-                if correction.backbone_graph else " (the backbone converts through its "
-                "own call: no graph to correct)"), correction.images)
+            correction.description(), correction.images)
     module = _TFLiteModule(model, image_size, correction)
     function = module.classify.get_concrete_function()
     with _quiet_converter_logging():
@@ -502,7 +526,9 @@ def export_tflite(model, image_size, export_dir, mode, representative_images=Non
         image_size: S, the training image size.
         export_dir: A folder holding the SavedModel of `model`.
         mode: One of `TFLITE_MODES`.
-        representative_images: uint8 [N, S, S, 3] training images, for int8.
+        representative_images: uint8 [N, S, S, 3] training images: int8
+            calibrates on them, and dynamic and int8 are bias-corrected
+            on them (`convert`).
         validation_images, validation_labels: uint8 [N, S, S, 3] and int
             [N]; when given, the parity report is logged and written to
             `export_dir/tflite_parity.json`.
