@@ -79,7 +79,8 @@ class BiasCorrection:
     Attributes:
         output_offsets: {`module_graph.KernelOp` name: float32 [channels]},
             for `HubBackbone.inference_features`.
-        logit_offset: float32 [C], subtracted from the head's logits.
+        logit_offset: float32 [C], subtracted from the head's logits (0 where
+            the head is not corrected).
         corrected_ops: How many of the backbone's kernel ops were corrected.
         head_corrected: Whether the head was (`dynamic` keeps a head of
             under `DYNAMIC_RANGE_MIN_ELEMENTS` weights in float).
@@ -193,13 +194,18 @@ def bias_correction(model, mode, images):
             rows[i] += int(shift.shape[0])
         feature_sum += tf.reduce_sum(features, 0).numpy()
     count = len(images)
-    head = model.head.kernel.numpy()
-    head_corrected = mode == "int8" or head.size >= DYNAMIC_RANGE_MIN_ELEMENTS
-    head_delta = int8_rounded(head, (1,)) - head if head_corrected else np.zeros_like(head)
+    # A model without a Dense `head` (one that only has `classify_features`)
+    # keeps its logits as they are.
+    head = getattr(getattr(model, "head", None), "kernel", None)
+    head = None if head is None else head.numpy()
+    head_corrected = head is not None and (
+        mode == "int8" or head.size >= DYNAMIC_RANGE_MIN_ELEMENTS)
+    logit_offset = ((feature_sum / count) @ (int8_rounded(head, (1,)) - head)
+                    if head_corrected else 0.0)
     return BiasCorrection(
         output_offsets={op.name: (total / n).astype(np.float32)
                         for op, total, n in zip(ops, sums, rows)},
-        logit_offset=((feature_sum / count) @ head_delta).astype(np.float32),
+        logit_offset=np.asarray(logit_offset, np.float32),
         corrected_ops=len(ops), head_corrected=head_corrected, images=count,
         backbone_graph=bool(all_ops))
 
@@ -245,10 +251,9 @@ class _TFLiteModule(tf.Module):
         correction = self.correction
         features = self.model.backbone.inference_features(
             images, correction.output_offsets if correction else None)
-        head = self.model.head
         if correction is None or not correction.head_corrected:
             logits = self.model.classify_features(features, training=False)
-        elif head.activation is keras.activations.linear:
+        elif (head := self.model.head).activation is keras.activations.linear:
             # The head (dropout is the identity here) with the offset in its
             # bias, which the converter folds: a subtraction after it stays
             # an op of its own.
@@ -354,7 +359,11 @@ def _check_representative_images(images, image_size, mode):
 # `build_debug_info_func`), straight to stderr: to DEBUG.
 _NATIVE_NOISE = re.compile(
     r"^(fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate"
-    r"|Use '@tf\.function' or '@defun' to decorate the function\.$)")
+    r"|Use '@tf\.function' or '@defun' to decorate the function\.$"
+    # The converter's own glog lines on every conversion: options the
+    # frozen-graph path ignores, and metadata the exporter adds later.
+    r"|[IW]\d{4} [\d:.]+ +\d+ (tf_tfl_flatbuffer_helpers|flatbuffer_export)\.cc:\d+\] "
+    r"(Ignored (output_format|drop_control_dependency)\.|Skipping runtime version metadata))")
 
 
 @contextlib.contextmanager
