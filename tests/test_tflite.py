@@ -247,7 +247,7 @@ def test_bias_correction_takes_the_mean_rounding_error_out(trained):
 def test_bias_correction_does_not_depend_on_its_batches(trained, monkeypatch):
     images = trained._representative_images
     whole = tflite.bias_correction(trained.model, "int8", images)
-    monkeypatch.setattr(tflite, "_CORRECTION_BATCH_BYTES", 1)  # one image at a time
+    monkeypatch.setattr(tflite, "_CORRECTION_BATCH", 1)
     single = tflite.bias_correction(trained.model, "int8", images)
     for name, offset in whole.output_offsets.items():
         np.testing.assert_allclose(single.output_offsets[name], offset, rtol=1e-4, atol=1e-7)

@@ -257,7 +257,7 @@ class HubBackbone(keras.layers.Layer):
         names = [v.name for v in self._module_variables]
         self._graph, trace_error = None, None
         self._inference_graph = None
-        self._kernel_ops, self._kernel_inputs = None, None
+        self._kernel_ops, self._kernel_sums = None, None
         try:
             self._graph = module_graph.ModuleGraph(self._module, self._module_variables)
             positions = self._graph.trace_positions(len(names))
@@ -447,20 +447,38 @@ class HubBackbone(keras.layers.Layer):
         [in, out]."""
         return self._wrapped[op.kernel_index].numpy()
 
-    def kernel_op_inputs(self, images, ops):
-        """The inputs of `ops` (`kernel_ops()` entries) and the features,
-        for float32 images [N, H, W, 3] in [0, 1], inference mode.
+    def kernel_op_sums(self, images, ops, kernels):
+        """Each of `ops` (`kernel_ops()` entries) applied to its own input
+        with another kernel, summed over its output rows, in one graph (no
+        op's input is held past its use), and the features' sum.
+
+        Args:
+            images: float32 [N, H, W, 3] in [0, 1]; inference mode.
+            ops: `module_graph.KernelOp`s.
+            kernels: One float32 tensor per op, its kernel's shape.
 
         Returns:
-            (one float32 tensor per op, as the op receives it: [N, h, w, c]
-            for a convolution, [rows, in] for a matrix product; float32
-            [N, feature_dim] features).
+            (float32 [channels] per op: the sum over output rows, images
+            times positions; int rows per op; float32 [feature_dim]).
         """
-        if self._kernel_inputs is None or self._kernel_inputs[0] != ops:
+        key = tuple(op.name for op in ops)
+        if self._kernel_sums is None or self._kernel_sums[0] != key:
             names = [op.input_tensor for op in ops] + [self._graph.output_tensor]
-            self._kernel_inputs = (list(ops), self._graph.tensors(names))
-        values = self._kernel_inputs[1](self.to_input_range(images), self._wrapped)
-        return list(values[:-1]), values[-1]
+            tensors = self._graph.tensors(names)
+
+            def sums(images, kernels):
+                values = tensors(self.to_input_range(images), self._wrapped)
+                outputs = [op.apply(x, kernel)
+                           for op, x, kernel in zip(ops, values[:-1], kernels)]
+                return ([tf.reduce_sum(tf.reshape(y, [-1, tf.shape(y)[-1]]), 0)
+                         for y in outputs],
+                        [tf.size(y) // tf.shape(y)[-1] for y in outputs],
+                        tf.reduce_sum(values[-1], 0))
+
+            self._kernel_sums = (key, tf.function(sums, reduce_retracing=True,
+                                                  autograph=False))
+        totals, rows, features = self._kernel_sums[1](images, list(kernels))
+        return ([t.numpy() for t in totals], [int(r) for r in rows], features.numpy())
 
     def _inlined_inference_call(self):
         """The inlined graph as a call, checked once against the module's own

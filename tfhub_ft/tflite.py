@@ -64,11 +64,8 @@ NEAR_TIE_MARGIN = 0.1
 # float32 (the converter's `weights_min_num_elements` default); full integer
 # quantization rounds them all.
 DYNAMIC_RANGE_MIN_ELEMENTS = 1024
-# Bias correction's pass holds every kernel op's input for a batch at once:
-# batches are sized to keep that under this many bytes (from the first
-# image), at most _CORRECTION_BATCH images. The shared MobileNetV2 holds
-# 11.4 MB per image at 224 px.
-_CORRECTION_BATCH_BYTES = 256 * 2**20
+# Images per batch of bias correction's pass (`HubBackbone.kernel_op_sums`,
+# one graph that reduces each op's output as it goes).
 _CORRECTION_BATCH = 32
 
 
@@ -175,24 +172,17 @@ def bias_correction(model, mode, images):
     # positions), and how many rows.
     sums, rows = [0.0] * len(ops), [0] * len(ops)
     feature_sum = 0.0
-    start, batch_size = 0, 1
-    while start < len(images):
-        batch = preprocessing.to_unit_range(tf.constant(images[start:start + batch_size]))
-        start += batch_size
+    for start in range(0, len(images), _CORRECTION_BATCH):
+        batch = preprocessing.to_unit_range(
+            tf.constant(images[start:start + _CORRECTION_BATCH]))
         if ops:
-            inputs, features = backbone.kernel_op_inputs(batch, ops)
+            batch_sums, batch_rows, features = backbone.kernel_op_sums(batch, ops, deltas)
         else:
-            inputs, features = [], backbone.inference_features(batch)
-        if batch_size == 1:
-            held = sum(int(np.prod(x.shape)) * x.dtype.size for x in inputs)
-            batch_size = int(max(1, min(_CORRECTION_BATCH, _CORRECTION_BATCH_BYTES
-                                        // max(held, 1))))
-        for i, (op, x, delta) in enumerate(zip(ops, inputs, deltas)):
-            shift = op.apply(x, delta)
-            shift = tf.reshape(shift, [-1, shift.shape[-1]])
-            sums[i] += tf.reduce_sum(shift, 0).numpy()
-            rows[i] += int(shift.shape[0])
-        feature_sum += tf.reduce_sum(features, 0).numpy()
+            batch_sums, batch_rows = [], []
+            features = tf.reduce_sum(backbone.inference_features(batch), 0).numpy()
+        sums = [total + s for total, s in zip(sums, batch_sums)]
+        rows = [total + r for total, r in zip(rows, batch_rows)]
+        feature_sum += features
     count = len(images)
     # A model without a Dense `head` (one that only has `classify_features`)
     # keeps its logits as they are.
