@@ -254,6 +254,14 @@ def test_bias_correction_does_not_depend_on_its_batches(trained, monkeypatch):
     np.testing.assert_allclose(single.logit_offset, whole.logit_offset, rtol=1e-4, atol=1e-7)
 
 
+def test_repeated_bias_corrections_are_not_a_retracing_warning(trained, caplog):
+    images = trained._representative_images
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for mode in ("int8", "dynamic") * 3:
+            tflite.bias_correction(trained.model, mode, images[:40])  # 32 + a last 8
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
 def test_quantized_modes_are_bias_corrected_and_say_so(trained, caplog):
     images = trained._representative_images
     with caplog.at_level(logging.INFO, logger="tfhub_ft.tflite"):

@@ -6,6 +6,7 @@ weights (wrapped, not copied), grouped into blocks that are frozen or trained
 one by one.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -464,20 +465,17 @@ class HubBackbone(keras.layers.Layer):
         key = tuple(op.name for op in ops)
         if self._kernel_sums is None or self._kernel_sums[0] != key:
             names = [op.input_tensor for op in ops] + [self._graph.output_tensor]
-            tensors = self._graph.tensors(names)
-
-            def sums(images, kernels):
-                values = tensors(self.to_input_range(images), self._wrapped)
-                outputs = [op.apply(x, kernel)
-                           for op, x, kernel in zip(ops, values[:-1], kernels)]
-                return ([tf.reduce_sum(tf.reshape(y, [-1, tf.shape(y)[-1]]), 0)
-                         for y in outputs],
-                        [tf.size(y) // tf.shape(y)[-1] for y in outputs],
-                        tf.reduce_sum(values[-1], 0))
-
-            self._kernel_sums = (key, tf.function(sums, reduce_retracing=True,
-                                                  autograph=False))
-        totals, rows, features = self._kernel_sums[1](images, list(kernels))
+            # A partial with a signature: one trace per set of ops, and not
+            # a closure (TensorFlow's retracing warning counts the traces of
+            # every function sharing a code object; see module_graph).
+            self._kernel_sums = (key, tf.function(
+                functools.partial(_kernel_op_sums, self._graph.tensors(names), tuple(ops),
+                                  self.to_input_range, self._wrapped),
+                input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                 [tf.TensorSpec(k.shape, tf.float32) for k in kernels]],
+                autograph=False))
+        totals, rows, features = self._kernel_sums[1](
+            tf.convert_to_tensor(images, tf.float32), [tf.convert_to_tensor(k) for k in kernels])
         return ([t.numpy() for t in totals], [int(r) for r in rows], features.numpy())
 
     def _inlined_inference_call(self):
@@ -677,6 +675,16 @@ class HubBackbone(keras.layers.Layer):
                       batch_norm_trainable=self.batch_norm_trainable,
                       input_range=list(self.input_range))
         return config
+
+
+def _kernel_op_sums(tensors, ops, to_input_range, variables, images, kernels):
+    """`HubBackbone.kernel_op_sums`'s graph: each op's output with its other
+    kernel, reduced over rows as soon as it is computed."""
+    values = tensors(to_input_range(images), variables)
+    outputs = [op.apply(x, kernel) for op, x, kernel in zip(ops, values[:-1], kernels)]
+    return ([tf.reduce_sum(tf.reshape(y, [-1, tf.shape(y)[-1]]), 0) for y in outputs],
+            [tf.size(y) // tf.shape(y)[-1] for y in outputs],
+            tf.reduce_sum(values[-1], 0))
 
 
 def _split_check_marker(module_path, cut_variable_indices, image_size):
