@@ -418,10 +418,8 @@ class HubBackbone(keras.layers.Layer):
             ValueError: for `output_offsets` where the module runs its own
                 call (`kernel_ops()` is empty then).
         """
-        if self._inference_graph is None:
-            self._inference_graph = self._inlined_inference_call()
         if not output_offsets:
-            return self._inference_graph(images)
+            return self._inference_call()(images)
         if not self.kernel_ops():
             raise ValueError(
                 "Invalid value for `output_offsets`. Expected None: offsets need the "
@@ -434,9 +432,7 @@ class HubBackbone(keras.layers.Layer):
         """The inference graph's convolutions and matrix products whose
         kernel is a module variable (`module_graph.KernelOp`s, in graph
         order); empty where conversion runs the module's own call."""
-        if self._inference_graph is None:
-            self._inference_graph = self._inlined_inference_call()
-        if self._graph is None or not getattr(self._inference_graph, "inlined", False):
+        if self._graph is None or not getattr(self._inference_call(), "inlined", False):
             return []
         if self._kernel_ops is None:
             self._kernel_ops = self._graph.kernel_ops()
@@ -477,6 +473,13 @@ class HubBackbone(keras.layers.Layer):
         totals, rows, features = self._kernel_sums[1](
             tf.convert_to_tensor(images, tf.float32), [tf.convert_to_tensor(k) for k in kernels])
         return ([t.numpy() for t in totals], [int(r) for r in rows], features.numpy())
+
+    def _inference_call(self):
+        """The call `inference_features` runs, chosen once
+        (`_inlined_inference_call`)."""
+        if self._inference_graph is None:
+            self._inference_graph = self._inlined_inference_call()
+        return self._inference_graph
 
     def _inlined_inference_call(self):
         """The inlined graph as a call, checked once against the module's own

@@ -327,8 +327,11 @@ class ModuleGraph:
             the variables like a split's do (`BackboneSplit`'s check
             compares the two).
         """
-        graph_def = self._subgraph({}, [self.output_tensor])
+        graph_def = self._inference_graph_def
         variable_offsets, op_offsets = self._variable_offsets(output_offsets or {})
+        if op_offsets:
+            graph_def = tf.compat.v1.GraphDef()
+            graph_def.CopyFrom(self._inference_graph_def)  # the shared one stays as it is
         output = _subtract_after(graph_def, op_offsets, self.output_tensor)
         run = _graph_function(graph_def, [self.input_name], [output],
                               _reads_in(graph_def, self.reads))
@@ -357,7 +360,7 @@ class ModuleGraph:
             left to `_subtract_after`).
         """
         read_count = {}
-        for _, index in _reads_in(self._subgraph({}, [self.output_tensor]), self.reads):
+        for _, index in _reads_in(self._inference_graph_def, self.reads):
             read_count[index] = read_count.get(index, 0) + 1
         moved, left = {}, {}
         for name, offset in output_offsets.items():
@@ -377,6 +380,13 @@ class ModuleGraph:
             moved[self.reads[target[0]]] = target[1] * np.asarray(offset, np.float32)
         return moved, left
 
+    @functools.cached_property
+    def _inference_graph_def(self):
+        """The nodes from the images to the features (`_subgraph`), built
+        once for `whole`, `kernel_ops` and `_variable_offsets`; edited only
+        as a copy."""
+        return self._subgraph({}, [self.output_tensor])
+
     def kernel_ops(self) -> List["KernelOp"]:
         """The convolutions and matrix products of the inference graph whose
         kernel is one of the module's variables, in graph order.
@@ -386,7 +396,7 @@ class ModuleGraph:
         is computed from a variable (BiT's weight standardisation), are left
         out.
         """
-        needed = {node.name for node in self._subgraph({}, [self.output_tensor]).node}
+        needed = {node.name for node in self._inference_graph_def.node}
         found = []
         for node in self.graph_def.node:
             if node.op not in _KERNEL_OPS or node.name not in needed:
