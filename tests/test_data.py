@@ -1,5 +1,6 @@
 import logging
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -174,6 +175,56 @@ def test_tfds_offline_error(tmp_path):
         data.load_images("no_such_dataset_xyz", 8, data_dir=str(tmp_path))
 
 
+def _unresolvable(monkeypatch):
+    """Makes every host name fail to resolve, as offline; returns the names asked."""
+    asked = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for variable in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.delenv(variable.upper(), raising=False)
+    return asked
+
+
+def test_tfds_offline_fails_at_once_without_its_retries(tmp_path, monkeypatch, caplog):
+    import tensorflow_datasets as tfds
+    asked = _unresolvable(monkeypatch)
+    loads = []
+    monkeypatch.setattr(tfds, "load", lambda *args, **kwargs: loads.append(args))
+    folder = tmp_path / "tfds"
+    with caplog.at_level("INFO"):
+        with pytest.raises(ValueError) as raised:
+            data.load_images("tf_flowers", 8, data_dir=str(folder))
+    assert str(raised.value) == (
+        "Could not load the TFDS dataset 'tf_flowers' (split 'train'): it is not prepared "
+        f"in {folder}/tf_flowers/3.0.1, and the host it downloads from, "
+        "download.tensorflow.org, does not resolve (no network access). Offline, prepare "
+        "it on a machine with network access and pass its folder as `data_dir` "
+        "(`--data_dir` in the command), or use an image folder (`--image_dir`).")
+    assert asked == ["download.tensorflow.org"] and loads == []
+    # TFDS's own answer to `is_prepared` ("Variant folder ... has no
+    # dataset_info.json") is not passed on.
+    assert "Variant folder" not in caplog.text
+
+
+def test_tfds_download_through_a_proxy_is_left_to_tfds(monkeypatch):
+    import tensorflow_datasets as tfds
+    asked = _unresolvable(monkeypatch)
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+
+    def load(*args, **kwargs):
+        raise ConnectionError("proxy refused")
+
+    monkeypatch.setattr(tfds, "load", load)
+    with pytest.raises(ValueError, match=r"'tf_flowers' \(split 'train'\): proxy refused\. "):
+        data.load_images("tf_flowers", 8)
+    assert asked == []
+
+
 def test_tfds_download_is_announced_and_its_prints_go_to_stderr(monkeypatch, capsys, caplog):
     import tensorflow_datasets as tfds
 
@@ -340,6 +391,8 @@ def test_a_missing_package_is_named_not_called_offline(monkeypatch):
                                   name="importlib_resources")
 
     monkeypatch.setattr(tfds, "load", load)
+    # Online: the download host resolves, and tfds.load is what fails.
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: [])
     with pytest.raises(ImportError, match=r"Could not load the TFDS dataset 'tf_flowers' "
                                           r"\(split 'train'\): a Python module that loading "
                                           r"TFDS datasets needs is not installed \(No module "

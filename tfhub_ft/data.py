@@ -9,9 +9,12 @@ import dataclasses
 import hashlib
 import logging
 import os
+import socket
 import sys
 import time
 import unicodedata
+import urllib.parse
+import urllib.request
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -480,6 +483,65 @@ def _missing_module(error):
     return None
 
 
+def _unresolvable_download_host(builder):
+    """The host of a TFDS builder's download URLs that has no address, or None.
+
+    TFDS retries a failed download with backoff for about 3 minutes before
+    it gives up; a host name that does not resolve says at once that there
+    is no network access. A download through a proxy (`urllib`'s proxy
+    environment variables) is not judged: the proxy resolves the host.
+
+    Args:
+        builder: A `tfds.core.DatasetBuilder`.
+
+    Returns:
+        The first host name (str) of `builder.url_infos` that
+        `socket.getaddrinfo` cannot resolve; None when all resolve, the
+        builder lists no URLs (manual downloads), a proxy is set, or
+        `download_and_prepare` is not TFDS's own (`tfds.testing.mock_data`
+        replaces it with one that downloads nothing).
+    """
+    prepare = getattr(type(builder), "download_and_prepare", None)
+    if (not getattr(prepare, "__module__", "").startswith("tensorflow_datasets.core.")
+            or any(urllib.request.getproxies().get(scheme)
+                   for scheme in ("http", "https", "all"))):
+        return None
+    try:
+        urls = list(builder.url_infos or ())
+    except Exception:  # Builders without checksums: TFDS then finds out itself.
+        return None
+    for host in dict.fromkeys(urllib.parse.urlsplit(url).hostname for url in urls):
+        if not host:
+            continue
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            return host
+        except OSError:
+            return None
+    return None
+
+
+def _is_prepared_quietly(builder):
+    """`builder.is_prepared()` without its WARNING when the answer is no
+    ("Variant folder ... has no dataset_info.json", also for a folder that
+    does not exist): `load_tfds` says what follows in words."""
+    absl_logger = logging.getLogger("absl")
+
+    def hide(record):
+        return not str(record.msg).startswith("Variant folder ")
+
+    absl_logger.addFilter(hide)
+    try:
+        return builder.is_prepared()
+    finally:
+        absl_logger.removeFilter(hide)
+
+
+class _Offline(Exception):
+    """An unprepared TFDS dataset whose download host does not resolve."""
+
+
 def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
     """Loads a TFDS image classification dataset with its label names.
 
@@ -502,19 +564,25 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
         ImportError: when a Python package TFDS needs is not installed (it
             is named, with the `pip install` command).
         ValueError: if the dataset cannot be loaded otherwise (offline:
-            pass `data_dir` where it was prepared) or has no image/label
-            features.
+            pass `data_dir` where it was prepared; an unprepared dataset
+            whose download host does not resolve fails at once, not after
+            TFDS's retries) or has no image/label features.
     """
     try:
         import tensorflow_datasets as tfds
 
         builder = tfds.builder(name, data_dir=data_dir)
-        if not builder.is_prepared():
+        if not _is_prepared_quietly(builder):
+            host = _unresolvable_download_host(builder)
+            if host is not None:
+                raise _Offline(f"it is not prepared in {builder.data_dir}, and the host "
+                               f"it downloads from, {host}, does not resolve (no network "
+                               "access)")
             # TFDS retries a download with backoff for about 3 minutes
             # before it fails: say so before the wait, not after it.
             logger.info("The TFDS dataset %r is not prepared in %s: downloading and "
-                        "preparing it (without network access this fails after about 3 "
-                        "minutes of retries).", name, builder.data_dir)
+                        "preparing it (if the download fails, TFDS retries it for about "
+                        "3 minutes).", name, builder.data_dir)
         # TFDS prints its progress with print(): stdout is for results.
         with contextlib.redirect_stdout(sys.stderr):
             dataset, info = tfds.load(name, split=split, data_dir=data_dir,
