@@ -50,6 +50,8 @@ def test_round_trip_per_mode(trained, tmp_path, mode, capfd):
     assert "fully_quantize" not in printed and "XNNPACK" not in printed
     assert "decorate the function" not in printed
     assert "Ignored output_format" not in printed and "runtime version metadata" not in printed
+    assert "Estimated count of arithmetic ops" not in printed
+    assert "Starting new session" not in printed and "eligible GPUs" not in printed
     assert sorted(os.listdir(tmp_path)) == ["model"]  # written in the same staging folder
     assert {"saved_model.pb", "labels.txt", "model.tflite", "tflite_parity.json"} <= set(
         os.listdir(path))

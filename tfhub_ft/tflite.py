@@ -351,9 +351,13 @@ _NATIVE_NOISE = re.compile(
     r"^(fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate"
     r"|Use '@tf\.function' or '@defun' to decorate the function\.$"
     # The converter's own glog lines on every conversion: options the
-    # frozen-graph path ignores, and metadata the exporter adds later.
-    r"|[IW]\d{4} [\d:.]+ +\d+ (tf_tfl_flatbuffer_helpers|flatbuffer_export)\.cc:\d+\] "
-    r"(Ignored (output_format|drop_control_dependency)\.|Skipping runtime version metadata))")
+    # frozen-graph path ignores, metadata the exporter adds later, the
+    # model's operation count, and Grappler's session for the freezing
+    # ("Number of eligible GPUs", "Starting new session").
+    r"|[IW]\d{4} [\d:.]+ +\d+ (tf_tfl_flatbuffer_helpers|flatbuffer_export|devices"
+    r"|single_machine)\.cc:\d+\] (Ignored (output_format|drop_control_dependency)\."
+    r"|Skipping runtime version metadata|Estimated count of arithmetic ops: "
+    r"|Number of eligible GPUs |Starting new session$))")
 
 
 @contextlib.contextmanager
