@@ -38,6 +38,22 @@ def test_many_skipped_files_are_counted_not_all_named(tmp_path, caplog):
     assert "broken12.png" in everything
 
 
+def test_unreadable_files_and_folders_are_skipped_and_named(tmp_path, monkeypatch, caplog):
+    from tests.test_image_files import _refuse_reading
+    images = np.zeros([4, 8, 8, 3], np.uint8)
+    fixtures.write_image_folder(str(tmp_path), images, np.array([0, 0, 1, 1]), ["a", "b"])
+    (tmp_path / "a" / "locked").mkdir()
+    unreadable = sorted(os.listdir(tmp_path / "b"))[0]
+    _refuse_reading(monkeypatch, "locked", unreadable)
+    with caplog.at_level("WARNING", logger="tfhub_ft"):
+        image_set = data.load_image_folder(str(tmp_path), 8)
+    assert len(image_set) == 3 and image_set.labels.tolist() == [0, 0, 1]
+    assert image_set.skip_reasons == {
+        str(tmp_path / "b" / unreadable): "cannot be read (Permission denied)"}
+    assert "a/locked (folder cannot be read (Permission denied))" in caplog.text
+    assert f"{unreadable}: cannot be read (Permission denied)" in caplog.text
+
+
 @pytest.mark.slow
 def test_corrupt_files_are_skipped_and_named(image_folders, caplog):
     train, _, corrupt, _ = image_folders

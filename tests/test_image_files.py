@@ -139,3 +139,38 @@ def test_files_left_out_for_one_reason_are_grouped():
 def test_paths_that_are_not_utf8_are_shown_escaped():
     assert image_files.display_path(b"caf\xe9.jpg") == "caf\\xe9.jpg"
     assert image_files.display_path("café.jpg") == "café.jpg"
+
+
+def _refuse_reading(monkeypatch, folder_name, file_name):
+    """Permission errors where the library lists `folder_name` and opens
+    `file_name`: simulated, because permissions do not stop root (these
+    tests may run as root, as CI here does)."""
+    real_scandir, real_open = os.scandir, open
+
+    def scandir(path):
+        if os.path.basename(path) == folder_name:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    def guarded_open(path, *args, **kwargs):
+        if os.path.basename(path) == file_name:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(image_files.os, "scandir", scandir)
+    monkeypatch.setattr(image_files, "open", guarded_open, raising=False)
+
+
+def test_unreadable_files_and_folders_are_left_out_with_the_reason(tmp_path, monkeypatch):
+    root = tmp_path / "cats"
+    (root / "locked").mkdir(parents=True)
+    jpeg = photos.encode(IMAGE, "JPEG", quality=90)
+    for path in (root / "locked" / "a.jpg", root / "b.jpg", root / "c.jpg"):
+        path.write_bytes(jpeg)
+    _refuse_reading(monkeypatch, "locked", "c.jpg")
+    scan = image_files.scan_class_folder(str(root), (".jpg",))
+    assert [os.path.relpath(path, root) for path in scan.files] == ["b.jpg", "c.jpg"]
+    assert [(os.path.relpath(path, root), why) for path, why in scan.left_out] == [
+        ("locked", "folder cannot be read (Permission denied)")]
+    checks = image_files.check_image_files(scan.files)
+    assert [check.problem for check in checks] == [None, "cannot be read (Permission denied)"]
