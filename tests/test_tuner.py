@@ -1,5 +1,8 @@
 import logging
 import os
+import re
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -99,6 +102,46 @@ def test_a_second_fit_starts_from_the_pretrained_backbone_and_leaves_no_spill_fi
     # Every array went to a spill file (0 MB budget); none outlives its fit.
     assert "over the 0 MB memory budget" in caplog.text
     assert not [name for name in os.listdir(tmp_path) if name.startswith("tfhub_ft_cache")]
+
+
+@pytest.mark.slow
+def test_a_refused_fit_leaves_the_earlier_model_and_a_stopped_one_leaves_none(
+        tiny_backbone_path, image_folders, small_config, tmp_path):
+    train, validation, _, _ = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    tuner.fit(train, validation, verbose=0)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    before = tuner.predict(images)
+    metrics, image_size = dict(tuner.validation_metrics), tuner.image_size
+    # Refused with a mistyped path, and after the training images were
+    # decoded (validation labels past the classes): nothing of the earlier
+    # run moves.
+    wrong_labels = tf.data.Dataset.from_tensor_slices((images, np.full(4, 7)))
+    for refused in ((str(tmp_path / "trian"), validation), (train, wrong_labels)):
+        with pytest.raises(ValueError):
+            tuner.fit(*refused, verbose=0)
+        np.testing.assert_array_equal(tuner.predict(images), before)
+        assert tuner.validation_metrics == metrics and tuner.image_size == image_size
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tuner.fit(train, validation, verbose=0, callbacks=[Stop()])
+    assert tuner.model is None and tuner.validation_metrics is None
+    with pytest.raises(ValueError, match=r"^The classifier is not trained: the last `fit` "
+                                         r"stopped before it finished\. Call `fit` again"):
+        tuner.export(str(tmp_path / "export"))
+
+
+def test_validation_split_is_checked_as_the_config_checks_it(tiny_backbone_path):
+    tuner = FineTuner(tiny_backbone_path)
+    for fraction in (0, 2, -0.5):
+        with pytest.raises(ValueError, match=re.escape(
+                "Invalid value for `validation_split`. Expected a fraction in (0, 1). "
+                f"Received: validation_split={fraction!r}")):
+            tuner.fit("no/such/folder", validation_split=fraction)
 
 
 def test_a_run_that_trains_nothing_is_warned_about(tiny_backbone_path, caplog):

@@ -28,6 +28,11 @@ from tfhub_ft.config import FineTuneConfig
 
 logger = logging.getLogger(__name__)
 
+# What `fit` sets before it replaces the model (`load_data` included): put
+# back when a `fit` is refused there, so the earlier model still matches it.
+_RUN_STATE = ("image_size", "skipped_files", "skip_reasons", "_decode_seconds",
+              "time_plan", "stage_seconds")
+
 
 class FineTuner:
     """Fine-tunes a TF Hub image feature vector on your labelled images.
@@ -117,6 +122,7 @@ class FineTuner:
                            self.config.unfreeze_blocks, self.backbone.hub_handle, block_count)
             self.config = self.config.replace(unfreeze_blocks=block_count)
         self.model = None
+        self._model_replaced = self._unfinished_fit = False
         self.class_names = None
         self.validation_metrics = None
         self.cache_usage = None
@@ -148,7 +154,7 @@ class FineTuner:
             validation: The same kinds, or None to hold out
                 `validation_split` of `train` (stratified, seeded). For a
                 TFDS name, a split name such as "validation" also works.
-            validation_split: Overrides the config's fraction.
+            validation_split: Overrides the config's fraction, in (0, 1).
             class_names: Class names of a tf.data.Dataset source.
             data_dir: TFDS data folder.
             budget: `arrays.ArrayBudget` the decoded images of every source
@@ -159,8 +165,9 @@ class FineTuner:
             (train `ImageSet`, validation `ImageSet`).
 
         Raises:
-            ValueError: for both `validation` and `validation_split`, when
-                a held-out split would be empty (every class
+            ValueError: for both `validation` and `validation_split`, a
+                `validation_split` outside (0, 1), when a held-out split
+                would be empty (every class
                 has fewer than 2 images), or with `on_bad_image="error"`
                 and a bad file, or for an infinite tf.data source, or when
                 the validation data has classes the training data lacks
@@ -175,6 +182,10 @@ class FineTuner:
                 "Invalid arguments: `validation` and `validation_split` both given. Pass "
                 "validation data, or `validation_split` to hold out part of `train`, not "
                 f"both. Received: validation_split={validation_split}.")
+        # Checked as the config checks its own, before anything is decoded
+        # (0 is not "the config's fraction", 2 not "all but one per class").
+        fraction = (self.config.validation_split if validation_split is None else
+                    self.config.replace(validation_split=validation_split).validation_split)
         # Neither the config nor the module fixes the size: the training
         # images choose it (config.choose_image_size), validation follows.
         size = None if self._image_size_from_data else self.image_size
@@ -202,7 +213,6 @@ class FineTuner:
         # An ImageSet passed in was decoded before this call: not this run's time.
         self._decode_seconds = train_set.decode_seconds if train_set is not train else 0.0
         if validation is None:
-            fraction = validation_split or self.config.validation_split
             data_lib.check_validation_split(train_set.labels, train_set.class_names,
                                             fraction, self.config.seed)
             train_indices, validation_indices = data_lib.stratified_split(
@@ -247,7 +257,11 @@ class FineTuner:
 
         Each call is a run of its own: it starts from the module's
         pretrained weights (not from a backbone an earlier `fit` on this
-        tuner fine-tuned) and removes its spill files as it ends.
+        tuner fine-tuned) and removes its spill files as it ends. A call
+        refused before training (its arguments, its data, another run in
+        `work_dir`) leaves the earlier model as it was; one stopped while
+        training (an error, Ctrl-C) leaves none, and `predict` and `export`
+        ask for `fit` again.
 
         Under `time_budget_s` (see `time_budget`), the budget counts from
         the tuner's `start_time`; phase 2, when it cannot reach it, is
@@ -261,24 +275,40 @@ class FineTuner:
 
         Raises:
             ValueError: for `time_budget_s` with `work_dir` or under a
-                multi-worker strategy.
+                multi-worker strategy, `validation_split` outside (0, 1), and
+                what `load_data` raises.
         """
         time_budget = self._start_budget(work_dir)
         self.time_plan = None
         self.stage_seconds = {}
-        self._start_from_pretrained_weights()
         if not self.config.head_epochs and not self.config.fine_tune_epochs:
             logger.warning(
                 "head_epochs=0 and fine_tune_epochs=0: nothing will be trained. The head "
                 "keeps its random start, so the classifier is no better than chance. Set "
                 "head_epochs=%d (phase 1 on cached features costs seconds).",
                 FineTuneConfig.head_epochs)
-        # What is kept after `fit` (samples for TFLite, the report's images)
-        # is copied out of the budget's arrays: its spill files go at the end.
-        with contextlib.closing(self._new_budget()) as budget:
-            return self._fit(budget, time_budget, train, validation, validation_split,
-                             class_names, data_dir, verbose, work_dir, tensorboard_dir,
-                             callbacks, budget_reserve_s)
+        earlier = {name: getattr(self, name) for name in _RUN_STATE}
+        self._model_replaced = False
+        try:
+            # What is kept after `fit` (samples for TFLite, the report's
+            # images) is copied out of the budget's arrays: its spill files
+            # go at the end.
+            with contextlib.closing(self._new_budget()) as budget:
+                return self._fit(budget, time_budget, train, validation, validation_split,
+                                 class_names, data_dir, verbose, work_dir, tensorboard_dir,
+                                 callbacks, budget_reserve_s)
+        except BaseException:
+            if not self._model_replaced:
+                # Refused before training: the earlier model, and what
+                # describes it, stay as they were.
+                for name, value in earlier.items():
+                    setattr(self, name, value)
+            else:
+                # Stopped while training: what is left is neither the
+                # earlier model nor a finished one, and is not exported.
+                self.model = self.validation_metrics = self.history = None
+                self._unfinished_fit = True
+            raise
 
     def _fit(self, budget, time_budget, train, validation, validation_split, class_names,
              data_dir, verbose, work_dir, tensorboard_dir, callbacks, budget_reserve_s):
@@ -303,14 +333,20 @@ class FineTuner:
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(self.config.seed)
-        self.class_names = list(train_set.class_names)
         work = checkpoints.open_work_directory(
             work_dir, checkpoints.run_identity(
-                self.config, self.backbone.hub_handle, self.class_names, len(train_set),
-                len(validation_set), fingerprints=None if work_dir is None else {
+                self.config, self.backbone.hub_handle, list(train_set.class_names),
+                len(train_set), len(validation_set), fingerprints=None if work_dir is None else {
                     "train": train_set.fingerprint(),
                     "validation": validation_set.fingerprint()}),
             is_chief=self.strategy.extended.should_checkpoint)
+        # Only now, with the arguments, the data and the work directory
+        # accepted, does this fit replace the tuner's earlier model: a fit
+        # refused before here (a mistyped path) leaves it as it was.
+        self._model_replaced = True
+        self._unfinished_fit = False
+        self._start_from_pretrained_weights()
+        self.class_names = list(train_set.class_names)
         with self.strategy.scope():
             self.model = model_lib.build_classifier(
                 self.backbone, len(self.class_names), self.image_size,
@@ -550,6 +586,10 @@ class FineTuner:
                 "exif_orientation": self.config.exif_orientation}
 
     def _require_model(self):
+        if self.model is None and self._unfinished_fit:
+            raise ValueError(
+                "The classifier is not trained: the last `fit` stopped before it finished. "
+                "Call `fit` again (with the same `work_dir`, it resumes where it stopped).")
         if self.model is None:
             raise ValueError("The classifier is not trained yet: call `fit` first.")
 
