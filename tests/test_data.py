@@ -186,9 +186,18 @@ def test_float_images_outside_the_unit_range_are_refused():
         data.load_images(tf.data.Dataset.from_tensor_slices((normalised, labels)), 8)
 
 
-def test_tfds_offline_error(tmp_path):
-    with pytest.raises(ValueError, match="Could not load the TFDS dataset 'no_such_dataset_xyz'"):
+def test_a_name_neither_folder_nor_tfds_dataset_is_told_so_briefly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as raised:
         data.load_images("no_such_dataset_xyz", 8, data_dir=str(tmp_path))
+    assert str(raised.value) == (
+        "Invalid value for the data: 'no_such_dataset_xyz' is neither an existing folder nor "
+        "the name of a TFDS dataset. Pass the path of a folder with one subfolder of images "
+        f"per class (relative paths start from {tmp_path}), or a TFDS name such as "
+        "'tf_flowers' (`tfds.list_builders()` lists them).")
+    with pytest.raises(ValueError, match=r"the name of a TFDS dataset\. Did you mean the TFDS "
+                                         r"dataset 'tf_flowers' or 'oxford_flowers102'\? "):
+        data.load_images("tf_flower", 8)
 
 
 def _unresolvable(monkeypatch):

@@ -6,6 +6,7 @@ backbone's size and kept as uint8, so epochs never decode a JPEG again.
 
 import contextlib
 import dataclasses
+import difflib
 import hashlib
 import logging
 import os
@@ -538,6 +539,23 @@ def _is_prepared_quietly(builder):
         absl_logger.removeFilter(hide)
 
 
+def _unknown_source_message(name, dataset_names):
+    """What a string that is neither a folder nor a TFDS dataset gets told
+    (TFDS's own error lists all of its 400-odd datasets)."""
+    close = difflib.get_close_matches(name, dataset_names, n=3)
+    guess = (f" Did you mean the TFDS dataset {' or '.join(map(repr, close))}?"
+             if close else "")
+    return (f"Invalid value for the data: {name!r} is neither an existing folder nor "
+            f"the name of a TFDS dataset.{guess} Pass the path of a folder with one "
+            "subfolder of images per class (relative paths start from "
+            f"{os.getcwd()}), or a TFDS name such as 'tf_flowers' "
+            "(`tfds.list_builders()` lists them).")
+
+
+class _UnknownName(Exception):
+    """A TFDS name TFDS does not know."""
+
+
 class _Offline(Exception):
     """An unprepared TFDS dataset whose download host does not resolve."""
 
@@ -571,7 +589,11 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
     try:
         import tensorflow_datasets as tfds
 
-        builder = tfds.builder(name, data_dir=data_dir)
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise _UnknownName(_unknown_source_message(
+                name, tfds.list_builders(with_community_datasets=False))) from None
         if not _is_prepared_quietly(builder):
             host = _unresolvable_download_host(builder)
             if host is not None:
@@ -587,6 +609,8 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
         with contextlib.redirect_stdout(sys.stderr):
             dataset, info = tfds.load(name, split=split, data_dir=data_dir,
                                       with_info=True, as_supervised=True)
+    except _UnknownName as error:
+        raise ValueError(str(error)) from None
     except Exception as error:
         missing = _missing_module(error)
         if missing is not None:
