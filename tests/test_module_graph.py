@@ -258,3 +258,11 @@ def test_an_offset_goes_into_a_variable_only_where_nothing_else_reads_it(tmp_pat
     np.testing.assert_allclose(
         backbone.inference_features(images, {first.name: offset}).numpy(),
         tf.reduce_mean(tf.nn.relu(x), axis=[1, 2]).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_graph_analysis_keeps_grapplers_session_lines_off_stderr(tiny_backbone_path, capfd):
+    capfd.readouterr()
+    HubBackbone(tiny_backbone_path)
+    printed = capfd.readouterr().err
+    # TensorFlow's runtime logs these on every Grappler run (one per module loaded).
+    assert "Starting new session" not in printed and "eligible GPUs" not in printed

@@ -10,12 +10,13 @@ an array batch by batch from a stream whose length may not be known.
 import atexit
 import logging
 import os
+import re
 import shutil
 from typing import Optional, Sequence
 
 import numpy as np
 
-from tfhub_ft import scratch
+from tfhub_ft import native_stderr, scratch
 from tfhub_ft.checks import check_integer
 
 logger = logging.getLogger(__name__)
@@ -308,6 +309,28 @@ class RowWriter:
         return self._array
 
 
+_GENERATOR_NOTE = re.compile(native_stderr.glog_line(
+    "generator_dataset_op", "Memory patch applied: M_TRIM_THRESHOLD="))
+_generator_note_done = False
+
+
+def _first_generator_dataset_quietly():
+    """TensorFlow's runtime logs "Memory patch applied: M_TRIM_THRESHOLD=128
+    kb was set." (INFO) the first time a process iterates a generator
+    dataset, in the middle of the first fit's output: an empty one is
+    iterated first, with that line sent to DEBUG."""
+    global _generator_note_done
+    if _generator_note_done:
+        return
+    import tensorflow as tf
+
+    with native_stderr.filtered(_GENERATOR_NOTE, logger.debug):
+        for _ in tf.data.Dataset.from_generator(
+                lambda: iter(()), output_signature=tf.TensorSpec([], tf.int32)):
+            pass
+    _generator_note_done = True
+
+
 class BatchSource:
     """Batches of rows from arrays in memory or in files, as a tf.data pipeline.
 
@@ -401,6 +424,7 @@ class BatchSource:
         """A tf.data.Dataset giving one epoch per iteration."""
         import tensorflow as tf
 
+        _first_generator_dataset_quietly()
         dataset = tf.data.Dataset.from_generator(self._generate,
                                                  output_signature=self.element_spec)
         return dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).prefetch(

@@ -17,10 +17,17 @@ the graph is again plain ops.
 
 import dataclasses
 import functools
+import logging
+import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from tfhub_ft import native_stderr
+
+logger = logging.getLogger(__name__)
+_GRAPPLER_NOISE = re.compile(native_stderr.glog_line(*native_stderr.GRAPPLER_SESSION))
 
 _PASS_THROUGH = ("Identity", "IdentityN")
 # Lowered to Switch/Merge by inlining, then resolved: their predicate is a
@@ -86,7 +93,10 @@ def inline_call_graph(function):
     rewrite.min_graph_nodes = -1
     rewrite.optimizers.append("function")
     rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
-    return prune_untaken_branches(tf_optimizer.OptimizeGraph(config, meta_graph, verbose=False))
+    # Grappler's session logs two INFO lines per run, one per loaded module.
+    with native_stderr.filtered(_GRAPPLER_NOISE, logger.debug):
+        optimized = tf_optimizer.OptimizeGraph(config, meta_graph, verbose=False)
+    return prune_untaken_branches(optimized)
 
 
 def _constant_value(nodes, input_name):

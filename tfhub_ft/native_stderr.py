@@ -18,6 +18,20 @@ import sys
 import tempfile
 import threading
 
+# Lines that TensorFlow's runtime logs once per Grappler run (the graph
+# optimizer starts a session of its own), for `glog_line`.
+GRAPPLER_SESSION = (r"(devices|single_machine)",
+                    r"(Number of eligible GPUs |Starting new session$)")
+
+
+def glog_line(source, message):
+    """A regular expression (str) for a C++ log line of TensorFlow's runtime
+    from `source`.cc starting with `message` (both regular expressions):
+    "I0000 00:00:1796079807.187769    9473 devices.cc:67] Number of ...".
+    INFO and WARNING lines only."""
+    return rf"[IW]\d{{4}} [\d:.]+ +\d+ {source}\.cc:\d+\] {message}"
+
+
 # File descriptor 2 belongs to the whole process: one block at a time, or
 # the second to end would restore the first one's file.
 _LOCK = threading.RLock()

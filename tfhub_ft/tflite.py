@@ -352,12 +352,12 @@ _NATIVE_NOISE = re.compile(
     r"|Use '@tf\.function' or '@defun' to decorate the function\.$"
     # The converter's own glog lines on every conversion: options the
     # frozen-graph path ignores, metadata the exporter adds later, the
-    # model's operation count, and Grappler's session for the freezing
-    # ("Number of eligible GPUs", "Starting new session").
-    r"|[IW]\d{4} [\d:.]+ +\d+ (tf_tfl_flatbuffer_helpers|flatbuffer_export|devices"
-    r"|single_machine)\.cc:\d+\] (Ignored (output_format|drop_control_dependency)\."
-    r"|Skipping runtime version metadata|Estimated count of arithmetic ops: "
-    r"|Number of eligible GPUs |Starting new session$))")
+    # model's operation count, and Grappler's session for the freezing.
+    r"|" + native_stderr.glog_line(
+        r"(tf_tfl_flatbuffer_helpers|flatbuffer_export)",
+        r"(Ignored (output_format|drop_control_dependency)\.|Skipping runtime version metadata"
+        r"|Estimated count of arithmetic ops: )")
+    + r"|" + native_stderr.glog_line(*native_stderr.GRAPPLER_SESSION) + ")")
 
 
 @contextlib.contextmanager
