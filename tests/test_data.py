@@ -1,5 +1,6 @@
 import logging
 import os
+import re
 import socket
 
 import numpy as np
@@ -198,6 +199,28 @@ def test_a_name_neither_folder_nor_tfds_dataset_is_told_so_briefly(tmp_path, mon
     with pytest.raises(ValueError, match=r"the name of a TFDS dataset\. Did you mean the TFDS "
                                          r"dataset 'tf_flowers' or 'oxford_flowers102'\? "):
         data.load_images("tf_flower", 8)
+
+
+def test_labels_that_are_not_one_class_are_refused():
+    images = np.zeros((4, 6, 6, 3), np.uint8)
+    fractions = tf.data.Dataset.from_tensor_slices((images, np.array([0.0, 1.0, 1.5, 2.0])))
+    with pytest.raises(ValueError, match=re.escape(
+            "Invalid value for `dataset`. Expected labels that are class indices 0, 1, ... "
+            "Received: element 2 has a label with a fractional part. Map the labels to whole "
+            "class indices with `dataset.map`.")):
+        data.load_images(fractions, 8)
+    rows = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    for bad in (np.full(3, 0.1), np.array([0.9, 0.05, 0.05]), np.array([1.0, 1.0, 0.0])):
+        rows[3] = bad
+        with pytest.raises(ValueError, match=re.escape(
+                "Expected one-hot label rows (one 1, the rest 0). Received: element 3 has "
+                "a row that is not (soft labels, or several classes).")):
+            data.load_images(tf.data.Dataset.from_tensor_slices((images, rows)), 8)
+    # Whole floats, one-hot rows (float or bool) and [1] columns are classes.
+    for labels in (np.array([0.0, 1.0, 2.0, 0.0]), np.eye(3, dtype=bool)[[0, 1, 2, 0]],
+                   np.array([[0], [1], [2], [0]], np.float32)):
+        loaded = data.load_images(tf.data.Dataset.from_tensor_slices((images, labels)), 8)
+        assert loaded.labels.tolist() == [0, 1, 2, 0]
 
 
 def _unresolvable(monkeypatch):

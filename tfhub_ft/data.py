@@ -703,9 +703,10 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
     Args:
         dataset: Elements (image, label), one image or a batch: images
             [H, W, C] or [B, H, W, C], C = 3 (RGB), 1 (gray), 2 or 4 (with
-            alpha, composited over white as decoded files are); labels int
-            class indices [] or [B], also [1] / [B, 1] (Keras datasets'
-            shape) or one-hot [C] / [B, C] (its argmax is the class).
+            alpha, composited over white as decoded files are); labels
+            class indices [] or [B] (integers, or floats with whole
+            values), also [1] / [B, 1] (Keras datasets' shape), or one-hot
+            rows [C] / [B, C] (one 1, the rest 0).
         image_size: Side of the square uint8 images to keep; None chooses
             it as for a folder (`config.choose_image_size`) from the
             images' static size, `DEFAULT_IMAGE_SIZE` when they have none.
@@ -721,7 +722,8 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
         TypeError: if the elements are not (image, label) pairs, the images
             neither uint8 nor float, or the labels not numbers.
         ValueError: if the dataset is infinite or empty, a label is outside
-            `class_names`, a float image has values outside [0, 1] (0-255
+            `class_names`, has a fractional part or is a row that is not
+            one-hot, a float image has values outside [0, 1] (0-255
             floats, or images already normalised), or the images' or
             labels' shape is none of the above.
     """
@@ -759,10 +761,22 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
             image = tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255), tf.uint8)
         if channels != 3:
             image = preprocessing.composite_over_background(image)
-        if label_columns is not None:
-            label = tf.argmax(label) if label_columns > 1 else label[0]
+        # Whether the label says one class: a whole number, or a row of
+        # one 1 and zeros (a soft or all-equal row would become its argmax,
+        # a fraction its integer part, silently).
+        if label_columns is not None and label_columns > 1:
+            is_one = tf.equal(label, tf.ones_like(label))
+            whole = tf.logical_and(
+                tf.reduce_all(tf.logical_or(is_one, tf.equal(label, tf.zeros_like(label)))),
+                tf.equal(tf.reduce_sum(tf.cast(is_one, tf.int32)), 1))
+            label = tf.argmax(label)
+        else:
+            if label_columns is not None:
+                label = label[0]
+            whole = (tf.equal(label, tf.round(label)) if label.dtype.is_floating
+                     else tf.constant(True))
         return (preprocessing.resize_images(image, image_size), tf.cast(label, tf.int32),
-                low, high)
+                low, high, whole)
 
     batches = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True).batch(_STREAM_BATCH).prefetch(1)
@@ -771,8 +785,9 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
                               rows=length)
     labels = []  # int32, 4 bytes an image: small next to the images
     start = time.perf_counter()
-    for image_batch, label_batch, lows, highs in _with_progress(batches, length or 0):
+    for image_batch, label_batch, lows, highs, wholes in _with_progress(batches, length or 0):
         batch_labels = label_batch.numpy()
+        _check_label_form(wholes.numpy(), label_columns, writer.count)
         _check_labels(batch_labels, class_names, writer.count)
         _check_unit_range(lows.numpy(), highs.numpy(), writer.count)
         writer.append(image_batch.numpy())
@@ -855,6 +870,25 @@ def _check_unit_range(lows, highs, offset):
         "Invalid value for `dataset`. Expected float images in [0, 1] (or uint8 in "
         f"[0, 255]). Received: element {offset + index} has values from {lows[index]:g} "
         f"to {highs[index]:g}. {hint}")
+
+
+def _check_label_form(wholes, label_columns, offset):
+    """Raises at the first label that is not one class: a fraction, or a
+    row that is not one-hot; `offset` is the index of wholes[0]."""
+    bad = np.flatnonzero(~wholes)
+    if not len(bad):
+        return
+    element = offset + int(bad[0])
+    if label_columns is not None and label_columns > 1:
+        raise ValueError(
+            f"Invalid value for `dataset`. Expected one-hot label rows (one 1, the rest "
+            f"0). Received: element {element} has a row that is not (soft labels, or "
+            "several classes). Pass class indices or one-hot rows; tfhub_ft smooths the "
+            "labels itself (`label_smoothing`).")
+    raise ValueError(
+        "Invalid value for `dataset`. Expected labels that are class indices 0, 1, ... "
+        f"Received: element {element} has a label with a fractional part. Map the labels "
+        "to whole class indices with `dataset.map`.")
 
 
 def _check_labels(labels, class_names, offset):
