@@ -1,6 +1,7 @@
 import logging
 import os
 import re
+import shutil
 
 import keras
 import numpy as np
@@ -11,7 +12,8 @@ from tfhub_ft import FineTuneConfig, FineTuner
 
 
 @pytest.mark.slow
-def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, image_folders, small_config):
+def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, image_folders,
+                                                        small_config, tmp_path):
     train, validation, _, names = image_folders
     tuner = FineTuner(tiny_backbone_path, config=small_config)
     history = tuner.fit(train, validation_split=0.25, verbose=0)
@@ -21,14 +23,37 @@ def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, imag
     assert tuner.validation_metrics["count"] == 12  # 25% of 16 per class, 3 classes
     metrics = tuner.evaluate(validation)
     assert metrics["count"] == 12 and 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
+    # A folder of one of the classes is scored too.
+    shutil.copytree(os.path.join(validation, sorted(names)[1]),
+                    tmp_path / "one" / sorted(names)[1])
+    assert tuner.evaluate(str(tmp_path / "one"))["count"] == len(
+        os.listdir(tmp_path / "one" / sorted(names)[1]))
     probabilities = tuner.predict(np.zeros((3, 40, 20, 3), np.uint8))
     assert probabilities.shape == (3, 3)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
     # One image is a batch of one; other shapes are explained.
     np.testing.assert_allclose(tuner.predict(np.zeros((40, 20, 3), np.uint8)),
                                probabilities[:1], rtol=1e-6)
-    with pytest.raises(ValueError, match=r"Expected RGB images \[N, H, W, 3\].*\(40, 20\)"):
+    with pytest.raises(ValueError, match=r"Expected images \[N, H, W, C\].*\(40, 20\)"):
         tuner.predict(np.zeros((40, 20), np.uint8))
+    # Gray and RGBA images are composited as training images are: opaque
+    # white is white RGB.
+    white = tuner.predict(np.full((1, 40, 20, 3), 255, np.uint8))
+    np.testing.assert_allclose(tuner.predict(np.full((1, 40, 20, 1), 1.0, np.float32)),
+                               white, rtol=1e-6)
+    np.testing.assert_allclose(tuner.predict(np.zeros((1, 40, 20, 4), np.uint8)), white,
+                               rtol=1e-6)  # fully transparent: the white background
+    for images, error, message in (
+            ("photo.jpg", TypeError, "Received: the path 'photo.jpg'. For image files use "
+                                     "the export: `tfhub_ft.predict.predict_files"),
+            (["a.jpg", "b.jpg"], TypeError, "Received: a list of paths."),
+            (np.zeros((2, 8, 8, 3), bool), TypeError, "Received: images of dtype bool."),
+            (np.full((2, 8, 8, 3), np.nan, np.float32), ValueError,
+             "Expected float values in [0, 1]. Received: 384 NaN or infinite value(s).")):
+        with pytest.raises(error, match=re.escape(message)):
+            tuner.predict(images)
+    with pytest.raises(ValueError, match="Invalid value for `batch_size`"):
+        tuner.predict(np.zeros((2, 8, 8, 3), np.uint8), batch_size=0)
     # Images of mixed sizes in a list; no image; 0-255 floats.
     mixed = tuner.predict([np.zeros((40, 20, 3), np.uint8), np.zeros((12, 30, 3), np.uint8)])
     np.testing.assert_allclose(mixed[0], probabilities[0], rtol=1e-6)
@@ -133,6 +158,24 @@ def test_a_refused_fit_leaves_the_earlier_model_and_a_stopped_one_leaves_none(
     with pytest.raises(ValueError, match=r"^The classifier is not trained: the last `fit` "
                                          r"stopped before it finished\. Call `fit` again"):
         tuner.export(str(tmp_path / "export"))
+
+
+def test_a_strategy_by_name_is_pointed_to_get_strategy(tiny_backbone_path):
+    with pytest.raises(TypeError, match=re.escape(
+            "Invalid value for `strategy`. Expected a tf.distribute.Strategy or None. "
+            "Received: strategy='mirrored'. Pass `tfhub_ft.get_strategy('mirrored')`.")):
+        FineTuner(tiny_backbone_path, strategy="mirrored")
+
+
+def test_class_names_for_a_folder_are_ignored_with_a_warning(tiny_backbone_path,
+                                                              image_folders, small_config,
+                                                              caplog):
+    train, validation, _, names = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    train_set, _ = tuner.load_data(train, validation, class_names=["x", "y", "z"])
+    assert train_set.class_names == sorted(names)
+    assert ("`class_names` is for a tf.data.Dataset source, and is ignored here: a folder's "
+            "classes are its subfolder names") in caplog.text
 
 
 def test_validation_split_is_checked_as_the_config_checks_it(tiny_backbone_path):

@@ -275,7 +275,8 @@ def _with_progress(dataset, total):
         yield batch
 
 
-def load_image_folder(directory, image_size, budget=None, config=None) -> ImageSet:
+def load_image_folder(directory, image_size, budget=None, config=None,
+                      min_classes=2) -> ImageSet:
     """Decodes an image folder into an `ImageSet`.
 
     `image_size` None chooses it from the files' header sizes
@@ -288,13 +289,15 @@ def load_image_folder(directory, image_size, budget=None, config=None) -> ImageS
     Args:
         config: `FineTuneConfig` for `on_bad_image`, `max_image_pixels` and
             `exif_orientation`; the defaults when None.
+        min_classes: Class folders it must hold (`list_image_folder`): 2
+            to train, 1 to score.
 
     Raises:
         ValueError: with `on_bad_image="error"` and any bad file (all are
             listed); when no image, or no image of some class, can be used.
     """
     config = config or FineTuneConfig()
-    paths, labels, class_names = list_image_folder(directory)
+    paths, labels, class_names = list_image_folder(directory, min_classes)
     checks = image_files.check_image_files(paths, config.max_image_pixels)
     if image_size is None:
         sides = [min(c.height, c.width) for c in checks if c.height and c.width]
@@ -914,7 +917,7 @@ def is_tfds_name(source) -> bool:
 
 
 def load_images(source, image_size, class_names=None, split="train",
-                data_dir=None, budget=None, config=None) -> ImageSet:
+                data_dir=None, budget=None, config=None, min_classes=2) -> ImageSet:
     """Loads any supported data source into an `ImageSet`.
 
     Args:
@@ -929,6 +932,8 @@ def load_images(source, image_size, class_names=None, split="train",
             spill files past it); all in memory when None.
         config: `FineTuneConfig` of the folder checks and decoding (see
             `load_image_folder`); the defaults when None.
+        min_classes: Class folders a folder source must hold: 2 to train,
+            1 to score.
 
     Raises:
         TypeError: for an unsupported source.
@@ -942,7 +947,7 @@ def load_images(source, image_size, class_names=None, split="train",
     if is_tfds_name(source):
         return load_tfds(source, split, image_size, data_dir, budget)
     if isinstance(source, (str, os.PathLike)):
-        return load_image_folder(source, image_size, budget, config)
+        return load_image_folder(source, image_size, budget, config, min_classes)
     raise TypeError(
         "Invalid value for the data. Expected an image folder path, a TFDS "
         "dataset name, or a tf.data.Dataset of (image, label). Received: "

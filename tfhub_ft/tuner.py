@@ -19,11 +19,12 @@ from tfhub_ft import cache, checkpoints
 from tfhub_ft import data as data_lib
 from tfhub_ft import distribution, duplicates, image_files
 from tfhub_ft import export as export_lib
-from tfhub_ft import lr_finder
+from tfhub_ft import lr_finder, preprocessing
 from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
 from tfhub_ft import time_budget as time_budget_lib
 from tfhub_ft import tflite as tflite_lib
+from tfhub_ft.checks import check_integer
 from tfhub_ft.config import FineTuneConfig
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,12 @@ class FineTuner:
                 "Invalid value for `config`. Expected a FineTuneConfig. "
                 f"Received: config={config!r}")
         self.config = config.replace(**options) if options else config
+        if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+            hint = (f"`tfhub_ft.get_strategy({strategy!r})`" if isinstance(strategy, str)
+                    else "`tfhub_ft.get_strategy(name)`")
+            raise TypeError(
+                "Invalid value for `strategy`. Expected a tf.distribute.Strategy or None. "
+                f"Received: strategy={strategy!r}. Pass {hint}.")
         self.strategy = strategy or tf.distribute.get_strategy()
         loading = self._clock()
         with self.strategy.scope():
@@ -186,6 +193,12 @@ class FineTuner:
         # (0 is not "the config's fraction", 2 not "all but one per class").
         fraction = (self.config.validation_split if validation_split is None else
                     self.config.replace(validation_split=validation_split).validation_split)
+        if class_names is not None and not isinstance(train, tf.data.Dataset):
+            logger.warning(
+                "`class_names` is for a tf.data.Dataset source, and is ignored here: a "
+                "folder's classes are its subfolder names (sorted), a TFDS dataset's come "
+                "with it. Received: class_names=%r", list(class_names))
+            class_names = None
         # Neither the config nor the module fixes the size: the training
         # images choose it (config.choose_image_size), validation follows.
         size = None if self._image_size_from_data else self.image_size
@@ -597,29 +610,58 @@ class FineTuner:
         """Class probabilities for images.
 
         Args:
-            images: uint8 [N, H, W, 3] in [0, 255] or float [N, H, W, 3] in
-                [0, 1] (numpy or tensor), any H, W; one image [H, W, 3] is
-                a batch of one; a list of images may mix sizes.
+            images: uint8 [N, H, W, C] in [0, 255] or float [N, H, W, C] in
+                [0, 1] (numpy or tensor), any H, W; C = 3 (RGB), or 1
+                (gray), 2 or 4 (with alpha, composited over white as in
+                training); one image [H, W, C] is a batch of one; a list
+                of images may mix sizes.
+            batch_size: Images per model call, >= 1; the config's when None.
 
         Returns:
             float32 numpy [N, num_classes], rows summing to 1 ([0,
             num_classes] for no image).
 
         Raises:
-            ValueError: for images of another shape, or float images with
-                values outside [0, 1].
+            TypeError: for paths or a dataset (files are scored from an
+                export by `tfhub_ft.predict.predict_files`, a labelled
+                folder by `evaluate`), or images neither uint8 nor float.
+            ValueError: for images of another shape, float images with
+                values outside [0, 1] or not finite, or `batch_size` < 1.
         """
         self._require_model()
+        batch_size = check_integer("batch_size", batch_size, 1, optional=True)
         if isinstance(images, (list, tuple)) and len({np.shape(i) for i in images}) > 1:
             # Sizes differ: no one array holds them; the model resizes each.
             return np.concatenate([self.predict(image, batch_size) for image in images])
+        if isinstance(images, (str, os.PathLike, tf.data.Dataset)) or (
+                isinstance(images, (list, tuple)) and images
+                and isinstance(images[0], (str, os.PathLike))):
+            received = (f"the path {os.fspath(images)!r}"
+                        if isinstance(images, (str, os.PathLike)) else
+                        "a tf.data.Dataset" if isinstance(images, tf.data.Dataset) else
+                        f"a {type(images).__name__} of paths")
+            raise TypeError(
+                f"Invalid value for `images`. Expected image arrays. Received: {received}. "
+                "For image files use the export: "
+                "`tfhub_ft.predict.predict_files(export_dir, paths)` (or `python -m "
+                "tfhub_ft.predict`); for a folder with one subfolder per class, "
+                "`evaluate(folder)`.")
         images = np.asarray(images)
+        if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
+            raise TypeError(
+                "Invalid value for `images`. Expected uint8 in [0, 255] or float in [0, 1]. "
+                f"Received: images of dtype {images.dtype}. Cast 0-255 values to uint8.")
         shape = images.shape
-        if len(shape) not in (3, 4) or shape[-1] != 3:
+        if len(shape) not in (3, 4) or shape[-1] not in (1, 2, 3, 4):
             raise ValueError(
-                "Invalid value for `images`. Expected RGB images [N, H, W, 3] (or one "
-                f"[H, W, 3]). Received: images of shape {shape}.")
+                "Invalid value for `images`. Expected images [N, H, W, C] (or one "
+                "[H, W, C]), C = 3 (RGB), 1 (gray), 2 or 4 (with alpha). Received: "
+                f"images of shape {shape}.")
         tolerance = data_lib.UNIT_RANGE_TOLERANCE
+        if images.dtype != np.uint8 and images.size and not np.isfinite(images).all():
+            raise ValueError(
+                "Invalid value for `images`. Expected float values in [0, 1]. Received: "
+                f"{np.size(images) - np.isfinite(images).sum()} NaN or infinite value(s).")
         if images.dtype != np.uint8 and images.size and (images.min() < -tolerance
                                                          or images.max() > 1 + tolerance):
             raise ValueError(
@@ -631,6 +673,12 @@ class FineTuner:
             images = images[None]
         if not len(images):
             return np.zeros((0, len(self.class_names)), np.float32)
+        if shape[-1] != 3:
+            # As `data` does for training images: to uint8, then over white.
+            if images.dtype != np.uint8:
+                images = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+            images = np.stack([preprocessing.composite_over_background(image).numpy()
+                               for image in images])
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(
             batch_size or self.config.batch_size)
         return self._probabilities(dataset)
@@ -645,6 +693,9 @@ class FineTuner:
     def evaluate(self, data, class_names=None, data_dir=None, split="test"):
         """Loss and accuracy on held-out data (folder, TFDS name, dataset).
 
+        The data may hold some of the classes, or one; a class the training
+        data lacks is an error.
+
         Returns:
             {"loss": mean cross-entropy without label smoothing,
              "accuracy": top-1 accuracy in [0, 1], "count": images scored}.
@@ -653,7 +704,8 @@ class FineTuner:
         image_set = data_lib.match_classes(
             data_lib.load_images(data, self.image_size,
                                  class_names or self.class_names, split, data_dir,
-                                 budget=self._new_budget(), config=self.config),
+                                 budget=self._new_budget(), config=self.config,
+                                 min_classes=1),
             self.class_names, "evaluation")
         return self._score(image_set)
 
