@@ -148,6 +148,18 @@ def test_a_refused_fit_leaves_the_earlier_model_and_a_stopped_one_leaves_none(
         np.testing.assert_array_equal(tuner.predict(images), before)
         assert tuner.validation_metrics == metrics and tuner.image_size == image_size
 
+    # Outputs inside the fit's image folders would be class folders next time.
+    with pytest.raises(ValueError, match=re.escape(
+            "Invalid value for `export_dir`. Expected a folder outside the training folder "
+            "of the last `fit`: inside it, the next `fit` on that folder would read it as "
+            f"a class folder. Received: export_dir={os.path.join(train, 'export')!r} in "
+            f"{train!r}. Choose a folder beside it.")):
+        tuner.export(os.path.join(train, "export"))
+    with pytest.raises(ValueError, match="`report_dir`. Expected a folder outside the "
+                                         "validation folder"):
+        tuner.report(os.path.join(validation, "report"))
+    assert not os.path.exists(os.path.join(train, "export"))
+
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt

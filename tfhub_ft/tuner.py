@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfhub_ft import arrays
 from tfhub_ft import backbone as backbone_lib
-from tfhub_ft import cache, checkpoints
+from tfhub_ft import cache, checkpoints, checks
 from tfhub_ft import data as data_lib
 from tfhub_ft import distribution, duplicates, image_files
 from tfhub_ft import export as export_lib
@@ -24,7 +24,6 @@ from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
 from tfhub_ft import time_budget as time_budget_lib
 from tfhub_ft import tflite as tflite_lib
-from tfhub_ft.checks import check_integer
 from tfhub_ft.config import FineTuneConfig
 
 logger = logging.getLogger(__name__)
@@ -130,6 +129,8 @@ class FineTuner:
             self.config = self.config.replace(unfreeze_blocks=block_count)
         self.model = None
         self._model_replaced = self._unfinished_fit = False
+        # {"training" / "validation": folder} of the last fit's folder sources.
+        self._image_folders = {}
         self.class_names = None
         self.validation_metrics = None
         self.cache_usage = None
@@ -441,6 +442,10 @@ class FineTuner:
                         f"leaving {left:.1f} s for the export and after" if left >= 0 else
                         f"{-left:.1f} s over before the export", time_budget.reserve_s)
         self._keep_tflite_data(train_set, validation_set)
+        self._image_folders = {
+            name: os.fspath(source) for name, source in (("training", train),
+                                                         ("validation", validation))
+            if isinstance(source, (str, os.PathLike)) and os.path.isdir(source)}
         self.history = {"head": head_history, "fine_tune": fine_tune_history}
         return self.history
 
@@ -598,6 +603,22 @@ class FineTuner:
         return {"max_pixels": self.config.max_image_pixels,
                 "exif_orientation": self.config.exif_orientation}
 
+    def _check_outside_image_folders(self, name, path):
+        """Refuses an output inside the last fit's image folders: the next
+        `fit` on that folder would read it as a class folder."""
+        if not isinstance(path, (str, os.PathLike)):
+            return  # The writer's own check words that.
+        path = os.fspath(path)
+        if "://" in path:
+            return
+        for folder_name, folder in self._image_folders.items():
+            if checks.is_within(path, folder):
+                raise ValueError(
+                    f"Invalid value for `{name}`. Expected a folder outside the {folder_name} "
+                    "folder of the last `fit`: inside it, the next `fit` on that folder "
+                    f"would read it as a class folder. Received: {name}={path!r} in "
+                    f"{folder!r}. Choose a folder beside it.")
+
     def _require_model(self):
         if self.model is None and self._unfinished_fit:
             raise ValueError(
@@ -629,7 +650,7 @@ class FineTuner:
                 values outside [0, 1] or not finite, or `batch_size` < 1.
         """
         self._require_model()
-        batch_size = check_integer("batch_size", batch_size, 1, optional=True)
+        batch_size = checks.check_integer("batch_size", batch_size, 1, optional=True)
         if isinstance(images, (list, tuple)) and len({np.shape(i) for i in images}) > 1:
             # Sizes differ: no one array holds them; the model resizes each.
             return np.concatenate([self.predict(image, batch_size) for image in images])
@@ -753,9 +774,11 @@ class FineTuner:
             The export folder path; None on a non-chief worker.
 
         Raises:
-            ValueError: for an unknown `tflite` mode, or before `fit`.
+            ValueError: for an unknown `tflite` mode, before `fit`, or for an
+                `export_dir` inside the last fit's image folders.
         """
         self._require_model()
+        self._check_outside_image_folders("export_dir", export_dir)
         write_extras = None
         if tflite is not None:
             tflite_lib.check_mode(tflite)
@@ -794,8 +817,13 @@ class FineTuner:
 
         Returns:
             The export folder path; None on a non-chief worker.
+
+        Raises:
+            ValueError: for an `export_dir` inside the last fit's image
+                folders (see `hub_export.export_backbone` for the rest).
         """
         from tfhub_ft import hub_export
+        self._check_outside_image_folders("export_dir", export_dir)
         if self.strategy.extended.should_checkpoint:
             return hub_export.export_backbone(self.backbone, export_dir)
         scratch = tempfile.mkdtemp(prefix="tfhub_ft_worker_export_")
@@ -818,9 +846,11 @@ class FineTuner:
             {file name: path} of the files written.
 
         Raises:
-            ValueError: before `fit`, or if `report_dir` cannot be written.
+            ValueError: before `fit`, if `report_dir` cannot be written, or
+                for one inside the last fit's image folders.
         """
         self._require_model()
+        self._check_outside_image_folders("report_dir", report_dir)
         from tfhub_ft import report as report_lib
         indices, images = self._mistakes
         summary = {
