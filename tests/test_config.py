@@ -13,6 +13,12 @@ def test_defaults_are_valid_and_replace_checks_names():
 def test_augmentation_accepts_comma_string():
     assert FineTuneConfig(augmentation="flip").augmentation == ("flip",)
     assert FineTuneConfig(augmentation="").augmentation == ()
+    # A list becomes the tuple: the frozen config stays hashable and equal.
+    listed = FineTuneConfig(augmentation=["flip"])
+    assert listed == FineTuneConfig(augmentation=("flip",)) and hash(listed)
+    with pytest.raises(ValueError, match=r"Expected a tuple of names from \('flip',\)\. "
+                                         r"Received: augmentation=1"):
+        FineTuneConfig(augmentation=1)
 
 
 @pytest.mark.parametrize("changes, message", [

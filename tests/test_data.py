@@ -640,6 +640,21 @@ def test_validation_split_checks(caplog):
     with caplog.at_level("WARNING"):
         data.check_validation_split(np.array([0] + [1] * 20), ["a", "b"], 0.2)
     assert "No validation image for class(es) 'a' (1 image(s))" in caplog.text
+    assert "Give each class at least 2 images" in caplog.text
+    caplog.clear()
+    # Validation data that was passed needs images of its own, not a bigger split.
+    with caplog.at_level("WARNING"):
+        data.warn_missing_validation_classes(np.array([1, 1]), ["a", "b"])
+    assert caplog.messages == [
+        "No validation image for class(es) 'a': the validation accuracy covers the other "
+        "classes only. Add validation images of those classes."]
+
+
+def test_numpy_class_names_become_plain_strings():
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((2, 4, 4, 3), np.uint8), [0, 1]))
+    loaded = data.load_images(dataset, 8, class_names=np.array(["cat", "dog"]))
+    assert loaded.class_names == ["cat", "dog"]
+    assert all(type(name) is str for name in loaded.class_names)
 
 
 # Issue 9, kind 10: imbalance is logged.

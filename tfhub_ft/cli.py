@@ -277,7 +277,8 @@ def add_block_pattern_flag(parser):
     parser.add_argument("--block_pattern", metavar="REGEX",
                         help="How the backbone's variables group into blocks, for a module "
                              "whose names the built-in rules do not know: a regular "
-                             "expression whose first group names a variable's block.")
+                             "expression whose first group (without a group, its whole "
+                             "match) names a variable's block.")
 
 
 def _add_run_flags(parser):

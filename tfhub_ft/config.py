@@ -274,7 +274,15 @@ class FineTuneConfig:
         augmentation = self.augmentation
         if isinstance(augmentation, str):
             augmentation = tuple(a for a in augmentation.split(",") if a)
-            object.__setattr__(self, "augmentation", augmentation)
+        elif isinstance(augmentation, (list, tuple)):
+            # A list would make the frozen config unhashable and unequal to
+            # the same config with a tuple.
+            augmentation = tuple(augmentation)
+        else:
+            raise ValueError(
+                "Invalid value for `augmentation`. Expected a tuple of names from "
+                f"{AUGMENTATIONS}. Received: augmentation={augmentation!r}")
+        object.__setattr__(self, "augmentation", augmentation)
         unknown = [a for a in augmentation if a not in AUGMENTATIONS]
         if unknown:
             raise ValueError(

@@ -445,10 +445,14 @@ def warn_missing_validation_classes(validation_labels, class_names, train_counts
             f"{class_names[i]!r}" + (f" ({train_counts[i]} image(s))"
                                      if train_counts is not None else "")
             for i in missing)
+        # `train_counts` comes with a held-out split, whose fix is more
+        # training images; passed validation data needs images of its own.
+        fix = ("Give each class at least 2 images (or pass validation data with every "
+               "class)." if train_counts is not None else
+               "Add validation images of those classes.")
         logger.warning(
             "No validation image for class(es) %s: the validation accuracy "
-            "covers the other classes only. Give each class at least 2 images "
-            "(or pass validation data with every class).", named)
+            "covers the other classes only. %s", named, fix)
 
 
 def check_class_balance(labels, class_names, ratio=5.0, class_weight="none"):
@@ -545,7 +549,8 @@ def _is_prepared_quietly(builder):
 def _unknown_source_message(name, dataset_names):
     """What a string that is neither a folder nor a TFDS dataset gets told
     (TFDS's own error lists all of its 400-odd datasets)."""
-    close = difflib.get_close_matches(name, dataset_names, n=3)
+    # A name can be registered twice (tfds.testing.mock_data adds its own).
+    close = difflib.get_close_matches(name, list(dict.fromkeys(dataset_names)), n=3)
     guess = (f" Did you mean the TFDS dataset {' or '.join(map(repr, close))}?"
              if close else "")
     return (f"Invalid value for the data: {name!r} is neither an existing folder nor "
@@ -808,7 +813,9 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
         count = (label_columns if label_columns is not None and label_columns > 1
                  else int(labels.max()) + 1)
         class_names = [str(i) for i in range(count)]
-    return ImageSet(images, labels, list(class_names), decode_seconds=seconds)
+    # Plain str: numpy's np.str_ shows as np.str_('cat') in every message.
+    return ImageSet(images, labels, [str(name) for name in class_names],
+                    decode_seconds=seconds)
 
 
 def _check_element_spec(image_spec, label_spec, class_names):
