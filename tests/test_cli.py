@@ -211,7 +211,7 @@ def test_outputs_inside_image_folders_are_refused_urls_are_not_paths(tmp_path, m
     args.work_dir = "gs://bucket/run"  # BUILD_NOTES' multi-worker advice: not under cwd
     cli._check_outside_image_folders(args)
     args.report_dir = str(tmp_path / "cats" / "report")
-    with pytest.raises(ValueError, match="would read its images as training images"):
+    with pytest.raises(ValueError, match="the next run on that folder would read it as a class folder"):
         cli._check_outside_image_folders(args)
 
 

@@ -16,8 +16,9 @@ def test_augmentation_accepts_comma_string():
     # A list becomes the tuple: the frozen config stays hashable and equal.
     listed = FineTuneConfig(augmentation=["flip"])
     assert listed == FineTuneConfig(augmentation=("flip",)) and hash(listed)
-    with pytest.raises(ValueError, match=r"Expected a tuple of names from \('flip',\)\. "
-                                         r"Received: augmentation=1"):
+    with pytest.raises(ValueError, match=r"Expected names from \('flip',\): a tuple, a list "
+                                         r"or a comma-separated string\. Received: "
+                                         r"augmentation=1\. "):
         FineTuneConfig(augmentation=1)
 
 

@@ -192,13 +192,17 @@ def test_a_name_neither_folder_nor_tfds_dataset_is_told_so_briefly(tmp_path, mon
     with pytest.raises(ValueError) as raised:
         data.load_images("no_such_dataset_xyz", 8, data_dir=str(tmp_path))
     assert str(raised.value) == (
-        "Invalid value for the data: 'no_such_dataset_xyz' is neither an existing folder nor "
-        "the name of a TFDS dataset. Pass the path of a folder with one subfolder of images "
-        f"per class (relative paths start from {tmp_path}), or a TFDS name such as "
-        "'tf_flowers' (`tfds.list_builders()` lists them).")
-    with pytest.raises(ValueError, match=r"the name of a TFDS dataset\. Did you mean the TFDS "
-                                         r"dataset 'tf_flowers' or 'oxford_flowers102'\? "):
+        "Invalid value for the data. Expected an existing folder or the name of a TFDS "
+        "dataset. Received: 'no_such_dataset_xyz', neither. Pass the path of a folder with "
+        f"one subfolder of images per class (relative paths start from {tmp_path}), or a "
+        "TFDS name such as 'tf_flowers' (`tfds.list_builders()` lists them).")
+    with pytest.raises(ValueError, match=r"Received: 'tf_flower', neither\. Did you mean the "
+                                         r"TFDS dataset 'tf_flowers'"):
         data.load_images("tf_flower", 8)
+    # Names TFDS cannot parse as dataset names at all.
+    for name in ("my-photos", "photos.zip"):
+        with pytest.raises(ValueError, match=re.escape(f"Received: {name!r}, neither.")):
+            data.load_images(name, 8)
 
 
 def test_labels_that_are_not_one_class_are_refused():
@@ -206,15 +210,21 @@ def test_labels_that_are_not_one_class_are_refused():
     fractions = tf.data.Dataset.from_tensor_slices((images, np.array([0.0, 1.0, 1.5, 2.0])))
     with pytest.raises(ValueError, match=re.escape(
             "Invalid value for `dataset`. Expected labels that are class indices 0, 1, ... "
-            "Received: element 2 has a label with a fractional part. Map the labels to whole "
-            "class indices with `dataset.map`.")):
+            "Received: element 2 has a label with a fractional part, or NaN or infinite. Map "
+            "the labels to whole class indices with `dataset.map`.")):
         data.load_images(fractions, 8)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="element 1 has a label with a fractional part, "
+                                             "or NaN or infinite"):
+            data.load_images(tf.data.Dataset.from_tensor_slices(
+                (images[:2], np.array([0.0, bad]))), 8)
     rows = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
-    for bad in (np.full(3, 0.1), np.array([0.9, 0.05, 0.05]), np.array([1.0, 1.0, 0.0])):
+    for bad in (np.full(3, 0.1), np.array([0.9, 0.05, 0.05]), np.array([1.0, 1.0, 0.0]),
+                np.zeros(3)):
         rows[3] = bad
         with pytest.raises(ValueError, match=re.escape(
                 "Expected one-hot label rows (one 1, the rest 0). Received: element 3 has "
-                "a row that is not (soft labels, or several classes).")):
+                "a row that is not one-hot (soft, several 1s, or none).")):
             data.load_images(tf.data.Dataset.from_tensor_slices((images, rows)), 8)
     # Whole floats, one-hot rows (float or bool) and [1] columns are classes.
     for labels in (np.array([0.0, 1.0, 2.0, 0.0]), np.eye(3, dtype=bool)[[0, 1, 2, 0]],
@@ -247,9 +257,10 @@ def test_tfds_offline_fails_at_once_without_its_retries(tmp_path, monkeypatch, c
     with caplog.at_level("INFO"):
         with pytest.raises(ValueError) as raised:
             data.load_images("tf_flowers", 8, data_dir=str(folder))
+    prepared_in = tfds.builder("tf_flowers", data_dir=str(folder)).data_dir
     assert str(raised.value) == (
         "Could not load the TFDS dataset 'tf_flowers' (split 'train'): it is not prepared "
-        f"in {folder}/tf_flowers/3.0.1, and the host it downloads from, "
+        f"in {prepared_in}, and the host it downloads from, "
         "download.tensorflow.org, does not resolve (no network access). Offline, prepare "
         "it on a machine with network access and pass its folder as `data_dir` "
         "(`--data_dir` in the command), or use an image folder (`--image_dir`).")
@@ -257,6 +268,33 @@ def test_tfds_offline_fails_at_once_without_its_retries(tmp_path, monkeypatch, c
     # TFDS's own answer to `is_prepared` ("Variant folder ... has no
     # dataset_info.json") is not passed on.
     assert "Variant folder" not in caplog.text
+    # Files in the data folder's downloads/ may prepare it offline: left to TFDS.
+    (folder / "downloads").mkdir(parents=True)
+    (folder / "downloads" / "flower_photos.tgz").write_bytes(b"x")
+    builder = tfds.builder("tf_flowers", data_dir=str(folder))
+    assert data._unresolvable_download_host(builder) is None
+
+
+def test_tfds_download_is_judged_offline_only_when_no_host_resolves(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    asked = _unresolvable(monkeypatch)
+
+    class Builder:
+        """A builder whose checksums list a dead host and another one."""
+        download_and_prepare = tfds.core.DatasetBuilder.download_and_prepare
+        url_infos = {"https://gone.example/a.zip": None, "https://alive.example/b.zip": None}
+        _data_dir_root = str(tmp_path)
+
+    assert data._unresolvable_download_host(Builder()) == "gone.example"
+    assert asked == ["gone.example", "alive.example"]
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host != "alive.example":
+            raise socket.gaierror(-2, "Name or service not known")
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert data._unresolvable_download_host(Builder()) is None
 
 
 def test_tfds_download_through_a_proxy_is_left_to_tfds(monkeypatch):
@@ -652,9 +690,10 @@ def test_validation_split_checks(caplog):
 
 def test_numpy_class_names_become_plain_strings():
     dataset = tf.data.Dataset.from_tensor_slices((np.zeros((2, 4, 4, 3), np.uint8), [0, 1]))
-    loaded = data.load_images(dataset, 8, class_names=np.array(["cat", "dog"]))
-    assert loaded.class_names == ["cat", "dog"]
-    assert all(type(name) is str for name in loaded.class_names)
+    for names in (np.array(["cat", "dog"]), [b"cat", b"dog"]):
+        loaded = data.load_images(dataset, 8, class_names=names)
+        assert loaded.class_names == ["cat", "dog"]
+        assert all(type(name) is str for name in loaded.class_names)
 
 
 # Issue 9, kind 10: imbalance is logged.

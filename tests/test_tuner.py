@@ -47,6 +47,7 @@ def test_fit_with_validation_split_evaluate_and_predict(tiny_backbone_path, imag
             ("photo.jpg", TypeError, "Received: the path 'photo.jpg'. For image files use "
                                      "the export: `tfhub_ft.predict.predict_files"),
             (["a.jpg", "b.jpg"], TypeError, "Received: a list of paths."),
+            (np.array(["a.jpg", "b.jpg"]), TypeError, "Received: an array of <U5 (paths?)."),
             (np.zeros((2, 8, 8, 3), bool), TypeError, "Received: images of dtype bool."),
             (np.full((2, 8, 8, 3), np.nan, np.float32), ValueError,
              "Expected float values in [0, 1]. Received: 384 NaN or infinite value(s).")):
@@ -138,6 +139,7 @@ def test_a_refused_fit_leaves_the_earlier_model_and_a_stopped_one_leaves_none(
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     before = tuner.predict(images)
     metrics, image_size = dict(tuner.validation_metrics), tuner.image_size
+    stages = dict(tuner.stage_seconds)
     # Refused with a mistyped path, and after the training images were
     # decoded (validation labels past the classes): nothing of the earlier
     # run moves.
@@ -147,17 +149,22 @@ def test_a_refused_fit_leaves_the_earlier_model_and_a_stopped_one_leaves_none(
             tuner.fit(*refused, verbose=0)
         np.testing.assert_array_equal(tuner.predict(images), before)
         assert tuner.validation_metrics == metrics and tuner.image_size == image_size
+        assert tuner.stage_seconds == stages and tuner.time_plan is None
 
     # Outputs inside the fit's image folders would be class folders next time.
     with pytest.raises(ValueError, match=re.escape(
             "Invalid value for `export_dir`. Expected a folder outside the training folder "
-            "of the last `fit`: inside it, the next `fit` on that folder would read it as "
-            f"a class folder. Received: export_dir={os.path.join(train, 'export')!r} in "
-            f"{train!r}. Choose a folder beside it.")):
+            "of the last `fit`: inside it, the next run on that folder would read it as a "
+            f"class folder. Received: export_dir={os.path.join(train, 'export')!r}, inside "
+            f"the training folder of the last `fit` ({os.path.realpath(train)!r}). Choose "
+            "a folder beside it.")):
         tuner.export(os.path.join(train, "export"))
     with pytest.raises(ValueError, match="`report_dir`. Expected a folder outside the "
                                          "validation folder"):
         tuner.report(os.path.join(validation, "report"))
+    with pytest.raises(ValueError, match="`work_dir`. Expected a folder outside the "
+                                         "training folder: "):
+        tuner.fit(train, validation, work_dir=os.path.join(train, "work"))
     assert not os.path.exists(os.path.join(train, "export"))
 
     class Stop(keras.callbacks.Callback):
@@ -170,6 +177,8 @@ def test_a_refused_fit_leaves_the_earlier_model_and_a_stopped_one_leaves_none(
     with pytest.raises(ValueError, match=r"^The classifier is not trained: the last `fit` "
                                          r"stopped before it finished\. Call `fit` again"):
         tuner.export(str(tmp_path / "export"))
+    with pytest.raises(ValueError, match="the last `fit` stopped before it finished"):
+        tuner.export_backbone(str(tmp_path / "backbone"))
 
 
 def test_a_strategy_by_name_is_pointed_to_get_strategy(tiny_backbone_path):

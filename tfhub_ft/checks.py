@@ -49,6 +49,31 @@ def is_within(path, folder):
     return os.path.commonpath([os.path.realpath(path), folder]) == folder
 
 
+def check_outside_image_folder(name, value, folder_name, folder):
+    """Refuses an output folder inside an image folder: the next run on that
+    folder would read the output as a class folder (a report's PNGs as
+    training images). URLs (gs://...) and None pass.
+
+    Args:
+        name, value: The output argument and its path.
+        folder_name: How the image folder is named in the message, e.g.
+            "`image_dir`".
+        folder: The image folder's path.
+
+    Raises:
+        ValueError: if `value` is `folder` or below it.
+    """
+    if value is None or not isinstance(value, (str, os.PathLike)):
+        return
+    value = os.fspath(value)
+    if "://" not in value and is_within(value, folder):
+        raise ValueError(
+            f"Invalid value for `{name}`. Expected a folder outside {folder_name}: "
+            "inside it, the next run on that folder would read it as a class folder. "
+            f"Received: {name}={value!r}, inside {folder_name} ({os.fspath(folder)!r}). "
+            "Choose a folder beside it.")
+
+
 def check_folder_path(name, value):
     """Returns a folder path argument as a str.
 

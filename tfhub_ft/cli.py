@@ -577,13 +577,8 @@ def _check_outside_image_folders(args):
         if not folder:
             continue
         for name in TRAIN_OUTPUT_FLAGS:
-            value = getattr(args, name, None)
-            if value and "://" not in value and checks.is_within(value, folder):
-                raise ValueError(
-                    f"Invalid value for `{name}`. Expected a folder outside `{folder_name}`: "
-                    f"inside it, the next run would read its images as training images. "
-                    f"Received: {name}={value!r} in {folder_name}={folder!r}. Choose a "
-                    "folder beside it.")
+            checks.check_outside_image_folder(name, getattr(args, name, None) or None,
+                                              f"`{folder_name}`", folder)
 
 
 def _train(args):

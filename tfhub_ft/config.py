@@ -280,8 +280,10 @@ class FineTuneConfig:
             augmentation = tuple(augmentation)
         else:
             raise ValueError(
-                "Invalid value for `augmentation`. Expected a tuple of names from "
-                f"{AUGMENTATIONS}. Received: augmentation={augmentation!r}")
+                "Invalid value for `augmentation`. Expected names from "
+                f"{AUGMENTATIONS}: a tuple, a list or a comma-separated string. Received: "
+                f"augmentation={augmentation!r}. Pass e.g. augmentation=('flip',), or () "
+                "for none.")
         object.__setattr__(self, "augmentation", augmentation)
         unknown = [a for a in augmentation if a not in AUGMENTATIONS]
         if unknown:

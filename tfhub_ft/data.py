@@ -492,42 +492,49 @@ def _missing_module(error):
 
 
 def _unresolvable_download_host(builder):
-    """The host of a TFDS builder's download URLs that has no address, or None.
+    """The host of a TFDS builder's downloads when none of them resolves, or None.
 
     TFDS retries a failed download with backoff for about 3 minutes before
-    it gives up; a host name that does not resolve says at once that there
-    is no network access. A download through a proxy (`urllib`'s proxy
-    environment variables) is not judged: the proxy resolves the host.
+    it gives up; when no host name of the builder's URLs resolves, there is
+    no network access, and that is known at once. Not judged (None): a
+    download through a proxy (`urllib`'s proxy environment variables: the
+    proxy resolves the host), a builder that lists no URLs (manual
+    downloads), a data folder whose `downloads/` already holds files (TFDS
+    may prepare from them offline), and a `download_and_prepare` that is
+    not TFDS's own (`tfds.testing.mock_data` replaces it with one that
+    downloads nothing).
 
     Args:
         builder: A `tfds.core.DatasetBuilder`.
 
     Returns:
-        The first host name (str) of `builder.url_infos` that
-        `socket.getaddrinfo` cannot resolve; None when all resolve, the
-        builder lists no URLs (manual downloads), a proxy is set, or
-        `download_and_prepare` is not TFDS's own (`tfds.testing.mock_data`
-        replaces it with one that downloads nothing).
+        The first host name (str) of `builder.url_infos` when none of them
+        `socket.getaddrinfo` resolves, else None.
     """
     prepare = getattr(type(builder), "download_and_prepare", None)
     if (not getattr(prepare, "__module__", "").startswith("tensorflow_datasets.core.")
             or any(urllib.request.getproxies().get(scheme)
                    for scheme in ("http", "https", "all"))):
         return None
+    downloads = os.path.join(os.fspath(getattr(builder, "_data_dir_root", "") or ""),
+                             "downloads")
+    if os.path.isdir(downloads) and os.listdir(downloads):
+        return None
     try:
         urls = list(builder.url_infos or ())
     except Exception:  # Builders without checksums: TFDS then finds out itself.
         return None
-    for host in dict.fromkeys(urllib.parse.urlsplit(url).hostname for url in urls):
-        if not host:
-            continue
+    hosts = [host for host in dict.fromkeys(urllib.parse.urlsplit(url).hostname
+                                            for url in urls) if host]
+    for host in hosts:
         try:
             socket.getaddrinfo(host, None)
+            return None  # One resolves: the network is there.
         except socket.gaierror:
-            return host
+            continue
         except OSError:
             return None
-    return None
+    return hosts[0] if hosts else None
 
 
 def _is_prepared_quietly(builder):
@@ -553,9 +560,9 @@ def _unknown_source_message(name, dataset_names):
     close = difflib.get_close_matches(name, list(dict.fromkeys(dataset_names)), n=3)
     guess = (f" Did you mean the TFDS dataset {' or '.join(map(repr, close))}?"
              if close else "")
-    return (f"Invalid value for the data: {name!r} is neither an existing folder nor "
-            f"the name of a TFDS dataset.{guess} Pass the path of a folder with one "
-            "subfolder of images per class (relative paths start from "
+    return (f"Invalid value for the data. Expected an existing folder or the name of a "
+            f"TFDS dataset. Received: {name!r}, neither.{guess} Pass the path of a folder "
+            "with one subfolder of images per class (relative paths start from "
             f"{os.getcwd()}), or a TFDS name such as 'tf_flowers' "
             "(`tfds.list_builders()` lists them).")
 
@@ -599,7 +606,12 @@ def load_tfds(name, split, image_size, data_dir=None, budget=None) -> ImageSet:
 
         try:
             builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError:
+        except ValueError as error:
+            # An unknown name, or one TFDS cannot even parse as a name
+            # ("my-photos", "photos.zip": "Parsing builder name string ...").
+            if not (isinstance(error, tfds.core.registered.DatasetNotFoundError)
+                    or "Parsing builder name" in str(error)):
+                raise
             raise _UnknownName(_unknown_source_message(
                 name, tfds.list_builders(with_community_datasets=False))) from None
         if not _is_prepared_quietly(builder):
@@ -781,8 +793,8 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
         else:
             if label_columns is not None:
                 label = label[0]
-            whole = (tf.equal(label, tf.round(label)) if label.dtype.is_floating
-                     else tf.constant(True))
+            whole = (tf.logical_and(tf.math.is_finite(label), tf.equal(label, tf.round(label)))
+                     if label.dtype.is_floating else tf.constant(True))
         return (preprocessing.resize_images(image, image_size), tf.cast(label, tf.int32),
                 low, high, whole)
 
@@ -813,9 +825,11 @@ def dataset_to_image_set(dataset, image_size, class_names=None, budget=None) -> 
         count = (label_columns if label_columns is not None and label_columns > 1
                  else int(labels.max()) + 1)
         class_names = [str(i) for i in range(count)]
-    # Plain str: numpy's np.str_ shows as np.str_('cat') in every message.
-    return ImageSet(images, labels, [str(name) for name in class_names],
-                    decode_seconds=seconds)
+    # Plain str: numpy's np.str_ shows as np.str_('cat') in every message,
+    # and bytes would be written "b'cat'" into labels.txt.
+    return ImageSet(images, labels,
+                    [name.decode() if isinstance(name, bytes) else str(name)
+                     for name in class_names], decode_seconds=seconds)
 
 
 def _check_element_spec(image_spec, label_spec, class_names):
@@ -892,13 +906,13 @@ def _check_label_form(wholes, label_columns, offset):
     if label_columns is not None and label_columns > 1:
         raise ValueError(
             f"Invalid value for `dataset`. Expected one-hot label rows (one 1, the rest "
-            f"0). Received: element {element} has a row that is not (soft labels, or "
-            "several classes). Pass class indices or one-hot rows; tfhub_ft smooths the "
-            "labels itself (`label_smoothing`).")
+            f"0). Received: element {element} has a row that is not one-hot (soft, several "
+            "1s, or none). Pass class indices or one-hot rows; tfhub_ft smooths the labels "
+            "itself (`label_smoothing`).")
     raise ValueError(
         "Invalid value for `dataset`. Expected labels that are class indices 0, 1, ... "
-        f"Received: element {element} has a label with a fractional part. Map the labels "
-        "to whole class indices with `dataset.map`.")
+        f"Received: element {element} has a label with a fractional part, or NaN or "
+        "infinite. Map the labels to whole class indices with `dataset.map`.")
 
 
 def _check_labels(labels, class_names, offset):

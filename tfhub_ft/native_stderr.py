@@ -29,7 +29,7 @@ def glog_line(source, message):
     from `source`.cc starting with `message` (both regular expressions):
     "I0000 00:00:1796079807.187769    9473 devices.cc:67] Number of ...".
     INFO and WARNING lines only."""
-    return rf"[IW]\d{{4}} [\d:.]+ +\d+ {source}\.cc:\d+\] {message}"
+    return rf"[IW]\d{{4}} [\d:.]+ +\d+ (?:{source})\.cc:\d+\] (?:{message})"
 
 
 # File descriptor 2 belongs to the whole process: one block at a time, or

@@ -34,6 +34,13 @@ _RUN_STATE = ("image_size", "skipped_files", "skip_reasons", "_decode_seconds",
               "time_plan", "stage_seconds")
 
 
+def _image_folders(train, validation):
+    """{"training" / "validation": real path} of the sources that are folders."""
+    return {name: os.path.realpath(source)
+            for name, source in (("training", train), ("validation", validation))
+            if isinstance(source, (str, os.PathLike)) and os.path.isdir(source)}
+
+
 class FineTuner:
     """Fine-tunes a TF Hub image feature vector on your labelled images.
 
@@ -235,9 +242,10 @@ class FineTuner:
         if is_tfds and data_lib.is_tfds_name(validation):
             validation_set = data_lib.load_tfds(train, validation, size, data_dir, budget)
         else:
+            # Some classes, or one, is a warning below, not an error.
             validation_set = data_lib.load_images(
                 validation, size, class_names or train_set.class_names, budget=budget,
-                config=self.config)
+                config=self.config, min_classes=1)
         self.skipped_files += list(validation_set.skipped)
         self.skip_reasons.update(validation_set.skip_reasons)
         if validation_set is not validation:
@@ -292,6 +300,11 @@ class FineTuner:
                 multi-worker strategy, `validation_split` outside (0, 1), and
                 what `load_data` raises.
         """
+        for folder_name, folder in _image_folders(train, validation).items():
+            for name, value in (("work_dir", work_dir), ("tensorboard_dir", tensorboard_dir)):
+                checks.check_outside_image_folder(name, value, f"the {folder_name} folder",
+                                                  folder)
+        earlier = {name: getattr(self, name) for name in _RUN_STATE}
         time_budget = self._start_budget(work_dir)
         self.time_plan = None
         self.stage_seconds = {}
@@ -301,7 +314,6 @@ class FineTuner:
                 "keeps its random start, so the classifier is no better than chance. Set "
                 "head_epochs=%d (phase 1 on cached features costs seconds).",
                 FineTuneConfig.head_epochs)
-        earlier = {name: getattr(self, name) for name in _RUN_STATE}
         self._model_replaced = False
         try:
             # What is kept after `fit` (samples for TFLite, the report's
@@ -442,10 +454,7 @@ class FineTuner:
                         f"leaving {left:.1f} s for the export and after" if left >= 0 else
                         f"{-left:.1f} s over before the export", time_budget.reserve_s)
         self._keep_tflite_data(train_set, validation_set)
-        self._image_folders = {
-            name: os.fspath(source) for name, source in (("training", train),
-                                                         ("validation", validation))
-            if isinstance(source, (str, os.PathLike)) and os.path.isdir(source)}
+        self._image_folders = _image_folders(train, validation)
         self.history = {"head": head_history, "fine_tune": fine_tune_history}
         return self.history
 
@@ -604,26 +613,17 @@ class FineTuner:
                 "exif_orientation": self.config.exif_orientation}
 
     def _check_outside_image_folders(self, name, path):
-        """Refuses an output inside the last fit's image folders: the next
-        `fit` on that folder would read it as a class folder."""
-        if not isinstance(path, (str, os.PathLike)):
-            return  # The writer's own check words that.
-        path = os.fspath(path)
-        if "://" in path:
-            return
+        """Refuses an output inside the last fit's image folders."""
         for folder_name, folder in self._image_folders.items():
-            if checks.is_within(path, folder):
-                raise ValueError(
-                    f"Invalid value for `{name}`. Expected a folder outside the {folder_name} "
-                    "folder of the last `fit`: inside it, the next `fit` on that folder "
-                    f"would read it as a class folder. Received: {name}={path!r} in "
-                    f"{folder!r}. Choose a folder beside it.")
+            checks.check_outside_image_folder(
+                name, path, f"the {folder_name} folder of the last `fit`", folder)
 
     def _require_model(self):
         if self.model is None and self._unfinished_fit:
             raise ValueError(
                 "The classifier is not trained: the last `fit` stopped before it finished. "
-                "Call `fit` again (with the same `work_dir`, it resumes where it stopped).")
+                "Call `fit` again (if it had a `work_dir`, the same call resumes where it "
+                "stopped).")
         if self.model is None:
             raise ValueError("The classifier is not trained yet: call `fit` first.")
 
@@ -668,6 +668,12 @@ class FineTuner:
                 "tfhub_ft.predict`); for a folder with one subfolder per class, "
                 "`evaluate(folder)`.")
         images = np.asarray(images)
+        if images.dtype.kind in "USO":
+            raise TypeError(
+                "Invalid value for `images`. Expected image arrays. Received: an array of "
+                f"{images.dtype} (paths?). For image files use the export: "
+                "`tfhub_ft.predict.predict_files(export_dir, paths)`; for a folder with one "
+                "subfolder per class, `evaluate(folder)`.")
         if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
             raise TypeError(
                 "Invalid value for `images`. Expected uint8 in [0, 255] or float in [0, 1]. "
@@ -682,7 +688,8 @@ class FineTuner:
         if images.dtype != np.uint8 and images.size and not np.isfinite(images).all():
             raise ValueError(
                 "Invalid value for `images`. Expected float values in [0, 1]. Received: "
-                f"{np.size(images) - np.isfinite(images).sum()} NaN or infinite value(s).")
+                f"{np.size(images) - np.isfinite(images).sum()} NaN or infinite value(s). "
+                "Replace them (e.g. `np.nan_to_num(images)`) or leave those images out.")
         if images.dtype != np.uint8 and images.size and (images.min() < -tolerance
                                                          or images.max() > 1 + tolerance):
             raise ValueError(
@@ -698,8 +705,7 @@ class FineTuner:
             # As `data` does for training images: to uint8, then over white.
             if images.dtype != np.uint8:
                 images = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
-            images = np.stack([preprocessing.composite_over_background(image).numpy()
-                               for image in images])
+            images = preprocessing.composite_over_background(images).numpy()
         dataset = tf.data.Dataset.from_tensor_slices(images).batch(
             batch_size or self.config.batch_size)
         return self._probabilities(dataset)
@@ -819,10 +825,14 @@ class FineTuner:
             The export folder path; None on a non-chief worker.
 
         Raises:
-            ValueError: for an `export_dir` inside the last fit's image
-                folders (see `hub_export.export_backbone` for the rest).
+            ValueError: after a `fit` that stopped before it finished (the
+                backbone is half fine-tuned), or for an `export_dir` inside
+                the last fit's image folders (see `hub_export.export_backbone`
+                for the rest).
         """
         from tfhub_ft import hub_export
+        if self._unfinished_fit:
+            self._require_model()
         self._check_outside_image_folders("export_dir", export_dir)
         if self.strategy.extended.should_checkpoint:
             return hub_export.export_backbone(self.backbone, export_dir)
