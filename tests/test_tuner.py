@@ -188,6 +188,17 @@ def test_a_strategy_by_name_is_pointed_to_get_strategy(tiny_backbone_path):
         FineTuner(tiny_backbone_path, strategy="mirrored")
 
 
+def test_a_validation_folder_of_one_class_is_loaded_with_a_warning(
+        tiny_backbone_path, image_folders, small_config, tmp_path, caplog):
+    train, validation, _, names = image_folders
+    one = sorted(names)[0]
+    shutil.copytree(os.path.join(validation, one), tmp_path / "validation" / one)
+    tuner = FineTuner(tiny_backbone_path, config=small_config)
+    _, validation_set = tuner.load_data(train, str(tmp_path / "validation"))
+    assert set(validation_set.labels.tolist()) == {0} and len(validation_set) > 0
+    assert "No validation image for class(es)" in caplog.text
+
+
 def test_class_names_for_a_folder_are_ignored_with_a_warning(tiny_backbone_path,
                                                               image_folders, small_config,
                                                               caplog):
