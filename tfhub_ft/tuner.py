@@ -300,7 +300,8 @@ class FineTuner:
                 multi-worker strategy, `validation_split` outside (0, 1), and
                 what `load_data` raises.
         """
-        for folder_name, folder in _image_folders(train, validation).items():
+        folders = _image_folders(train, validation)
+        for folder_name, folder in folders.items():
             for name, value in (("work_dir", work_dir), ("tensorboard_dir", tensorboard_dir)):
                 checks.check_outside_image_folder(name, value, f"the {folder_name} folder",
                                                   folder)
@@ -320,9 +321,11 @@ class FineTuner:
             # images) is copied out of the budget's arrays: its spill files
             # go at the end.
             with contextlib.closing(self._new_budget()) as budget:
-                return self._fit(budget, time_budget, train, validation, validation_split,
-                                 class_names, data_dir, verbose, work_dir, tensorboard_dir,
-                                 callbacks, budget_reserve_s)
+                history = self._fit(budget, time_budget, train, validation, validation_split,
+                                    class_names, data_dir, verbose, work_dir, tensorboard_dir,
+                                    callbacks, budget_reserve_s)
+            self._image_folders = folders
+            return history
         except BaseException:
             if not self._model_replaced:
                 # Refused before training: the earlier model, and what
@@ -454,7 +457,6 @@ class FineTuner:
                         f"leaving {left:.1f} s for the export and after" if left >= 0 else
                         f"{-left:.1f} s over before the export", time_budget.reserve_s)
         self._keep_tflite_data(train_set, validation_set)
-        self._image_folders = _image_folders(train, validation)
         self.history = {"head": head_history, "fine_tune": fine_tune_history}
         return self.history
 
@@ -654,26 +656,25 @@ class FineTuner:
         if isinstance(images, (list, tuple)) and len({np.shape(i) for i in images}) > 1:
             # Sizes differ: no one array holds them; the model resizes each.
             return np.concatenate([self.predict(image, batch_size) for image in images])
-        if isinstance(images, (str, os.PathLike, tf.data.Dataset)) or (
-                isinstance(images, (list, tuple)) and images
-                and isinstance(images[0], (str, os.PathLike))):
-            received = (f"the path {os.fspath(images)!r}"
-                        if isinstance(images, (str, os.PathLike)) else
-                        "a tf.data.Dataset" if isinstance(images, tf.data.Dataset) else
-                        f"a {type(images).__name__} of paths")
+        received = None
+        if isinstance(images, (str, os.PathLike)):
+            received = f"the path {os.fspath(images)!r}"
+        elif isinstance(images, tf.data.Dataset):
+            received = "a tf.data.Dataset"
+        elif (isinstance(images, (list, tuple)) and images
+              and isinstance(images[0], (str, os.PathLike))):
+            received = f"a {type(images).__name__} of paths"
+        else:
+            images = np.asarray(images)
+            if images.dtype.kind in "USO":
+                received = f"an array of {images.dtype} (paths?)"
+        if received is not None:
             raise TypeError(
                 f"Invalid value for `images`. Expected image arrays. Received: {received}. "
                 "For image files use the export: "
                 "`tfhub_ft.predict.predict_files(export_dir, paths)` (or `python -m "
                 "tfhub_ft.predict`); for a folder with one subfolder per class, "
                 "`evaluate(folder)`.")
-        images = np.asarray(images)
-        if images.dtype.kind in "USO":
-            raise TypeError(
-                "Invalid value for `images`. Expected image arrays. Received: an array of "
-                f"{images.dtype} (paths?). For image files use the export: "
-                "`tfhub_ft.predict.predict_files(export_dir, paths)`; for a folder with one "
-                "subfolder per class, `evaluate(folder)`.")
         if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
             raise TypeError(
                 "Invalid value for `images`. Expected uint8 in [0, 255] or float in [0, 1]. "
@@ -685,10 +686,12 @@ class FineTuner:
                 "[H, W, C]), C = 3 (RGB), 1 (gray), 2 or 4 (with alpha). Received: "
                 f"images of shape {shape}.")
         tolerance = data_lib.UNIT_RANGE_TOLERANCE
-        if images.dtype != np.uint8 and images.size and not np.isfinite(images).all():
+        not_finite = 0 if images.dtype == np.uint8 else np.size(images) - np.isfinite(
+            images).sum()
+        if not_finite:
             raise ValueError(
                 "Invalid value for `images`. Expected float values in [0, 1]. Received: "
-                f"{np.size(images) - np.isfinite(images).sum()} NaN or infinite value(s). "
+                f"{not_finite} NaN or infinite value(s). "
                 "Replace them (e.g. `np.nan_to_num(images)`) or leave those images out.")
         if images.dtype != np.uint8 and images.size and (images.min() < -tolerance
                                                          or images.max() > 1 + tolerance):
