@@ -83,3 +83,31 @@ def test_python_level_writes_are_filtered_where_sys_stderr_is_not_fd_2(monkeypat
     assert sys.stderr is notebook
     assert notebook.getvalue() == "kept\npartial line"
     assert logged == ["fully_quantize: 0, inference_type: 6"]
+
+
+def _first_use_stderr(**env):
+    """stderr of a process that uses a public name first, then TensorFlow."""
+    script = ("from tfhub_ft import FineTuneConfig\n"
+              "import tensorflow as tf\n"
+              "print(int(tf.constant(1) + 1))\n")
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, env={**environment, **env},
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
+    return result.stderr
+
+
+@pytest.mark.slow
+def test_the_first_public_name_imports_tensorflow_without_its_start_up_lines():
+    quiet = _first_use_stderr()
+    for line in ("absl::InitializeLog", "cpu_feature_guard", "cuInit", "cudart_stub"):
+        assert line not in quiet, quiet
+    # absl's line before its log is initialised is printed on every machine.
+    assert "absl::InitializeLog" in _first_use_stderr(TF_CPP_MIN_LOG_LEVEL="0")
+
+
+def test_an_imported_tensorflow_is_left_alone(monkeypatch):
+    monkeypatch.setattr(native_stderr, "filtered", None)  # would fail if called
+    native_stderr.import_tensorflow_quietly()

@@ -3,9 +3,14 @@
 The public names below are imported on first use (PEP 562), so that
 `import tfhub_ft` and the `tfhub_ft` command start without TensorFlow: the
 command turns TensorFlow's start-up logging down before it is imported.
+The first public name used imports TensorFlow, if nothing has yet, without
+its start-up lines (`native_stderr.import_tensorflow_quietly`; they go to
+the `tfhub_ft` logger at DEBUG). TF_CPP_MIN_LOG_LEVEL=0 keeps them.
 """
 
 import importlib
+import logging
+import os
 
 __version__ = "0.1.0"
 
@@ -32,6 +37,9 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
+        if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
+            from tfhub_ft import native_stderr
+            native_stderr.import_tensorflow_quietly(logging.getLogger(__name__).debug)
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value

@@ -374,32 +374,20 @@ def build_parser():
 # ----------------------------------------------------------------------------
 # Quiet start-up and logging.
 
-# C++ log lines of TensorFlow's start-up (absl, before its log is
-# initialised, ignores TF_CPP_MIN_LOG_LEVEL), and the messages that only say
-# that this machine has no GPU.
-_STARTUP_NOISE = re.compile(
-    r"^([IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl::InitializeLog|"
-    r"To enable the following instructions:|E\d{4} .*(cuInit|cuda_platform|cuda_dnn|"
-    r"cuda_blas|cuda_fft))")
-
-
 def import_tensorflow_quietly(verbosity):
     """Imports TensorFlow with its C++ start-up chatter turned down.
 
-    TF_CPP_MIN_LOG_LEVEL hides INFO and WARNING lines of TensorFlow's C++
-    runtime, but the lines logged while its shared libraries load come
-    before absl's logging is initialised and ignore it (abseil/abseil-cpp
-    #1957): during the import and the first device query, stderr is
-    written to a file, and what is not start-up noise is written back.
+    At verbosity 0, TF_CPP_MIN_LOG_LEVEL=2 hides the INFO and WARNING lines
+    of TensorFlow's C++ runtime, and the lines it prints while its shared
+    libraries load, which ignore that level, are filtered out
+    (`native_stderr.import_tensorflow_quietly`).
     """
     if verbosity >= 1:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         import tensorflow  # noqa: F401
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with native_stderr.filtered(_STARTUP_NOISE):
-        import tensorflow as tf
-        tf.config.list_physical_devices()
+    native_stderr.import_tensorflow_quietly()
 
 
 class _Formatter(logging.Formatter):

@@ -8,12 +8,13 @@ Created TensorFlow Lite XNNPACK delegate for CPU.". `filtered` catches
 file descriptor 2 around such a call and writes back what is not known
 noise, and filters the Python-level `sys.stderr` too (the converter's
 Python code writes a line per op it has no stack trace for), which in a
-notebook or under pytest is not file descriptor 2. No TensorFlow import
-here: the command uses it around importing TensorFlow.
+notebook or under pytest is not file descriptor 2. `import_tensorflow_quietly`
+uses it around TensorFlow's own import, so TensorFlow is imported only there.
 """
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -30,6 +31,33 @@ def glog_line(source, message):
     "I0000 00:00:1796079807.187769    9473 devices.cc:67] Number of ...".
     INFO and WARNING lines only."""
     return rf"[IW]\d{{4}} [\d:.]+ +\d+ (?:{source})\.cc:\d+\] (?:{message})"
+
+
+# C++ log lines of TensorFlow's start-up (absl, before its log is
+# initialised, ignores TF_CPP_MIN_LOG_LEVEL), and the messages that only say
+# that this machine has no GPU.
+TENSORFLOW_STARTUP_NOISE = re.compile(
+    r"^([IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl::InitializeLog|"
+    r"To enable the following instructions:|E\d{4} .*(cuInit|cuda_platform|cuda_dnn|"
+    r"cuda_blas|cuda_fft))")
+
+
+def import_tensorflow_quietly(log=None):
+    """Imports TensorFlow and queries its devices with the start-up lines
+    filtered out (`TENSORFLOW_STARTUP_NOISE`, passed to `log` when given).
+
+    Importing TensorFlow prints 7-9 lines that a caller cannot turn down:
+    they come before absl's logging is initialised (abseil/abseil-cpp#1957),
+    and the first device query prints "failed call to cuInit" as an ERROR on
+    a machine without a GPU. Other lines are written back. Does nothing when
+    TensorFlow is already imported: its lines are printed by then, and the
+    caller's TensorFlow is not this function's to change.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    with filtered(TENSORFLOW_STARTUP_NOISE, log):
+        import tensorflow as tf
+        tf.config.list_physical_devices()
 
 
 # File descriptor 2 belongs to the whole process: one block at a time, or
