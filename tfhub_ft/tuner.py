@@ -73,6 +73,13 @@ class FineTuner:
     Attributes:
         backbone: The `HubBackbone`, loaded at construction, so its blocks
             can be listed (`backbone.block_summary()`) before `fit`.
+        image_size: The side, in pixels, that images are resized to (int).
+            Fixed at construction by the config's `image_size` or the
+            module's own size; with neither, 224 until a `fit` (or
+            `load_data`) chooses it from the training images
+            (`config.choose_image_size`: 160 for images under 112 px) and
+            the chosen size from then on, for `evaluate`, `predict` and the
+            exports.
         model: The `ImageClassifier`, after `fit`.
         class_names: The classes, after `fit`.
         validation_metrics: `evaluate`'s dict on the validation data,
