@@ -81,6 +81,14 @@ def test_a_glob_says_what_it_matched_that_is_not_a_file(tmp_path, caplog):
         predict.list_image_files(str(folder / "c*"))
 
 
+def test_a_file_is_taken_as_named_before_any_glob(tmp_path):
+    (tmp_path / "x1.jpg").write_bytes(b"x")
+    (tmp_path / "x[1].jpg").write_bytes(b"x")
+    assert predict.list_image_files(str(tmp_path / "x[1].jpg")) == [str(tmp_path / "x[1].jpg")]
+    # A glob still reads as one where no file has its name.
+    assert predict.list_image_files(str(tmp_path / "x[0-9].jpg")) == [str(tmp_path / "x1.jpg")]
+
+
 @pytest.mark.slow
 def test_a_row_per_file_bad_files_included(export_dir, photos, tmp_path):
     root, paths, corrupt = photos
@@ -212,6 +220,13 @@ def test_an_output_that_would_overwrite_an_input_is_refused(export_dir, photos, 
     with pytest.raises(ValueError, match="inside the model's folder"):
         predict.check_output(os.path.join(export_dir, "p.csv"), tflite_file, paths)
     predict.check_output(str(tmp_path / "p.csv"), export_dir, paths)  # accepted
+    predict.check_output("-", export_dir, paths)  # standard output
+    # Renaming the CSV onto a pipe or a device would replace it.
+    os.mkfifo(tmp_path / "pipe.csv")
+    for output in (str(tmp_path / "pipe.csv"), os.devnull):
+        with pytest.raises(ValueError, match=r"which is not a regular file \(a device, pipe "
+                                             r"or socket\)\. Pass --output=- to write"):
+            predict.check_output(output, export_dir, paths)
     # A .tflite file copied into a folder of other things: the folder is not
     # the model's, only the file and its labels are.
     (tmp_path / "shared").mkdir()
@@ -240,6 +255,20 @@ def test_the_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     predict.write_csv(rows, output, 1)
     assert read_csv(output)[1] == ["a.jpg", "x", "0.500000", ""]
     assert os.listdir(tmp_path) == ["p.csv"]
+
+
+def test_a_link_is_written_through_and_dash_is_standard_output(tmp_path, capsys):
+    rows = [{"path": "a.jpg", "classes": ["x"], "probabilities": [0.5], "error": ""}]
+    (tmp_path / "target.csv").write_text("earlier run\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "target.csv")
+    predict.write_csv(rows, tmp_path / "link.csv", 1)
+    assert os.path.islink(tmp_path / "link.csv")
+    assert read_csv(tmp_path / "target.csv")[1] == ["a.jpg", "x", "0.500000", ""]
+    assert sorted(os.listdir(tmp_path)) == ["link.csv", "target.csv"]
+    capsys.readouterr()
+    predict.write_csv(rows, "-", 1)
+    assert capsys.readouterr().out.splitlines() == [
+        "path,class_1,probability_1,error", "a.jpg,x,0.500000,"]
 
 
 @pytest.mark.slow

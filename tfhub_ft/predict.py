@@ -34,13 +34,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 1
 DEFAULT_BATCH_SIZE = 32
+# `--output` for standard output, as many commands spell it.
+STDOUT = "-"
 
 
 def list_image_files(images):
-    """The image files a folder (recursively) or a glob names, sorted.
+    """The image files a folder (recursively), a file or a glob names, sorted.
 
     Args:
-        images: A folder, or a glob pattern (`**` matches any depth).
+        images: A folder, a file, or a glob pattern (`**` matches any
+            depth).
 
     Returns:
         List of file paths.
@@ -60,6 +63,10 @@ def list_image_files(images):
                         "" if len(paths) == 1 else "s",
                         image_files.display_path(images), len(scan.left_out),
                         image_files.listing_by_reason(scan.left_out, "files left out"))
+    elif os.path.isfile(images):
+        # A file is taken as named, before any glob reading: 'x[1].jpg' is
+        # that file, not the pattern matching 'x1.jpg'.
+        paths = [images]
     else:
         paths, left_out = [], []
         for path in sorted(glob.glob(images, recursive=True)):
@@ -328,8 +335,11 @@ def check_output(output, model, paths):
         model: The export folder or .tflite file (`load_classifier`).
         paths: The image files to classify.
 
+    `STDOUT` ("-") is always accepted.
+
     Raises:
-        ValueError: if `output` is a folder, under a file, in a folder that
+        ValueError: if `output` is a folder, not a regular file (a device,
+            a pipe: the CSV replaces what is at the path), under a file, in a folder that
             cannot be written, one of the images or an image
             file, inside the model's export folder (a SavedModel's folder, or
             a .tflite file's when it holds the SavedModel too), or the
@@ -338,6 +348,8 @@ def check_output(output, model, paths):
     from tfhub_ft import export as export_lib
     from tfhub_ft import preprocessing
     output, model = os.fspath(output), os.fspath(model)
+    if output == STDOUT:
+        return
     real = os.path.realpath(output)
     model_dir = os.path.realpath(model if os.path.isdir(model) else os.path.dirname(
         os.path.abspath(model)))
@@ -351,6 +363,10 @@ def check_output(output, model, paths):
     problem = None
     if os.path.isdir(output):
         problem = "which is a folder"
+    elif os.path.exists(output) and not os.path.isfile(output):
+        # Renaming the CSV onto it would replace the device or pipe itself.
+        problem = (f"which is not a regular file (a device, pipe or socket). Pass "
+                   f"--output={STDOUT} to write the CSV to standard output")
     elif not os.path.isdir(existing):
         problem = f"whose folder cannot be made: {existing!r} is a file"
     elif real in {os.path.realpath(path) for path in paths}:
@@ -375,29 +391,39 @@ def write_csv(rows, output, top_k):
     Probabilities are written with 6 decimals; an error row has empty class
     and probability cells. The file is written beside `output` under a
     temporary name and renamed into place, so an interrupted run leaves any
-    earlier file whole.
+    earlier file whole; a link is written through (its target replaced,
+    the link kept). `STDOUT` ("-") writes to standard output.
     """
     header = ["path"]
     for rank in range(1, top_k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
     header.append("error")
+    def write(f):
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            cells = [image_files.display_path(row["path"])]
+            for rank in range(top_k):
+                if rank < len(row["classes"]):
+                    cells += [row["classes"][rank], f"{row['probabilities'][rank]:.6f}"]
+                else:
+                    cells += ["", ""]
+            cells.append(row["error"])
+            writer.writerow(cells)
+
     output = os.fspath(output)
+    if output == STDOUT:
+        write(sys.stdout)
+        sys.stdout.flush()
+        return
+    if os.path.islink(output):
+        output = os.path.realpath(output)
     if os.path.dirname(output):
         os.makedirs(os.path.dirname(output), exist_ok=True)
     partial = f"{output}.{os.getpid()}.partial"
     try:
         with open(partial, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for row in rows:
-                cells = [image_files.display_path(row["path"])]
-                for rank in range(top_k):
-                    if rank < len(row["classes"]):
-                        cells += [row["classes"][rank], f"{row['probabilities'][rank]:.6f}"]
-                    else:
-                        cells += ["", ""]
-                cells.append(row["error"])
-                writer.writerow(cells)
+            write(f)
         os.replace(partial, output)
     finally:
         if os.path.exists(partial):
@@ -413,7 +439,8 @@ def _parser():
                              "with labels.txt beside it.")
     parser.add_argument("--images", required=True,
                         help="Folder (read recursively) or glob of image files.")
-    parser.add_argument("--output", required=True, help="CSV file to write.")
+    parser.add_argument("--output", required=True,
+                        help=f"CSV file to write ({STDOUT}: standard output).")
     parser.add_argument("--top_k", type=int, default=DEFAULT_TOP_K,
                         help="Classes per file (default %(default)s).")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -450,10 +477,13 @@ def main(argv=None):
     paths = list_image_files(args.images)
     model = load_classifier(args.model)
     check_output(args.output, args.model, paths)
-    rows = predict_files(model, paths, args.top_k, args.batch_size)
+    to_stdout = args.output == STDOUT
+    # Keras's progress bar writes to stdout: not inside the CSV.
+    rows = predict_files(model, paths, args.top_k, args.batch_size,
+                         verbose=False if to_stdout else "auto")
     write_csv(rows, args.output, args.top_k)
     logger.info("Wrote %d row%s to %s", len(rows), "" if len(rows) == 1 else "s",
-                args.output)
+                "standard output" if to_stdout else args.output)
     return 0
 
 
