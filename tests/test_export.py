@@ -223,6 +223,33 @@ def test_serving_errors_name_the_element(trained, exported, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_empty_request_gets_empty_outputs(trained, exported):
+    signatures = tf.saved_model.load(exported).signatures
+    classes = len(trained.class_names)
+    for outputs in (signatures["serving_default"](image_bytes=tf.constant([], tf.string)),
+                    signatures["serving_images"](images=tf.zeros([0, 32, 32, 3]))):
+        assert outputs["probabilities"].shape == (0, classes)
+        assert outputs["class_ids"].shape == outputs["classes"].shape == (0,)
+
+
+@pytest.mark.slow
+def test_serving_images_refuses_values_outside_0_1(trained, exported):
+    serve = tf.saved_model.load(exported).signatures["serving_images"]
+    images = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(serve(images=tf.constant(images))["probabilities"].numpy(),
+                               trained.predict(images), rtol=1e-5, atol=1e-6)
+    nan = images.copy()
+    nan[1, 3, 4, 0] = np.nan
+    for bad, values in ((images * 255, r"from\] \[0\.\d+\] \[to\] \[254\.\d+\]"),
+                        (images * 2 - 1, r"from\] \[-0\.99\d+\] \[to\] \[0\.99\d+\]"),
+                        (nan, "")):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"images must be float32 RGB in \[0, 1\], as training saw "
+                                 r"them, and they hold values " + values):
+            serve(images=tf.constant(bad))
+
+
+@pytest.mark.slow
 def test_large_jpeg_serves_as_it_trains(trained, exported, tmp_path):
     from PIL import Image
     from tests import photos

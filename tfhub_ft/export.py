@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfhub_ft import preprocessing, scratch
 from tfhub_ft.checks import check_folder_path
+from tfhub_ft.data import UNIT_RANGE_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,16 @@ class _ServingModule(tf.Module):
             image_size, max_pixels, exif_orientation).get_concrete_function(),))
 
     def _outputs(self, images):
-        probabilities = tf.nn.softmax(
-            tf.cast(self.model(images, training=False), tf.float32), axis=-1)
+        # An empty request (a server's empty batch) gets empty outputs
+        # without running the model: TensorFlow 2.21's oneDNN depthwise
+        # convolution fails on a batch of 0 ("input depth must be evenly
+        # divisible by filter depth: 3 vs 16"), where FineTuner.predict
+        # returns [0, C].
+        logits = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: tf.cast(self.model(images, training=False), tf.float32),
+            lambda: tf.zeros([0, self.class_names.shape[0]], tf.float32))
+        probabilities = tf.nn.softmax(logits, axis=-1)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {
             "probabilities": probabilities,
@@ -64,7 +73,20 @@ class _ServingModule(tf.Module):
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.float32, name="images")], autograph=False)
     def serve_images(self, images):
-        return self._outputs(images)
+        # Values outside [0, 1] (0-255 floats, normalised ones) or NaN give
+        # confident nonsense, not an error: refused, as FineTuner.predict
+        # refuses them.
+        low, high = tf.reduce_min(images), tf.reduce_max(images)
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.equal(tf.size(images), 0), tf.reduce_all([
+                low >= -UNIT_RANGE_TOLERANCE, high <= 1.0 + UNIT_RANGE_TOLERANCE,
+                tf.reduce_all(tf.math.is_finite(images))])),
+            ["images must be float32 RGB in [0, 1], as training saw them, and they hold "
+             "values from", low, "to", high, "(or NaN or infinite ones). Divide 0-255 "
+             "values by 255, and pass images before any normalisation (the model "
+             "normalises them)"], summarize=1)
+        with tf.control_dependencies([check]):
+            return self._outputs(tf.identity(images))
 
 
 def export_saved_model(model, class_names, export_dir, image_size, write_extras=None,
@@ -82,7 +104,9 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
             `max_pixels` the message names the element ("image_bytes[3] is
             not a JPEG, ..."); other decoder errors do not.
         serving_images: images float32 [N, H, W, 3] RGB in [0, 1], any H, W
-            -> the same outputs.
+            -> the same outputs. Values outside [0, 1] (by more than 1e-3)
+            or NaN fail with an InvalidArgumentError that says so.
+        An empty request (N = 0) gets outputs with N = 0.
 
     The SavedModel is written to a temporary folder beside `export_dir` and
     renamed into place, so a failed export leaves an earlier one intact.
