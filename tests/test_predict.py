@@ -178,6 +178,24 @@ def test_tflite_input_matches_the_saved_model(export_dir, photos):
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_tflite_file_decodes_as_its_export_does(export_dir, photos, tmp_path):
+    import json
+    import shutil
+    _, paths, corrupt = photos
+    good = [path for path in paths if path not in corrupt][:2]
+    assert json.load(open(os.path.join(export_dir, "decoding.json"))) == {
+        "image_size": 32, "max_image_pixels": 200_000_000, "exif_orientation": True}
+    for name in ("model.tflite", "labels.txt"):
+        shutil.copy(os.path.join(export_dir, name), tmp_path)
+    with open(tmp_path / "decoding.json", "w") as f:
+        json.dump({"image_size": 32, "max_image_pixels": 100, "exif_orientation": False}, f)
+    rows = predict.predict_files(str(tmp_path / "model.tflite"), good, verbose=False)
+    for row in rows:
+        assert re.match(r"the file is too large: its header says \d+ x \d+ pixels = \d+, "
+                        r"above max_image_pixels=100", row["error"]), row["error"]
+
+
 def test_invalid_arguments_are_explained(export_dir, photos, tmp_path, capsys, monkeypatch):
     root, paths, _ = photos
     with pytest.raises(ValueError, match=r"Invalid value for `top_k`. Expected an integer in \[1, 3\]"):

@@ -5,6 +5,7 @@ server needs only `tf.saved_model.load` (or TF Serving) and no tfhub_ft.
 """
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,9 @@ from tfhub_ft.data import UNIT_RANGE_TOLERANCE
 logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.txt"
+# How `serving_default` decodes, for what runs the model without it (a
+# .tflite file takes resized pixels: `tfhub_ft.predict` decodes for it).
+DECODING_FILE = "decoding.json"
 
 
 class _ServingModule(tf.Module):
@@ -108,6 +112,11 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
             or NaN fail with an InvalidArgumentError that says so.
         An empty request (N = 0) gets outputs with N = 0.
 
+    Beside the SavedModel: labels.txt (one class name per line, in the
+    order of the probabilities) and decoding.json (`read_decoding`: the
+    image size and the two decode settings above, for what runs the model
+    without `serving_default`).
+
     The SavedModel is written to a temporary folder beside `export_dir` and
     renamed into place, so a failed export leaves an earlier one intact.
 
@@ -139,6 +148,10 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
             })
         with open(os.path.join(staging, LABELS_FILE), "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in class_names))
+        with open(os.path.join(staging, DECODING_FILE), "w", encoding="utf-8") as f:
+            json.dump({"image_size": image_size, "max_image_pixels": max_pixels,
+                       "exif_orientation": exif_orientation}, f, indent=2)
+            f.write("\n")
         if write_extras is not None:
             write_extras(staging)
     export_dir = os.path.abspath(os.fspath(export_dir))
@@ -321,3 +334,18 @@ def read_labels(export_dir):
     """Returns the class names written beside an export."""
     with open(os.path.join(export_dir, LABELS_FILE), encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
+
+
+def read_decoding(export_dir):
+    """How the export's `serving_default` decodes images, from decoding.json.
+
+    Returns:
+        {"image_size": int, "max_image_pixels": int or None,
+        "exif_orientation": bool}, or None when the folder has no
+        decoding.json (an export written before tfhub_ft wrote it).
+    """
+    path = os.path.join(export_dir, DECODING_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -114,11 +114,18 @@ class _SavedModelClassifier:
 
 
 class _TFLiteFileClassifier:
-    """A .tflite file from `tflite.export_tflite`, resizing as training did."""
+    """A .tflite file from `tflite.export_tflite`, decoding and resizing as
+    training did (the export's decoding.json; without it, the defaults)."""
 
     def __init__(self, path):
-        from tfhub_ft import tflite
+        from tfhub_ft import export as export_lib
+        from tfhub_ft import preprocessing, tflite
         self._classifier = tflite.TFLiteClassifier(path)
+        decoding = export_lib.read_decoding(os.path.dirname(os.path.abspath(path)))
+        options = {} if decoding is None else {
+            "max_pixels": decoding["max_image_pixels"],
+            "exif_orientation_enabled": decoding["exif_orientation"]}
+        self._decode = preprocessing.traced_decoder(self._classifier.image_size, **options)
 
     @property
     def num_classes(self):
@@ -126,10 +133,8 @@ class _TFLiteFileClassifier:
 
     def predict_batch(self, encoded):
         import tensorflow as tf
-        from tfhub_ft import preprocessing
-        images = np.stack([
-            preprocessing.decode_and_resize(tf.constant(data), self._classifier.image_size).numpy()
-            for data in encoded])
+        images = np.stack([self._decode(tf.constant(data), tf.constant("image")).numpy()
+                           for data in encoded])
         return self._classifier.predict(images)
 
 
