@@ -274,3 +274,18 @@ def test_a_passed_split_check_is_remembered(tiny_backbone_path, tmp_path, monkey
     HubBackbone(tiny_backbone_path).split_top_blocks(2)
     HubBackbone(tiny_backbone_path).split_top_blocks(2)
     assert len(checks) == 5
+
+
+def test_split_gradients_tolerate_a_flipped_clip_not_a_wrong_cut():
+    want = np.random.default_rng(0).normal(size=(1, 1, 32, 192)).astype(np.float32)
+    # One ReLU6 at its clip passes its gradient in one graph only: one
+    # element off by 0.2% of the largest (what a fine-tuned MobileNetV2 showed).
+    flipped = want.copy()
+    flipped[0, 0, 3, 7] += 0.002 * np.abs(want).max()
+    assert backbone_lib.gradient_difference(flipped, want) < 1e-3
+    assert backbone_lib.gradient_difference(want, want) == 0.0
+    for wrong in (want * 1.1, np.zeros_like(want), want[..., ::-1]):
+        assert (backbone_lib.gradient_difference(wrong, want)
+                > backbone_lib.SPLIT_GRADIENT_TOLERANCE)
+    # Near-zero gradients compare absolutely.
+    assert backbone_lib.gradient_difference(np.full(4, 1e-7), np.zeros(4)) < 1e-3

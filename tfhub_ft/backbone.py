@@ -650,16 +650,19 @@ class HubBackbone(keras.layers.Layer):
             want = [self._module(module_images, training=False)] + traced_gradients
             if [g is None for g in got] != [w is None for w in want]:
                 raise ValueError("it leaves out gradients the whole module has")
-            return [(tf.reduce_max(tf.abs(g - w)), tf.reduce_max(tf.abs(w)))
-                    for g, w in zip(got, want) if w is not None]
+            return [(g, w) for g, w in zip(got, want) if w is not None]
 
         strategy = tf.distribute.get_strategy()
         results = strategy.experimental_local_results(strategy.run(compare))[0]
-        for what, (error, scale) in zip(["features"] + ["gradients"] * len(top_variables),
-                                        results):
-            if not float(error) <= 1e-3 * float(scale) + 1e-5:
-                raise ValueError(f"its {what} differ from the whole module's by up to "
-                                 f"{float(error):.3g}")
+        features, want = (np.asarray(value) for value in results[0])
+        error = float(np.max(np.abs(features - want)))
+        if not error <= 1e-3 * float(np.max(np.abs(want))) + 1e-5:
+            raise ValueError(f"its features differ from the whole module's by up to {error:.3g}")
+        for got, want in results[1:]:
+            error = gradient_difference(np.asarray(got), np.asarray(want))
+            if not error <= SPLIT_GRADIENT_TOLERANCE:
+                raise ValueError(f"its gradients differ from the whole module's by "
+                                 f"{error:.3g} of their norm")
 
     def _no_split(self, level, reason, cost=None):
         """Logs (once per reason) why there is no split, with its cost when
@@ -678,6 +681,24 @@ class HubBackbone(keras.layers.Layer):
                       batch_norm_trainable=self.batch_norm_trainable,
                       input_range=list(self.input_range))
         return config
+
+
+# Relative L2 difference (`gradient_difference`) the split's gradients may
+# have from the whole graph's. A ReLU6 whose input lies within rounding of 0
+# or 6 passes its gradient in one graph and not the other: a fine-tuned
+# MobileNetV2 exported and loaded again showed three such tensors of 110,
+# at 0.0005-0.0015 (largest element 0.2% of the tensor's largest), which a
+# bound of 1e-3 of the largest element refused. A split cut in the wrong
+# place misses whole paths: differences of order 1.
+SPLIT_GRADIENT_TOLERANCE = 1e-2
+
+
+def gradient_difference(got, want):
+    """||got - want|| / ||want||, L2 over all elements: how far a split's
+    gradient of one variable (float array) is from the whole graph's
+    (same shape), as a fraction of its norm; a norm under 1e-3 counts as
+    1e-3, so that gradients near zero compare absolutely."""
+    return float(np.linalg.norm(got - want)) / max(float(np.linalg.norm(want)), 1e-3)
 
 
 def _kernel_op_sums(tensors, ops, to_input_range, variables, images, kernels):
