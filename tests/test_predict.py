@@ -243,7 +243,7 @@ def test_an_output_that_would_overwrite_an_input_is_refused(export_dir, photos, 
     os.mkfifo(tmp_path / "pipe.csv")
     for output in (str(tmp_path / "pipe.csv"), os.devnull):
         with pytest.raises(ValueError, match=r"which is not a regular file \(a device, pipe "
-                                             r"or socket\)\. Pass --output=- to write"):
+                                             r"or socket\)\. Pass '-' as the output to write"):
             predict.check_output(output, export_dir, paths)
     # A .tflite file copied into a folder of other things: the folder is not
     # the model's, only the file and its labels are.

@@ -344,8 +344,8 @@ def check_output(output, model, paths):
 
     Raises:
         ValueError: if `output` is a folder, not a regular file (a device,
-            a pipe: the CSV replaces what is at the path), under a file, in a folder that
-            cannot be written, one of the images or an image
+            a pipe: the CSV would replace it), under a file, in a folder
+            that cannot be written, one of the images or an image
             file, inside the model's export folder (a SavedModel's folder, or
             a .tflite file's when it holds the SavedModel too), or the
             .tflite file or the labels.txt beside it.
@@ -371,7 +371,7 @@ def check_output(output, model, paths):
     elif os.path.exists(output) and not os.path.isfile(output):
         # Renaming the CSV onto it would replace the device or pipe itself.
         problem = (f"which is not a regular file (a device, pipe or socket). Pass "
-                   f"--output={STDOUT} to write the CSV to standard output")
+                   f"{STDOUT!r} as the output to write the CSV to standard output")
     elif not os.path.isdir(existing):
         problem = f"whose folder cannot be made: {existing!r} is a file"
     elif real in {os.path.realpath(path) for path in paths}:
@@ -403,6 +403,7 @@ def write_csv(rows, output, top_k):
     for rank in range(1, top_k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
     header.append("error")
+
     def write(f):
         writer = csv.writer(f)
         writer.writerow(header)
