@@ -632,6 +632,15 @@ def test_bad_files_are_reported_with_reasons(tmp_path, caplog):
     for path, reason in image_set.skip_reasons.items():
         assert f"{path}: {reason}" in caplog.text
     assert "13 bytes after the JPEG end marker (ignored)" in caplog.text
+    # A JPEG libjpeg decodes with a warning is used, and named.
+    from tests.test_preprocessing import corrupt_jpeg
+    (tmp_path / "b" / "smeared.jpg").write_bytes(corrupt_jpeg())
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert len(data.load_images(str(tmp_path), 8, config=config)) == 4
+    assert re.search(r"WARNING.*1 JPEG file\(s\) with corrupt data, decoded anyway \(libjpeg "
+                     r"fills what it cannot read.*\): \S*b/smeared.jpg \(Corrupt JPEG data: ",
+                     caplog.text), caplog.text
     with pytest.raises(ValueError, match=r"(?s)5 file\(s\) in .* cannot be used as images "
                                          r"\(on_bad_image='error'\):.*x.jpg: empty.*page.png.*"
                                          r"on_bad_image='skip'"):

@@ -147,13 +147,32 @@ def test_error_text_keeps_the_reason_and_drops_the_wrapping():
              "[[{{node DecodeImage}}]] [Op:__inference_signature_wrapper_8030]")
     eager = ("{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0/task:0/"
              "device:CPU:0}} Invalid PNG data, size 12432 [Op:DecodeImage] name: ")
-    assert error_text(op_error(graph)) == "InvalidArgumentError: Invalid PNG data, size 12432"
-    assert error_text(op_error(eager)) == "InvalidArgumentError: Invalid PNG data, size 12432"
+    decoder = "TensorFlow could not decode it: Invalid PNG data, size 12432"
+    assert error_text(op_error(graph)) == error_text(op_error(eager)) == decoder
     assert error_text(op_error("assertion failed: [image_bytes[0] is odd")) == (
         "the file is odd")
     # Not TensorFlow's: type and first line, whatever the text holds.
     assert error_text(FileNotFoundError(2, "No such file", "assertion failed: [x].jpg")) == (
         "FileNotFoundError: [Errno 2] No such file: 'assertion failed: [x].jpg'")
+
+
+@pytest.mark.slow
+def test_a_jpeg_libjpeg_warns_about_is_classified_and_named(export_dir, photos, tmp_path,
+                                                          caplog, capfd):
+    from tests.test_preprocessing import corrupt_jpeg
+    _, paths, corrupt = photos
+    smeared = tmp_path / "smeared.jpg"
+    smeared.write_bytes(corrupt_jpeg())
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft.predict"):
+        rows = predict.predict_files(export_dir, [str(smeared), *paths], batch_size=4,
+                                     verbose=False)
+    assert rows[0]["error"] == "" and len(rows[0]["classes"]) == 1
+    (message,) = [message for message in caplog.messages if "JPEG" in message]
+    assert message.startswith(
+        "1 JPEG file(s) with corrupt data, classified anyway (libjpeg fills what it cannot "
+        f"read, so part of the image may be gray or smeared): {smeared} (Corrupt JPEG data: ")
+    assert "Corrupt JPEG data" not in capfd.readouterr().err
 
 
 @pytest.mark.slow

@@ -213,3 +213,29 @@ def test_exif_orientation_in_png_and_webp():
                                           np.rot90(raw, 3))
     gif = tf.constant(photos.encode(raw, "GIF"))
     assert preprocessing.exif_orientation(gif).numpy() == 1
+
+
+def corrupt_jpeg(seed=0):
+    """A JPEG with 200 bytes of its scan zeroed: libjpeg recovers and warns."""
+    image = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), np.uint8)
+    data = bytearray(tf.io.encode_jpeg(image, quality=90).numpy())
+    middle = len(data) // 2
+    data[middle:middle + 200] = bytes(200)
+    return bytes(data)
+
+
+def test_libjpeg_warnings_are_caught_and_traced_to_their_files(capfd):
+    good = tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy()
+    png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy()
+    capfd.readouterr()
+    with preprocessing.libjpeg_warnings_caught() as caught:
+        for data in (good, corrupt_jpeg(), png):
+            tf.io.decode_image(data, channels=3)
+    assert len(caught) == 1 and caught[0].startswith("Corrupt JPEG data: ")
+    assert capfd.readouterr().err == ""
+    found = preprocessing.find_libjpeg_warnings([good, png, corrupt_jpeg(), good[:20]])
+    assert found == {2: caught[0]}
+    # Stops once the expected count is found; files read on demand.
+    assert preprocessing.find_libjpeg_warnings(
+        [corrupt_jpeg, lambda: 1 / 0], expected=1) == {0: caught[0]}
+    assert capfd.readouterr().err == ""

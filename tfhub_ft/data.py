@@ -7,6 +7,7 @@ backbone's size and kept as uint8, so epochs never decode a JPEG again.
 import contextlib
 import dataclasses
 import difflib
+import functools
 import hashlib
 import logging
 import os
@@ -237,11 +238,14 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
     budget = budget or arrays.ArrayBudget()
     images = budget.allocate((len(paths), image_size, image_size, 3), np.uint8, "images")
     kept = []
-    for batch_images, batch_indices in _with_progress(dataset, len(paths)):
-        indices = batch_indices.numpy()
-        arrays.write_rows(images, indices, batch_images.numpy())
-        kept.append(indices)
+    with preprocessing.libjpeg_warnings_caught() as warnings:
+        for batch_images, batch_indices in _with_progress(dataset, len(paths)):
+            indices = batch_indices.numpy()
+            arrays.write_rows(images, indices, batch_images.numpy())
+            kept.append(indices)
     kept = np.concatenate(kept) if kept else np.zeros([0], np.int64)
+    if warnings:
+        log_libjpeg_warnings(paths, warnings)
     skipped = sorted(set(range(len(paths))) - set(kept.tolist()))
     kept = np.sort(kept)
     if len(kept) < len(paths):
@@ -249,6 +253,26 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
     reasons = {paths[i]: _decode_error(encoded_paths[i], names[i], image_size, max_pixels,
                                        exif_orientation) for i in skipped}
     return images, kept, reasons
+
+
+def log_libjpeg_warnings(paths, warnings):
+    """Logs, as a WARNING naming them, the JPEG files among `paths` that
+    made libjpeg print `warnings` (str) while they decoded: it recovers
+    from corrupt data and the image is used, part of it gray or smeared."""
+    found = preprocessing.find_libjpeg_warnings(
+        (functools.partial(_read_bytes, path) for path in paths), expected=len(warnings))
+    entries = [f"{image_files.display_path(paths[i])} ({message})"
+               for i, message in sorted(found.items())]
+    logger.warning(
+        "%d JPEG file(s) with corrupt data, decoded anyway (%s): %s",
+        len(entries) or len(warnings), preprocessing.LIBJPEG_RECOVERED,
+        image_files.listing(entries, "JPEG files with corrupt data") if entries else
+        "; ".join(warnings))
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _decode_error(path, name, image_size, max_pixels, exif_orientation):

@@ -197,9 +197,10 @@ def error_text(error):
     SavedModel, "Expected ... to be true. Summarized data: b'part'\\nb'part'"
     from the eager decode before a .tflite model: the parts are kept. A
     decoder's own error ("Invalid PNG data, size 12432") is kept without
-    TensorFlow's wrapping: in a graph it is the line before "[[{{node ...",
-    eagerly it sits between "{{function_node ...}}" and "[Op:...]". Other
-    errors give their type and first line.
+    TensorFlow's wrapping (in a graph it is the line before "[[{{node ...",
+    eagerly it sits between "{{function_node ...}}" and "[Op:...]"), after
+    "TensorFlow could not decode it: ", as training's skip reasons say it.
+    Other errors give their type and first line.
     """
     import tensorflow as tf
     message = (getattr(error, "message", None) or str(error)).strip()
@@ -217,7 +218,8 @@ def error_text(error):
         reason = found[0] if found else (lines[0] if lines else "")
         reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
         reason = re.sub(r"\s*\[Op:[^\]]*\].*$", "", reason)
-        return f"{type(error).__name__}: {reason}"
+        # As training words a file its decoder refused (data._decode_error).
+        return f"TensorFlow could not decode it: {reason}"
     text = " ".join(part.strip() for part in parts if part.strip())
     return re.sub(r"^(image_bytes\[\d+\]|image) ", "the file ", text)
 
@@ -294,7 +296,8 @@ def score_files(classifier, paths, batch_size=DEFAULT_BATCH_SIZE, progress=None)
         (read errors, `image_files.EMPTY_FILE`, `error_text` of the
         decode error).
     """
-    scored = []
+    from tfhub_ft import preprocessing
+    scored, warnings = [], []
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
         results, encoded, positions = [None] * len(batch), [], []
@@ -311,11 +314,22 @@ def score_files(classifier, paths, batch_size=DEFAULT_BATCH_SIZE, progress=None)
             encoded.append(data)
             positions.append(position)
         if encoded:
-            for position, result in zip(positions, _predict_or_isolate(classifier, encoded)):
+            with preprocessing.libjpeg_warnings_caught() as caught:
+                outcomes = _predict_or_isolate(classifier, encoded)
+            for position, result in zip(positions, outcomes):
                 results[position] = result
+            if caught:
+                found = preprocessing.find_libjpeg_warnings(encoded, expected=len(caught))
+                warnings.extend(f"{image_files.display_path(batch[positions[i]])} ({message})"
+                                for i, message in sorted(found.items()))
         scored.extend(results)
         if progress is not None:
             progress(len(batch))
+    if warnings:
+        logger.warning(
+            "%d JPEG file(s) with corrupt data, classified anyway (%s): %s", len(warnings),
+            preprocessing.LIBJPEG_RECOVERED,
+            image_files.listing(warnings, "JPEG files with corrupt data"))
     return scored
 
 

@@ -17,10 +17,13 @@ Everything here is TensorFlow graph ops (the export calls it inside a
   least twice the target size.
 """
 
+import contextlib
 import functools
+import re
 
 import tensorflow as tf
 
+from tfhub_ft import native_stderr
 from tfhub_ft.config import FineTuneConfig
 
 # File name extensions listed in class folders: what TensorFlow decodes.
@@ -563,3 +566,68 @@ def traced_decoder(image_size, max_pixels=_DEFAULTS.max_image_pixels,
                                  name=name)
 
     return decode
+
+
+# libjpeg's warnings (jerror.h, JWRN_*): it recovers from corrupt data (the
+# rest of the image comes out gray or smeared) and prints one of these on
+# stderr, naming no file, and TensorFlow's decoders return the image.
+LIBJPEG_WARNING = re.compile(
+    r"^(Corrupt JPEG data: |Premature end of JPEG file|Invalid SOS parameters for "
+    r"sequential JPEG|Inconsistent progression sequence for component|"
+    r"Warning: thumbnail image size does not match|Warning: unknown JFIF revision)")
+
+
+_ANY_LINE = re.compile("")
+# What a file libjpeg warned about looks like, for the log lines naming them.
+LIBJPEG_RECOVERED = ("libjpeg fills what it cannot read, so part of the image may be gray "
+                     "or smeared")
+
+
+@contextlib.contextmanager
+def libjpeg_warnings_caught():
+    """Catches libjpeg's warnings (`LIBJPEG_WARNING`) printed inside the
+    block, from any thread; yields the list they are appended to (str,
+    in order). Other stderr lines are written back after the block
+    (`native_stderr.filtered`)."""
+    caught = []
+    with native_stderr.filtered(LIBJPEG_WARNING, caught.append):
+        yield caught
+
+
+def find_libjpeg_warnings(encoded_images, expected=None):
+    """Which JPEGs make libjpeg warn, and what it says.
+
+    Each JPEG (by its first bytes) is decoded again on its own, so this
+    costs one decode per JPEG: call it after `libjpeg_warnings_caught`
+    caught something, to name the files.
+
+    Args:
+        encoded_images: Iterable of encoded images (bytes), or of zero-
+            argument functions returning them (files read on demand).
+        expected: Stop once this many warnings are found (the count the
+            batch printed), or None to look at every image.
+
+    Returns:
+        {index: "warning; warning"} of the images that made libjpeg warn.
+    """
+    found, count = {}, 0
+    for index, data in enumerate(encoded_images):
+        if expected is not None and count >= expected:
+            break
+        data = data() if callable(data) else data
+        if not data.startswith(b"\xff\xd8"):
+            continue
+        # Everything this extra decode prints is dropped: the batch's decode
+        # printed it already ("Input file read error" for a truncated file).
+        printed = []
+        with native_stderr.filtered(_ANY_LINE, printed.append):
+            try:
+                tf.io.decode_jpeg(data, channels=3)
+            except tf.errors.OpError:
+                continue  # A file that fails is reported by its own decode.
+        caught = [line for line in printed if LIBJPEG_WARNING.match(line)]
+        if caught:
+            found[index] = "; ".join(caught)
+            count += len(caught)
+    return found
+
