@@ -320,47 +320,7 @@ def convert(model, image_size, mode, representative_images=None, correct_bias=Tr
         # cast inside the model: nothing to supply, the warning is noise.
         warnings.filterwarnings(
             "ignore", message="Statistics for quantized inputs were expected")
-        return with_signature(converter.convert())
-
-
-# The TFLite model's one signature: what `Interpreter.get_signature_runner()`
-# runs, and its tensors' names.
-SIGNATURE_KEY = "serving_default"
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-
-
-def with_signature(contents):
-    """A converted model (bytes) with its signature: `SIGNATURE_KEY`, input
-    `INPUT_NAME`, output `OUTPUT_NAME`; its input and output tensors named so.
-
-    The converter writes no signature for a concrete function converted
-    without `trackable_obj` (which `convert` must leave out), and names the
-    output tensor "Identity": `get_signature_list()` was {} and
-    `get_signature_runner()` failed. Added to the flatbuffer's schema
-    objects (about 100 bytes); the graph and weights are left as they are.
-    """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(contents))
-    graph = model.subgraphs[0]
-    if len(model.subgraphs) != 1 or len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise ValueError("Expected a converted classifier: one graph, one input, one output. "
-                         f"Received: {len(model.subgraphs)} graph(s).")
-
-    def tensor_map(name, index):
-        graph.tensors[index].name = name.encode()
-        mapping = schema.TensorMapT()
-        mapping.name, mapping.tensorIndex = name, index
-        return mapping
-
-    signature = schema.SignatureDefT()
-    signature.signatureKey, signature.subgraphIndex = SIGNATURE_KEY, 0
-    signature.inputs = [tensor_map(INPUT_NAME, graph.inputs[0])]
-    signature.outputs = [tensor_map(OUTPUT_NAME, graph.outputs[0])]
-    model.signatureDefs = [signature]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+        return converter.convert()
 
 
 def _check_representative_images(images, image_size, mode):
