@@ -265,3 +265,14 @@ def save_tf1_hub_module_stub(path):
     with open(os.path.join(path, "saved_model.pb"), "wb") as file:
         file.write(saved_model.SerializeToString())
     return path
+
+
+def corrupt_jpeg(seed=0):
+    """A 64 x 64 JPEG with 200 bytes of its scan zeroed: libjpeg recovers
+    from it and warns ("Corrupt JPEG data: ...")."""
+    image = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), np.uint8)
+    data = bytearray(tf.io.encode_jpeg(image, quality=90).numpy())
+    middle = len(data) // 2
+    data[middle:middle + 200] = bytes(200)
+    return bytes(data)
+

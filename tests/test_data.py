@@ -633,7 +633,7 @@ def test_bad_files_are_reported_with_reasons(tmp_path, caplog):
         assert f"{path}: {reason}" in caplog.text
     assert "13 bytes after the JPEG end marker (ignored)" in caplog.text
     # A JPEG libjpeg decodes with a warning is used, and named.
-    from tests.test_preprocessing import corrupt_jpeg
+    from tests.fixtures import corrupt_jpeg
     (tmp_path / "b" / "smeared.jpg").write_bytes(corrupt_jpeg())
     caplog.clear()
     with caplog.at_level("INFO"):

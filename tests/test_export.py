@@ -240,12 +240,13 @@ def test_serving_images_refuses_values_outside_0_1(trained, exported):
                                trained.predict(images), rtol=1e-5, atol=1e-6)
     nan = images.copy()
     nan[1, 3, 4, 0] = np.nan
-    for bad, values in ((images * 255, r"from\] \[0\.\d+\] \[to\] \[254\.\d+\]"),
-                        (images * 2 - 1, r"from\] \[-0\.99\d+\] \[to\] \[0\.99\d+\]"),
-                        (nan, "")):
+    for bad, values in ((images * 255, r"\[0\.\d+\] \[to\] \[254\.\d+\] \[and\] \[0\]"),
+                        (images * 2 - 1, r"\[-0\.99\d+\] \[to\] \[0\.99\d+\] \[and\] \[0\]"),
+                        (nan, r"\[0(\.\d+)?\] \[to\] \[0\.99\d+\] \[and\] \[1\]")):
         with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=r"images must be float32 RGB in \[0, 1\], as training saw "
-                                 r"them, and they hold values " + values):
+                           match=r"Invalid value for `images`. Expected float32 RGB in \[0, "
+                                 r"1\], as training saw them. Received: values from\] "
+                                 + values):
             serve(images=tf.constant(bad))
 
 

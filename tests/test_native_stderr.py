@@ -87,7 +87,10 @@ def test_python_level_writes_are_filtered_where_sys_stderr_is_not_fd_2(monkeypat
 
 def _first_use_stderr(**env):
     """stderr of a process that uses a public name first, then TensorFlow."""
-    script = ("from tfhub_ft import FineTuneConfig\n"
+    script = ("import sys\n"
+              "from tfhub_ft import FineTuneConfig\n"
+              "assert 'tensorflow' not in sys.modules  # the config needs none\n"
+              "from tfhub_ft import FineTuner\n"
               "import tensorflow as tf\n"
               "print(int(tf.constant(1) + 1))\n")
     environment = {key: value for key, value in os.environ.items()
@@ -109,5 +112,16 @@ def test_the_first_public_name_imports_tensorflow_without_its_start_up_lines():
 
 
 def test_an_imported_tensorflow_is_left_alone(monkeypatch):
+    import tensorflow  # noqa: F401  (imported before, as a caller's would be)
     monkeypatch.setattr(native_stderr, "filtered", None)  # would fail if called
     native_stderr.import_tensorflow_quietly()
+
+
+def test_start_up_noise_is_the_no_gpu_kind_only():
+    noise = native_stderr.TENSORFLOW_STARTUP_NOISE
+    line = "E0000 00:00:1796094913.789641   20226 cuda_platform.cc:52] failed call to cuInit: "
+    assert noise.match(line + "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)")
+    # A GPU machine whose driver does not match says so.
+    assert not noise.match(line + "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: system has unsupported "
+                                  "display driver / cuda driver combination")
+

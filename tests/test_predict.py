@@ -149,6 +149,10 @@ def test_error_text_keeps_the_reason_and_drops_the_wrapping():
              "device:CPU:0}} Invalid PNG data, size 12432 [Op:DecodeImage] name: ")
     decoder = "TensorFlow could not decode it: Invalid PNG data, size 12432"
     assert error_text(op_error(graph)) == error_text(op_error(eager)) == decoder
+    # An error of another op is not worded as a file's.
+    other = graph.replace("Invalid PNG data, size 12432", "input depth must be even").replace(
+        "DecodeImage", "depthwise")
+    assert error_text(op_error(other)) == "InvalidArgumentError: input depth must be even"
     assert error_text(op_error("assertion failed: [image_bytes[0] is odd")) == (
         "the file is odd")
     # Not TensorFlow's: type and first line, whatever the text holds.
@@ -159,7 +163,7 @@ def test_error_text_keeps_the_reason_and_drops_the_wrapping():
 @pytest.mark.slow
 def test_a_jpeg_libjpeg_warns_about_is_classified_and_named(export_dir, photos, tmp_path,
                                                           caplog, capfd):
-    from tests.test_preprocessing import corrupt_jpeg
+    from tests.fixtures import corrupt_jpeg
     _, paths, corrupt = photos
     smeared = tmp_path / "smeared.jpg"
     smeared.write_bytes(corrupt_jpeg())
@@ -210,6 +214,12 @@ def test_a_tflite_file_decodes_as_its_export_does(export_dir, photos, tmp_path):
     with open(tmp_path / "decoding.json", "w") as f:
         json.dump({"image_size": 32, "max_image_pixels": 100, "exif_orientation": False}, f)
     rows = predict.predict_files(str(tmp_path / "model.tflite"), good, verbose=False)
+    with open(tmp_path / "other.json", "w") as f:
+        json.dump({"image_size": 160, "max_image_pixels": 100, "exif_orientation": False}, f)
+    os.replace(tmp_path / "other.json", tmp_path / "decoding.json")
+    with pytest.raises(ValueError, match=r"decoding.json in .* is for 160-px images but the "
+                                         r"model takes 32-px ones"):
+        predict.load_classifier(str(tmp_path / "model.tflite"))
     for row in rows:
         assert re.match(r"the file is too large: its header says \d+ x \d+ pixels = \d+, "
                         r"above max_image_pixels=100", row["error"]), row["error"]
@@ -298,6 +308,13 @@ def test_a_link_is_written_through_and_dash_is_standard_output(tmp_path, capsys)
     rows = [{"path": "a.jpg", "classes": ["x"], "probabilities": [0.5], "error": ""}]
     (tmp_path / "target.csv").write_text("earlier run\n")
     (tmp_path / "link.csv").symlink_to(tmp_path / "target.csv")
+    # The folder checked is the target's, where the CSV is written.
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "bad_link.csv").symlink_to(tmp_path / "notes.txt" / "p.csv")
+    with pytest.raises(ValueError, match="whose folder cannot be made"):
+        predict.check_output(str(tmp_path / "bad_link.csv"), str(tmp_path / "m"), [])
+    os.remove(tmp_path / "bad_link.csv")
+    os.remove(tmp_path / "notes.txt")
     predict.write_csv(rows, tmp_path / "link.csv", 1)
     assert os.path.islink(tmp_path / "link.csv")
     assert read_csv(tmp_path / "target.csv")[1] == ["a.jpg", "x", "0.500000", ""]

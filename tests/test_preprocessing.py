@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.fixtures import corrupt_jpeg
 from tfhub_ft import preprocessing
 
 
@@ -215,20 +216,12 @@ def test_exif_orientation_in_png_and_webp():
     assert preprocessing.exif_orientation(gif).numpy() == 1
 
 
-def corrupt_jpeg(seed=0):
-    """A JPEG with 200 bytes of its scan zeroed: libjpeg recovers and warns."""
-    image = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), np.uint8)
-    data = bytearray(tf.io.encode_jpeg(image, quality=90).numpy())
-    middle = len(data) // 2
-    data[middle:middle + 200] = bytes(200)
-    return bytes(data)
-
-
 def test_libjpeg_warnings_are_caught_and_traced_to_their_files(capfd):
     good = tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy()
     png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy()
     capfd.readouterr()
-    with preprocessing.libjpeg_warnings_caught() as caught:
+    caught = []
+    with preprocessing.libjpeg_warnings_caught(caught):
         for data in (good, corrupt_jpeg(), png):
             tf.io.decode_image(data, channels=3)
     assert len(caught) == 1 and caught[0].startswith("Corrupt JPEG data: ")

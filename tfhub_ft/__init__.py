@@ -33,11 +33,14 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+_WITHOUT_TENSORFLOW = {"tfhub_ft.config"}
 
 
 def __getattr__(name):
     if name in _EXPORTS:
-        if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
+        # The config needs no TensorFlow: importing it stays instant.
+        if (_EXPORTS[name] not in _WITHOUT_TENSORFLOW
+                and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"):
             from tfhub_ft import native_stderr
             native_stderr.import_tensorflow_quietly(logging.getLogger(__name__).debug)
         value = getattr(importlib.import_module(_EXPORTS[name]), name)

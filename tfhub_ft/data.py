@@ -237,15 +237,17 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
     dataset = dataset.ignore_errors().batch(256).prefetch(2)
     budget = budget or arrays.ArrayBudget()
     images = budget.allocate((len(paths), image_size, image_size, 3), np.uint8, "images")
-    kept = []
-    with preprocessing.libjpeg_warnings_caught() as warnings:
-        for batch_images, batch_indices in _with_progress(dataset, len(paths)):
-            indices = batch_indices.numpy()
-            arrays.write_rows(images, indices, batch_images.numpy())
-            kept.append(indices)
+    kept, warnings = [], []
+    for batch_images, batch_indices in _with_progress(dataset, len(paths), warnings):
+        indices = batch_indices.numpy()
+        arrays.write_rows(images, indices, batch_images.numpy())
+        kept.append(indices)
     kept = np.concatenate(kept) if kept else np.zeros([0], np.int64)
     if warnings:
-        log_libjpeg_warnings(paths, warnings)
+        decoded = [paths[i] for i in np.sort(kept)]
+        preprocessing.log_libjpeg_warnings(
+            decoded, [functools.partial(image_files.read_bytes, path) for path in decoded],
+            warnings, "decoded")
     skipped = sorted(set(range(len(paths))) - set(kept.tolist()))
     kept = np.sort(kept)
     if len(kept) < len(paths):
@@ -253,26 +255,6 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
     reasons = {paths[i]: _decode_error(encoded_paths[i], names[i], image_size, max_pixels,
                                        exif_orientation) for i in skipped}
     return images, kept, reasons
-
-
-def log_libjpeg_warnings(paths, warnings):
-    """Logs, as a WARNING naming them, the JPEG files among `paths` that
-    made libjpeg print `warnings` (str) while they decoded: it recovers
-    from corrupt data and the image is used, part of it gray or smeared."""
-    found = preprocessing.find_libjpeg_warnings(
-        (functools.partial(_read_bytes, path) for path in paths), expected=len(warnings))
-    entries = [f"{image_files.display_path(paths[i])} ({message})"
-               for i, message in sorted(found.items())]
-    logger.warning(
-        "%d JPEG file(s) with corrupt data, decoded anyway (%s): %s",
-        len(entries) or len(warnings), preprocessing.LIBJPEG_RECOVERED,
-        image_files.listing(entries, "JPEG files with corrupt data") if entries else
-        "; ".join(warnings))
-
-
-def _read_bytes(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _decode_error(path, name, image_size, max_pixels, exif_orientation):
@@ -286,12 +268,28 @@ def _decode_error(path, name, image_size, max_pixels, exif_orientation):
     return "could not be decoded"
 
 
-def _with_progress(dataset, total):
+def _with_progress(dataset, total, libjpeg_warnings=None):
     """Yields the batches, logging progress about every 10% (DEBUG: the
-    command shows one line per stage, `load_image_folder` logs it)."""
+    command shows one line per stage, `load_image_folder` logs it).
+
+    With a list `libjpeg_warnings`, libjpeg's warnings printed while a
+    batch is fetched are appended to it instead. Caught per fetch, not
+    around the loop:
+    stderr is held in a file while caught, and the log lines between
+    fetches go out when they are made."""
     done, step = 0, max(total // 10, 1)
     next_report = step
-    for batch in dataset:
+    def caught():
+        return (contextlib.nullcontext() if libjpeg_warnings is None
+                else preprocessing.libjpeg_warnings_caught(libjpeg_warnings))
+
+    with caught():
+        iterator = iter(dataset)
+    while True:
+        with caught():
+            batch = next(iterator, None)
+        if batch is None:
+            return
         done += int(batch[1].shape[0])
         if done >= next_report and total >= 1000:
             logger.debug("Decoded %d/%d images", done, total)

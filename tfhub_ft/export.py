@@ -80,15 +80,19 @@ class _ServingModule(tf.Module):
         # Values outside [0, 1] (0-255 floats, normalised ones) or NaN give
         # confident nonsense, not an error: refused, as FineTuner.predict
         # refuses them.
-        low, high = tf.reduce_min(images), tf.reduce_max(images)
+        finite = tf.math.is_finite(images)
+        # NaN makes min and max depend on the order: the range of the rest.
+        low = tf.reduce_min(tf.where(finite, images, 0.0))
+        high = tf.reduce_max(tf.where(finite, images, 0.0))
+        not_finite = tf.size(images) - tf.math.count_nonzero(finite, dtype=tf.int32)
         check = tf.debugging.Assert(
             tf.logical_or(tf.equal(tf.size(images), 0), tf.reduce_all([
                 low >= -UNIT_RANGE_TOLERANCE, high <= 1.0 + UNIT_RANGE_TOLERANCE,
-                tf.reduce_all(tf.math.is_finite(images))])),
-            ["images must be float32 RGB in [0, 1], as training saw them, and they hold "
-             "values from", low, "to", high, "(or NaN or infinite ones). Divide 0-255 "
-             "values by 255, and pass images before any normalisation (the model "
-             "normalises them)"], summarize=1)
+                tf.equal(not_finite, 0)])),
+            ["Invalid value for `images`. Expected float32 RGB in [0, 1], as training saw "
+             "them. Received: values from", low, "to", high, "and", not_finite,
+             "NaN or infinite value(s). Divide 0-255 values by 255, and pass images "
+             "before any normalisation (the model normalises them)."], summarize=1)
         with tf.control_dependencies([check]):
             return self._outputs(tf.identity(images))
 

@@ -40,6 +40,12 @@ def display_path(path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def read_bytes(path):
+    """The whole file at `path`, bytes (OSError as `open` raises it)."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def listing(entries, what):
     """Joins `entries` (str) with "; " for a log line, naming the first
     `LISTED_FILES` and counting the rest ("...; and 490 more (...)"); when

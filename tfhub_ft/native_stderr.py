@@ -35,11 +35,14 @@ def glog_line(source, message):
 
 # C++ log lines of TensorFlow's start-up (absl, before its log is
 # initialised, ignores TF_CPP_MIN_LOG_LEVEL), and the messages that only say
-# that this machine has no GPU.
+# that this machine has no GPU: cuInit's "UNKNOWN ERROR (303)" (no driver)
+# or "no CUDA-capable device"; another cuInit error (a driver mismatch on a
+# GPU machine) is shown.
 TENSORFLOW_STARTUP_NOISE = re.compile(
     r"^([IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl::InitializeLog|"
-    r"To enable the following instructions:|E\d{4} .*(cuInit|cuda_platform|cuda_dnn|"
-    r"cuda_blas|cuda_fft))")
+    r"To enable the following instructions:|"
+    r"E\d{4} .*cuInit.*(UNKNOWN ERROR \(303\)|CUDA_ERROR_NO_DEVICE|no CUDA-capable)|"
+    r"E\d{4} .*(cuda_dnn|cuda_blas|cuda_fft)\.cc.*Unable to register)")
 
 
 def import_tensorflow_quietly(log=None):
@@ -55,7 +58,7 @@ def import_tensorflow_quietly(log=None):
     """
     if "tensorflow" in sys.modules:
         return
-    with filtered(TENSORFLOW_STARTUP_NOISE, log):
+    with filtered(TENSORFLOW_STARTUP_NOISE, log, python_stderr=False):
         import tensorflow as tf
         tf.config.list_physical_devices()
 
@@ -66,7 +69,7 @@ _LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def filtered(noise, log=None):
+def filtered(noise, log=None, python_stderr=True):
     """Catches what is written to file descriptor 2 inside the block.
 
     After the block, lines matching `noise` are dropped (passed to `log`
@@ -83,6 +86,9 @@ def filtered(noise, log=None):
         noise: A compiled regular expression, matched (`re.match`) against
             each line (decoded as UTF-8, without its line ending).
         log: None, or a function of one line (str) for the dropped lines.
+        python_stderr: Whether `sys.stderr` is filtered too. False where
+            the block may create logging handlers (an import): they would
+            keep the filtering stream for the rest of the process.
     """
     with _LOCK:
         _flush()
@@ -95,7 +101,8 @@ def filtered(noise, log=None):
         try:
             try:
                 os.dup2(caught.fileno(), 2)
-                with _python_stderr_filtered(noise, log):
+                with (_python_stderr_filtered(noise, log) if python_stderr
+                      else contextlib.nullcontext()):
                     yield
                 failed = False
             finally:

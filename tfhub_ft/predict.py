@@ -17,6 +17,7 @@ goes on.
 import argparse
 import csv
 import glob
+import io
 import logging
 import os
 import re
@@ -121,10 +122,18 @@ class _TFLiteFileClassifier:
         from tfhub_ft import export as export_lib
         from tfhub_ft import preprocessing, tflite
         self._classifier = tflite.TFLiteClassifier(path)
-        decoding = export_lib.read_decoding(os.path.dirname(os.path.abspath(path)))
+        folder = os.path.dirname(os.path.abspath(path))
+        decoding = export_lib.read_decoding(folder)
+        size = self._classifier.image_size
+        if decoding is not None and decoding.get("image_size") != size:
+            raise ValueError(
+                f"{export_lib.DECODING_FILE} in {folder!r} is for "
+                f"{decoding.get('image_size')}-px images but the model takes {size}-px "
+                "ones: they are not from the same export. Keep the files the export wrote "
+                "together.")
         options = {} if decoding is None else {
-            "max_pixels": decoding["max_image_pixels"],
-            "exif_orientation_enabled": decoding["exif_orientation"]}
+            "max_pixels": decoding.get("max_image_pixels"),
+            "exif_orientation_enabled": bool(decoding.get("exif_orientation", True))}
         self._decode = preprocessing.traced_decoder(self._classifier.image_size, **options)
 
     @property
@@ -183,11 +192,6 @@ def load_classifier(model):
     return classifier, class_names
 
 
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def error_text(error):
     """The reason a file was not classified, on one line.
 
@@ -200,7 +204,8 @@ def error_text(error):
     TensorFlow's wrapping (in a graph it is the line before "[[{{node ...",
     eagerly it sits between "{{function_node ...}}" and "[Op:...]"), after
     "TensorFlow could not decode it: ", as training's skip reasons say it.
-    Other errors give their type and first line.
+    Other errors of TensorFlow's keep their reason after their type, and
+    any other error gives its type and first line.
     """
     import tensorflow as tf
     message = (getattr(error, "message", None) or str(error)).strip()
@@ -218,8 +223,10 @@ def error_text(error):
         reason = found[0] if found else (lines[0] if lines else "")
         reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
         reason = re.sub(r"\s*\[Op:[^\]]*\].*$", "", reason)
-        # As training words a file its decoder refused (data._decode_error).
-        return f"TensorFlow could not decode it: {reason}"
+        if re.search(r"(\{\{node |\[Op:|__wrapped__)Decode", message):
+            # As training words a file its decoder refused (data._decode_error).
+            return f"TensorFlow could not decode it: {reason}"
+        return f"{type(error).__name__}: {reason}"
     text = " ".join(part.strip() for part in parts if part.strip())
     return re.sub(r"^(image_bytes\[\d+\]|image) ", "the file ", text)
 
@@ -297,13 +304,13 @@ def score_files(classifier, paths, batch_size=DEFAULT_BATCH_SIZE, progress=None)
         decode error).
     """
     from tfhub_ft import preprocessing
-    scored, warnings = [], []
+    scored = []
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
         results, encoded, positions = [None] * len(batch), [], []
         for position, path in enumerate(batch):
             try:
-                data = _read(path)
+                data = image_files.read_bytes(path)
             except OSError as error:
                 results[position] = (None, error_text(error))
                 continue
@@ -314,22 +321,22 @@ def score_files(classifier, paths, batch_size=DEFAULT_BATCH_SIZE, progress=None)
             encoded.append(data)
             positions.append(position)
         if encoded:
-            with preprocessing.libjpeg_warnings_caught() as caught:
+            caught = []
+            with preprocessing.libjpeg_warnings_caught(caught):
                 outcomes = _predict_or_isolate(classifier, encoded)
             for position, result in zip(positions, outcomes):
                 results[position] = result
             if caught:
-                found = preprocessing.find_libjpeg_warnings(encoded, expected=len(caught))
-                warnings.extend(f"{image_files.display_path(batch[positions[i]])} ({message})"
-                                for i, message in sorted(found.items()))
+                # Only the classified ones: a batch rerun file by file
+                # printed its warnings twice.
+                classified = [i for i, (probabilities, _) in enumerate(outcomes)
+                              if probabilities is not None]
+                preprocessing.log_libjpeg_warnings(
+                    [batch[positions[i]] for i in classified],
+                    [encoded[i] for i in classified], caught, "classified")
         scored.extend(results)
         if progress is not None:
             progress(len(batch))
-    if warnings:
-        logger.warning(
-            "%d JPEG file(s) with corrupt data, classified anyway (%s): %s", len(warnings),
-            preprocessing.LIBJPEG_RECOVERED,
-            image_files.listing(warnings, "JPEG files with corrupt data"))
     return scored
 
 
@@ -375,7 +382,8 @@ def check_output(output, model, paths):
     # A .tflite file alone in a folder of other things does not own it.
     owns_folder = os.path.isdir(model) or os.path.isfile(
         os.path.join(model_dir, "saved_model.pb"))
-    folder = os.path.dirname(os.path.abspath(output))
+    # A link is written through: the CSV goes beside its target.
+    folder = os.path.dirname(real if os.path.islink(output) else os.path.abspath(output))
     existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -395,7 +403,8 @@ def check_output(output, model, paths):
     elif owns_folder and checks.is_within(output, model_dir):
         problem = f"which is inside the model's folder {model_dir!r}"
     elif real in {os.path.realpath(model),
-                  os.path.join(model_dir, export_lib.LABELS_FILE)}:
+                  os.path.join(model_dir, export_lib.LABELS_FILE),
+                  os.path.join(model_dir, export_lib.DECODING_FILE)}:
         problem = "which is the model or its labels"
     if problem:
         raise ValueError(
@@ -433,8 +442,7 @@ def write_csv(rows, output, top_k):
 
     output = os.fspath(output)
     if output == STDOUT:
-        write(sys.stdout)
-        sys.stdout.flush()
+        _write_to_stdout(write)
         return
     if os.path.islink(output):
         output = os.path.realpath(output)
@@ -448,6 +456,26 @@ def write_csv(rows, output, top_k):
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def _write_to_stdout(write):
+    """Calls `write(stream)` on standard output as UTF-8 CSV text (whatever
+    the terminal's encoding); a reader that stops early (`| head`) ends
+    the output quietly, as the Python documentation's SIGPIPE note
+    recommends, not with a BrokenPipeError."""
+    sys.stdout.flush()
+    binary = getattr(sys.stdout, "buffer", None)
+    stream = (io.TextIOWrapper(binary, encoding="utf-8", newline="") if binary is not None
+              else sys.stdout)
+    try:
+        write(stream)
+        stream.flush()
+    except BrokenPipeError:
+        # Later flushes (at exit) would raise again: stdout goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if stream is not sys.stdout:
+            stream.detach()
 
 
 def _parser():

@@ -19,12 +19,15 @@ Everything here is TensorFlow graph ops (the export calls it inside a
 
 import contextlib
 import functools
+import logging
 import re
 
 import tensorflow as tf
 
-from tfhub_ft import native_stderr
+from tfhub_ft import image_files, native_stderr
 from tfhub_ft.config import FineTuneConfig
+
+logger = logging.getLogger(__name__)
 
 # File name extensions listed in class folders: what TensorFlow decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp")
@@ -574,38 +577,35 @@ def traced_decoder(image_size, max_pixels=_DEFAULTS.max_image_pixels,
 LIBJPEG_WARNING = re.compile(
     r"^(Corrupt JPEG data: |Premature end of JPEG file|Invalid SOS parameters for "
     r"sequential JPEG|Inconsistent progression sequence for component|"
+    r"Unknown Adobe color transform code|"
     r"Warning: thumbnail image size does not match|Warning: unknown JFIF revision)")
-
-
 _ANY_LINE = re.compile("")
-# What a file libjpeg warned about looks like, for the log lines naming them.
-LIBJPEG_RECOVERED = ("libjpeg fills what it cannot read, so part of the image may be gray "
-                     "or smeared")
 
 
 @contextlib.contextmanager
-def libjpeg_warnings_caught():
-    """Catches libjpeg's warnings (`LIBJPEG_WARNING`) printed inside the
-    block, from any thread; yields the list they are appended to (str,
-    in order). Other stderr lines are written back after the block
-    (`native_stderr.filtered`)."""
-    caught = []
+def libjpeg_warnings_caught(caught):
+    """Appends libjpeg's warnings (`LIBJPEG_WARNING`, str) printed inside
+    the block, from any thread, to the list `caught`, instead of stderr.
+    Other stderr lines are held and written back after the block
+    (`native_stderr.filtered`): keep the block short."""
     with native_stderr.filtered(LIBJPEG_WARNING, caught.append):
-        yield caught
+        yield
 
 
 def find_libjpeg_warnings(encoded_images, expected=None):
     """Which JPEGs make libjpeg warn, and what it says.
 
-    Each JPEG (by its first bytes) is decoded again on its own, so this
-    costs one decode per JPEG: call it after `libjpeg_warnings_caught`
-    caught something, to name the files.
+    Each JPEG (by its first bytes) is decoded again on its own, at 1/8
+    scale (libjpeg still reads all of its data, so it warns the same, at
+    a 64th of the memory): call it after `libjpeg_warnings_caught` caught
+    something, to name the files, with the images that were decoded.
 
     Args:
         encoded_images: Iterable of encoded images (bytes), or of zero-
-            argument functions returning them (files read on demand).
-        expected: Stop once this many warnings are found (the count the
-            batch printed), or None to look at every image.
+            argument functions returning them (files read on demand; one
+            that raises OSError is passed over).
+        expected: Stop once this many warnings are found (the count
+            caught), or None to look at every image.
 
     Returns:
         {index: "warning; warning"} of the images that made libjpeg warn.
@@ -614,15 +614,18 @@ def find_libjpeg_warnings(encoded_images, expected=None):
     for index, data in enumerate(encoded_images):
         if expected is not None and count >= expected:
             break
-        data = data() if callable(data) else data
+        try:
+            data = data() if callable(data) else data
+        except OSError:
+            continue  # Gone since it was decoded: nothing to name.
         if not data.startswith(b"\xff\xd8"):
             continue
-        # Everything this extra decode prints is dropped: the batch's decode
+        # Everything this extra decode prints is dropped: the first decode
         # printed it already ("Input file read error" for a truncated file).
         printed = []
         with native_stderr.filtered(_ANY_LINE, printed.append):
             try:
-                tf.io.decode_jpeg(data, channels=3)
+                tf.io.decode_jpeg(data, channels=3, ratio=8)
             except tf.errors.OpError:
                 continue  # A file that fails is reported by its own decode.
         caught = [line for line in printed if LIBJPEG_WARNING.match(line)]
@@ -631,3 +634,17 @@ def find_libjpeg_warnings(encoded_images, expected=None):
             count += len(caught)
     return found
 
+
+def log_libjpeg_warnings(paths, encoded_images, warnings, done):
+    """Logs one WARNING naming the JPEGs among `paths` (their encoded
+    images or readers in `encoded_images`, as `find_libjpeg_warnings`
+    takes them) that made libjpeg print `warnings` (str), used anyway:
+    `done` says how ("decoded", "classified")."""
+    found = find_libjpeg_warnings(encoded_images, expected=len(warnings))
+    named = [f"{image_files.display_path(paths[i])} ({message})"
+             for i, message in sorted(found.items())]
+    logger.warning(
+        "%d JPEG file(s) with corrupt data, %s anyway (libjpeg fills what it cannot read, "
+        "so part of the image may be gray or smeared): %s", len(named) or len(warnings), done,
+        image_files.listing(named, "JPEG files with corrupt data") if named
+        else "; ".join(warnings))
