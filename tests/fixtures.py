@@ -276,3 +276,15 @@ def corrupt_jpeg(seed=0):
     data[middle:middle + 200] = bytes(200)
     return bytes(data)
 
+
+def run_python(code, cwd, timeout=300, **env):
+    """Runs `code` in a new Python process with TensorFlow's C++ log level
+    unset (as a user's shell has it) and `env` added; its CompletedProcess
+    (text stdout and stderr)."""
+    import subprocess
+    import sys
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**environment, **env}, cwd=str(cwd), timeout=timeout)
+

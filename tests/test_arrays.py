@@ -128,8 +128,7 @@ def test_a_budget_spills_into_a_folder_of_its_process_and_close_removes_it(
 
 @pytest.mark.slow
 def test_the_first_generator_dataset_of_a_process_logs_nothing(tmp_path):
-    import subprocess
-    import sys
+    from tests import fixtures
 
     # TensorFlow's runtime logs "Memory patch applied" once per process, at
     # the first generator dataset iterated: a process of its own.
@@ -137,9 +136,6 @@ def test_the_first_generator_dataset_of_a_process_logs_nothing(tmp_path):
             "source = arrays.BatchSource(np.zeros((4, 2, 2, 3), np.uint8), "
             "np.array([0, 1, 0, 1]), batch_size=2)\n"
             "for batch in source.dataset():\n    pass\nprint('iterated')\n")
-    environment = {key: value for key, value in os.environ.items()
-                   if key != "TF_CPP_MIN_LOG_LEVEL"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=environment, cwd=str(tmp_path), timeout=300)
+    done = fixtures.run_python(code, tmp_path)
     assert done.stdout == "iterated\n", done.stderr
     assert "Memory patch applied" not in done.stderr

@@ -93,11 +93,9 @@ def _first_use_stderr(**env):
               "from tfhub_ft import FineTuner\n"
               "import tensorflow as tf\n"
               "print(int(tf.constant(1) + 1))\n")
-    environment = {key: value for key, value in os.environ.items()
-                   if key != "TF_CPP_MIN_LOG_LEVEL"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, env={**environment, **env},
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests import fixtures
+    result = fixtures.run_python(
+        script, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 120, **env)
     assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
     return result.stderr
 
