@@ -273,12 +273,12 @@ def _with_progress(dataset, total, libjpeg_warnings=None):
     command shows one line per stage, `load_image_folder` logs it).
 
     With a list `libjpeg_warnings`, libjpeg's warnings printed while a
-    batch is fetched are appended to it instead. Caught per fetch, not
-    around the loop:
-    stderr is held in a file while caught, and the log lines between
-    fetches go out when they are made."""
+    batch is fetched are appended to it instead. They are caught per
+    fetch, not around the loop: stderr is held in a file while caught, and
+    the log lines between fetches go out when they are made."""
     done, step = 0, max(total // 10, 1)
     next_report = step
+
     def caught():
         return (contextlib.nullcontext() if libjpeg_warnings is None
                 else preprocessing.libjpeg_warnings_caught(libjpeg_warnings))

@@ -405,7 +405,7 @@ def check_output(output, model, paths):
     elif real in {os.path.realpath(model),
                   os.path.join(model_dir, export_lib.LABELS_FILE),
                   os.path.join(model_dir, export_lib.DECODING_FILE)}:
-        problem = "which is the model or its labels"
+        problem = "which is the model or its labels (or decoding.json)"
     if problem:
         raise ValueError(
             f"Invalid value for `output`. Expected a new CSV file outside the model's "
