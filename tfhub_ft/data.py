@@ -243,13 +243,13 @@ def decode_files(paths: Sequence[str], image_size: int, budget=None,
         arrays.write_rows(images, indices, batch_images.numpy())
         kept.append(indices)
     kept = np.concatenate(kept) if kept else np.zeros([0], np.int64)
+    skipped = sorted(set(range(len(paths))) - set(kept.tolist()))
+    kept = np.sort(kept)
     if warnings:
-        decoded = [paths[i] for i in np.sort(kept)]
+        decoded = [paths[i] for i in kept]
         preprocessing.log_libjpeg_warnings(
             decoded, [functools.partial(image_files.read_bytes, path) for path in decoded],
             warnings, "decoded")
-    skipped = sorted(set(range(len(paths))) - set(kept.tolist()))
-    kept = np.sort(kept)
     if len(kept) < len(paths):
         images = arrays.subset(images, kept)
     reasons = {paths[i]: _decode_error(encoded_paths[i], names[i], image_size, max_pixels,

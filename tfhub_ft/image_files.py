@@ -32,6 +32,8 @@ LISTED_FILES = 10
 _ALL_AT_DEBUG = "(DEBUG logging, `--verbosity=2` in the command, lists them all)"
 # The reason an empty file is not used, wherever a file is read.
 EMPTY_FILE = "empty (0 bytes)"
+# A JPEG's first bytes: start of image, then the first marker's 0xFF.
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 def display_path(path) -> str:
@@ -224,7 +226,7 @@ def check_image_file(path, max_pixels=None) -> FileCheck:
 
 
 def _read_header(data, result):
-    if data[:3] == b"\xff\xd8\xff":
+    if data.startswith(JPEG_SIGNATURE):
         result.format = "JPEG"
         _read_jpeg(data, result)
     elif data[:8] == b"\x89PNG\r\n\x1a\n":

@@ -134,7 +134,7 @@ class _TFLiteFileClassifier:
         options = {} if decoding is None else {
             "max_pixels": decoding.get("max_image_pixels"),
             "exif_orientation_enabled": bool(decoding.get("exif_orientation", True))}
-        self._decode = preprocessing.traced_decoder(self._classifier.image_size, **options)
+        self._decode = preprocessing.traced_decoder(size, **options)
 
     @property
     def num_classes(self):

@@ -63,7 +63,7 @@ def image_format(encoded):
     is_webp = tf.logical_and(tf.equal(first(4), b"RIFF"),
                              tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
     codes = [
-        (tf.equal(first(3), b"\xff\xd8\xff"), JPEG),
+        (tf.equal(first(3), image_files.JPEG_SIGNATURE), JPEG),
         (tf.equal(first(8), b"\x89PNG\r\n\x1a\n"), PNG),
         (tf.logical_or(tf.equal(first(6), b"GIF87a"), tf.equal(first(6), b"GIF89a")), GIF),
         (tf.equal(first(2), b"BM"), BMP),
@@ -618,7 +618,7 @@ def find_libjpeg_warnings(encoded_images, expected=None):
             data = data() if callable(data) else data
         except OSError:
             continue  # Gone since it was decoded: nothing to name.
-        if not data.startswith(b"\xff\xd8"):
+        if not data.startswith(image_files.JPEG_SIGNATURE):
             continue
         # Everything this extra decode prints is dropped: the first decode
         # printed it already ("Input file read error" for a truncated file).
