@@ -210,6 +210,25 @@ def test_a_different_run_is_refused(tmp_path):
         checkpoints.open_work_directory(str(tmp_path), identity).phase("fine_tune", ["head"])
 
 
+def test_reopening_removes_what_a_kill_left_behind(tmp_path):
+    identity = checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4)
+    work = checkpoints.open_work_directory(str(tmp_path), identity)
+    work.state["phases"] = {"head": {"checkpoint": "head-final.npz"},
+                            "fine_tune": {"checkpoint": "fine_tune-epoch-0002.npz"}}
+    work.save_state()
+    # Killed after the state named epoch 2's checkpoint, before epoch 1's
+    # was deleted; and while a file was being written.
+    named = ["head-final.npz", "fine_tune-epoch-0002.npz"]
+    left = ["fine_tune-epoch-0001.npz", ".fine_tune-epoch-0003.npz.partial"]
+    others = ["notes.txt", "fine_tune-epoch-1.npz", "head-final.npz.bak"]
+    for name in named + left + others:
+        (tmp_path / name).write_bytes(b"")
+    checkpoints.open_work_directory(str(tmp_path), identity, is_chief=False)
+    assert sorted(os.listdir(tmp_path)) == sorted(named + left + others + ["state.json"])
+    checkpoints.open_work_directory(str(tmp_path), identity)
+    assert sorted(os.listdir(tmp_path)) == sorted(named + others + ["state.json"])
+
+
 def test_changed_settings_are_refused_before_the_images_load(tiny_backbone_path, tmp_path):
     from tfhub_ft import FineTuner
 

@@ -26,7 +26,8 @@ Layout (every file is replaced atomically: written beside, then renamed):
 
 A checkpoint file is written before the state that names it, and the one it
 replaces is deleted after, so a kill at any moment leaves a state whose
-files exist. In a multi-worker run only the chief writes; every worker
+files exist; one that a kill left undeleted is removed when the run is
+reopened. In a multi-worker run only the chief writes; every worker
 reads the state once, before training.
 """
 
@@ -53,6 +54,8 @@ PHASES = ("head", "fine_tune")
 # Config fields that change how a run is computed, not what it computes: a
 # resumed run may differ in these.
 RESUMABLE_CONFIG_CHANGES = ("cache_memory_mb", "deterministic")
+# The checkpoint files `PhaseCheckpoint` writes (see the layout above).
+_CHECKPOINT_NAME = re.compile(rf"({'|'.join(PHASES)})-(epoch-\d{{4}}|final)\.npz")
 
 
 def run_identity(config, hub_handle, class_names, train_count, validation_count,
@@ -167,10 +170,19 @@ class WorkDirectory:
                 tf.io.gfile.makedirs(path)
                 self.save_state()
         if is_chief:
-            # Files a kill interrupted while they were being written.
-            for name in tf.io.gfile.listdir(path):
-                if name.startswith(".") and name.endswith(".partial"):
-                    tf.io.gfile.remove(self._file(name))
+            self._remove_leftovers()
+
+    def _remove_leftovers(self):
+        """Removes what a kill left behind: files it interrupted while they
+        were being written, and checkpoints it interrupted before their
+        deletion (a checkpoint is deleted after the state that replaces it
+        is saved)."""
+        named = {record["checkpoint"] for record in self.state["phases"].values()}
+        for name in tf.io.gfile.listdir(self.path):
+            name = name.rstrip("/")
+            if ((name.startswith(".") and name.endswith(".partial"))
+                    or (_CHECKPOINT_NAME.fullmatch(name) and name not in named)):
+                tf.io.gfile.remove(self._file(name))
 
     def describe(self):
         """One line saying how far the run got."""
