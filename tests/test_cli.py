@@ -244,21 +244,6 @@ def test_advice_names_flags_as_the_command_user_types_them():
         assert cli.as_typed(text) == expected
 
 
-def test_progress_bars_on_a_terminal_are_headed_by_their_phase(monkeypatch, caplog):
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    verbose, callbacks = cli.keras_progress(1)
-    assert verbose == 1
-    header, = callbacks("fine_tune")
-    header.set_params({"epochs": 2})
-    with caplog.at_level(logging.INFO, logger="tfhub_ft.cli"):
-        header.on_train_begin()
-    assert caplog.messages == ["Phase 2: fine-tuning the top blocks (2 epochs)"]
-    # In a log file: no bars, one line per epoch instead.
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
-    verbose, callbacks = cli.keras_progress(1)
-    assert verbose == 0 and callbacks("head")
-
-
 def test_evaluate_table_aligns_wide_class_names():
     def row(name, support=4, value=0.5):
         # No image of the class: recall and F1 are undefined (None).

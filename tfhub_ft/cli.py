@@ -463,58 +463,6 @@ def configure_logging(verbosity):
         warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def keras_progress(verbosity):
-    """(Keras `verbose`, callbacks factory) for the terminal or a log file.
-
-    On a terminal Keras draws its bars. Otherwise Keras is silent and one
-    line per epoch is logged, with no carriage returns or escape codes.
-    """
-    if verbosity < 0:
-        return 0, None
-    if sys.stdout.isatty():
-        # Keras's bars say "Epoch 1/2" and nothing of the phase: a line first.
-        return 1, lambda phase: [_phase_header(phase)]
-    return 0, lambda phase: [_epoch_logger(phase)]
-
-
-_PHASE_HEADERS = {"head": "Phase 1: the head, backbone frozen",
-                  "fine_tune": "Phase 2: fine-tuning the top blocks"}
-
-
-def _phase_header(phase):
-    import keras
-
-    class PhaseHeader(keras.callbacks.Callback):
-        """Logs which phase Keras's progress bars below belong to."""
-
-        def on_train_begin(self, logs=None):
-            logger.info("%s (%s epochs)", _PHASE_HEADERS.get(phase, phase),
-                        self.params.get("epochs"))
-
-    return PhaseHeader()
-
-
-def _epoch_logger(phase):
-    import keras
-
-    class EpochLog(keras.callbacks.Callback):
-        """Logs one line per epoch: the phase, the epoch and its metrics."""
-
-        def on_train_begin(self, logs=None):
-            self.epochs = self.params.get("epochs")
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            metrics = " ".join(f"{key}={value:.4f}" for key, value in (logs or {}).items()
-                               if isinstance(value, (int, float)))
-            logger.info("%s epoch %d/%s: %s (%.1f s)", phase, epoch + 1, self.epochs,
-                        metrics, time.perf_counter() - getattr(self, "start", time.perf_counter()))
-
-    return EpochLog()
-
-
 # ----------------------------------------------------------------------------
 # Subcommands.
 
@@ -613,11 +561,10 @@ def _train(args):
     tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy,
                                block_pattern=args.block_pattern,
                                start_time=getattr(args, "start_time", None))
-    verbose, callbacks = keras_progress(args.verbosity)
     # The budget's reserve covers the final validation and the export; the
     # command adds its process's exit (TensorFlow's teardown).
     options = dict(work_dir=args.work_dir, tensorboard_dir=args.tensorboard_dir,
-                   verbose=verbose, callbacks=callbacks,
+                   verbose=0 if args.verbosity < 0 else "auto",
                    budget_reserve_s=config_lib.TIME_BUDGET_EXIT_S if config.time_budget_s else 0.0)
     if args.image_dir:
         tuner.fit(args.image_dir, validation=args.validation_dir, **options)

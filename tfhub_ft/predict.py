@@ -246,8 +246,9 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
         top_k: Classes per file, 1 <= top_k <= number of classes.
         batch_size: Files per model call (the .tflite model still runs one
             image at a time).
-        verbose: "auto" shows a Keras progress bar when stdout is a
-            terminal; True or False force it on or off.
+        verbose: "auto" shows a Keras progress bar where it redraws (a
+            terminal, a notebook: `progress.bars_redraw`); True or False
+            force it on or off.
 
     Returns:
         One dict per path, in order: {"path": str, "classes": [top_k class
@@ -263,9 +264,11 @@ def predict_files(model, paths, top_k=DEFAULT_TOP_K, batch_size=DEFAULT_BATCH_SI
     classifier, class_names = (model if isinstance(model, tuple) else load_classifier(model))
     top_k = check_integer("top_k", top_k, 1, len(class_names))
     batch_size = check_integer("batch_size", batch_size, 1)
-    if verbose == "auto":
-        verbose = sys.stdout.isatty()
     import keras  # Only for its progress bar.
+
+    from tfhub_ft.progress import bars_redraw
+    if verbose == "auto":
+        verbose = bars_redraw()
     progress = keras.utils.Progbar(len(paths), verbose=1 if verbose else 0, unit_name="image")
     rows = []
     for path, (probabilities, error) in zip(

@@ -19,7 +19,7 @@ from tfhub_ft import cache, checkpoints, checks
 from tfhub_ft import data as data_lib
 from tfhub_ft import distribution, duplicates, image_files
 from tfhub_ft import export as export_lib
-from tfhub_ft import lr_finder, preprocessing
+from tfhub_ft import lr_finder, preprocessing, progress
 from tfhub_ft import model as model_lib
 from tfhub_ft import recipe
 from tfhub_ft import time_budget as time_budget_lib
@@ -268,7 +268,9 @@ class FineTuner:
             tensorboard_dir=None, callbacks=None, budget_reserve_s=0.0):
         """Trains the head, then fine-tunes the top blocks.
 
-        Args: see `load_data`; `verbose` is passed to Keras `fit`;
+        Args: see `load_data`; `verbose`: see `progress.keras_progress`
+            ("auto": Keras's progress bars on a terminal or in a notebook,
+            one INFO log line per epoch elsewhere; 0: none);
             `work_dir`: a folder where every epoch is checkpointed, so that
             calling `fit` again with the same arguments after an
             interruption resumes the run instead of starting over (see
@@ -303,10 +305,18 @@ class FineTuner:
             dict of per-epoch lists (loss, accuracy, val_loss, val_accuracy).
 
         Raises:
-            ValueError: for `time_budget_s` with `work_dir` or under a
-                multi-worker strategy, `validation_split` outside (0, 1), and
+            ValueError: for an unknown `verbose`, `time_budget_s` with
+                `work_dir` or under a multi-worker strategy, `validation_split` outside (0, 1), and
                 what `load_data` raises.
         """
+        verbose, progress_callbacks = progress.keras_progress(verbose)
+        callers_callbacks = callbacks
+
+        def callbacks(phase):
+            callers = (callers_callbacks(phase) if callable(callers_callbacks)
+                       else callers_callbacks or ())
+            return [*callers, *progress_callbacks(phase)]
+
         folders = _image_folders(train, validation)
         for folder_name, folder in folders.items():
             for name, value in (("work_dir", work_dir), ("tensorboard_dir", tensorboard_dir)):
@@ -551,7 +561,7 @@ class FineTuner:
 
     @staticmethod
     def _phase_callbacks(phase, tensorboard_dir, callbacks):
-        extra = list(callbacks(phase) if callable(callbacks) else callbacks or ())
+        extra = list(callbacks(phase))
         if tensorboard_dir:
             if importlib.util.find_spec("tensorboard") is None:
                 raise ValueError(
