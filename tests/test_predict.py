@@ -69,13 +69,13 @@ def test_a_glob_says_what_it_matched_that_is_not_a_file(tmp_path, caplog):
     folder = tmp_path / "photos"
     (folder / "cats").mkdir(parents=True)
     (folder / "x.jpg").write_bytes(b"x")
-    (folder / "y.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "y.txt").symlink_to(tmp_path / "gone.txt")
     os.mkfifo(folder / "z.jpg")
     with caplog.at_level(logging.INFO, logger="tfhub_ft.predict"):
         assert predict.list_image_files(str(folder / "*")) == [str(folder / "x.jpg")]
     assert caplog.messages == [
         f"Found 1 file matching {folder}/*; left out 3: {folder}/cats (a folder); "
-        f"{folder}/y.jpg (broken link); {folder}/z.jpg (not a regular file)"]
+        f"{folder}/y.txt (broken link); {folder}/z.jpg (not a regular file)"]
     with pytest.raises(ValueError, match=r"which matches no file, only .*cats \(a folder\)\. "
                                          r"Pass a folder to read it recursively"):
         predict.list_image_files(str(folder / "c*"))
@@ -126,7 +126,24 @@ def test_errors_name_the_file_problem(export_dir, photos):
             r"is \d+|the file is a truncated JPEG file \(cut short: no end marker after its "
             r"image data\); its length in bytes is \d+", error), error
     missing = predict.predict_files(export_dir, [paths[0] + ".gone"], verbose=False)
-    assert missing[0]["error"].startswith("FileNotFoundError: ")
+    assert missing[0]["error"] == "cannot be read (No such file or directory)"
+
+
+def test_a_broken_link_to_an_image_gets_a_row(export_dir, photos, tmp_path, caplog):
+    _, paths, _ = photos
+    folder = tmp_path / "to_classify"
+    folder.mkdir()
+    (folder / "a.jpg").symlink_to(paths[0])
+    (folder / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "c.txt").symlink_to(tmp_path / "gone.txt")
+    with caplog.at_level(logging.INFO, logger="tfhub_ft.predict"):
+        listed = predict.list_image_files(str(folder))
+        assert predict.list_image_files(str(folder / "*")) == listed
+    assert listed == [str(folder / "a.jpg"), str(folder / "b.jpg")]
+    assert all("c.txt (broken link)" in message for message in caplog.messages)
+    rows = predict.predict_files(export_dir, listed, verbose=False)
+    assert [row["error"] for row in rows] == [
+        "", f"broken link (to {tmp_path / 'gone.jpg'}, which does not exist)"]
 
 
 def test_an_empty_file_is_said_so_as_in_training(export_dir, photos, tmp_path):

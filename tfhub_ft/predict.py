@@ -58,12 +58,16 @@ def list_image_files(images):
         # As training lists a class folder: links to folders followed (once
         # each), hidden entries left out, and the log says what was.
         scan = image_files.scan_class_folder(images, preprocessing.IMAGE_EXTENSIONS)
-        paths = scan.files
-        if scan.left_out:
+        # A link to a missing image is a file the caller asked about: it
+        # gets a row saying so (training warns of it).
+        broken = [path for path, _ in scan.left_out if _is_broken_image_link(path)]
+        paths = scan.files + broken
+        left_out = [(path, why) for path, why in scan.left_out if path not in broken]
+        if left_out:
             logger.info("Found %d image file%s in %s; left out %d: %s", len(paths),
                         "" if len(paths) == 1 else "s",
-                        image_files.display_path(images), len(scan.left_out),
-                        image_files.listing_by_reason(scan.left_out, "files left out"))
+                        image_files.display_path(images), len(left_out),
+                        image_files.listing_by_reason(left_out, "files left out"))
     elif os.path.isfile(images):
         # A file is taken as named, before any glob reading: 'x[1].jpg' is
         # that file, not the pattern matching 'x1.jpg'.
@@ -71,7 +75,7 @@ def list_image_files(images):
     else:
         paths, left_out = [], []
         for path in sorted(glob.glob(images, recursive=True)):
-            if os.path.isfile(path):
+            if os.path.isfile(path) or _is_broken_image_link(path):
                 paths.append(path)
             else:
                 left_out.append((path, "a folder" if os.path.isdir(path) else "broken link"
@@ -93,6 +97,22 @@ def list_image_files(images):
             f"({', '.join(preprocessing.IMAGE_EXTENSIONS)}) or a glob matching "
             f"files. Received: images={images!r}, which names no file.")
     return sorted(paths)
+
+
+def _is_broken_image_link(path):
+    from tfhub_ft import preprocessing
+    return (os.path.islink(path) and not os.path.exists(path)
+            and path.lower().endswith(preprocessing.IMAGE_EXTENSIONS))
+
+
+def read_error(path, error):
+    """Why the image file at `path` could not be read (an OSError), as
+    training's file check says it: "cannot be read (Permission denied)";
+    for a link to a missing file, "broken link (to TARGET, which does not
+    exist)"."""
+    if _is_broken_image_link(path):
+        return f"broken link (to {os.readlink(path)}, which does not exist)"
+    return f"cannot be read ({error.strerror or error})"
 
 
 class _SavedModelClassifier:
@@ -303,7 +323,7 @@ def score_files(classifier, paths, batch_size=DEFAULT_BATCH_SIZE, progress=None)
     Returns:
         One (probabilities, error) pair per path, in order: float32 [C]
         probabilities and "", or None and why the file was not scored
-        (read errors, `image_files.EMPTY_FILE`, `error_text` of the
+        (`read_error`, `image_files.EMPTY_FILE`, `error_text` of the
         decode error).
     """
     from tfhub_ft import preprocessing
@@ -315,7 +335,7 @@ def score_files(classifier, paths, batch_size=DEFAULT_BATCH_SIZE, progress=None)
             try:
                 data = image_files.read_bytes(path)
             except OSError as error:
-                results[position] = (None, error_text(error))
+                results[position] = (None, read_error(path, error))
                 continue
             if not data:
                 # As training's file check says it.
