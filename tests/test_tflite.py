@@ -59,6 +59,13 @@ def test_round_trip_per_mode(trained, tmp_path, mode, capfd):
     classifier = tflite.TFLiteClassifier(os.path.join(path, "model.tflite"))
     assert (classifier.image_size, classifier.num_classes) == (SIZE, 3)
     got = classifier.predict(images)
+    # The signature LiteRT's runner calls by name.
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=os.path.join(path, "model.tflite"))
+    assert interpreter.get_signature_list() == {
+        "serving_default": {"inputs": ["image"], "outputs": ["probabilities"]}}
+    runner = interpreter.get_signature_runner()
+    np.testing.assert_array_equal(runner(image=images[:1])["probabilities"], got[:1])
     served = tf.saved_model.load(path).signatures["serving_images"](
         images=tf.constant(images, tf.float32) / 255.0)["probabilities"].numpy()
     np.testing.assert_allclose(got, served, atol=TOLERANCE[mode])

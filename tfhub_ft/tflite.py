@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -292,35 +291,48 @@ def convert(model, image_size, mode, representative_images=None, correct_bias=Tr
             "error of %s, over %d training images, taken back out of their outputs.",
             correction.description(), correction.images)
     module = _TFLiteModule(model, image_size, correction)
-    function = module.classify.get_concrete_function()
-    with _quiet_converter_logging():
-        # Without `trackable_obj` the converter freezes the variables into
-        # constants (its older path, which it logs as deprecated). With it,
-        # it keeps them as resource variables initialised from a saved copy
-        # of `module`, and the hub module's restored variables came out
-        # unset: the float32 model agreed with the SavedModel on 23% of
-        # images. tests/test_tflite.py checks float32 parity to 1e-5.
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
-    if mode in ("float16", "dynamic", "int8"):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if mode == "int8":
-        def representative_dataset():
-            for image in representative_images:
-                yield [image[np.newaxis]]
+    with _quiet_converter_logging(), native_stderr.filtered(_NATIVE_NOISE, logger.debug):
+        converter = _signature_converter(module.classify.get_concrete_function())
+        if mode in ("float16", "dynamic", "int8"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if mode == "int8":
+            def representative_dataset():
+                for image in representative_images:
+                    yield [image[np.newaxis]]
 
-        converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_output_type = tf.float32
-    with _quiet_converter_logging(), warnings.catch_warnings(), native_stderr.filtered(
-            _NATIVE_NOISE, logger.debug):
-        # The frozen-graph path asks for input statistics whenever the
-        # inference type is integer, but this input is already uint8 and
-        # cast inside the model: nothing to supply, the warning is noise.
-        warnings.filterwarnings(
-            "ignore", message="Statistics for quantized inputs were expected")
+            converter.representative_dataset = representative_dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_output_type = tf.float32
         return converter.convert()
+
+
+def _signature_converter(function):
+    """A converter of `function` whose model has a signature.
+
+    The variables are frozen into constants first, and the frozen function
+    is converted with a `trackable_obj`: that path (through a SavedModel)
+    writes the signature "serving_default" (input "image", output
+    "probabilities") that `Interpreter.get_signature_runner()` needs. Given
+    `function` itself, that path keeps the variables as resource variables
+    initialised from a saved copy, and the hub module's restored variables
+    came out unset (the float32 model agreed with the SavedModel on 23% of
+    images); the path without `trackable_obj` freezes them but writes no
+    signature. tests/test_tflite.py checks float32 parity to 1e-5 and the
+    signature.
+    """
+    # The converter's own freezing (TensorFlow has no public one for a
+    # TF2 function).
+    from tensorflow.python.framework import convert_to_constants
+    frozen = convert_to_constants.convert_variables_to_constants_v2(function)
+    holder = tf.Module()
+    (spec,) = function.structured_input_signature[0]
+    holder.classify = tf.function(
+        lambda image: {"probabilities": frozen(image)[0]}, autograph=False,
+        input_signature=[spec])
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [holder.classify.get_concrete_function()], trackable_obj=holder)
 
 
 def _check_representative_images(images, image_size, mode):
@@ -342,34 +354,41 @@ def _check_representative_images(images, image_size, mode):
 
 
 # What the converter's calibrator prints on a quantized conversion
-# (tensorflow/tensorflow#58119), LiteRT on a process's first interpreter
-# (its XNNPACK delegate), and the converter's debug-info lookup once per op
-# of a nested tf.function it finds no stack traces for (the backbone's
-# inlined graph is imported in one: tensorflow/lite/python/util.py,
-# `build_debug_info_func`), straight to stderr: to DEBUG.
+# (tensorflow/tensorflow#58119) and LiteRT on a process's first interpreter
+# (its XNNPACK delegate), straight to stderr: to DEBUG.
 _NATIVE_NOISE = re.compile(
     r"^(fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate"
-    r"|Use '@tf\.function' or '@defun' to decorate the function\.$"
-    # The converter's own glog lines on every conversion: options the
-    # frozen-graph path ignores, metadata the exporter adds later, the
+    # The converter's own glog lines on every conversion: options its
+    # SavedModel path ignores, metadata the exporter adds later, the
     # model's operation count, and Grappler's session for the freezing.
     r"|" + native_stderr.glog_line(
         r"(tf_tfl_flatbuffer_helpers|flatbuffer_export)",
         r"(Ignored (output_format|drop_control_dependency)\.|Skipping runtime version metadata"
         r"|Estimated count of arithmetic ops: )")
-    + r"|" + native_stderr.glog_line(*native_stderr.GRAPPLER_SESSION) + ")")
+    + r"|" + native_stderr.glog_line(*native_stderr.GRAPPLER_SESSION)
+    # The SavedModel path `_signature_converter` takes: the converter loads
+    # the frozen function back from a temporary SavedModel.
+    + r"|" + native_stderr.glog_line(
+        r"(reader|loader|mlir_graph_optimization_pass|dump_mlir_util)",
+        r"(Reading (SavedModel from|meta graph with tags|SavedModel debug info)"
+        r"|Restoring SavedModel bundle|Running initialization op on SavedModel bundle"
+        r"|SavedModel load for tags|MLIR V1 optimization pass is not enabled"
+        r"|disabling MLIR crash reproducer)") + ")")
 
 
 @contextlib.contextmanager
 def _quiet_converter_logging():
-    """Hides the converter's per-conversion INFO and WARNING lines (absl)."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(max(level, logging.ERROR))
+    """Hides the converter's per-conversion INFO and WARNING lines (absl's,
+    and TensorFlow's "Assets written to" as it saves the frozen function)."""
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [each.level for each in loggers]
+    for each, level in zip(loggers, levels):
+        each.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:
-        absl_logger.setLevel(level)
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
 
 
 class TFLiteClassifier:
