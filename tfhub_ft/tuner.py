@@ -34,6 +34,15 @@ _RUN_STATE = ("image_size", "skipped_files", "skip_reasons", "_decode_seconds",
               "time_plan", "stage_seconds")
 
 
+def _with_progress(callbacks, progress_callbacks):
+    """A function from the phase name to its callbacks: the caller's (a
+    list, or a function of the phase, or None), then the progress ones."""
+    def phase_callbacks(phase):
+        callers = callbacks(phase) if callable(callbacks) else callbacks or ()
+        return [*callers, *progress_callbacks(phase)]
+    return phase_callbacks
+
+
 def _image_folders(train, validation):
     """{"training" / "validation": real path} of the sources that are folders."""
     return {name: os.path.realpath(source)
@@ -306,17 +315,12 @@ class FineTuner:
 
         Raises:
             ValueError: for an unknown `verbose`, `time_budget_s` with
-                `work_dir` or under a multi-worker strategy, `validation_split` outside (0, 1), and
-                what `load_data` raises.
+                `work_dir` or under a multi-worker strategy,
+                `validation_split` outside (0, 1), and what `load_data`
+                raises.
         """
         verbose, progress_callbacks = progress.keras_progress(verbose)
-        callers_callbacks = callbacks
-
-        def callbacks(phase):
-            callers = (callers_callbacks(phase) if callable(callers_callbacks)
-                       else callers_callbacks or ())
-            return [*callers, *progress_callbacks(phase)]
-
+        callbacks = _with_progress(callbacks, progress_callbacks)
         folders = _image_folders(train, validation)
         for folder_name, folder in folders.items():
             for name, value in (("work_dir", work_dir), ("tensorboard_dir", tensorboard_dir)):
