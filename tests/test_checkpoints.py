@@ -104,7 +104,8 @@ def test_killed_run_resumes_in_phase_two_and_ends_with_the_same_weights(
     for phase in ("head", "fine_tune"):
         assert resumed["phases"][phase]["history"] == expected_state["phases"][phase]["history"]
     assert_same_variables(export_dir, expected_export)
-    assert sorted(os.listdir(work_dir)) == ["fine_tune-final.npz", "head-final.npz", "state.json"]
+    assert sorted(os.listdir(work_dir)) == [
+        ".lock", "fine_tune-final.npz", "head-final.npz", "state.json"]
 
 
 def test_deterministic_must_be_a_bool():
@@ -227,6 +228,50 @@ def test_reopening_removes_what_a_kill_left_behind(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(named + left + others + ["state.json"])
     checkpoints.open_work_directory(str(tmp_path), identity)
     assert sorted(os.listdir(tmp_path)) == sorted(named + others + ["state.json"])
+
+
+def test_a_work_directory_in_use_is_refused(tmp_path):
+    work_dir = str(tmp_path / "work")
+    with checkpoints.work_directory_lock(work_dir):
+        with open(os.path.join(work_dir, checkpoints.LOCK_FILE)) as f:
+            holder = f.read().strip()
+        assert holder.startswith(f"process {os.getpid()} on ")
+        # A second open file description, as another process would have.
+        with pytest.raises(ValueError, match=(
+                rf"Expected a work directory that no other run is using\. Received: "
+                rf"work_dir='{work_dir}', which {holder} is using now\. Wait for that run "
+                r"to end, or give this one another work_dir")):
+            with checkpoints.work_directory_lock(work_dir):
+                pass
+        # Workers other than the chief share the folder.
+        with checkpoints.work_directory_lock(work_dir, is_chief=False):
+            pass
+    with checkpoints.work_directory_lock(work_dir):
+        pass  # released when the run ended
+    with checkpoints.work_directory_lock(None):
+        pass
+
+
+@pytest.mark.slow
+def test_a_second_command_on_a_running_work_dir_is_refused(tiny_backbone_path, image_folders,
+                                                          tmp_path):
+    work_dir = str(tmp_path / "work")
+    command = flowers_command(tiny_backbone_path, image_folders, work_dir,
+                              str(tmp_path / "export"))
+    first = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while read_state(work_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(command, env=environment(), capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "which process %d on " % first.pid in second.stderr
+    assert "is using now" in second.stderr
 
 
 def test_changed_settings_are_refused_before_the_images_load(tiny_backbone_path, tmp_path):

@@ -287,32 +287,54 @@ def test_unexpected_errors_keep_their_traceback(run_in_process, monkeypatch):
         run_in_process(["train"])
 
 
-def test_an_interrupted_run_says_how_to_resume(run_in_process, monkeypatch, capsys):
+def test_an_interrupted_run_says_how_to_resume(run_in_process, monkeypatch, capsys,
+                                               tmp_path):
+    from tfhub_ft import checkpoints
+
     def interrupted(args):
         raise KeyboardInterrupt
 
     monkeypatch.setitem(cli.COMMANDS, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process(["train", "--work_dir=runs/my run"]) == 130
+    assert capsys.readouterr().err == (
+        "tfhub_ft: interrupted; it had not started training, so there is nothing to "
+        "resume in --work_dir='runs/my run'\n")
+    os.makedirs("runs/my run")
+    open(os.path.join("runs/my run", checkpoints.STATE_FILE), "w").close()
     assert run_in_process(["train", "--work_dir=runs/my run"]) == 130
     assert capsys.readouterr().err == (
         "tfhub_ft: interrupted; the same command resumes it from --work_dir='runs/my run'\n")
     assert run_in_process(["train"]) == 130
-    assert capsys.readouterr().err == "tfhub_ft: interrupted\n"
+    assert capsys.readouterr().err == (
+        "tfhub_ft: interrupted; nothing was kept (pass --work_dir=FOLDER to make a run "
+        "resumable: every epoch is saved there)\n")
 
 
-def test_sigterm_cleans_up_like_ctrl_c(run_in_process, monkeypatch, capsys):
+@pytest.mark.parametrize("signum, status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(run_in_process, monkeypatch, capsys,
+                                                 tmp_path, signum, status):
     import signal
 
+    from tfhub_ft import checkpoints
+
+    signum = getattr(signal, signum)
+
     def terminated(args):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         time.sleep(5)  # the handler raises before this ends
         return 0
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signum)
     monkeypatch.setitem(cli.COMMANDS, "train", terminated)
-    assert run_in_process(["train", "--work_dir=runs"]) == 143
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("runs")
+    open(os.path.join("runs", checkpoints.STATE_FILE), "w").close()
+    assert run_in_process(["train", "--work_dir=runs"]) == status
     assert capsys.readouterr().err == (
-        "tfhub_ft: terminated (SIGTERM); the same command resumes it from --work_dir=runs\n")
-    assert signal.getsignal(signal.SIGTERM) is before
+        f"tfhub_ft: terminated ({signum.name}); the same command resumes it from "
+        "--work_dir=runs\n")
+    assert signal.getsignal(signum) is before
 
 
 def test_predict_and_inspect_call_their_modules(run_in_process, monkeypatch, capsys):

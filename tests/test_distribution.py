@@ -270,7 +270,8 @@ def test_killed_worker_and_restarted_job_resume_in_phase_two_with_the_same_weigh
     resumed = read_state(work_dir)
     assert [(r["phase"], r["initial_epoch"]) for r in resumed["resumed"]] == [("fine_tune", done)]
     assert resumed["phase"] == "done"
-    assert sorted(os.listdir(work_dir)) == ["fine_tune-final.npz", "head-final.npz", "state.json"]
+    assert sorted(os.listdir(work_dir)) == [
+        ".lock", "fine_tune-final.npz", "head-final.npz", "state.json"]
     # Epoch by epoch the same losses, then the same weights on both workers,
     # as the two-worker run that was never interrupted.
     expected = read_state(os.path.join(two_workers, "work"))

@@ -103,6 +103,40 @@ def test_export_replaces_an_earlier_export_with_a_warning(trained, tmp_path, cap
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o750
 
 
+def _folders(root, entries):
+    for folder, names in entries.items():
+        os.makedirs(os.path.join(root, folder))
+        for name in names:
+            open(os.path.join(root, folder, name), "w").close()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["swapped", "renamed-aside"])
+def test_an_earlier_folder_is_replaced_whole(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(export, "_exchange", lambda first, second: False)
+    _folders(tmp_path, {"staging": ["new.pb"], "model": ["old.pb"]})
+    export._replace_folder(str(tmp_path / "staging"), str(tmp_path / "model"))
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert os.listdir(tmp_path / "model") == ["new.pb"]
+
+
+def test_a_kill_after_the_swap_leaves_the_new_export_and_a_sweepable_old_one(
+        tmp_path, monkeypatch):
+    staging = export.scratch.make_folder(export.STAGING_KIND, str(tmp_path))
+    _folders(tmp_path, {"model": ["old.pb"]})
+    open(os.path.join(staging, "new.pb"), "w").close()
+    # Killed after the swap, before the old export (now in the staging
+    # folder) was removed.
+    monkeypatch.setattr(export.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    export._replace_folder(staging, str(tmp_path / "model"))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "model") == ["new.pb"]
+    assert os.listdir(staging) == ["old.pb"]
+    monkeypatch.setattr(export.scratch, "_process_exists", lambda pid: False)
+    assert export.remove_abandoned_staging(str(tmp_path)) == [staging]
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
 def test_a_link_or_an_unreadable_folder_is_refused(tmp_path):
     target = tmp_path / "target"
     target.mkdir()

@@ -23,6 +23,7 @@ Layout (every file is replaced atomically: written beside, then renamed):
     fine_tune-epoch-0007.npz     the latest end-of-epoch checkpoint of the
                                  phase in progress
     fine_tune-final.npz          the classifier when phase 2 ended
+    .lock                        locked by the run using the folder
 
 A checkpoint file is written before the state that names it, and the one it
 replaces is deleted after, so a kill at any moment leaves a state whose
@@ -31,12 +32,15 @@ reopened. In a multi-worker run only the chief writes; every worker
 reads the state once, before training.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import logging
 import os
 import re
+import socket
 import time
 
 import keras
@@ -48,6 +52,8 @@ from tfhub_ft.checks import check_folder_path
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+# Held by the run using the work directory (`work_directory_lock`).
+LOCK_FILE = ".lock"
 # 2: arrays named by variable path (1: by position).
 STATE_FORMAT = 2
 PHASES = ("head", "fine_tune")
@@ -287,6 +293,53 @@ def _read_state(state_path):
 def _in_folder(path, name):
     """`name` inside the folder `path` (local, or a `tf.io.gfile` URL)."""
     return os.path.join(path, name) if "://" not in path else path.rstrip("/") + "/" + name
+
+
+@contextlib.contextmanager
+def work_directory_lock(work_dir, is_chief=True):
+    """Holds `work_dir` for one run, so that a second run is refused.
+
+    Two runs in one work directory would each resume the other's epochs
+    and delete each other's checkpoints. The lock is an exclusive
+    `fcntl.flock` on `work_dir/.lock`, which the kernel releases when the
+    process ends however it ends (SIGKILL included), so no stale lock is
+    ever left; the file stays and names the last holder ("process N on
+    HOST"). Only the chief locks (the workers of a multi-worker run share
+    the folder). A `tf.io.gfile` URL (gs://) is not locked: object stores
+    have no such lock.
+
+    Args:
+        work_dir: The work directory (created if missing), or None (no lock).
+        is_chief: Whether this process writes the work directory.
+
+    Raises:
+        ValueError: if another process holds the lock.
+        OSError: if the lock file cannot be made.
+    """
+    path = None if work_dir is None or not is_chief else os.fspath(work_dir)
+    if path is None or "://" in path or os.path.isfile(path):
+        # (A file is refused, with its own message, by `WorkDirectory`.)
+        yield
+        return
+    os.makedirs(path, exist_ok=True)
+    descriptor = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 256, 0).decode(errors="replace").strip()
+            raise ValueError(
+                "Invalid value for `work_dir`. Expected a work directory that no other "
+                f"run is using. Received: work_dir={path!r}, which "
+                f"{holder or 'another process'} is using now. Wait for that run to "
+                "end, or give this one another work_dir (`--work_dir` in the "
+                "command).") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(),
+                  0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def check_settings_before_loading(work_dir, config, hub_handle):

@@ -760,7 +760,8 @@ def run(argv=None):
 
 def main(argv=None):
     """Runs the command; returns its exit status (0, 2 for an error, 130
-    after Ctrl-C, 143 after SIGTERM: both clean up and say how to resume).
+    after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP: each cleans up and
+    says how to resume).
 
     Args:
         argv: The arguments after the program name; `sys.argv[1:]` when None.
@@ -770,26 +771,38 @@ def main(argv=None):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's or `kill`'s stop), raised where the process
-    is, so the same clean-up runs as for Ctrl-C: the spill files and an
-    unfinished export's staging folder are removed, and the log says so."""
+    """SIGTERM (a scheduler's or `kill`'s stop) or SIGHUP (the terminal
+    closed, an ssh connection dropped), raised where the process is, so the
+    same clean-up runs as for Ctrl-C: the spill files and an unfinished
+    export's staging folder are removed, and the log says so.
+
+    Attributes:
+        signum: The signal's number.
+    """
+
+    def __init__(self, signum):
+        super().__init__()
+        self.signum = signum
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    # Python's default for SIGTERM ends the process at once: no `finally`,
-    # no exit handlers, spill files of hundreds of MB left in the temp folder.
+    # Python's default for SIGTERM and SIGHUP ends the process at once: no
+    # `finally`, no exit handlers, spill files of hundreds of MB left in
+    # the temp folder.
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum, frame):
-        raise Terminated()
-    previous = signal.signal(signal.SIGTERM, terminate)
+        raise Terminated(signum)
+    signums = [signal.SIGTERM, signal.SIGHUP]
+    previous = {signum: signal.signal(signum, terminate) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum in signums:
+            signal.signal(signum, previous[signum])
 
 
 def _main(argv):
@@ -817,13 +830,30 @@ def _main(argv):
         print(_one_line(command, error), file=sys.stderr, flush=True)
         return EXIT_ERROR
     except KeyboardInterrupt as interrupt:
-        work_dir = getattr(args, "work_dir", None)
-        resume = (f"; the same command resumes it from --work_dir={shlex.quote(work_dir)}"
-                  if work_dir else "")
-        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
-        print(f"{PROG}: {what}{resume}", file=sys.stderr)
-        # The shell's statuses for a process ended by SIGTERM / SIGINT.
-        return 143 if isinstance(interrupt, Terminated) else 130
+        signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
+        what = ("interrupted" if signum == signal.SIGINT
+                else f"terminated ({signal.Signals(signum).name})")
+        print(f"{PROG}: {what}{_resume_hint(args)}", file=sys.stderr)
+        # The shell's status for a process a signal ended: 128 + its number
+        # (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
+        return 128 + signum
+
+
+def _resume_hint(args):
+    """What an interrupted command's last line adds: how to resume."""
+    if getattr(args, "command", None) != "train":
+        return ""
+    work_dir = args.work_dir
+    if not work_dir:
+        return ("; nothing was kept (pass --work_dir=FOLDER to make a run resumable: "
+                "every epoch is saved there)")
+    # Not imported yet: interrupted before the work directory was opened.
+    checkpoints = sys.modules.get("tfhub_ft.checkpoints")
+    if checkpoints is None or not os.path.exists(os.path.join(work_dir,
+                                                              checkpoints.STATE_FILE)):
+        return ("; it had not started training, so there is nothing to resume in "
+                f"--work_dir={shlex.quote(work_dir)}")
+    return f"; the same command resumes it from --work_dir={shlex.quote(work_dir)}"
 
 
 def _verbosity_of(argv):

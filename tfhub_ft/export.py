@@ -5,10 +5,13 @@ server needs only `tf.saved_model.load` (or TF Serving) and no tfhub_ft.
 """
 
 import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import tensorflow as tf
@@ -182,7 +185,7 @@ def atomic_folder(path, what, kind="classifier"):
             replace (`check_replaceable`), or its parent cannot be written.
     """
     path = os.path.abspath(check_folder_path("export_dir", path))
-    replacing = check_replaceable(path, kind=kind)
+    check_replaceable(path, kind=kind)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -197,7 +200,8 @@ def atomic_folder(path, what, kind="classifier"):
         # mkdtemp makes the folder private (0700); an export is read by
         # servers running as other users, so it gets the usual mode.
         os.chmod(staging, 0o777 & ~_umask())
-        if replacing:
+        # Checked again here: another run may have exported to `path` since.
+        if os.path.exists(path):
             logger.warning("Replacing the earlier export at %s (its files go with it).", path)
         _replace_folder(staging, path)
     except BaseException:
@@ -314,9 +318,21 @@ def quiet_saving_logs():
 
 
 def _replace_folder(source, destination):
-    """Moves `source` to `destination`, replacing an earlier folder there."""
+    """Moves `source` to `destination`, replacing an earlier folder there.
+
+    Where the file system can swap two paths in one step (Linux
+    `renameat2(RENAME_EXCHANGE)`), `destination` is never missing: a kill
+    at any moment leaves the old or the new folder there, and the old one,
+    swapped into `source`'s staging name, is swept up by the next export
+    if the kill came before its removal. Elsewhere the old folder is first
+    renamed aside (`.previous-*`, kept if a kill comes between the two
+    renames).
+    """
     if not os.path.exists(destination):
         os.replace(source, destination)
+        return
+    if _exchange(source, destination):
+        shutil.rmtree(source, ignore_errors=True)
         return
     # A fresh name, so that no folder of the user's is in the way (an empty
     # folder may be renamed over).
@@ -332,6 +348,31 @@ def _replace_folder(source, destination):
         os.replace(previous, destination)
         raise
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def _exchange(first, second):
+    """Swaps two paths atomically (Linux `renameat2` with RENAME_EXCHANGE).
+
+    Returns:
+        True when swapped; False where the system or the file system cannot
+        (not Linux, a C library without `renameat2`, ENOSYS, EINVAL).
+
+    Raises:
+        OSError: for any other failure.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # <fcntl.h>, <linux/fs.h>
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second),
+                 rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), second)
 
 
 def read_labels(export_dir):

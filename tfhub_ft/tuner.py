@@ -341,7 +341,9 @@ class FineTuner:
             # What is kept after `fit` (samples for TFLite, the report's
             # images) is copied out of the budget's arrays: its spill files
             # go at the end.
-            with contextlib.closing(self._new_budget()) as budget:
+            with checkpoints.work_directory_lock(
+                    work_dir, is_chief=self.strategy.extended.should_checkpoint), \
+                    contextlib.closing(self._new_budget()) as budget:
                 history = self._fit(budget, time_budget, train, validation, validation_split,
                                     class_names, data_dir, verbose, work_dir, tensorboard_dir,
                                     callbacks, budget_reserve_s)
