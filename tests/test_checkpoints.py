@@ -230,6 +230,24 @@ def test_reopening_removes_what_a_kill_left_behind(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(named + others + ["state.json"])
 
 
+def test_an_epoch_is_saved_before_its_progress_line(tmp_path):
+    from tfhub_ft import progress
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    identity = checkpoints.run_identity(FineTuneConfig(), "dense", ["a", "b"], 8, 8)
+    work = checkpoints.open_work_directory(str(tmp_path), identity)
+    saved = []
+
+    class Line(progress.ProgressCallback):
+        def on_epoch_end(self, epoch, logs=None):
+            saved.append(work.state["phases"]["head"]["epochs_done"] == epoch + 1)
+
+    batches = arrays.BatchSource(np.zeros((8, 3), np.float32), np.zeros(8, np.int32), 4, 2)
+    work.phase("head").fit(model, batches, None, 2, [Line()], verbose=0)
+    assert saved == [True, True]
+
+
 def test_a_work_directory_in_use_is_refused(tmp_path):
     work_dir = str(tmp_path / "work")
     with checkpoints.work_directory_lock(work_dir):

@@ -47,6 +47,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfhub_ft import progress
 from tfhub_ft.checks import check_folder_path
 
 logger = logging.getLogger(__name__)
@@ -460,12 +461,14 @@ class PhaseCheckpoint:
         early_stopping = [c for c in callbacks
                           if isinstance(c, keras.callbacks.EarlyStopping)]
         saver = _CheckpointCallback(self, early_stopping[0] if early_stopping else None)
+        shown = [c for c in callbacks if isinstance(c, progress.ProgressCallback)]
         trainee.fit(
             train_batches.dataset(), validation_data=validation_data, epochs=epochs,
             initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
-            # Last, so that early stopping has updated (or reset) its state
-            # before this saves (or restores) it.
-            callbacks=list(callbacks) + [saver])
+            # After the others, so that early stopping has updated (or
+            # reset) its state before this saves (or restores) it; before
+            # the progress lines, so that an epoch logged is an epoch saved.
+            callbacks=[c for c in callbacks if c not in shown] + [saver] + shown)
         return self.record["history"]
 
 

@@ -64,7 +64,13 @@ def keras_progress(verbose):
         f"Received: verbose={verbose!r}")
 
 
-class _PhaseHeader(keras.callbacks.Callback):
+class ProgressCallback(keras.callbacks.Callback):
+    """The base of the callbacks `keras_progress` makes: a phase's
+    checkpoint is saved before they run (`checkpoints.PhaseCheckpoint`), so
+    an epoch's line means that epoch is saved."""
+
+
+class _PhaseHeader(ProgressCallback):
     """Logs which phase the Keras progress bars below it belong to.
 
     (Keras's own bars say "Epoch 1/2" and nothing of the phase.)
@@ -79,7 +85,7 @@ class _PhaseHeader(keras.callbacks.Callback):
                     self.params.get("epochs"))
 
 
-class _EpochLog(keras.callbacks.Callback):
+class _EpochLog(ProgressCallback):
     """Logs one line per epoch: the phase, the epoch, its metrics and seconds."""
 
     def __init__(self, phase):
