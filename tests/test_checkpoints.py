@@ -248,6 +248,35 @@ def test_an_epoch_is_saved_before_its_progress_line(tmp_path):
     assert saved == [True, True]
 
 
+def test_a_missing_or_damaged_checkpoint_is_named(tmp_path):
+    identity = checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4)
+    work = checkpoints.open_work_directory(str(tmp_path), identity)
+    work.write_arrays("head-final.npz", {"model/x": np.arange(3)})
+    np.testing.assert_array_equal(work.read_arrays("head-final.npz")["model/x"], np.arange(3))
+    path = tmp_path / "head-final.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    fix = r"Remove the work_dir to start over, or pass another one\."
+    with pytest.raises(ValueError, match=rf"The checkpoint '{path}', which state\.json names, "
+                                         rf"cannot be read \(.*\)\. {fix}"):
+        work.read_arrays("head-final.npz")
+    path.unlink()
+    with pytest.raises(ValueError, match=rf"cannot be read \(.*\)\. {fix}"):
+        work.read_arrays("head-final.npz")
+
+
+def test_a_failed_write_leaves_no_part_behind(tmp_path, monkeypatch):
+    identity = checkpoints.run_identity(FineTuneConfig(), "hub", ["a", "b"], 10, 4)
+    work = checkpoints.open_work_directory(str(tmp_path), identity)
+
+    def full_disk(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        work.write_arrays("head-epoch-0001.npz", {"x": np.zeros(3)})
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
 def test_a_work_directory_in_use_is_refused(tmp_path):
     work_dir = str(tmp_path / "work")
     with checkpoints.work_directory_lock(work_dir):

@@ -311,6 +311,22 @@ def test_an_interrupted_run_says_how_to_resume(run_in_process, monkeypatch, caps
         "resumable: every epoch is saved there)\n")
 
 
+def test_a_full_disk_is_one_line(run_in_process, monkeypatch, capsys):
+    def full(args):
+        try:
+            raise OSError(28, "No space left on device", "/tmp/spill/000-train.bin")
+        except OSError as error:
+            raise RuntimeError("while caching") from error
+
+    monkeypatch.setitem(cli.COMMANDS, "train", full)
+    assert run_in_process(["train"]) == cli.EXIT_ERROR
+    assert capsys.readouterr().err == (
+        "tfhub_ft: no space left on the device (/tmp/spill/000-train.bin). Free space there, "
+        "or write elsewhere: --export_dir, --work_dir, and TMPDIR for the spill files past "
+        "--cache_memory_mb; nothing was kept (pass --work_dir=FOLDER to make a run "
+        "resumable: every epoch is saved there)\n")
+
+
 @pytest.mark.parametrize("signum, status", [("SIGTERM", 143), ("SIGHUP", 129)])
 def test_sigterm_and_sighup_clean_up_like_ctrl_c(run_in_process, monkeypatch, capsys,
                                                  tmp_path, signum, status):

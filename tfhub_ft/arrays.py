@@ -67,8 +67,15 @@ class FileArray:
         """Writes `values` [M, ...] to rows start .. start + M - 1."""
         if self._rows is not None:
             raise ValueError("A FileArray subset is read-only.")
-        values = np.ascontiguousarray(values, dtype=self.dtype)
-        os.pwrite(self._file.fileno(), values.tobytes(), start * self._row_bytes)
+        data = memoryview(np.ascontiguousarray(values, dtype=self.dtype)).cast("B")
+        offset = start * self._row_bytes
+        try:
+            while data:  # pwrite may write less than asked
+                written = os.pwrite(self._file.fileno(), data, offset)
+                data, offset = data[written:], offset + written
+        except OSError as error:
+            # Named: os.pwrite's error says "No space left on device", not where.
+            raise OSError(error.errno, error.strerror, self._file.name) from error
 
     def append(self, values):
         """Writes `values` [M, ...] after the last row, growing the file by M rows."""

@@ -42,6 +42,7 @@ import os
 import re
 import socket
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -256,11 +257,22 @@ class WorkDirectory:
         self._write_atomically(name, buffer.getvalue())
 
     def read_arrays(self, name):
-        """Reads the arrays of an .npz file written by `write_arrays`."""
-        with tf.io.gfile.GFile(self._file(name), "rb") as file:
-            data = file.read()
-        with np.load(io.BytesIO(data)) as arrays:
-            return {key: arrays[key] for key in arrays.files}
+        """Reads the arrays of an .npz file written by `write_arrays`.
+
+        Raises:
+            ValueError: if the file is missing or damaged (named, with the fix).
+        """
+        try:
+            with tf.io.gfile.GFile(self._file(name), "rb") as file:
+                data = file.read()
+            with np.load(io.BytesIO(data)) as arrays:
+                return {key: arrays[key] for key in arrays.files}
+        except (OSError, tf.errors.OpError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            reason = getattr(error, "message", None) or str(error) or type(error).__name__
+            raise ValueError(
+                f"The checkpoint {self._file(name)!r}, which {STATE_FILE} names, cannot be "
+                f"read ({reason}). Remove the work_dir to start over, or pass "
+                "another one.") from error
 
     def delete(self, name):
         """Removes a file of the work directory (on the chief), if present."""
@@ -270,8 +282,22 @@ class WorkDirectory:
     def _write_atomically(self, name, data):
         final = self._file(name)
         partial = self._file(f".{name}.partial")
-        with tf.io.gfile.GFile(partial, "wb") as file:
-            file.write(data)
+        try:
+            if "://" in self.path:
+                with tf.io.gfile.GFile(partial, "wb") as file:
+                    file.write(data)
+            else:
+                with open(partial, "wb") as file:
+                    file.write(data)
+                    # On disk before the rename: after a power loss, a name
+                    # the state gives must not hold an empty file.
+                    file.flush()
+                    os.fsync(file.fileno())
+        except BaseException:
+            # A full disk stays full with the part written.
+            if tf.io.gfile.exists(partial):
+                tf.io.gfile.remove(partial)
+            raise
         tf.io.gfile.rename(partial, final, overwrite=True)
 
 

@@ -26,6 +26,7 @@ import argparse
 import atexit
 import contextlib
 import dataclasses
+import errno
 import inspect
 import json
 import linecache
@@ -829,6 +830,15 @@ def _main(argv):
         sys.stdout.flush()
         print(_one_line(command, error), file=sys.stderr, flush=True)
         return EXIT_ERROR
+    except Exception as error:
+        full = _disk_full(error)
+        if full is None:
+            raise
+        sys.stdout.flush()
+        print(f"{PROG}: no space left on the device ({full}). Free space there, or write "
+              "elsewhere: --export_dir, --work_dir, and TMPDIR for the spill files past "
+              f"--cache_memory_mb{_resume_hint(args)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     except KeyboardInterrupt as interrupt:
         signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
         what = ("interrupted" if signum == signal.SIGINT
@@ -837,6 +847,22 @@ def _main(argv):
         # The shell's status for a process a signal ended: 128 + its number
         # (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
         return 128 + signum
+
+
+def _disk_full(error):
+    """For an error a full disk caused (an OSError with ENOSPC, or
+    TensorFlow's error saying "No space left on device", anywhere in its
+    chain of causes), where: the file it names, else its message; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error.filename or error.strerror
+        message = getattr(error, "message", None) or str(error)
+        if "No space left on device" in message:
+            return message.strip().splitlines()[0]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _resume_hint(args):
