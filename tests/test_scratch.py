@@ -42,3 +42,17 @@ def test_made_folders_name_their_process(tmp_path):
     assert re.fullmatch(rf"kind-{os.getpid()}@[^/]+-[^-@/]+", os.path.basename(path))
     # Its process is running: left alone.
     assert scratch.remove_abandoned("kind", str(tmp_path)) == []
+
+
+def test_libraries_make_their_temporary_files_in_a_folder_of_their_own(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # One that a killed process left.
+    left = tmp_path / f"tfhub_ft_tflite-{ended_process_id()}@{scratch._host()}-x1"
+    left.mkdir()
+    with scratch.temporary_folder_for_libraries("tfhub_ft_tflite", "a conversion's") as folder:
+        assert os.path.dirname(folder) == str(tmp_path)
+        assert os.path.dirname(tempfile.mkdtemp()) == folder
+        assert not left.exists()
+    assert tempfile.tempdir == str(tmp_path)
+    assert os.listdir(tmp_path) == []

@@ -9,6 +9,7 @@ so that a later process can tell a folder whose owner has ended from one a
 running process is still writing, and remove the first kind only.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -72,6 +73,32 @@ def remove_abandoned(kind, parent=None, what="scratch folder"):
         logger.info("Removed %s: %s that process %s left when it ended without "
                     "cleaning up", path, what, match.group(1))
     return removed
+
+
+@contextlib.contextmanager
+def temporary_folder_for_libraries(kind, what):
+    """Points Python's temporary folder (`tempfile.tempdir`) at a folder of
+    its own while the block runs, for libraries that make temporary files
+    of their own there (TensorFlow's TFLite converter saves a SavedModel):
+    a kill leaves them in a `make_folder` folder that a later call sweeps
+    up, rather than in the temporary folder for good.
+
+    The setting is process-wide: a thread making temporary files meanwhile
+    makes them there too. Folders of `kind` that ended processes left are
+    removed first (`remove_abandoned`, naming `what`).
+
+    Yields:
+        The folder's path; it is removed, with what is in it, after.
+    """
+    remove_abandoned(kind, what=what)
+    folder = make_folder(kind)
+    previous = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _process_exists(pid):

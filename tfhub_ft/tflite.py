@@ -38,13 +38,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfhub_ft import native_stderr, preprocessing
+from tfhub_ft import native_stderr, preprocessing, scratch
 
 logger = logging.getLogger(__name__)
 
 TFLITE_MODES = ("float32", "float16", "dynamic", "int8")
 TFLITE_FILE = "model.tflite"
 PARITY_FILE = "tflite_parity.json"
+# The prefix of the folder a conversion's temporary files go to
+# (`scratch.temporary_folder_for_libraries`).
+CONVERSION_KIND = "tfhub_ft_tflite"
 # Training images the int8 calibration sees: a few hundred is what the TFLite
 # post-training quantization guide recommends.
 REPRESENTATIVE_IMAGE_COUNT = 300
@@ -291,7 +294,9 @@ def convert(model, image_size, mode, representative_images=None, correct_bias=Tr
             "error of %s, over %d training images, taken back out of their outputs.",
             correction.description(), correction.images)
     module = _TFLiteModule(model, image_size, correction)
-    with _quiet_converter_logging(), native_stderr.filtered(_NATIVE_NOISE, logger.debug):
+    with _quiet_converter_logging(), native_stderr.filtered(
+            _NATIVE_NOISE, logger.debug), scratch.temporary_folder_for_libraries(
+                CONVERSION_KIND, "the temporary folder of a TFLite conversion"):
         converter = _signature_converter(module.classify.get_concrete_function())
         if mode in ("float16", "dynamic", "int8"):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
