@@ -137,6 +137,16 @@ def test_a_kill_after_the_swap_leaves_the_new_export_and_a_sweepable_old_one(
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
+def test_a_folder_inside_an_export_is_refused(tmp_path):
+    _folders(tmp_path, {"model": ["saved_model.pb", "labels.txt"]})
+    inside = str(tmp_path / "model" / "more" / "sub")
+    with pytest.raises(ValueError, match=(
+            rf"Received: export_dir='{inside}', inside the export at '{tmp_path}/model', "
+            r"which deletes it when that export is written again\. Choose a folder beside")):
+        export.check_replaceable(inside)
+    assert export.check_replaceable(str(tmp_path / "beside")) is False
+
+
 def test_a_link_or_an_unreadable_folder_is_refused(tmp_path):
     target = tmp_path / "target"
     target.mkdir()

@@ -259,8 +259,8 @@ def check_replaceable(path, name="export_dir", kind="classifier"):
 
     Raises:
         TypeError, ValueError: if `path` is not a folder path
-            (`checks.check_folder_path`: a file, for one), or is a folder
-            with other content.
+            (`checks.check_folder_path`: a file, for one), is a folder
+            with other content, or is inside an export.
     """
     path = os.path.abspath(check_folder_path(name, path))
     if os.path.islink(path):
@@ -268,6 +268,13 @@ def check_replaceable(path, name="export_dir", kind="classifier"):
             f"Invalid value for `{name}`. Expected a folder path, not a symbolic link (an "
             f"export replaces the folder at its path, not the link's target). Received: "
             f"{name}={path!r}, a link to {os.readlink(path)!r}. Pass the target's path.")
+    # Inside an export, the next export there would delete it with the rest.
+    for folder in _ancestors(path):
+        if os.path.isfile(os.path.join(folder, "saved_model.pb")):
+            raise ValueError(
+                f"Invalid value for `{name}`. Expected a folder outside any export. "
+                f"Received: {name}={path!r}, inside the export at {folder!r}, which "
+                "deletes it when that export is written again. Choose a folder beside it.")
     if not os.path.isdir(path):
         return False
     try:
@@ -294,6 +301,14 @@ def check_replaceable(path, name="export_dir", kind="classifier"):
         f"which holds {len(entries)} other entr{'y' if len(entries) == 1 else 'ies'} "
         f"({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) that the "
         "export would delete. Choose a new folder.")
+
+
+def _ancestors(path):
+    """The folders above the absolute `path`, nearest first."""
+    parent = os.path.dirname(path)
+    while parent != path:
+        yield parent
+        path, parent = parent, os.path.dirname(parent)
 
 
 @contextlib.contextmanager
