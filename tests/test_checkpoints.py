@@ -279,6 +279,7 @@ def test_a_failed_write_leaves_no_part_behind(tmp_path, monkeypatch):
 
 def test_a_work_directory_in_use_is_refused(tmp_path):
     work_dir = str(tmp_path / "work")
+    os.makedirs(work_dir)
     with checkpoints.work_directory_lock(work_dir):
         with open(os.path.join(work_dir, checkpoints.LOCK_FILE)) as f:
             holder = f.read().strip()
@@ -297,6 +298,12 @@ def test_a_work_directory_in_use_is_refused(tmp_path):
         pass  # released when the run ended
     with checkpoints.work_directory_lock(None):
         pass
+    # A run that made the folder and wrote nothing in it leaves none.
+    os.remove(os.path.join(work_dir, checkpoints.LOCK_FILE))
+    os.rmdir(work_dir)
+    with checkpoints.work_directory_lock(work_dir):
+        assert os.listdir(work_dir) == [checkpoints.LOCK_FILE]
+    assert not os.path.exists(work_dir)
 
 
 @pytest.mark.slow

@@ -348,6 +348,7 @@ def work_directory_lock(work_dir, is_chief=True):
         # (A file is refused, with its own message, by `WorkDirectory`.)
         yield
         return
+    created = not os.path.isdir(path)
     os.makedirs(path, exist_ok=True)
     descriptor = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -367,6 +368,11 @@ def work_directory_lock(work_dir, is_chief=True):
         yield
     finally:
         os.close(descriptor)  # releases the lock
+        if created and os.listdir(path) == [LOCK_FILE]:
+            # A run refused before it started (a mistyped image folder)
+            # leaves no work directory behind.
+            os.remove(os.path.join(path, LOCK_FILE))
+            os.rmdir(path)
 
 
 def check_settings_before_loading(work_dir, config, hub_handle):
