@@ -112,12 +112,21 @@ def _folders(root, entries):
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["swapped", "renamed-aside"])
 def test_an_earlier_folder_is_replaced_whole(tmp_path, monkeypatch, exchange):
-    if not exchange:
+    swapped = []
+    if exchange:
+        real = export._exchange
+
+        def exchange_and_record(*paths):
+            swapped.append(real(*paths))
+            return swapped[-1]
+        monkeypatch.setattr(export, "_exchange", exchange_and_record)
+    else:
         monkeypatch.setattr(export, "_exchange", lambda first, second: False)
     _folders(tmp_path, {"staging": ["new.pb"], "model": ["old.pb"]})
     export._replace_folder(str(tmp_path / "staging"), str(tmp_path / "model"))
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert os.listdir(tmp_path / "model") == ["new.pb"]
+    assert swapped == ([True] if exchange else [])
 
 
 def test_a_kill_after_the_swap_leaves_the_new_export_and_a_sweepable_old_one(

@@ -140,6 +140,7 @@ def test_a_broken_link_to_an_image_gets_a_row(export_dir, photos, tmp_path, capl
         listed = predict.list_image_files(str(folder))
         assert predict.list_image_files(str(folder / "*")) == listed
     assert listed == [str(folder / "a.jpg"), str(folder / "b.jpg")]
+    assert len(caplog.messages) == 2
     assert all("c.txt (broken link)" in message for message in caplog.messages)
     rows = predict.predict_files(export_dir, listed, verbose=False)
     assert [row["error"] for row in rows] == [

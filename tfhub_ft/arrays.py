@@ -67,7 +67,7 @@ class FileArray:
         """Writes `values` [M, ...] to rows start .. start + M - 1."""
         if self._rows is not None:
             raise ValueError("A FileArray subset is read-only.")
-        data = memoryview(np.ascontiguousarray(values, dtype=self.dtype)).cast("B")
+        data = memoryview(np.ascontiguousarray(values, dtype=self.dtype).reshape(-1)).cast("B")
         offset = start * self._row_bytes
         try:
             while data:  # pwrite may write less than asked

@@ -34,6 +34,7 @@ reads the state once, before training.
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import io
 import json
@@ -267,7 +268,8 @@ class WorkDirectory:
                 data = file.read()
             with np.load(io.BytesIO(data)) as arrays:
                 return {key: arrays[key] for key in arrays.files}
-        except (OSError, tf.errors.OpError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        except (FileNotFoundError, tf.errors.NotFoundError, tf.errors.DataLossError, ValueError,
+                EOFError, zipfile.BadZipFile) as error:
             reason = getattr(error, "message", None) or str(error) or type(error).__name__
             raise ValueError(
                 f"The checkpoint {self._file(name)!r}, which {STATE_FILE} names, cannot be "
@@ -293,10 +295,14 @@ class WorkDirectory:
                     # the state gives must not hold an empty file.
                     file.flush()
                     os.fsync(file.fileno())
-        except BaseException:
+        except BaseException as error:
             # A full disk stays full with the part written.
-            if tf.io.gfile.exists(partial):
-                tf.io.gfile.remove(partial)
+            with contextlib.suppress(Exception):
+                if tf.io.gfile.exists(partial):
+                    tf.io.gfile.remove(partial)
+            if isinstance(error, OSError) and not error.filename:
+                # Named: a failed write or fsync says "No space left on device", not where.
+                raise OSError(error.errno, error.strerror, final) from error
             raise
         tf.io.gfile.rename(partial, final, overwrite=True)
 
@@ -343,18 +349,25 @@ def work_directory_lock(work_dir, is_chief=True):
         ValueError: if another process holds the lock.
         OSError: if the lock file cannot be made.
     """
-    path = None if work_dir is None or not is_chief else os.fspath(work_dir)
+    path = None if work_dir is None or not is_chief else check_folder_path("work_dir", work_dir)
     if path is None or "://" in path or os.path.isfile(path):
         # (A file is refused, with its own message, by `WorkDirectory`.)
         yield
         return
-    created = not os.path.isdir(path)
     os.makedirs(path, exist_ok=True)
     descriptor = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as error:
+            if error.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                logger.warning("The work directory %s is not locked: its file system has "
+                               "no flock (%s). Run one command at a time in it.", path,
+                               error.strerror)
+                yield
+                return
+            if not isinstance(error, BlockingIOError):
+                raise
             holder = os.pread(descriptor, 256, 0).decode(errors="replace").strip()
             raise ValueError(
                 "Invalid value for `work_dir`. Expected a work directory that no other "
@@ -368,11 +381,6 @@ def work_directory_lock(work_dir, is_chief=True):
         yield
     finally:
         os.close(descriptor)  # releases the lock
-        if created and os.listdir(path) == [LOCK_FILE]:
-            # A run refused before it started (a mistyped image folder)
-            # leaves no work directory behind.
-            os.remove(os.path.join(path, LOCK_FILE))
-            os.rmdir(path)
 
 
 def check_settings_before_loading(work_dir, config, hub_handle):

@@ -797,7 +797,9 @@ def _sigterm_as_interrupt():
 
     def terminate(signum, frame):
         raise Terminated(signum)
-    signums = [signal.SIGTERM, signal.SIGHUP]
+    # One inherited as ignored stays so: `nohup` runs outlive their terminal.
+    signums = [signum for signum in (signal.SIGTERM, signal.SIGHUP)
+               if signal.getsignal(signum) is not signal.SIG_IGN]
     previous = {signum: signal.signal(signum, terminate) for signum in signums}
     try:
         yield
@@ -843,7 +845,8 @@ def _main(argv):
         signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
         what = ("interrupted" if signum == signal.SIGINT
                 else f"terminated ({signal.Signals(signum).name})")
-        print(f"{PROG}: {what}{_resume_hint(args)}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # a terminal that hung up
+            print(f"{PROG}: {what}{_resume_hint(args)}", file=sys.stderr)
         # The shell's status for a process a signal ended: 128 + its number
         # (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
         return 128 + signum
@@ -873,10 +876,9 @@ def _resume_hint(args):
     if not work_dir:
         return ("; nothing was kept (pass --work_dir=FOLDER to make a run resumable: "
                 "every epoch is saved there)")
-    # Not imported yet: interrupted before the work directory was opened.
-    checkpoints = sys.modules.get("tfhub_ft.checkpoints")
-    if checkpoints is None or not os.path.exists(os.path.join(work_dir,
-                                                              checkpoints.STATE_FILE)):
+    # checkpoints.STATE_FILE, named here without importing TensorFlow; a
+    # URL (gs://) cannot be looked at without it.
+    if "://" not in work_dir and not os.path.exists(os.path.join(work_dir, "state.json")):
         return ("; it had not started training, so there is nothing to resume in "
                 f"--work_dir={shlex.quote(work_dir)}")
     return f"; the same command resumes it from --work_dir={shlex.quote(work_dir)}"

@@ -201,7 +201,7 @@ def atomic_folder(path, what, kind="classifier"):
         # servers running as other users, so it gets the usual mode.
         os.chmod(staging, 0o777 & ~_umask())
         # Checked again here: another run may have exported to `path` since.
-        if os.path.exists(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
             logger.warning("Replacing the earlier export at %s (its files go with it).", path)
         _replace_folder(staging, path)
     except BaseException:

@@ -60,7 +60,8 @@ def list_image_files(images):
         scan = image_files.scan_class_folder(images, preprocessing.IMAGE_EXTENSIONS)
         # A link to a missing image is a file the caller asked about: it
         # gets a row saying so (training warns of it).
-        broken = [path for path, _ in scan.left_out if _is_broken_image_link(path)]
+        broken = [path for path, why in scan.left_out
+                  if why == "broken link" and _is_broken_image_link(path)]
         paths = scan.files + broken
         left_out = [(path, why) for path, why in scan.left_out if path not in broken]
         if left_out:

@@ -385,10 +385,11 @@ _NATIVE_NOISE = re.compile(
 def _quiet_converter_logging():
     """Hides the converter's per-conversion INFO and WARNING lines (absl's,
     and TensorFlow's "Assets written to" as it saves the frozen function)."""
-    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    loggers = {logging.getLogger("absl"): logging.ERROR,
+               logging.getLogger("tensorflow"): logging.WARNING}
     levels = [each.level for each in loggers]
-    for each, level in zip(loggers, levels):
-        each.setLevel(max(level, logging.ERROR))
+    for (each, quiet), level in zip(loggers.items(), levels):
+        each.setLevel(max(level, quiet))
     try:
         yield
     finally:
