@@ -35,8 +35,8 @@ def flowers_command(backbone, folders, work_dir, export_dir):
 
 def environment():
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    # Two processes never run at once here, but each should leave the other
-    # core to whatever else shares the machine.
+    # Each process leaves the other core to whatever else shares the
+    # machine (the lock test runs two at once).
     env.setdefault("TF_NUM_INTEROP_THREADS", "1")
     return env
 
@@ -351,7 +351,14 @@ def test_other_images_of_the_same_count_are_a_different_run(tmp_path):
     with pytest.raises(ValueError) as error:
         checkpoints.open_work_directory(str(tmp_path / "work"), identity(train="89ab"))
     assert ("holds a different run (the train images differ (their files, sizes, labels or "
-            "pixels; fingerprint 0123 -> 89ab))") in str(error.value)
+            "pixels; fingerprint 0123 -> 89ab)). Nothing was trained in it yet (no "
+            "checkpoint), so it can be removed, or pass a new work_dir") in str(error.value)
+    work = checkpoints.open_work_directory(str(tmp_path / "work"), identity())
+    work.state["phases"]["head"] = {"checkpoint": "head-1.npz"}
+    work.save_state()
+    with pytest.raises(ValueError, match=r"-> 89ab\)\). Rerun with the same options and data "
+                                         "to resume it, or pass a new work_dir"):
+        checkpoints.open_work_directory(str(tmp_path / "work"), identity(train="89ab"))
     # A work directory written before fingerprints were recorded resumes on
     # the counts alone.
     checkpoints.open_work_directory(str(tmp_path / "old"), checkpoints.run_identity(

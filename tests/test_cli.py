@@ -188,7 +188,7 @@ def test_one_line_errors(run_in_process, capsys, tiny_backbone_path, image_folde
         "Invalid value for `work_dir`. Expected a folder outside `export_dir`": [
             "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
             f"--export_dir={tmp_path / 'out'}", f"--work_dir={tmp_path / 'out' / 'work'}"],
-        "Invalid value for `export_backbone_dir`. Expected a folder other than `export_dir`": [
+        "Invalid value for `export_backbone_dir`. Expected a folder neither `export_dir`": [
             "train", f"--hub_url={tiny_backbone_path}", f"--image_dir={train}",
             f"--export_dir={tmp_path / 'out'}", f"--export_backbone_dir={tmp_path / 'out'}"],
         # A SavedModel, so check_replaceable would let the export replace it.
@@ -213,6 +213,20 @@ def test_outputs_inside_image_folders_are_refused_urls_are_not_paths(tmp_path, m
     args.report_dir = str(tmp_path / "cats" / "report")
     with pytest.raises(ValueError, match="the next run on that folder would read it as a class folder"):
         cli._check_outside_image_folders(args)
+
+
+def test_exports_inside_or_around_each_other_are_refused_before_training(tmp_path):
+    import argparse
+    outer, inner = str(tmp_path / "out"), str(tmp_path / "out" / "backbone")
+    # Inside: refused only after training before; around: the backbone's
+    # export would have deleted the classifier's.
+    for export_dir, export_backbone_dir in ((outer, inner), (inner, outer)):
+        args = argparse.Namespace(export_dir=export_dir, export_backbone_dir=export_backbone_dir)
+        with pytest.raises(ValueError, match="Expected a folder neither `export_dir` nor inside "
+                                             "or around it"):
+            cli._check_outside_exports(args)
+    cli._check_outside_exports(argparse.Namespace(export_dir=outer,
+                                                  export_backbone_dir=str(tmp_path / "backbone")))
 
 
 def test_advice_names_flags_as_the_command_user_types_them():

@@ -1,5 +1,6 @@
 import logging
 import os
+import shutil
 import re
 import socket
 import stat
@@ -127,6 +128,20 @@ def test_an_earlier_folder_is_replaced_whole(tmp_path, monkeypatch, exchange):
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert os.listdir(tmp_path / "model") == ["new.pb"]
     assert swapped == ([True] if exchange else [])
+
+
+def test_an_earlier_folder_removed_before_the_swap_is_not_missed(tmp_path, monkeypatch):
+    real = export._exchange
+
+    def removed_first(first, second):
+        # Another process removes the old export between the check and the swap.
+        shutil.rmtree(second)
+        return real(first, second)
+    monkeypatch.setattr(export, "_exchange", removed_first)
+    _folders(tmp_path, {"staging": ["new.pb"], "model": ["old.pb"]})
+    export._replace_folder(str(tmp_path / "staging"), str(tmp_path / "model"))
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert os.listdir(tmp_path / "model") == ["new.pb"]
 
 
 def test_a_kill_after_the_swap_leaves_the_new_export_and_a_sweepable_old_one(

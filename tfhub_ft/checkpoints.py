@@ -169,7 +169,7 @@ class WorkDirectory:
         state_path = self._file(STATE_FILE)
         if tf.io.gfile.exists(state_path):
             self.state = _read_state(state_path)
-            _check_same_run(path, self.state["identity"], identity)
+            _check_same_run(path, self.state["identity"], identity, _trained(self.state))
             logger.info("Resuming the run in %s: %s", path, self.describe())
         else:
             self.state = {"format": STATE_FORMAT, "identity": identity,
@@ -346,6 +346,8 @@ def work_directory_lock(work_dir, is_chief=True):
         is_chief: Whether this process writes the work directory.
 
     Raises:
+        TypeError, ValueError: if `work_dir` is not a folder path
+            (`checks.check_folder_path`).
         ValueError: if another process holds the lock.
         OSError: if the lock file cannot be made.
     """
@@ -400,13 +402,20 @@ def check_settings_before_loading(work_dir, config, hub_handle):
     state_path = _in_folder(path, STATE_FILE)
     if not tf.io.gfile.exists(state_path):
         return
-    recorded = _read_state(state_path)["identity"]
+    state = _read_state(state_path)
+    recorded = state["identity"]
     settings = run_identity(config, hub_handle, [], 0, 0)
     _check_same_run(path, {key: recorded.get(key) for key in ("config", "hub_handle")},
-                    {key: settings[key] for key in ("config", "hub_handle")})
+                    {key: settings[key] for key in ("config", "hub_handle")}, _trained(state))
 
 
-def _check_same_run(path, recorded, identity):
+def _trained(state):
+    """Whether a run's state names a checkpoint: a killed run's first epoch
+    left none."""
+    return any(record.get("checkpoint") for record in state.get("phases", {}).values())
+
+
+def _check_same_run(path, recorded, identity, trained=True):
     if "fingerprints" not in recorded:
         # A work directory from before fingerprints were recorded: the
         # counts are all it can be checked by.
@@ -428,10 +437,11 @@ def _check_same_run(path, recorded, identity):
                             if old.get(name) != new.get(name)]
         elif recorded.get(key) != identity.get(key):
             differences.append(f"{key}: {recorded.get(key)!r} -> {identity.get(key)!r}")
+    advice = ("Rerun with the same options and data to resume it" if trained else
+              "Nothing was trained in it yet (no checkpoint), so it can be removed")
     raise ValueError(
         f"The work_dir {path!r} holds a different run ({'; '.join(differences)}). "
-        "Rerun with the same options and data to resume it, or pass a new work_dir "
-        "(`--work_dir` in the command).")
+        f"{advice}, or pass a new work_dir (`--work_dir` in the command).")
 
 
 class PhaseCheckpoint:

@@ -488,11 +488,16 @@ def _check_outside_exports(args):
     export folder after it is fine.)"""
     exports = {name: getattr(args, name)
                for name in ("export_dir", "export_backbone_dir") if getattr(args, name)}
-    if len({os.path.realpath(folder) for folder in exports.values()}) < len(exports):
+    if len(exports) == 2 and (checks.is_within(args.export_backbone_dir, args.export_dir)
+                              or checks.is_within(args.export_dir, args.export_backbone_dir)):
+        # Inside the classifier's export, the backbone's would be refused
+        # after training (an export is not written into another); around
+        # it, the backbone's export would delete it.
         raise ValueError(
-            "Invalid value for `export_backbone_dir`. Expected a folder other than "
-            "`export_dir`: each export replaces its whole folder. Received: "
-            f"export_backbone_dir={args.export_backbone_dir!r}. Choose a folder beside it.")
+            "Invalid value for `export_backbone_dir`. Expected a folder neither `export_dir` "
+            "nor inside or around it: each export replaces its whole folder. Received: "
+            f"export_backbone_dir={args.export_backbone_dir!r}, export_dir={args.export_dir!r}. "
+            "Choose a folder beside it.")
     for name in ("work_dir", "tensorboard_dir", "image_dir", "validation_dir", "hub_url",
                  "data_dir"):
         value = getattr(args, name, None)

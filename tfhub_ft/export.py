@@ -23,6 +23,9 @@ from tfhub_ft.data import UNIT_RANGE_TOLERANCE
 logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.txt"
+# What marks a folder as a SavedModel (TensorFlow's
+# `saved_model.constants.SAVED_MODEL_FILENAME_PB`).
+SAVED_MODEL_FILE = "saved_model.pb"
 # How `serving_default` decodes, for what runs the model without it (a
 # .tflite file takes resized pixels: `tfhub_ft.predict` decodes for it).
 DECODING_FILE = "decoding.json"
@@ -201,7 +204,7 @@ def atomic_folder(path, what, kind="classifier"):
         # servers running as other users, so it gets the usual mode.
         os.chmod(staging, 0o777 & ~_umask())
         # Checked again here: another run may have exported to `path` since.
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
             logger.warning("Replacing the earlier export at %s (its files go with it).", path)
         _replace_folder(staging, path)
     except BaseException:
@@ -270,7 +273,7 @@ def check_replaceable(path, name="export_dir", kind="classifier"):
             f"{name}={path!r}, a link to {os.readlink(path)!r}. Pass the target's path.")
     # Inside an export, the next export there would delete it with the rest.
     for folder in _ancestors(path):
-        if os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        if os.path.isfile(os.path.join(folder, SAVED_MODEL_FILE)):
             raise ValueError(
                 f"Invalid value for `{name}`. Expected a folder outside any export. "
                 f"Received: {name}={path!r}, inside the export at {folder!r}, which "
@@ -285,7 +288,7 @@ def check_replaceable(path, name="export_dir", kind="classifier"):
             "folder you can write to.") from None
     if not entries:
         return False
-    if "saved_model.pb" in entries:
+    if SAVED_MODEL_FILE in entries:
         found = "classifier" if LABELS_FILE in entries else "backbone"
         if found == kind:
             return True
@@ -346,7 +349,13 @@ def _replace_folder(source, destination):
     if not os.path.exists(destination):
         os.replace(source, destination)
         return
-    if _exchange(source, destination):
+    try:
+        swapped = _exchange(source, destination)
+    except FileNotFoundError:
+        # Another process removed the old folder since: nothing to swap.
+        os.replace(source, destination)
+        return
+    if swapped:
         shutil.rmtree(source, ignore_errors=True)
         return
     # A fresh name, so that no folder of the user's is in the way (an empty
@@ -373,7 +382,8 @@ def _exchange(first, second):
         (not Linux, a C library without `renameat2`, ENOSYS, EINVAL).
 
     Raises:
-        OSError: for any other failure.
+        OSError: for any other failure (FileNotFoundError where a path is
+            missing).
     """
     if not sys.platform.startswith("linux"):
         return False
