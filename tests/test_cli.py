@@ -531,3 +531,30 @@ def test_tflite_flag_choices_are_the_export_modes():
     from tfhub_ft import tflite
 
     assert cli.TFLITE_CHOICES == ("none",) + tuple(tflite.TFLITE_MODES)
+
+
+def test_library_temporary_files_go_in_a_folder_a_later_command_removes(
+        run_in_process, monkeypatch, tmp_path):
+    import tempfile
+
+    from tests.test_scratch import ended_process_id
+
+    # What a killed command left (autograph's modules), and a live one's.
+    host = cli.scratch._host()
+    left = tmp_path / f"{cli.COMMAND_TEMPORARY_KIND}-{ended_process_id()}@{host}-x1"
+    live = tmp_path / f"{cli.COMMAND_TEMPORARY_KIND}-{os.getpid()}@{host}-x2"
+    for folder in (left, live):
+        folder.mkdir()
+        (folder / "__autograph_generated_file1.py").write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+
+    def command(args):
+        made.append(tempfile.mkstemp(prefix="__autograph_generated_file")[1])
+        return 0
+    monkeypatch.setitem(cli.COMMANDS, "evaluate", command)
+    assert run_in_process(["evaluate", "--model=m", "--image_dir=d"]) == 0
+    assert os.path.basename(os.path.dirname(made[0])).startswith(
+        f"{cli.COMMAND_TEMPORARY_KIND}-{os.getpid()}@")
+    assert sorted(os.listdir(tmp_path)) == [live.name]
+    assert tempfile.tempdir == str(tmp_path)

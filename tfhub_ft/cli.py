@@ -41,7 +41,7 @@ import time
 import typing
 import unicodedata
 
-from tfhub_ft import checks
+from tfhub_ft import checks, scratch
 from tfhub_ft import config as config_lib
 from tfhub_ft import native_stderr
 
@@ -823,12 +823,14 @@ def _main(argv):
             verbosity = _verbosity_of(argv)
             configure_logging(verbosity)
             import_tensorflow_quietly(verbosity)
-            return _delegate(command, argv[1:]) or 0
+            with _library_temporary_files():
+                return _delegate(command, argv[1:]) or 0
         args = build_parser().parse_args(argv)
         configure_logging(args.verbosity)
         import_tensorflow_quietly(args.verbosity)
         args.start_time = started
-        return COMMANDS[args.command](args)
+        with _library_temporary_files():
+            return COMMANDS[args.command](args)
     # ImportError: the library names a missing package with its pip command
     # (load_tfds); one raised elsewhere keeps its traceback.
     except (ValueError, TypeError, ImportError) as error:
@@ -855,6 +857,23 @@ def _main(argv):
         # The shell's status for a process a signal ended: 128 + its number
         # (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
         return 128 + signum
+
+
+# The prefix of a command's own temporary folder (`scratch.make_folder`).
+COMMAND_TEMPORARY_KIND = "tfhub_ft_command"
+
+
+def _library_temporary_files():
+    """A temporary folder of the command's own for the libraries' files.
+
+    TensorFlow's autograph writes a module per function it converts into
+    the temporary folder and removes them only in an exit handler
+    (`tensorflow/python/autograph/pyct/loader.py`), so a killed command
+    left dozens there for good. In this folder (`scratch`'s naming) a
+    later command removes them, with the spill files made there too.
+    """
+    return scratch.temporary_folder_for_libraries(COMMAND_TEMPORARY_KIND,
+                                                  "the temporary files of a command")
 
 
 def _disk_full(error):
