@@ -366,6 +366,17 @@ def test_other_images_of_the_same_count_are_a_different_run(tmp_path):
     checkpoints.open_work_directory(str(tmp_path / "old"), identity())
 
 
+def test_the_kept_epoch_is_read_from_the_state(tmp_path):
+    work = checkpoints.open_work_directory(str(tmp_path / "work"), checkpoints.run_identity(
+        FineTuneConfig(), "hub", ["a", "b"], 10, 4))
+    phase = work.phase("fine_tune")
+    assert phase.kept_epoch is None  # before an epoch ran
+    work.state["phases"]["fine_tune"] = {"early_stopping": {"best_epoch": -1}}
+    assert phase.kept_epoch == 0  # no epoch beat the start
+    work.state["phases"]["fine_tune"] = {"early_stopping": {"best_epoch": 1}}
+    assert phase.kept_epoch == 2
+
+
 def test_an_image_set_fingerprint_follows_files_labels_and_pixels(tmp_path):
     from tfhub_ft import data
 

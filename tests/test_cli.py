@@ -1,5 +1,6 @@
 import csv
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -437,7 +438,7 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     assert not re.search(r"^[IWE]\d{4} ", output, re.MULTILINE), output
     assert "renamed" not in output
     lines = output.splitlines()
-    assert len(lines) <= 27, output
+    assert len(lines) <= 28, output
     assert sum(line.startswith("Phase 2 will fine-tune the top 2 of 5 blocks (block_3 to top")
                for line in lines) == 1
     assert sum(line.startswith("head epoch ") for line in lines) == 2
@@ -454,6 +455,9 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     for name in [*names, "macro avg", "weighted avg"]:
         assert re.search(rf"^{name} +[\d.]+ +[\d.]+ +[\d.]+ +\d+$", done.stdout, re.MULTILINE)
     assert os.path.exists(tmp_path / "evaluation" / "per_class.csv")
+    summary = json.load(open(tmp_path / "evaluation" / "summary.json"))
+    assert (summary["model"], summary["image_dir"]) == (str(tmp_path / "export"),
+                                                        str(validation))
     with open(tmp_path / "evaluation" / "mistakes.csv", newline="") as f:
         assert all(os.path.isfile(row["file"]) for row in csv.DictReader(f))
     # A folder with some of the classes: the others are shown without recall.

@@ -82,19 +82,20 @@ def test_mistakes_csv_lists_every_mistake_with_its_file(tmp_path):
     paths = [f"photos/{name}.jpg" for name in "abcdef"]
     path = report.write_mistakes_csv(LABELS, probabilities, NAMES, tmp_path / "m.csv", paths)
     with open(path, newline="") as f:
-        assert list(csv.reader(f)) == [["file", "true", "predicted", "probability"],
-                                       ["photos/e.jpg", "dog", "fox", "0.900000"],
-                                       ["photos/c.jpg", "cat", "dog", "0.600000"]]
+        assert list(csv.reader(f)) == [
+            ["rank", "file", "true", "predicted", "probability", "true_probability"],
+            ["1", "photos/e.jpg", "dog", "fox", "0.900000", "0.050000"],
+            ["2", "photos/c.jpg", "cat", "dog", "0.600000", "0.200000"]]
     # Without files (a tf.data or TFDS source), the images' indices.
     path = report.write_mistakes_csv(LABELS, probabilities, NAMES, tmp_path / "i.csv")
     with open(path, newline="") as f:
-        assert [row[0] for row in csv.reader(f)] == ["file", "4", "2"]
+        assert [row[1] for row in csv.reader(f)] == ["file", "4", "2"]
     # A file name that is not UTF-8 is written as the logs show it, in the
     # CSV and the plot's titles.
     paths[4] = os.fsdecode(b"photos/caf\xe9.jpg")
     path = report.write_mistakes_csv(LABELS, probabilities, NAMES, tmp_path / "b.csv", paths)
     with open(path, newline="", encoding="utf-8") as f:
-        assert list(csv.reader(f))[1][0] == "photos/caf\\xe9.jpg"
+        assert list(csv.reader(f))[1][1] == "photos/caf\\xe9.jpg"
     images = np.zeros((2, 8, 8, 3), np.uint8)
     report.write_report(tmp_path / "r", NAMES, LABELS, probabilities, mistake_images=images,
                         mistake_indices=[4, 2], paths=paths)
@@ -114,10 +115,12 @@ def test_write_report_writes_every_file(tmp_path):
     assert sorted(written) == sorted([
         "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
         "mistakes.png", "mistakes.csv", "summary.json"])
-    # Figure size (inches) x 100 dpi; tight_layout keeps the canvas size.
-    expected_sizes = {"curves.png": (450, 1200),
-                      "confusion_matrix.png": (565, 715),   # side 4 + 0.55 * 3 classes
-                      "mistakes.png": (440, 640)}           # 2 mistakes: 1 row, 2 columns
+    # Figure size (inches) x dpi; tight_layout keeps the canvas size.
+    expected_sizes = {"curves.png": (720, 1800),            # 12 x 4.8 in at 150 dpi
+                      # side 0.45 * 3 classes + 2, margin 0.075 * len("cat (3)")
+                      # + 0.4, colour bar 1.8 and title 0.6, at 150 dpi
+                      "confusion_matrix.png": (731, 911),
+                      "mistakes.png": (490, 680)}           # 2 mistakes: 1 row, 2 columns
     for name, (height, width) in expected_sizes.items():
         pixels = mpimg.imread(written[name])
         assert pixels.shape[:2] == (height, width), name
@@ -131,6 +134,40 @@ def test_write_report_writes_every_file(tmp_path):
     assert summary["validation_metrics"]["accuracy"] == pytest.approx(4 / 6)
     assert summary["validation_metrics"]["macro_f1"] == pytest.approx(EXPECTED["macro avg"][2])
     assert summary["history"]["fine_tune"]["val_loss"] == [0.85]
+    assert summary["most_confused"] == [{"true": "cat", "predicted": "dog", "images": 1},
+                                        {"true": "dog", "predicted": "fox", "images": 1}]
+    assert "kept_epoch" not in summary
+    report.write_report(tmp_path / "kept", NAMES, LABELS, probabilities, history=history,
+                        kept_epoch=("fine_tune", 0), label_smoothing=0.1)
+    assert json.load(open(tmp_path / "kept" / "summary.json"))["kept_epoch"] == {
+        "phase": "fine_tune", "epoch": 0}
+
+
+def test_the_kept_epoch_is_placed_on_the_shared_epoch_axis():
+    spans = {"head": (0, 5), "fine_tune": (5, 3)}
+    # The start of fine-tuning is the head's last epoch.
+    assert report._kept_point(spans, ("fine_tune", 0)) == ("head", 5, 5)
+    assert report._kept_point(spans, ("fine_tune", 2)) == ("fine_tune", 2, 7)
+    assert report._kept_point(spans, None) is None
+    # Not drawn where the history has no such epoch.
+    assert report._kept_point(spans, ("fine_tune", 4)) is None
+    assert report._kept_point({"fine_tune": (0, 3)}, ("fine_tune", 0)) is None
+
+
+def test_most_confused_pairs_come_most_first_without_the_diagonal():
+    matrix = [[9, 1, 4], [0, 7, 2], [4, 0, 8]]
+    assert report.most_confused(matrix, NAMES) == [("cat", "fox", 4), ("fox", "cat", 4),
+                                                   ("dog", "fox", 2)]
+    assert report.most_confused(np.diag([3, 4, 5]), NAMES) == []
+
+
+def test_long_names_are_cut_in_the_middle_so_their_ends_stay_apart():
+    first = report._middle("Chevrolet Silverado 1500 Regular Cab 2012", 28)
+    second = report._middle("Chevrolet Silverado 1500 Extended Cab 2012", 28)
+    assert len(first) == len(second) == 28 and first != second
+    assert first.startswith("Chevrolet Silv") and first.endswith("ular Cab 2012")
+    assert report._middle("IMG_20240101_123456789012.jpeg", 20).endswith(".jpeg")
+    assert report._middle("cat", 28) == "cat"
 
 
 def test_a_report_written_into_an_earlier_one_removes_its_files_only(tmp_path, caplog):
@@ -208,4 +245,8 @@ def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_fol
     assert summary["validation_metrics"]["accuracy"] == pytest.approx(
         tuner.validation_metrics["accuracy"])
     assert summary["class_names"] == sorted(names)
-    assert mpimg.imread(written["curves.png"]).shape[:2] == (450, 1200)
+    # Early stopping's choice, from 0 (the start of fine-tuning) to the last epoch.
+    phase, epoch = tuner.kept_epoch
+    assert phase == "fine_tune" and 0 <= epoch <= len(history["fine_tune"]["loss"])
+    assert summary["kept_epoch"] == {"phase": phase, "epoch": epoch}
+    assert mpimg.imread(written["curves.png"]).shape[:2] == (720, 1800)

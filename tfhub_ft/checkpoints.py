@@ -132,6 +132,8 @@ class PlainPhase:
 
     def __init__(self, name):
         self.name = name
+        # As `PhaseCheckpoint.kept_epoch`, once `fit` has run.
+        self.kept_epoch = None
 
     def fit(self, trainee, train_batches, validation_data, epochs, callbacks=(),
             verbose="auto"):
@@ -139,7 +141,15 @@ class PlainPhase:
         history = trainee.fit(train_batches.dataset(), validation_data=validation_data,
                               epochs=epochs, verbose=verbose, shuffle=False,
                               callbacks=list(callbacks))
+        stopping = _early_stopping(callbacks)
+        if stopping is not None and history.history.get("loss"):
+            self.kept_epoch = int(stopping.best_epoch) + 1
         return history.history
+
+
+def _early_stopping(callbacks):
+    """The `EarlyStopping` among a phase's callbacks, or None."""
+    return next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
 
 
 NO_WORK_DIRECTORY = _NoWorkDirectory()
@@ -459,6 +469,14 @@ class PhaseCheckpoint:
     def record(self):
         return self.work_directory.state["phases"].get(self.name)
 
+    @property
+    def kept_epoch(self):
+        """The epoch (from 1; 0: the phase's start) whose weights early
+        stopping kept, from the state, so also after a resume; None without
+        early stopping or before an epoch ran."""
+        saved = (self.record or {}).get("early_stopping")
+        return None if not saved else int(saved["best_epoch"]) + 1
+
     def fit(self, trainee, train_batches, validation_data, epochs, callbacks=(),
             verbose="auto"):
         """Runs (or resumes, or skips) the phase's Keras fit.
@@ -508,9 +526,7 @@ class PhaseCheckpoint:
         # The data of each epoch is drawn from (seed, epoch): start where
         # the interrupted run would have been.
         train_batches.epoch = initial_epoch
-        early_stopping = [c for c in callbacks
-                          if isinstance(c, keras.callbacks.EarlyStopping)]
-        saver = _CheckpointCallback(self, early_stopping[0] if early_stopping else None)
+        saver = _CheckpointCallback(self, _early_stopping(callbacks))
         shown = [c for c in callbacks if isinstance(c, progress.ProgressCallback)]
         trainee.fit(
             train_batches.dataset(), validation_data=validation_data, epochs=epochs,

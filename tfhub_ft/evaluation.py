@@ -8,6 +8,7 @@ runs, so the numbers are the shipped model's.
 """
 
 import logging
+import os
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def evaluate_export(model, image_dir, batch_size=32):
         rows), "confusion_matrix" int [C, C], "class_names" (the export's),
         "labels" int [N], "probabilities" float32 [N, C], "paths" [N],
         "skipped" (files that could not be read or decoded; each is logged
-        with its reason).
+        with its reason), "model" and "image_dir" (absolute paths).
 
     Raises:
         ValueError: if `model` is not an export (`predict.load_classifier`),
@@ -79,20 +80,35 @@ def evaluate_export(model, image_dir, batch_size=32):
         "probabilities": probabilities,
         "paths": [paths[i] for i in kept],
         "skipped": [path for path, _ in skipped],
+        "model": os.path.abspath(model),
+        "image_dir": os.path.abspath(image_dir),
     }
 
 
-def write_evaluation_report(result, report_dir, image_size=160):
+def write_evaluation_report(result, report_dir, image_size=None):
     """Writes `evaluate_export`'s result as report files into `report_dir`.
 
     confusion_matrix.png/.csv, per_class.csv, mistakes.png (the images
-    decoded again at `image_size`) and .csv, and summary.json.
+    decoded again at `image_size`) and .csv, and summary.json; the plots
+    are titled with the image folder's name.
+
+    Args:
+        result: What `evaluate_export` returned.
+        report_dir: Folder, created if needed.
+        image_size: Side in pixels of the images in mistakes.png; None: the
+            export's (its decoding.json), else 224.
 
     Returns:
         {file name: path}.
     """
     from tfhub_ft import data, report
+    from tfhub_ft import export as export_lib
 
+    if image_size is None:
+        model = result["model"]
+        decoding = export_lib.read_decoding(
+            model if os.path.isdir(model) else os.path.dirname(model)) or {}
+        image_size = decoding.get("image_size") or 224
     indices = report.most_confident_mistakes(result["labels"], result["probabilities"])
     if len(indices):
         images, _, _ = data.decode_files([result["paths"][i] for i in indices], image_size)
@@ -101,6 +117,8 @@ def write_evaluation_report(result, report_dir, image_size=160):
     return report.write_report(
         report_dir, result["class_names"], result["labels"], result["probabilities"],
         mistake_images=images, mistake_indices=indices,
-        summary={"skipped_files": result["skipped"],
+        summary={"model": result["model"], "image_dir": result["image_dir"],
+                 "skipped_files": result["skipped"],
                  "validation_metrics": {"loss": result["loss"]}},
-        paths=result["paths"])
+        paths=result["paths"],
+        scored=f"images in {os.path.basename(os.path.normpath(result['image_dir']))!r}")

@@ -3,21 +3,24 @@
 `write_report` (and `FineTuner.report`) write into one folder:
 
     curves.png            loss and accuracy per epoch, training and
-                          validation, both phases on one epoch axis, the
-                          phase boundary marked
+                          validation, both phases on one epoch axis,
+                          fine-tuning on a grey band, a star on the
+                          weights the model kept
     confusion_matrix.png  validation confusion matrix: counts, shaded by
                           row-normalised share (recall per true class)
     confusion_matrix.csv  the counts, rows true classes, columns predicted
     per_class.csv         precision, recall, F1 and support per class,
                           then macro and weighted averages
-    mistakes.png          the most confidently wrong validation images,
-                          titled file name, true class, predicted class,
-                          probability
+    mistakes.png          the most confidently wrong validation images, as
+                          the model sees them, titled rank, class folder
+                          and file name, predicted and true class with
+                          their probabilities
     mistakes.csv          every wrong validation image, most confident
-                          first: file (or index), true and predicted
-                          class, the predicted class's probability
+                          first: rank, file (or index), true and predicted
+                          class, both classes' probabilities
     summary.json          config, hub handle, blocks unfrozen, image counts,
-                          skipped files, seconds per stage, metrics
+                          skipped files, seconds per stage, metrics, the
+                          most confused pairs of classes, the kept epoch
 
 Metrics come from scikit-learn (`sklearn.metrics`); plots from matplotlib
 with the Agg backend, so no display is needed.
@@ -167,46 +170,82 @@ def write_confusion_matrix_csv(matrix, class_names, path):
     return path
 
 
-def plot_curves(history, path):
+def plot_curves(history, path, kept_epoch=None, label_smoothing=None):
     """Loss and accuracy per epoch of both phases on one epoch axis.
+
+    Training is solid blue, validation dashed orange; the fine-tune phase
+    lies on a grey band, each phase named above it. Where `kept_epoch` is
+    given, a star marks the validation values of the weights the model
+    kept: early stopping may restore an epoch before the last, or the
+    start of fine-tuning, and the curves' last points are then not the
+    model's.
 
     Args:
         history: {"head": {...}, "fine_tune": {...}}, each a Keras history
             dict (loss, accuracy, val_loss, val_accuracy lists); a phase
             may be empty.
         path: The PNG to write.
+        kept_epoch: None, or (phase, epoch): the epoch (1-based, within
+            its phase) whose weights the model kept; ("fine_tune", 0) is
+            the start of fine-tuning, the head phase's last epoch.
+        label_smoothing: The loss's label smoothing, named on its axis
+            (the plotted loss is the training loss, smoothed targets
+            included).
     """
+    from matplotlib import ticker, transforms
+
     plt = pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-    offset, boundaries = 0, []
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=150)
+    offset, spans = 0, {}
     for phase in ("head", "fine_tune"):
         record = history.get(phase) or {}
         epochs = len(record.get("loss", []))
         if not epochs:
             continue
+        spans[phase] = (offset, epochs)
         x = np.arange(offset + 1, offset + epochs + 1)
         for axis, metric in zip(axes, ("loss", "accuracy")):
-            for prefix, style in (("", "-"), ("val_", "--")):
+            for prefix, color, style, marker in (("", "tab:blue", "-", "s"),
+                                                 ("val_", "tab:orange", "--", "o")):
                 values = record.get(prefix + metric)
                 if values:
-                    color = "tab:blue" if phase == "head" else "tab:orange"
-                    label = f"{PHASE_TITLES[phase]}, {'validation' if prefix else 'training'}"
-                    axis.plot(x[:len(values)], values, style, color=color, marker="o",
-                              markersize=3, label=label)
-        if offset:
-            boundaries.append(offset + 0.5)
+                    # One legend entry per split, from the first phase drawn.
+                    label = (None if len(spans) > 1
+                             else "validation" if prefix else "training")
+                    axis.plot(x[:len(values)], values, style, color=color, marker=marker,
+                              markersize=4, linewidth=1.8, label=label)
         offset += epochs
+    kept = _kept_point(spans, kept_epoch)
     for axis, metric in zip(axes, ("loss", "accuracy")):
-        for boundary in boundaries:
-            # Named in the legend: a label beside the line ended up under it.
-            axis.axvline(boundary, color="0.4", linestyle=":", linewidth=1.5,
-                         label="fine-tuning starts")
-        axis.set_xlabel("epoch (both phases, in order)")
-        axis.set_ylabel(metric if metric == "loss" else "accuracy (top-1)")
-        axis.set_title(f"{metric.capitalize()} per epoch")
+        above = transforms.blended_transform_factory(axis.transData, axis.transAxes)
+        for index, (phase, (start, epochs)) in enumerate(spans.items()):
+            if index:
+                axis.axvspan(start + 0.5, start + epochs + 0.5, color="0.92", zorder=0,
+                             linewidth=0)
+            axis.text(start + 0.5 + epochs / 2, 1.01, PHASE_TITLES[phase], transform=above,
+                      ha="center", va="bottom", fontsize=9, color="0.35")
+        if kept is not None:
+            phase, epoch, x = kept
+            values = history[phase].get("val_" + metric) or []
+            if len(values) >= epoch:
+                value = values[epoch - 1]
+                axis.plot([x], [value], marker="*", markersize=15, color="black",
+                          linestyle="none", zorder=5, label=f"kept weights (epoch {x})")
+                axis.annotate(f"{value:.1%}" if metric == "accuracy" else f"{value:.3f}",
+                              (x, value), textcoords="offset points", xytext=(0, 10),
+                              ha="center", fontsize=9, fontweight="bold")
+        axis.set_xlabel("epoch")
+        if metric == "accuracy":
+            axis.set_ylabel("accuracy (top-1)")
+            axis.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
+        else:
+            axis.set_ylabel("loss (cross-entropy" + (f", label smoothing {label_smoothing:g})"
+                                                     if label_smoothing else ")"))
+        axis.set_title(f"{metric.capitalize()} per epoch", pad=18)
         axis.grid(True, alpha=0.3)
         if offset:
-            axis.legend(fontsize=8)
+            axis.set_xlim(0.5, offset + 0.5)
+            axis.legend(fontsize=9)
             axis.xaxis.get_major_locator().set_params(integer=True)
     figure.tight_layout()
     figure.savefig(path)
@@ -214,37 +253,98 @@ def plot_curves(history, path):
     return path
 
 
-def plot_confusion_matrix(matrix, class_names, path):
-    """Counts in each cell, shaded by the row-normalised share."""
+def _kept_point(spans, kept_epoch):
+    """(phase, epoch in it, x on the shared axis) of `kept_epoch`, the start
+    of fine-tuning as the head phase's last epoch; None where not drawn."""
+    if kept_epoch is None:
+        return None
+    phase, epoch = kept_epoch
+    if phase == "fine_tune" and epoch == 0:
+        phase, epoch = "head", spans.get("head", (0, 0))[1]
+    if phase not in spans or not 1 <= epoch <= spans[phase][1]:
+        return None
+    return phase, epoch, spans[phase][0] + epoch
+
+
+def plot_confusion_matrix(matrix, class_names, path, scored="validation images"):
+    """Counts in each cell, shaded by the row-normalised share (recall on the
+    diagonal); wrong predictions in bold, zeros off the diagonal left
+    blank, so that the errors stand out; each true class with its image
+    count.
+
+    Args:
+        matrix: int [C, C], rows true classes, columns predicted.
+        class_names: C names (cut in the middle past 30 characters).
+        path: The PNG to write.
+        scored: Which images were scored, for the title ("validation
+            images").
+    """
     plt = pyplot()
     matrix = np.asarray(matrix)
     count = len(class_names)
-    side = min(4 + 0.55 * count, 24)
-    figure, axis = plt.subplots(figsize=(side + 1.5, side), dpi=100)
-    totals = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
+    names = [_middle(name, 30) for name in class_names]
+    totals = matrix.sum(axis=1)
+    row_labels = [f"{name} ({int(total)})" for name, total in zip(names, totals)]
+    # Inches for the tick labels, from the longest (about 0.075 in a character at 9 pt).
+    margin = 0.075 * max((len(label) for label in row_labels), default=1) + 0.4
+    side = min(0.45 * count + 2, 20)
+    figure, axis = plt.subplots(figsize=(side + margin + 1.8, side + margin + 0.6),
+                                dpi=150 if count <= 20 else 100)
+    shares = np.divide(matrix, totals[:, None], out=np.zeros(matrix.shape, float),
+                       where=totals[:, None] > 0)
     image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    colorbar.set_label("share of the true class's images")
+    colorbar.set_label("share of the true class's images (recall on the diagonal)")
     if count <= 40:
+        size = 10 if count <= 12 else 8
         for row in range(count):
             for column in range(count):
-                axis.text(column, row, str(int(matrix[row, column])), ha="center",
-                          va="center", fontsize=8 if count > 15 else 10,
+                value = int(matrix[row, column])
+                if value == 0 and row != column:
+                    continue
+                axis.text(column, row, str(value), ha="center", va="center", fontsize=size,
+                          fontweight="normal" if row == column else "bold",
                           color="white" if shares[row, column] > 0.5 else "black")
     axis.set_xticks(range(count))
     axis.set_yticks(range(count))
-    axis.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor")
-    axis.set_yticklabels(class_names)
+    axis.set_xticklabels(names, rotation=45 if count <= 20 else 90, ha="right",
+                         rotation_mode="anchor", fontsize=9)
+    axis.set_yticklabels(row_labels, fontsize=9)
+    # White lines between the cells: a row or column is easier to follow.
+    axis.set_xticks(np.arange(count + 1) - 0.5, minor=True)
+    axis.set_yticks(np.arange(count + 1) - 0.5, minor=True)
+    axis.grid(which="minor", color="white", linewidth=0.8)
+    axis.tick_params(which="minor", length=0)
     axis.set_xlabel("predicted class")
-    axis.set_ylabel("true class")
+    axis.set_ylabel("true class (images)")
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
-    axis.set_title(f"Confusion matrix, validation ({int(matrix.sum())} images, "
-                   f"accuracy {accuracy:.3f})")
+    axis.set_title(f"Confusion matrix of {int(matrix.sum())} {scored}, "
+                   f"accuracy {accuracy:.1%}")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def most_confused(matrix, class_names, count=3):
+    """The largest off-diagonal cells of a confusion matrix, as fastai's
+    `ClassificationInterpretation.most_confused`.
+
+    Args:
+        matrix: int [C, C], rows true classes, columns predicted.
+        class_names: C names.
+        count: The most pairs returned.
+
+    Returns:
+        [(true name, predicted name, images)], most images first (ties in
+        row-major order); only cells with at least one image.
+    """
+    matrix = np.array(matrix, np.int64)
+    np.fill_diagonal(matrix, 0)
+    order = np.argsort(-matrix, axis=None, kind="stable")[:count]
+    size = len(class_names)
+    return [(class_names[i // size], class_names[i % size], int(matrix.flat[i]))
+            for i in order if matrix.flat[i] > 0]
 
 
 def most_confident_mistakes(labels, probabilities, count=16):
@@ -265,38 +365,52 @@ def most_confident_mistakes(labels, probabilities, count=16):
     return wrong[np.argsort(-confidence, kind="stable")][:count]
 
 
-def plot_mistakes(images, labels, probabilities, class_names, path, names=None):
-    """A grid of images, each titled (file name,) true, predicted and its
-    probability.
+def plot_mistakes(images, labels, probabilities, class_names, path, names=None,
+                  wrong_count=None, scored="validation images"):
+    """A grid of images as the model saw them, each titled with its rank
+    (the row of mistakes.csv), file name, the predicted and the true class
+    with their probabilities (as fastai's `plot_top_losses`).
 
     Args:
-        images: uint8 [K, H, W, 3], the wrongly classified images (see
-            `most_confident_mistakes`).
+        images: uint8 [K, S, S, 3], the wrongly classified images (see
+            `most_confident_mistakes`), resized as the model takes them.
         labels: int [K] true classes; probabilities: float [K, C].
         class_names: C names.
         path: The PNG to write.
-        names: None, or K file names for the titles.
+        names: None, or K file names for the titles (cut in the middle
+            past 32 characters: the start and the extension stay).
+        wrong_count: How many images were wrong in all (K when None).
+        scored: Which images were scored, for the title ("validation
+            images").
     """
     plt = pyplot()
     count = len(labels)
     columns = max(1, min(4, count))
     rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.8 * rows + 0.6),
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.2 * rows + 0.7),
                                 dpi=100, squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index >= count:
             continue
-        predicted = int(np.argmax(probabilities[index]))
+        predicted, true = int(np.argmax(probabilities[index])), int(labels[index])
         axis.imshow(np.asarray(images[index], np.uint8))
-        file_line = "" if names is None else f"{_short(names[index], 30)}\n"
-        axis.set_title(f"{file_line}true: {_short(class_names[labels[index]])}\n"
-                       f"predicted: {_short(class_names[predicted])} "
-                       f"({probabilities[index][predicted]:.0%})", fontsize=9)
+        file_line = f"#{index + 1}" + ("" if names is None else f"  {_middle(names[index], 32)}")
+        axis.set_title(f"{file_line}\n"
+                       f"predicted: {_middle(class_names[predicted], 26)} "
+                       f"({probabilities[index][predicted]:.0%})\n"
+                       f"true: {_middle(class_names[true], 26)} "
+                       f"({probabilities[index][true]:.0%})", fontsize=9)
     if count == 0:
-        axes.flat[0].text(0.5, 0.5, "No validation image is misclassified.",
+        axes.flat[0].text(0.5, 0.5, f"None of the {scored} is misclassified.",
                           ha="center", va="center")
-    figure.suptitle("Most confidently wrong validation images", fontsize=12)
+        title = f"Most confidently wrong {scored}"
+    else:
+        side = np.asarray(images).shape[1]
+        title = (f"Most confidently wrong {scored}: {count} of "
+                 f"{count if wrong_count is None else wrong_count} (all in {MISTAKES_CSV}), "
+                 f"as the model sees them ({side}x{side})")
+    figure.suptitle(title, fontsize=12)
     # Half an inch above the grid for the title, clear of the first row's titles.
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / figure.get_figheight()))
     figure.savefig(path)
@@ -304,29 +418,40 @@ def plot_mistakes(images, labels, probabilities, class_names, path, names=None):
     return path
 
 
-def _short(name, limit=22):
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+def _middle(name, limit):
+    """`name` cut in the middle to `limit` characters: names that differ at
+    the end ("... Regular Cab 2012", "... Extended Cab 2012") and a file's
+    extension stay."""
+    if len(name) <= limit:
+        return name
+    keep = limit - 1
+    return name[:keep - keep // 2] + "…" + name[-(keep // 2):]
 
 
 def write_mistakes_csv(labels, probabilities, class_names, path, paths=None):
-    """Every wrong prediction, most confident first: `file` (the path, a
-    name that is not UTF-8 written with escapes as in the logs; or, when
-    `paths` is None, the image's position in `labels`), `true`,
-    `predicted` and `probability` (of the predicted class, 6 decimals)."""
+    """Every wrong prediction, most confident first: `rank` (from 1, as
+    titled in mistakes.png), `file` (the path, a name that is not UTF-8
+    written with escapes as in the logs; or, when `paths` is None, the
+    image's position in `labels`), `true`, `predicted`, `probability` (of
+    the predicted class) and `true_probability` (of the true class), in
+    [0, 1] with 6 decimals."""
     indices = most_confident_mistakes(labels, probabilities, count=None)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "true", "predicted", "probability"])
-        for index in indices:
-            predicted = int(np.argmax(probabilities[index]))
-            writer.writerow([index if paths is None else display_path(paths[index]),
-                             class_names[labels[index]], class_names[predicted],
-                             f"{probabilities[index][predicted]:.6f}"])
+        writer.writerow(["rank", "file", "true", "predicted", "probability",
+                         "true_probability"])
+        for rank, index in enumerate(indices, 1):
+            predicted, true = int(np.argmax(probabilities[index])), int(labels[index])
+            writer.writerow([rank, index if paths is None else display_path(paths[index]),
+                             class_names[true], class_names[predicted],
+                             f"{probabilities[index][predicted]:.6f}",
+                             f"{probabilities[index][true]:.6f}"])
     return path
 
 
 def write_report(report_dir, class_names, labels, probabilities, history=None,
-                 mistake_images=None, mistake_indices=None, summary=None, paths=None):
+                 mistake_images=None, mistake_indices=None, summary=None, paths=None,
+                 kept_epoch=None, label_smoothing=None, scored="validation images"):
     """Writes the report files (see the module docstring) into `report_dir`.
 
     Args:
@@ -342,7 +467,11 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
         mistake_indices: int [K], indices into the N validation images.
         summary: Dict merged into summary.json (JSON-serialisable).
         paths: None, or the N validation images' files (for mistakes.csv
-            and the titles of mistakes.png).
+            and the titles of mistakes.png: class folder and file name).
+        kept_epoch, label_smoothing: As `plot_curves`; `kept_epoch` is
+            also written to summary.json.
+        scored: Which images were scored, for the plots' titles
+            ("validation images"; `evaluate` names its folder).
 
     Returns:
         {file name: path} of what was written.
@@ -371,16 +500,21 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
                                                join(MISTAKES_CSV), paths)
     with _missing_glyphs_noted():
         written[CONFUSION_MATRIX_FILE] = plot_confusion_matrix(
-            matrix, class_names, join(CONFUSION_MATRIX_FILE))
+            matrix, class_names, join(CONFUSION_MATRIX_FILE), scored)
         if history is not None:
-            written[CURVES_FILE] = plot_curves(history, join(CURVES_FILE))
+            written[CURVES_FILE] = plot_curves(history, join(CURVES_FILE), kept_epoch,
+                                               label_smoothing)
         if mistake_images is not None:
             indices = np.asarray(mistake_indices, np.int64)
+            # The class folder too: "0217.jpg" may be a cat and a bird.
+            names = None if paths is None else [
+                display_path(os.path.join(os.path.basename(os.path.dirname(paths[i])),
+                                          os.path.basename(paths[i])))
+                for i in indices]
             written[MISTAKES_FILE] = plot_mistakes(
                 mistake_images, labels[indices], probabilities[indices], class_names,
-                join(MISTAKES_FILE),
-                None if paths is None else [display_path(os.path.basename(paths[i]))
-                                            for i in indices])
+                join(MISTAKES_FILE), names, wrong_count=int(np.sum(predictions != labels)),
+                scored=scored)
     from sklearn import metrics
     content = dict(summary or {})
     content.setdefault("validation_metrics", {})
@@ -389,9 +523,14 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
         "accuracy": float(metrics.accuracy_score(labels, predictions)),
         "macro_f1": rows[-2]["f1"], "weighted_f1": rows[-1]["f1"],
         "count": int(len(labels))}
+    content["most_confused"] = [
+        {"true": true, "predicted": predicted, "images": images}
+        for true, predicted, images in most_confused(matrix, class_names)]
     content["class_names"] = list(class_names)
     if history is not None:
         content["history"] = history
+    if kept_epoch is not None:
+        content["kept_epoch"] = {"phase": kept_epoch[0], "epoch": int(kept_epoch[1])}
     with open(join(SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(_jsonable(content), f, indent=2)
     written[SUMMARY_FILE] = join(SUMMARY_FILE)

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # What `fit` sets before it replaces the model (`load_data` included): put
 # back when a `fit` is refused there, so the earlier model still matches it.
 _RUN_STATE = ("image_size", "skipped_files", "skip_reasons", "_decode_seconds",
-              "time_plan", "stage_seconds")
+              "time_plan", "stage_seconds", "kept_epoch")
 
 
 def _with_progress(callbacks, progress_callbacks):
@@ -96,6 +96,10 @@ class FineTuner:
         cache_usage: {"memory_bytes", "spilled_bytes"} of the decoded
             images and cached activations of the last `fit`.
         history: `fit`'s return value, after `fit`.
+        kept_epoch: ("fine_tune", epoch) whose weights early stopping kept
+            in the last `fit` (epoch from 1; 0: none beat the start of
+            fine-tuning, so the head phase's weights stayed); None where
+            phase 2 did not run.
         stage_seconds: Wall seconds of each stage of the last `fit` (and
             `export`): "load" (listing and checking the image files),
             "decode" (decoding them), "frozen_pass", "head", "fine_tune",
@@ -163,6 +167,7 @@ class FineTuner:
         self._parity_data = None
         self._pretrained_weights = None  # the backbone's, kept by the first `fit`
         self.history = None
+        self.kept_epoch = None
         self.stage_seconds = {}
         self._decode_seconds = 0.0
         self.unfrozen_blocks = []
@@ -330,6 +335,7 @@ class FineTuner:
         time_budget = self._start_budget(work_dir)
         self.time_plan = None
         self.stage_seconds = {}
+        self.kept_epoch = None
         if not self.config.head_epochs and not self.config.fine_tune_epochs:
             logger.warning(
                 "head_epochs=0 and fine_tune_epochs=0: nothing will be trained. The head "
@@ -445,12 +451,16 @@ class FineTuner:
                 else:
                     self.backbone.unfreeze_top_blocks(len(plan.blocks))
                     self.unfrozen_blocks = [block.name for block in plan.blocks]
+                    fine_tune_checkpoint = work.phase("fine_tune", self.unfrozen_blocks)
                     fine_tune_history = recipe.fine_tune(
                         self.model, frozen, train_set, validation_set, self.config, verbose,
-                        checkpoint=work.phase("fine_tune", self.unfrozen_blocks),
+                        checkpoint=fine_tune_checkpoint,
                         callbacks=self._phase_callbacks("fine_tune", tensorboard_dir,
                                                         callbacks),
                         phase_timer=fine_tune_timer)
+                    kept = fine_tune_checkpoint.kept_epoch
+                    if kept is not None:
+                        self.kept_epoch = ("fine_tune", kept)
         work.finish()
         self.cache_usage = {"memory_bytes": budget.used_bytes,
                             "spilled_bytes": budget.spilled_bytes}
@@ -465,6 +475,7 @@ class FineTuner:
         self._image_counts = {"train": len(train_set), "validation": len(validation_set)}
         logger.info("Validation accuracy %.4f on %d images",
                     self.validation_metrics["accuracy"], len(validation_set))
+        self._log_most_confused()
         if time_budget is not None:
             self.time_plan = time_budget_lib.TimePlan(
                 time_budget.seconds, time_budget.reserve_s, time_budget.reserve_reason,
@@ -482,6 +493,19 @@ class FineTuner:
         self._keep_tflite_data(train_set, validation_set)
         self.history = {"head": head_history, "fine_tune": fine_tune_history}
         return self.history
+
+    def _log_most_confused(self):
+        """One line naming the classes the validation images confuse most
+        (the report draws them all)."""
+        from tfhub_ft import report
+        matrix = report.confusion_matrix(self.validation_labels,
+                                         self.validation_probabilities.argmax(-1),
+                                         len(self.class_names))
+        pairs = report.most_confused(matrix, self.class_names)
+        if pairs:
+            logger.info("Most confused (true -> predicted, validation images): %s",
+                        ", ".join(f"{true} -> {predicted} {count}"
+                                  for true, predicted, count in pairs))
 
     def _start_from_pretrained_weights(self):
         """Each `fit` is a run of its own, from the module's weights.
@@ -908,7 +932,8 @@ class FineTuner:
             report_dir, self.class_names, self.validation_labels,
             self.validation_probabilities, history=self.history,
             mistake_images=images, mistake_indices=indices, summary=summary,
-            paths=self._validation_paths)
+            paths=self._validation_paths, kept_epoch=self.kept_epoch,
+            label_smoothing=self.config.label_smoothing)
 
     def find_learning_rate(self, train, phase="head", validation=None,
                            validation_split=None, class_names=None, data_dir=None,
