@@ -377,6 +377,38 @@ def test_the_kept_epoch_is_read_from_the_state(tmp_path):
     assert phase.kept_epoch == 2
 
 
+@pytest.mark.parametrize("count_start", [True, False])
+def test_a_plain_phase_keeps_early_stoppings_choice(count_start):
+    import tensorflow as tf
+
+    from tfhub_ft.recipe import EarlyStoppingFromStart
+
+    class Batches:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def dataset(self):
+            return tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(4)
+
+    rng = np.random.default_rng(0)
+    batches = Batches(rng.random((8, 3)).astype(np.float32),
+                      rng.random((8, 1)).astype(np.float32))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input([3]), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    stopping = EarlyStoppingFromStart(batches, patience=5, count_start=count_start)
+    phase = checkpoints.NO_WORK_DIRECTORY.phase("fine_tune")
+    history = phase.fit(model, batches, batches.dataset(), 3, [stopping], verbose=0)
+    losses = history["val_loss"]
+    # 0: no epoch beat the start (only where the start counts).
+    expected = (int(np.argmin(losses)) + 1
+                if not count_start or min(losses) < stopping.start_loss else 0)
+    assert phase.kept_epoch == expected and (count_start or expected >= 1)
+    # The default phase object is shared: a phase without epochs says nothing.
+    phase.fit(model, batches, batches.dataset(), 0, [stopping], verbose=0)
+    assert phase.kept_epoch is None
+
+
 def test_an_image_set_fingerprint_follows_files_labels_and_pixels(tmp_path):
     from tfhub_ft import data
 

@@ -20,6 +20,8 @@ ANSWERS = {
 class FakeClassifier:
     """Probabilities looked up by the file's bytes; b"bad" fails to decode."""
 
+    image_size = 8
+
     def __init__(self):
         self.batches = []
 
@@ -130,3 +132,10 @@ def test_a_model_that_is_not_a_classifier_export_is_refused(export_dir, tmp_path
     with pytest.raises(ValueError, match="Expected a SavedModel with a `serving_default` "
                                          "signature"):
         evaluation.evaluate_export(str(backbone), validation)
+
+
+def test_evaluation_plots_name_the_scored_folder():
+    assert evaluation._scored_images("/photos/test/") == "images in 'test'"
+    assert evaluation._scored_images(os.fsdecode(b"/photos/t\xe9st")) == "images in 't\\xe9st'"
+    assert evaluation._scored_images("/") == "images scored"
+    assert evaluation._scored_images(None) == "images scored"

@@ -130,13 +130,15 @@ def test_an_earlier_folder_is_replaced_whole(tmp_path, monkeypatch, exchange):
     assert swapped == ([True] if exchange else [])
 
 
-def test_an_earlier_folder_removed_before_the_swap_is_not_missed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("exchange", [True, False], ids=["swapped", "renamed-aside"])
+def test_an_earlier_folder_removed_before_the_swap_is_not_missed(tmp_path, monkeypatch,
+                                                                 exchange):
     real = export._exchange
 
     def removed_first(first, second):
         # Another process removes the old export between the check and the swap.
         shutil.rmtree(second)
-        return real(first, second)
+        return real(first, second) if exchange else False
     monkeypatch.setattr(export, "_exchange", removed_first)
     _folders(tmp_path, {"staging": ["new.pb"], "model": ["old.pb"]})
     export._replace_folder(str(tmp_path / "staging"), str(tmp_path / "model"))

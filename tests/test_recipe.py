@@ -77,11 +77,20 @@ def test_diverging_fine_tune_falls_back_to_the_head_phase(tiny_backbone_path, im
         pytest.skip("fine-tuning did not diverge at this learning rate")
     # No fine-tuning epoch beat the head phase: its weights came back.
     assert changed(before, tuner) == []
+    assert tuner.kept_epoch == ("fine_tune", 0)
     head_only = FineTuner(tiny_backbone_path, config=config.replace(fine_tune_epochs=0))
     head_only.fit(train, validation, verbose=0)
     np.testing.assert_array_equal(tuner.model.head.kernel.numpy(),
                                   head_only.model.head.kernel.numpy())
     assert tuner.validation_metrics == head_only.validation_metrics
+
+
+def test_the_loss_is_described_as_it_is_trained():
+    assert recipe.loss_description(FineTuneConfig(label_smoothing=0.1)) == (
+        "cross-entropy, label smoothing 0.1")
+    assert recipe.loss_description(FineTuneConfig(label_smoothing=0.0,
+                                                  class_weight="balanced")) == (
+        "cross-entropy, class-weighted")
 
 
 def test_fine_tune_schedule_is_a_cosine_from_the_peak_to_zero():

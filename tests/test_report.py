@@ -138,7 +138,7 @@ def test_write_report_writes_every_file(tmp_path):
                                         {"true": "dog", "predicted": "fox", "images": 1}]
     assert "kept_epoch" not in summary
     report.write_report(tmp_path / "kept", NAMES, LABELS, probabilities, history=history,
-                        kept_epoch=("fine_tune", 0), label_smoothing=0.1)
+                        kept_epoch=("fine_tune", 0), loss_name="cross-entropy")
     assert json.load(open(tmp_path / "kept" / "summary.json"))["kept_epoch"] == {
         "phase": "fine_tune", "epoch": 0}
 
@@ -155,10 +155,14 @@ def test_the_kept_epoch_is_placed_on_the_shared_epoch_axis():
 
 
 def test_most_confused_pairs_come_most_first_without_the_diagonal():
-    matrix = [[9, 1, 4], [0, 7, 2], [4, 0, 8]]
-    assert report.most_confused(matrix, NAMES) == [("cat", "fox", 4), ("fox", "cat", 4),
-                                                   ("dog", "fox", 2)]
-    assert report.most_confused(np.diag([3, 4, 5]), NAMES) == []
+    # Off the diagonal: cat -> dog 1, cat -> fox 4, dog -> fox 2, fox -> cat 4.
+    matrix = np.array([[9, 1, 4], [0, 7, 2], [4, 0, 8]])
+    labels = np.repeat(np.arange(3), matrix.sum(axis=1))
+    predictions = np.concatenate([np.repeat(np.arange(3), row) for row in matrix])
+    np.testing.assert_array_equal(report.confusion_matrix(labels, predictions, 3), matrix)
+    assert report.most_confused(labels, predictions, NAMES) == [
+        ("cat", "fox", 4), ("fox", "cat", 4), ("dog", "fox", 2)]
+    assert report.most_confused(labels, labels, NAMES) == []
 
 
 def test_long_names_are_cut_in_the_middle_so_their_ends_stay_apart():
@@ -168,6 +172,7 @@ def test_long_names_are_cut_in_the_middle_so_their_ends_stay_apart():
     assert first.startswith("Chevrolet Silv") and first.endswith("ular Cab 2012")
     assert report._middle("IMG_20240101_123456789012.jpeg", 20).endswith(".jpeg")
     assert report._middle("cat", 28) == "cat"
+    assert [report._middle("abcdefghij", limit) for limit in (1, 2, 5)] == ["…", "a…", "ab…ij"]
 
 
 def test_a_report_written_into_an_earlier_one_removes_its_files_only(tmp_path, caplog):
@@ -245,8 +250,12 @@ def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_fol
     assert summary["validation_metrics"]["accuracy"] == pytest.approx(
         tuner.validation_metrics["accuracy"])
     assert summary["class_names"] == sorted(names)
-    # Early stopping's choice, from 0 (the start of fine-tuning) to the last epoch.
+    # Early stopping's choice: the epoch of the lowest validation loss, or 0
+    # (the start of fine-tuning) when no epoch beat where phase 2 started.
     phase, epoch = tuner.kept_epoch
-    assert phase == "fine_tune" and 0 <= epoch <= len(history["fine_tune"]["loss"])
+    losses = history["fine_tune"]["val_loss"]
+    assert phase == "fine_tune" and 0 <= epoch <= len(losses)
+    if epoch:
+        assert losses[epoch - 1] == min(losses)
     assert summary["kept_epoch"] == {"phase": phase, "epoch": epoch}
     assert mpimg.imread(written["curves.png"]).shape[:2] == (720, 1800)

@@ -56,3 +56,12 @@ def test_libraries_make_their_temporary_files_in_a_folder_of_their_own(tmp_path,
         assert not left.exists()
     assert tempfile.tempdir == str(tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_temporary_folder_set_meanwhile_is_not_undone(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with scratch.temporary_folder_for_libraries("tfhub_ft_command", "a command's"):
+        # Another thread's command points the process elsewhere meanwhile.
+        tempfile.tempdir = str(tmp_path / "other")
+    assert tempfile.tempdir == str(tmp_path / "other")

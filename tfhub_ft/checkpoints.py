@@ -138,6 +138,8 @@ class PlainPhase:
     def fit(self, trainee, train_batches, validation_data, epochs, callbacks=(),
             verbose="auto"):
         """Keras fit of the phase; returns its history dict."""
+        # The recipe's default phase object is shared by every call.
+        self.kept_epoch = None
         history = trainee.fit(train_batches.dataset(), validation_data=validation_data,
                               epochs=epochs, verbose=verbose, shuffle=False,
                               callbacks=list(callbacks))

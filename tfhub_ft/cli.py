@@ -488,8 +488,10 @@ def _check_outside_exports(args):
     export folder after it is fine.)"""
     exports = {name: getattr(args, name)
                for name in ("export_dir", "export_backbone_dir") if getattr(args, name)}
-    if len(exports) == 2 and (checks.is_within(args.export_backbone_dir, args.export_dir)
-                              or checks.is_within(args.export_dir, args.export_backbone_dir)):
+    local = [("://" not in folder) for folder in exports.values()]
+    if len(exports) == 2 and local[0] == local[1] and (
+            checks.is_within(args.export_backbone_dir, args.export_dir)
+            or checks.is_within(args.export_dir, args.export_backbone_dir)):
         # Inside the classifier's export, the backbone's would be refused
         # after training (an export is not written into another); around
         # it, the backbone's export would delete it.
@@ -871,7 +873,15 @@ def _library_temporary_files():
     (`tensorflow/python/autograph/pyct/loader.py`), so a killed command
     left dozens there for good. In this folder (`scratch`'s naming) a
     later command removes them, with the spill files made there too.
+    Spill folders that Python runs left in the temporary folder itself are
+    swept first, as a run's own sweep would have. Only on the main thread:
+    `tempfile.tempdir` is the process's, and a command run from another
+    thread shares the process with others.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+    from tfhub_ft import arrays
+    scratch.remove_abandoned(arrays.SPILL_KIND, what="the spill files of a run")
     return scratch.temporary_folder_for_libraries(COMMAND_TEMPORARY_KIND,
                                                   "the temporary files of a command")
 

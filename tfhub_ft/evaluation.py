@@ -32,7 +32,9 @@ def evaluate_export(model, image_dir, batch_size=32):
         rows), "confusion_matrix" int [C, C], "class_names" (the export's),
         "labels" int [N], "probabilities" float32 [N, C], "paths" [N],
         "skipped" (files that could not be read or decoded; each is logged
-        with its reason), "model" and "image_dir" (absolute paths).
+        with its reason), "model" and "image_dir" (absolute paths),
+        "image_size" (the side the model takes, in pixels; None for an
+        export without decoding.json).
 
     Raises:
         ValueError: if `model` is not an export (`predict.load_classifier`),
@@ -82,6 +84,7 @@ def evaluate_export(model, image_dir, batch_size=32):
         "skipped": [path for path, _ in skipped],
         "model": os.path.abspath(model),
         "image_dir": os.path.abspath(image_dir),
+        "image_size": classifier.image_size,
     }
 
 
@@ -96,19 +99,14 @@ def write_evaluation_report(result, report_dir, image_size=None):
         result: What `evaluate_export` returned.
         report_dir: Folder, created if needed.
         image_size: Side in pixels of the images in mistakes.png; None: the
-            export's (its decoding.json), else 224.
+            model's (`result["image_size"]`), else 224.
 
     Returns:
         {file name: path}.
     """
     from tfhub_ft import data, report
-    from tfhub_ft import export as export_lib
 
-    if image_size is None:
-        model = result["model"]
-        decoding = export_lib.read_decoding(
-            model if os.path.isdir(model) else os.path.dirname(model)) or {}
-        image_size = decoding.get("image_size") or 224
+    image_size = image_size or result.get("image_size") or 224
     indices = report.most_confident_mistakes(result["labels"], result["probabilities"])
     if len(indices):
         images, _, _ = data.decode_files([result["paths"][i] for i in indices], image_size)
@@ -117,8 +115,15 @@ def write_evaluation_report(result, report_dir, image_size=None):
     return report.write_report(
         report_dir, result["class_names"], result["labels"], result["probabilities"],
         mistake_images=images, mistake_indices=indices,
-        summary={"model": result["model"], "image_dir": result["image_dir"],
+        summary={"model": result.get("model"), "image_dir": result.get("image_dir"),
                  "skipped_files": result["skipped"],
                  "validation_metrics": {"loss": result["loss"]}},
-        paths=result["paths"],
-        scored=f"images in {os.path.basename(os.path.normpath(result['image_dir']))!r}")
+        paths=result["paths"], scored=_scored_images(result.get("image_dir")))
+
+
+def _scored_images(image_dir):
+    """How the plots' titles name the images `evaluate` scored: "images in
+    'test'" (the folder's name, as the logs write names)."""
+    from tfhub_ft import image_files
+    name = image_dir and os.path.basename(os.path.normpath(image_dir))
+    return f"images in '{image_files.display_path(name)}'" if name else "images scored"

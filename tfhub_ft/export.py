@@ -363,6 +363,11 @@ def _replace_folder(source, destination):
     previous = tempfile.mkdtemp(prefix=".previous-", dir=os.path.dirname(destination))
     try:
         os.replace(destination, previous)
+    except FileNotFoundError:
+        # Another process removed the old folder since: nothing to set aside.
+        os.rmdir(previous)
+        os.replace(source, destination)
+        return
     except BaseException:
         os.rmdir(previous)
         raise

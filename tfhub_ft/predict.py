@@ -117,10 +117,17 @@ def read_error(path, error):
 
 
 class _SavedModelClassifier:
-    """An export folder's `serving_default`: encoded images in, probabilities out."""
+    """An export folder's `serving_default`: encoded images in, probabilities out.
+
+    Attributes:
+        image_size: The side the export resizes images to (decoding.json);
+            None for an export written before tfhub_ft wrote that file.
+    """
 
     def __init__(self, export_dir):
         import tensorflow as tf
+        from tfhub_ft import export as export_lib
+        self.image_size = (export_lib.read_decoding(export_dir) or {}).get("image_size")
         self._serve = tf.saved_model.load(export_dir).signatures.get("serving_default")
         if self._serve is None:
             raise ValueError(
@@ -161,6 +168,10 @@ class _TFLiteFileClassifier:
     def num_classes(self):
         return self._classifier.num_classes
 
+    @property
+    def image_size(self):
+        return self._classifier.image_size
+
     def predict_batch(self, encoded):
         import tensorflow as tf
         images = np.stack([self._decode(tf.constant(data), tf.constant("image")).numpy()
@@ -177,7 +188,9 @@ def load_classifier(model):
 
     Returns:
         (classifier, class names): the classifier's `predict_batch` maps a
-        list of encoded images (bytes) to float32 probabilities [N, C].
+        list of encoded images (bytes) to float32 probabilities [N, C]; its
+        `image_size` is the side in pixels it resizes images to (None for
+        an export without decoding.json).
 
     Raises:
         ValueError: if `model` is neither, or labels.txt is missing or does
@@ -405,7 +418,7 @@ def check_output(output, model, paths):
         os.path.abspath(model)))
     # A .tflite file alone in a folder of other things does not own it.
     owns_folder = os.path.isdir(model) or os.path.isfile(
-        os.path.join(model_dir, "saved_model.pb"))
+        os.path.join(model_dir, export_lib.SAVED_MODEL_FILE))
     # A link is written through: the CSV goes beside its target.
     folder = os.path.dirname(real if os.path.islink(output) else os.path.abspath(output))
     existing = folder

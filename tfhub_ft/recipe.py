@@ -84,6 +84,17 @@ def classification_loss(config, labels=None, num_classes=None):
         from_logits=True, label_smoothing=config.label_smoothing)
 
 
+def loss_description(config):
+    """What `classification_loss` computes, in words, for the loss axis of
+    the report's curves: "cross-entropy, label smoothing 0.1"."""
+    parts = ["cross-entropy"]
+    if config.label_smoothing:
+        parts.append(f"label smoothing {config.label_smoothing:g}")
+    if config.class_weight == "balanced":
+        parts.append("class-weighted")
+    return ", ".join(parts)
+
+
 def balanced_class_weights(labels, num_classes):
     """Weights N / (C * count of the class), as scikit-learn's "balanced".
 

@@ -170,11 +170,11 @@ def write_confusion_matrix_csv(matrix, class_names, path):
     return path
 
 
-def plot_curves(history, path, kept_epoch=None, label_smoothing=None):
+def plot_curves(history, path, kept_epoch=None, loss_name=None):
     """Loss and accuracy per epoch of both phases on one epoch axis.
 
-    Training is solid blue, validation dashed orange; the fine-tune phase
-    lies on a grey band, each phase named above it. Where `kept_epoch` is
+    Training is solid blue, validation dashed orange; each phase is named
+    above the axes, the fine-tune phase on a grey band after the head's. Where `kept_epoch` is
     given, a star marks the validation values of the weights the model
     kept: early stopping may restore an epoch before the last, or the
     start of fine-tuning, and the curves' last points are then not the
@@ -188,9 +188,10 @@ def plot_curves(history, path, kept_epoch=None, label_smoothing=None):
         kept_epoch: None, or (phase, epoch): the epoch (1-based, within
             its phase) whose weights the model kept; ("fine_tune", 0) is
             the start of fine-tuning, the head phase's last epoch.
-        label_smoothing: The loss's label smoothing, named on its axis
-            (the plotted loss is the training loss, smoothed targets
-            included).
+        loss_name: What the plotted loss is, for its axis
+            ("cross-entropy, label smoothing 0.1": `recipe.loss_description`):
+            the training loss, smoothed and weighted as trained, which is
+            not summary.json's plain cross-entropy.
     """
     from matplotlib import ticker, transforms
 
@@ -239,8 +240,7 @@ def plot_curves(history, path, kept_epoch=None, label_smoothing=None):
             axis.set_ylabel("accuracy (top-1)")
             axis.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
         else:
-            axis.set_ylabel("loss (cross-entropy" + (f", label smoothing {label_smoothing:g})"
-                                                     if label_smoothing else ")"))
+            axis.set_ylabel(f"loss ({loss_name})" if loss_name else "loss")
         axis.set_title(f"{metric.capitalize()} per epoch", pad=18)
         axis.grid(True, alpha=0.3)
         if offset:
@@ -326,25 +326,29 @@ def plot_confusion_matrix(matrix, class_names, path, scored="validation images")
     return path
 
 
-def most_confused(matrix, class_names, count=3):
-    """The largest off-diagonal cells of a confusion matrix, as fastai's
-    `ClassificationInterpretation.most_confused`.
+def most_confused(labels, predictions, class_names, count=3):
+    """The pairs of classes most often confused, as fastai's
+    `ClassificationInterpretation.most_confused`: the largest cells off the
+    confusion matrix's diagonal. Counted with numpy, so that the training
+    log's line does not import scikit-learn.
 
     Args:
-        matrix: int [C, C], rows true classes, columns predicted.
+        labels: int [N] true classes in [0, C).
+        predictions: int [N] predicted classes in [0, C).
         class_names: C names.
         count: The most pairs returned.
 
     Returns:
         [(true name, predicted name, images)], most images first (ties in
-        row-major order); only cells with at least one image.
+        the order of the true, then the predicted class); only pairs seen.
     """
-    matrix = np.array(matrix, np.int64)
-    np.fill_diagonal(matrix, 0)
-    order = np.argsort(-matrix, axis=None, kind="stable")[:count]
-    size = len(class_names)
-    return [(class_names[i // size], class_names[i % size], int(matrix.flat[i]))
-            for i in order if matrix.flat[i] > 0]
+    labels, predictions = np.asarray(labels, np.int64), np.asarray(predictions, np.int64)
+    wrong = labels != predictions
+    pairs, counts = np.unique(np.stack([labels[wrong], predictions[wrong]], axis=1), axis=0,
+                              return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:count]
+    return [(class_names[pairs[i, 0]], class_names[pairs[i, 1]], int(counts[i]))
+            for i in order]
 
 
 def most_confident_mistakes(labels, probabilities, count=16):
@@ -424,8 +428,8 @@ def _middle(name, limit):
     extension stay."""
     if len(name) <= limit:
         return name
-    keep = limit - 1
-    return name[:keep - keep // 2] + "…" + name[-(keep // 2):]
+    keep = max(limit - 1, 0)
+    return name[:keep - keep // 2] + "…" + name[len(name) - keep // 2:]
 
 
 def write_mistakes_csv(labels, probabilities, class_names, path, paths=None):
@@ -451,7 +455,7 @@ def write_mistakes_csv(labels, probabilities, class_names, path, paths=None):
 
 def write_report(report_dir, class_names, labels, probabilities, history=None,
                  mistake_images=None, mistake_indices=None, summary=None, paths=None,
-                 kept_epoch=None, label_smoothing=None, scored="validation images"):
+                 kept_epoch=None, loss_name=None, scored="validation images"):
     """Writes the report files (see the module docstring) into `report_dir`.
 
     Args:
@@ -468,8 +472,8 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
         summary: Dict merged into summary.json (JSON-serialisable).
         paths: None, or the N validation images' files (for mistakes.csv
             and the titles of mistakes.png: class folder and file name).
-        kept_epoch, label_smoothing: As `plot_curves`; `kept_epoch` is
-            also written to summary.json.
+        kept_epoch, loss_name: As `plot_curves`; `kept_epoch` is also
+            written to summary.json.
         scored: Which images were scored, for the plots' titles
             ("validation images"; `evaluate` names its folder).
 
@@ -503,7 +507,7 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
             matrix, class_names, join(CONFUSION_MATRIX_FILE), scored)
         if history is not None:
             written[CURVES_FILE] = plot_curves(history, join(CURVES_FILE), kept_epoch,
-                                               label_smoothing)
+                                               loss_name)
         if mistake_images is not None:
             indices = np.asarray(mistake_indices, np.int64)
             # The class folder too: "0217.jpg" may be a cat and a bird.
@@ -525,7 +529,7 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
         "count": int(len(labels))}
     content["most_confused"] = [
         {"true": true, "predicted": predicted, "images": images}
-        for true, predicted, images in most_confused(matrix, class_names)]
+        for true, predicted, images in most_confused(labels, predictions, class_names)]
     content["class_names"] = list(class_names)
     if history is not None:
         content["history"] = history

@@ -97,7 +97,10 @@ def temporary_folder_for_libraries(kind, what):
     try:
         yield folder
     finally:
-        tempfile.tempdir = previous
+        # Only where it is still this block's: a thread that set its own
+        # meanwhile keeps it.
+        if tempfile.tempdir == folder:
+            tempfile.tempdir = previous
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -99,7 +99,7 @@ class FineTuner:
         kept_epoch: ("fine_tune", epoch) whose weights early stopping kept
             in the last `fit` (epoch from 1; 0: none beat the start of
             fine-tuning, so the head phase's weights stayed); None where
-            phase 2 did not run.
+            phase 2 did not run or ran no epoch.
         stage_seconds: Wall seconds of each stage of the last `fit` (and
             `export`): "load" (listing and checking the image files),
             "decode" (decoding them), "frozen_pass", "head", "fine_tune",
@@ -498,10 +498,8 @@ class FineTuner:
         """One line naming the classes the validation images confuse most
         (the report draws them all)."""
         from tfhub_ft import report
-        matrix = report.confusion_matrix(self.validation_labels,
-                                         self.validation_probabilities.argmax(-1),
-                                         len(self.class_names))
-        pairs = report.most_confused(matrix, self.class_names)
+        pairs = report.most_confused(self.validation_labels,
+                                     self.validation_probabilities.argmax(-1), self.class_names)
         if pairs:
             logger.info("Most confused (true -> predicted, validation images): %s",
                         ", ".join(f"{true} -> {predicted} {count}"
@@ -898,9 +896,10 @@ class FineTuner:
 
         curves.png, confusion_matrix.png and .csv, per_class.csv,
         mistakes.png and .csv, and summary.json (see `report.write_report`): the
-        validation images' metrics, the history of both phases, the config,
-        hub handle, blocks unfrozen, image counts, skipped files and the
-        seconds of each stage.
+        validation images' metrics, the history of both phases, the epoch
+        whose weights were kept, the most confused pairs of classes, the
+        config, hub handle, blocks unfrozen, image counts, skipped files and
+        the seconds of each stage.
 
         Returns:
             {file name: path} of the files written.
@@ -933,7 +932,7 @@ class FineTuner:
             self.validation_probabilities, history=self.history,
             mistake_images=images, mistake_indices=indices, summary=summary,
             paths=self._validation_paths, kept_epoch=self.kept_epoch,
-            label_smoothing=self.config.label_smoothing)
+            loss_name=recipe.loss_description(self.config))
 
     def find_learning_rate(self, train, phase="head", validation=None,
                            validation_split=None, class_names=None, data_dir=None,
