@@ -61,6 +61,23 @@ def test_smoothing_is_bias_corrected():
 
 
 @pytest.mark.slow
+def test_the_plot_marks_the_suggestion_and_the_configured_rate(tmp_path, monkeypatch):
+    from tfhub_ft import report
+    plt = report.pyplot()
+    labels = []
+    # The legend's entries, read before the figure is closed.
+    monkeypatch.setattr(plt, "close", lambda figure: labels.extend(
+        text.get_text() for text in figure.axes[0].get_legend().get_texts()))
+    rates = lr_finder.exponential_rates(1e-6, 1.0, 20)
+    losses = np.linspace(2.0, 1.0, 20)
+    finding = lr_finder.LearningRateFinding(rates, losses, losses, suggestion=3e-3)
+    path = lr_finder.plot(finding, str(tmp_path / "lr.png"),
+                          current=("head_learning_rate", 1e-3))
+    assert os.path.getsize(path) > 0
+    assert labels == ["loss per step", "smoothed loss", "suggestion 3.0e-03",
+                      "head_learning_rate now 1.0e-03"]
+
+
 def test_find_learning_rate_on_cached_activations(tiny_backbone_path, image_folders,
                                                   small_config, tmp_path):
     train, validation, _, _ = image_folders

@@ -171,8 +171,15 @@ def _forever(batches):
         epoch += 1
 
 
-def plot(finding, path, title="Learning-rate range test"):
+def plot(finding, path, title="Learning-rate range test", current=None):
     """Writes loss against learning rate (log axis) with the suggestion marked.
+
+    Args:
+        finding: The range test's result.
+        path: The PNG to write.
+        title: The plot's title.
+        current: None, or (name, rate): the rate the config would train
+            with, marked beside the suggestion ("head_learning_rate", 1e-3).
 
     Returns:
         `path`.
@@ -187,6 +194,10 @@ def plot(finding, path, title="Learning-rate range test"):
               linewidth=2, label="smoothed loss")
     axis.axvline(finding.suggestion, color="tab:red", linestyle="--",
                  label=f"suggestion {finding.suggestion:.1e}")
+    if current is not None:
+        name, rate = current
+        axis.axvline(rate, color="0.3", linestyle=":", linewidth=1.5,
+                     label=f"{name} now {rate:.1e}")
     axis.set_xscale("log")
     losses = np.concatenate([finding.losses, finding.smoothed_losses])
     losses = losses[np.isfinite(losses)]

@@ -1009,6 +1009,8 @@ class FineTuner:
                     max_learning_rate, steps)
                 self.backbone.freeze_all()
         if plot_path:
+            name = f"{phase}_learning_rate"
             finding.plot_path = lr_finder.plot(
-                finding, plot_path, title=f"Learning-rate range test, {phase} phase")
+                finding, plot_path, title=f"Learning-rate range test, {phase} phase",
+                current=(name, getattr(self.config, name)))
         return finding
