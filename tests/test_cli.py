@@ -447,7 +447,7 @@ def test_train_evaluate_lr_find_commands(tiny_backbone_path, image_folders, tmp_
     assert re.search(r"^validation_accuracy=[\d.]+ images=12 ", done.stdout, re.MULTILINE)
     assert sorted(os.listdir(tmp_path / "report")) == sorted([
         "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
-        "mistakes.png", "mistakes.csv", "summary.json"])
+        "mistakes.png", "mistakes.csv", "summary.json", "index.html"])
     assert sorted(os.listdir(tmp_path / "tb")) == ["fine_tune", "head"]
 
     done = _command("evaluate", f"--model={tmp_path / 'export'}", f"--image_dir={validation}",

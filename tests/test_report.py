@@ -114,7 +114,7 @@ def test_write_report_writes_every_file(tmp_path):
                                   mistake_indices=indices, summary={"hub_handle": "h"})
     assert sorted(written) == sorted([
         "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
-        "mistakes.png", "mistakes.csv", "summary.json"])
+        "mistakes.png", "mistakes.csv", "summary.json", "index.html"])
     # Figure size (inches) x dpi; tight_layout keeps the canvas size.
     expected_sizes = {"curves.png": (720, 1800),            # 12 x 4.8 in at 150 dpi
                       # side 0.45 * 3 classes + 2, margin 0.075 * len("cat (3)")
@@ -141,6 +141,15 @@ def test_write_report_writes_every_file(tmp_path):
                         kept_epoch=("fine_tune", 0), loss_name="cross-entropy")
     assert json.load(open(tmp_path / "kept" / "summary.json"))["kept_epoch"] == {
         "phase": "fine_tune", "epoch": 0}
+    # One page over the files, names escaped.
+    page = open(written["index.html"], encoding="utf-8").read()
+    for name in ("curves.png", "confusion_matrix.png", "mistakes.png"):
+        assert f'<img src="{name}"' in page
+    assert '<a href="mistakes.csv">' in page and "accuracy 66.7% on 6 images" in page
+    assert "most confused (true -&gt; predicted): cat -&gt; dog (1)" in page
+    assert "<td>cat</td><td>1.0000</td><td>0.6667</td><td>0.8000</td><td>3</td>" in page
+    kept_page = open(tmp_path / "kept" / "index.html", encoding="utf-8").read()
+    assert "weights kept: the start of fine-tuning" in kept_page
 
 
 def test_the_kept_epoch_is_placed_on_the_shared_epoch_axis():
@@ -233,7 +242,8 @@ def test_fit_report_and_tensorboard_runs_per_phase(tiny_backbone_path, image_fol
     tuner.export(tmp_path / "export")
     written = tuner.report(tmp_path / "report")
     assert set(written) == {"curves.png", "confusion_matrix.png", "confusion_matrix.csv",
-                            "per_class.csv", "mistakes.png", "mistakes.csv", "summary.json"}
+                            "per_class.csv", "mistakes.png", "mistakes.csv", "summary.json",
+                            "index.html"}
     with open(written["mistakes.csv"], newline="") as f:
         files = [row["file"] for row in csv.DictReader(f)]
     wrong = int(round((1 - tuner.validation_metrics["accuracy"]) * 12))

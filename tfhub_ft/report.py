@@ -21,6 +21,9 @@
     summary.json          config, hub handle, blocks unfrozen, image counts,
                           skipped files, seconds per stage, metrics, the
                           most confused pairs of classes, the kept epoch
+    index.html            one page over the rest: the headline numbers,
+                          the plots, the per-class table (open it in a
+                          browser)
 
 Metrics come from scikit-learn (`sklearn.metrics`); plots from matplotlib
 with the Agg backend, so no display is needed.
@@ -47,8 +50,9 @@ PER_CLASS_FILE = "per_class.csv"
 MISTAKES_FILE = "mistakes.png"
 MISTAKES_CSV = "mistakes.csv"
 SUMMARY_FILE = "summary.json"
+INDEX_FILE = "index.html"
 REPORT_FILES = (CURVES_FILE, CONFUSION_MATRIX_FILE, CONFUSION_MATRIX_CSV, PER_CLASS_FILE,
-                MISTAKES_FILE, MISTAKES_CSV, SUMMARY_FILE)
+                MISTAKES_FILE, MISTAKES_CSV, SUMMARY_FILE, INDEX_FILE)
 PHASE_TITLES = {"head": "head (backbone frozen)", "fine_tune": "fine-tune"}
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
 
@@ -538,10 +542,73 @@ def write_report(report_dir, class_names, labels, probabilities, history=None,
     with open(join(SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(_jsonable(content), f, indent=2)
     written[SUMMARY_FILE] = join(SUMMARY_FILE)
+    written[INDEX_FILE] = write_index(join(INDEX_FILE), content, rows, written)
     _remove_stale_files(report_dir, written)
     logger.info("Wrote the report to %s (%s)", os.path.abspath(report_dir),
                 ", ".join(sorted(written)))
     return written
+
+
+def write_index(path, summary, rows, written):
+    """index.html: one page over the report's files, beside them.
+
+    Args:
+        path: The HTML file to write.
+        summary: What summary.json holds.
+        rows: `per_class_metrics` rows.
+        written: {file name: path} of the report's other files; the plots
+            among them are shown, the rest linked.
+
+    Returns:
+        `path`.
+    """
+    from html import escape
+
+    metrics = summary["validation_metrics"]
+    facts = [f"accuracy {metrics['accuracy']:.1%} on {metrics['count']} images",
+             f"macro F1 {metrics['macro_f1']:.3f}"]
+    if summary.get("hub_handle"):
+        facts.append(f"backbone {summary['hub_handle']}")
+    if summary.get("model"):
+        facts.append(f"model {summary['model']}")
+    if summary.get("image_dir"):
+        facts.append(f"images {summary['image_dir']}")
+    kept = summary.get("kept_epoch")
+    if kept:
+        facts.append("weights kept: " + (
+            f"{PHASE_TITLES[kept['phase']]} epoch {kept['epoch']}" if kept["epoch"] else
+            "the start of fine-tuning (no fine-tuning epoch was better)"))
+    if summary.get("most_confused"):
+        facts.append("most confused (true -> predicted): " + ", ".join(
+            f"{pair['true']} -> {pair['predicted']} ({pair['images']})"
+            for pair in summary["most_confused"]))
+    cell = lambda value: "" if value is None else (  # noqa: E731
+        f"{value:.4f}" if isinstance(value, float) else str(value))
+    table = "\n".join(
+        "<tr>" + "".join(f"<td>{escape(cell(row[key]))}</td>" for key in PER_CLASS_COLUMNS)
+        + "</tr>" for row in rows)
+    plots = "\n".join(f'<p><img src="{name}" alt="{name}"></p>'
+                       for name in (CURVES_FILE, CONFUSION_MATRIX_FILE, MISTAKES_FILE)
+                       if name in written)
+    links = " &middot; ".join(f'<a href="{name}">{name}</a>' for name in sorted(written)
+                              if not name.endswith(".png"))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>tfhub_ft report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1850px}}
+img{{max-width:100%}}td,th{{padding:2px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}</style></head><body>
+<h1>tfhub_ft report</h1>
+<ul>{"".join(f"<li>{escape(fact)}</li>" for fact in facts)}</ul>
+{plots}
+<h2>Per class</h2>
+<table><tr>{"".join(f"<th>{name}</th>" for name in PER_CLASS_COLUMNS)}</tr>
+{table}</table>
+<p>{links}</p>
+</body></html>
+"""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path
 
 
 def _remove_stale_files(report_dir, written):
