@@ -178,11 +178,11 @@ def plot_curves(history, path, kept_epoch=None, loss_name=None):
     """Loss and accuracy per epoch of both phases on one epoch axis.
 
     Training is solid blue, validation dashed orange; each phase is named
-    above the axes, the fine-tune phase on a grey band after the head's. Where `kept_epoch` is
-    given, a star marks the validation values of the weights the model
-    kept: early stopping may restore an epoch before the last, or the
-    start of fine-tuning, and the curves' last points are then not the
-    model's.
+    above the axes, the fine-tune phase on a grey band after the head's.
+    Where `kept_epoch` is given, a star marks the validation values of the
+    weights the model kept: early stopping may restore an epoch before the
+    last, or the start of fine-tuning, and the curves' last points are then
+    not the model's.
 
     Args:
         history: {"head": {...}, "fine_tune": {...}}, each a Keras history
