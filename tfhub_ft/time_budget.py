@@ -508,8 +508,11 @@ class PhaseTimer:
                    "phase's deadline")
         elif self.stopped_reason == "planned end":
             left = self.plan.deadline_s - self.budget.used()
-            why = (f"another (~{self.plan.epoch_seconds:.1f} s) would not end in the "
-                   f"{max(left, 0):.1f} s left")
+            # Hundredths under a second: "~0.3 s would not end in the 0.3 s
+            # left" read as a contradiction.
+            digits = 2 if self.plan.epoch_seconds < 1 else 1
+            why = (f"another (~{self.plan.epoch_seconds:.{digits}f} s) would not end in the "
+                   f"{max(left, 0):.{digits}f} s left")
         else:
             why = "early stopping"
         if self._first_plan is not None and self._first_plan[1] != self.steps_done:
