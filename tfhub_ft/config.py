@@ -81,10 +81,10 @@ TIME_BUDGET_HEAD_SHARE = 0.5
 # frozen pass's seconds per image times the training images, fits (its epochs
 # are then planned from its measured steps, the first cut to the steps that
 # fit). Measured with 8 blocks unfrozen, from phase 2's start to its first
-# epoch's end: 1.0x on the clothing photos on an Intel Xeon with AVX-512
-# (1.4x, and 1.6x on CIFAR-10, before the optimizer was built ahead of the
-# first step), 0.6x on clothing and 0.85x on CIFAR-10 on an AMD EPYC
-# without it: the ratio is the CPU's, not the recipe's. The lowest is used:
+# epoch's end: 1.0x on the clothing photos on a CPU with AVX-512 (1.4x, and
+# 1.6x on CIFAR-10, before the optimizer was built ahead of the first
+# step), 0.6x on clothing and 0.85x on CIFAR-10 on an AMD EPYC without it:
+# the ratio is the CPU's, not the recipe's. The lowest is used:
 # a guess too low costs a first epoch cut short (early stopping keeps phase
 # 1's weights if it made them worse), one too high skips phase 2 (5 points
 # on clothing at --time_budget=100 on the EPYC: 0.8358 against 0.8827).
