@@ -60,7 +60,6 @@ def test_smoothing_is_bias_corrected():
     np.testing.assert_allclose(lr_finder.smooth([2.0, 2.0, 2.0]), [2.0, 2.0, 2.0])
 
 
-@pytest.mark.slow
 def test_the_plot_marks_the_suggestion_and_the_configured_rate(tmp_path, monkeypatch):
     from tfhub_ft import report
     plt = report.pyplot()
@@ -78,6 +77,7 @@ def test_the_plot_marks_the_suggestion_and_the_configured_rate(tmp_path, monkeyp
                       "head_learning_rate now 1.0e-03"]
 
 
+@pytest.mark.slow
 def test_find_learning_rate_on_cached_activations(tiny_backbone_path, image_folders,
                                                   small_config, tmp_path):
     train, validation, _, _ = image_folders

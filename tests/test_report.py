@@ -152,6 +152,18 @@ def test_write_report_writes_every_file(tmp_path):
     assert "weights kept: the start of fine-tuning" in kept_page
 
 
+def test_the_index_page_escapes_names_and_writes_any_path(tmp_path):
+    # An evaluate report: no history, a model path that is not UTF-8 (class
+    # names are already escaped by `data.list_image_folder`), names that are HTML.
+    names = ["<cat>", "dog & co", "fox"]
+    written = report.write_report(tmp_path, names, LABELS, _probabilities(LABELS, 0.9),
+                                  summary={"model": os.fsdecode(b"/exports/caf\xe9")})
+    page = open(written["index.html"], encoding="utf-8").read()
+    assert "<td>&lt;cat&gt;</td>" in page and "<td>dog &amp; co</td>" in page
+    assert "<li>model /exports/caf\\xe9</li>" in page
+    assert "curves.png" not in page and "mistakes.png" not in page
+
+
 def test_the_kept_epoch_is_placed_on_the_shared_epoch_axis():
     spans = {"head": (0, 5), "fine_tune": (5, 3)}
     # The start of fine-tuning is the head's last epoch.

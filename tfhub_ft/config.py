@@ -87,7 +87,8 @@ TIME_BUDGET_HEAD_SHARE = 0.5
 # the ratio is the CPU's, not the recipe's. The lowest is used:
 # a guess too low costs a first epoch cut short (early stopping keeps phase
 # 1's weights if it made them worse), one too high skips phase 2 (5 points
-# on clothing at --time_budget=100 on the EPYC: 0.8358 against 0.8827).
+# on clothing at --time_budget=100 on the EPYC: 0.8358 with 1.2, 0.8886
+# with 0.6).
 TIME_BUDGET_FIRST_EPOCH_FACTOR = 0.6
 # In phase 2, time left after the whole epochs that fit goes to a last
 # epoch cut short (its steps, then its validation) when at least this share

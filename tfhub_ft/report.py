@@ -567,12 +567,11 @@ def write_index(path, summary, rows, written):
     metrics = summary["validation_metrics"]
     facts = [f"accuracy {metrics['accuracy']:.1%} on {metrics['count']} images",
              f"macro F1 {metrics['macro_f1']:.3f}"]
-    if summary.get("hub_handle"):
-        facts.append(f"backbone {summary['hub_handle']}")
-    if summary.get("model"):
-        facts.append(f"model {summary['model']}")
-    if summary.get("image_dir"):
-        facts.append(f"images {summary['image_dir']}")
+    # Paths as the logs write them: a name that is not UTF-8 has escapes.
+    for key, words in (("hub_handle", "backbone"), ("model", "model"),
+                       ("image_dir", "images")):
+        if summary.get(key):
+            facts.append(f"{words} {display_path(str(summary[key]))}")
     kept = summary.get("kept_epoch")
     if kept:
         facts.append("weights kept: " + (
