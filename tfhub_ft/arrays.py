@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 SPILL_KIND = "tfhub_ft_cache"
 
 
+def remove_abandoned_spill():
+    """Removes the spill folders in the temporary folder that killed runs
+    left (SIGKILL: no exit handler ran).
+
+    Returns:
+        The paths removed (see `scratch.remove_abandoned`).
+    """
+    return scratch.remove_abandoned(SPILL_KIND, what="the spill files of a run")
+
+
 class FileArray:
     """A [N, ...] array whose rows are stored in a file.
 
@@ -177,9 +187,7 @@ class ArrayBudget:
         self._owned = False
         self._count = 0
         if directory is None:
-            # What a killed run (SIGKILL: no exit handler ran) left in the
-            # temporary folder.
-            scratch.remove_abandoned(SPILL_KIND, what="the spill files of a run")
+            remove_abandoned_spill()
 
     def _spill_directory(self):
         if self._directory is None:

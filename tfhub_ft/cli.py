@@ -881,7 +881,7 @@ def _library_temporary_files():
     if threading.current_thread() is not threading.main_thread():
         return contextlib.nullcontext()
     from tfhub_ft import arrays
-    scratch.remove_abandoned(arrays.SPILL_KIND, what="the spill files of a run")
+    arrays.remove_abandoned_spill()
     return scratch.temporary_folder_for_libraries(COMMAND_TEMPORARY_KIND,
                                                   "the temporary files of a command")
 

@@ -315,19 +315,22 @@ def _ancestors(path):
 
 
 @contextlib.contextmanager
-def quiet_saving_logs():
+def quiet_saving_logs(absl_level=logging.WARNING):
     """Hides the INFO lines TensorFlow logs while saving, warnings stay.
 
     `tf.saved_model.save` logs through absl's logger (the "absl" Python
     logger, not "tensorflow"): one INFO line per signature listing every
     captured hub variable it renames (input names that start with a digit),
     thousands of characters, and lines about untraced functions and
-    fingerprints. Both loggers are held at WARNING for the save.
+    fingerprints. Both loggers are held at WARNING for the save, absl's
+    at `absl_level` where that is higher (the TFLite converter's own
+    per-conversion warnings go through it: `tflite.convert`).
     """
-    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    loggers = {logging.getLogger("tensorflow"): logging.WARNING,
+               logging.getLogger("absl"): absl_level}
     levels = [each.level for each in loggers]
-    for each, level in zip(loggers, levels):
-        each.setLevel(max(level, logging.WARNING))
+    for (each, quiet), level in zip(loggers.items(), levels):
+        each.setLevel(max(level, quiet))
     try:
         yield
     finally:

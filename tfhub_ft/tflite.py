@@ -26,7 +26,6 @@ The interpreter is LiteRT's (`ai_edge_litert`), the runtime that
 TensorFlow 2.21 and warns on every use.
 """
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -38,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfhub_ft import export as export_lib
 from tfhub_ft import native_stderr, preprocessing, scratch
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,9 @@ def convert(model, image_size, mode, representative_images=None, correct_bias=Tr
             "error of %s, over %d training images, taken back out of their outputs.",
             correction.description(), correction.images)
     module = _TFLiteModule(model, image_size, correction)
-    with _quiet_converter_logging(), native_stderr.filtered(
+    # The converter's per-conversion INFO and WARNING lines go through absl;
+    # TensorFlow's "Assets written to" as it saves the frozen function.
+    with export_lib.quiet_saving_logs(absl_level=logging.ERROR), native_stderr.filtered(
             _NATIVE_NOISE, logger.debug), scratch.temporary_folder_for_libraries(
                 CONVERSION_KIND, "the temporary folder of a TFLite conversion"):
         converter = _signature_converter(module.classify.get_concrete_function())
@@ -379,22 +381,6 @@ _NATIVE_NOISE = re.compile(
         r"|Restoring SavedModel bundle|Running initialization op on SavedModel bundle"
         r"|SavedModel load for tags|MLIR V1 optimization pass is not enabled"
         r"|disabling MLIR crash reproducer)") + ")")
-
-
-@contextlib.contextmanager
-def _quiet_converter_logging():
-    """Hides the converter's per-conversion INFO and WARNING lines (absl's,
-    and TensorFlow's "Assets written to" as it saves the frozen function)."""
-    loggers = {logging.getLogger("absl"): logging.ERROR,
-               logging.getLogger("tensorflow"): logging.WARNING}
-    levels = [each.level for each in loggers]
-    for (each, quiet), level in zip(loggers.items(), levels):
-        each.setLevel(max(level, quiet))
-    try:
-        yield
-    finally:
-        for each, level in zip(loggers, levels):
-            each.setLevel(level)
 
 
 class TFLiteClassifier:
