@@ -43,3 +43,21 @@ def machine():
     except OSError:
         pass
     return f"{cores} cores, {model or platform.processor()}, Python {platform.python_version()}"
+
+
+def define_cpu_memory_flag():
+    """`--cpu_memory`: TensorFlow's CPU allocator per measurement, checked."""
+    from absl import flags
+    flags.DEFINE_list("cpu_memory", ["pooled"],
+                      "TensorFlow's CPU allocator per measurement: `pooled` (the library's, "
+                      "tfhub_ft/cpu_memory.py), `unpooled` (TensorFlow's default) or both, "
+                      "one after the other.")
+    flags.register_validator(
+        "cpu_memory", lambda values: bool(values) and set(values) <= {"pooled", "unpooled"},
+        message="--cpu_memory takes `pooled`, `unpooled` or both, comma-separated.")
+
+
+def cpu_memory_environment(cpu_memory):
+    """The environment of a child process measured with `cpu_memory`
+    ("pooled" or "unpooled"): os.environ with TF_CPU_ALLOCATOR_USE_BFC set."""
+    return dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC=str(cpu_memory == "pooled").lower())

@@ -14,7 +14,12 @@ What the recipe's levers cost was measured with it and with in-process
 sweeps; the tables are in BUILD_NOTES.md ("The accuracy-time frontier").
 
 A variant is `name:flags` (flags of `tfhub_ft train`, space-separated);
-`old_tool` and `default` need no flags.
+`old_tool` and `default` need no flags. A word `NAME=value` in upper case
+is an environment variable of the variant's process, e.g.
+`unpooled:TF_CPU_ALLOCATOR_USE_BFC=false` (TensorFlow's own CPU allocator,
+which the library replaces; see tfhub_ft/cpu_memory.py). `old_tool` runs with
+TensorFlow's own allocator, as its users ran it. Each row also gives the
+command's peak resident memory.
 """
 
 import os
@@ -42,6 +47,7 @@ flags.DEFINE_integer("repeats", 1, "Runs of each variant (rows alternate between
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACCURACY = re.compile(r"validation_accuracy=([0-9.]+)")
+ENVIRONMENT_WORD = re.compile(r"^[A-Z][A-Z0-9_]*=")
 
 
 def command(name, variant_flags, train_dir, validation_dir, export_dir):
@@ -54,16 +60,32 @@ def command(name, variant_flags, train_dir, validation_dir, export_dir):
             f"--export_dir={export_dir}", "--verbosity=-1", *variant_flags]
 
 
-def run(argv):
-    """Runs one command; returns (wall seconds, validation accuracy)."""
-    start = time.perf_counter()
-    result = subprocess.run(argv, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    found = ACCURACY.findall(result.stdout)
-    if result.returncode or not found:
-        sys.exit(f"{' '.join(argv)} failed ({result.returncode}):\n"
-                 f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    return seconds, float(found[-1])
+def run(argv, environment):
+    """Runs one command; returns (wall seconds, validation accuracy, peak
+    resident memory in MB)."""
+    # Files, not pipes: nothing reads a pipe while os.wait4 waits, and a
+    # full pipe would stop the child.
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=stdout, stderr=stderr,
+                                   env=dict(os.environ, **environment))
+        try:
+            # os.wait4, not Popen.wait: the child's own peak memory comes with it.
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()  # Ctrl-C: no training left behind on the cores
+            process.wait()
+            raise
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        output, errors = stdout.read(), stderr.read()
+    found = ACCURACY.findall(output)
+    if process.returncode or not found:
+        sys.exit(f"{' '.join(argv)} failed ({process.returncode}):\n"
+                 f"{output[-2000:]}\n{errors[-4000:]}")
+    return seconds, float(found[-1]), usage.ru_maxrss / 1024
 
 
 def main(argv):
@@ -71,31 +93,42 @@ def main(argv):
     variants = []
     for text in filter(None, (v.strip() for v in FLAGS.variants.split(";"))):
         name, _, rest = text.partition(":")
-        variants.append((name, rest.split()))
+        words = rest.split()
+        environment = dict(w.split("=", 1) for w in words if ENVIRONMENT_WORD.match(w))
+        if name == "old_tool":
+            # As its users ran it: TensorFlow's own CPU allocator, whatever
+            # this shell says (an environment word still wins).
+            environment = {"TF_CPU_ALLOCATOR_USE_BFC": "false", **environment}
+        variants.append((name, [w for w in words if not ENVIRONMENT_WORD.match(w)],
+                         environment))
     folders = {d: os.path.join(common.SHARED, "data", d) for d in FLAGS.datasets}
     common.require(FLAGS.hub_url, *folders.values())
-    print(f"Machine: {common.machine()}", flush=True)
+    print(f"Machine: {common.machine()}; TF_CPU_ALLOCATOR_USE_BFC="
+          f"{os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset')} unless a variant sets it "
+          f"(old_tool: false)",
+          flush=True)
     results = {}
     for dataset, folder in folders.items():
         for _ in range(FLAGS.repeats):
-            for name, variant_flags in variants:
+            for name, variant_flags, environment in variants:
                 export_dir = tempfile.mkdtemp(prefix="frontier-")
                 try:
-                    seconds, accuracy = run(command(
+                    seconds, accuracy, peak_mb = run(command(
                         name, variant_flags, os.path.join(folder, "train"),
-                        os.path.join(folder, "validation"), os.path.join(export_dir, "m")))
+                        os.path.join(folder, "validation"), os.path.join(export_dir, "m")),
+                        environment)
                 finally:
                     shutil.rmtree(export_dir, ignore_errors=True)
-                results.setdefault((dataset, name), []).append((seconds, accuracy))
-                print(f"{dataset:16s} {name:24s} {seconds:6.1f} s  accuracy {accuracy:.4f}",
-                      flush=True)
+                results.setdefault((dataset, name), []).append((seconds, accuracy, peak_mb))
+                print(f"{dataset:16s} {name:24s} {seconds:6.1f} s  accuracy {accuracy:.4f}  "
+                      f"peak RSS {peak_mb:,.0f} MB", flush=True)
 
     def mean(rows, i):
         return sum(r[i] for r in rows) / len(rows)
 
-    header = " | ".join(f"{d}: wall, accuracy, vs old tool" for d in folders)
+    header = " | ".join(f"{d}: wall, accuracy, vs old tool, peak RSS" for d in folders)
     print(f"\n| variant | {header} |\n|---|" + "---|" * len(folders))
-    for name, _ in variants:
+    for name, _, _ in variants:
         cells = []
         for dataset in folders:
             rows = results[(dataset, name)]
@@ -103,7 +136,7 @@ def main(argv):
             old = results.get((dataset, "old_tool"))
             versus = (f"{seconds / mean(old, 0):.2f}x time, "
                       f"{100 * (accuracy - mean(old, 1)):+.1f} pts") if old else ""
-            cells.append(f"{seconds:.0f} s, {accuracy:.4f}, {versus}")
+            cells.append(f"{seconds:.0f} s, {accuracy:.4f}, {versus}, {mean(rows, 2):,.0f} MB")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -1,6 +1,7 @@
 """Time and peak memory from thousands to tens of thousands of images.
 
     python benchmarks/scale.py [--sizes=5000,20000,50000] [--image_sizes=96,224]
+        [--cpu_memory=pooled,unpooled]
 
 Fine-tunes the shared backbone (head_epochs=3, fine_tune_epochs=1,
 cache_memory_mb=1024) on N images of the CIFAR-10 training folder: the first
@@ -52,6 +53,7 @@ flags.DEFINE_integer("stream_memory_mb", 512, "Memory budget of the tf.data runs
 flags.DEFINE_list("stream_image_sizes", None,
                   "Image sizes of the tf.data runs (the largest count); default: "
                   "--image_sizes. Pass an empty value for none.")
+common.define_cpu_memory_flag()
 flags.DEFINE_string("child", None, "Internal: one measurement, as JSON.")
 
 
@@ -129,7 +131,8 @@ def measure(spec):
              f"--hub_url={FLAGS.hub_url}", f"--validation_dir={FLAGS.validation_dir}",
              f"--head_epochs={FLAGS.head_epochs}",
              f"--fine_tune_epochs={FLAGS.fine_tune_epochs}"],
-            env=dict(os.environ, TMPDIR=temporary), capture_output=True, text=True)
+            env=dict(common.cpu_memory_environment(spec["cpu_memory"]), TMPDIR=temporary),
+            capture_output=True, text=True)
         left = spill_files_left(temporary)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -159,26 +162,30 @@ def main(argv):
             if count == max(sizes):
                 plan += [("tf.data", size, FLAGS.stream_memory_mb) for size in stream_sizes]
             for source, size, memory_mb in plan:
-                rows.append(measure({"source": source, "train": train, "image_size": size,
-                                     "memory_mb": memory_mb, "count": count}))
-                print(f"done: {source} {count} images at {size} px", flush=True)
+                for cpu_memory in FLAGS.cpu_memory:
+                    rows.append(measure({"source": source, "train": train, "image_size": size,
+                                         "memory_mb": memory_mb, "count": count,
+                                         "cpu_memory": cpu_memory}))
+                    print(f"done: {source} {count} images at {size} px, {cpu_memory}",
+                          flush=True)
     finally:
         shutil.rmtree(links, ignore_errors=True)
     print(f"\n## Fine-tuning time and memory by data size (head_epochs={FLAGS.head_epochs}, "
           f"fine_tune_epochs={FLAGS.fine_tune_epochs}, validation: "
           f"{os.path.basename(os.path.dirname(FLAGS.validation_dir))}/"
           f"{os.path.basename(FLAGS.validation_dir)})\n")
-    print("| source | images | image size | memory budget (MB) | seconds | ms per image | "
-          "peak RSS (GB) | spilled (GB) | spill files left | validation accuracy |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+    print("| source | images | image size | memory budget (MB) | CPU memory | seconds | "
+          "ms per image | peak RSS (GB) | spilled (GB) | spill files left | "
+          "validation accuracy |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if "failed" in row:
             print(f"| {row['source']} | {row['count']} | {row['image_size']} | "
-                  f"{row['memory_mb']} | failed (status {row['failed']}) | | | | "
+                  f"{row['memory_mb']} | {row['cpu_memory']} | failed (status "
+                  f"{row['failed']}) | | | | "
                   f"{row['spill_left']} | |")
             continue
         print(f"| {row['source']} | {row['images']:,} | {row['image_size']} | "
-              f"{row['memory_mb']} | {row['seconds']:.1f} | "
+              f"{row['memory_mb']} | {row['cpu_memory']} | {row['seconds']:.1f} | "
               f"{1000 * row['seconds'] / row['images']:.2f} | {row['peak_rss_gb']:.2f} | "
               f"{row['spilled_gb']:.2f} | {row['spill_left']} | {row['accuracy']:.4f} |")
 

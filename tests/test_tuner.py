@@ -245,6 +245,24 @@ def test_decode_seconds_count_only_what_fit_decoded(tiny_backbone_path, image_fo
     assert any(m.startswith("Stage head done in ") for m in caplog.messages)
 
 
+@pytest.mark.slow
+def test_fit_says_once_when_tensorflow_memory_is_not_pooled(
+        tiny_backbone_path, image_folders, small_config, caplog, monkeypatch):
+    from tfhub_ft import cpu_memory
+    monkeypatch.setattr(cpu_memory, "_noted", False)
+    monkeypatch.setattr(cpu_memory, "is_pooled", lambda: False)
+    monkeypatch.setenv(cpu_memory.POOLING_VARIABLE, "true")
+    train, validation, _, _ = image_folders
+    tuner = FineTuner(tiny_backbone_path, config=small_config.replace(
+        head_epochs=1, fine_tune_epochs=0))
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        tuner.fit(train, validation, verbose=0)
+        tuner.fit(train, validation, verbose=0)
+    notes = [r for r in caplog.records
+             if r.getMessage().startswith("TensorFlow's CPU memory is not pooled")]
+    assert [r.levelname for r in notes] == ["WARNING"]
+
+
 def test_options_and_config_are_checked(tiny_backbone_path):
     assert FineTuner(tiny_backbone_path, unfreeze_blocks=1).config.unfreeze_blocks == 1
     with pytest.raises(TypeError, match="Unknown fine-tuning option"):

@@ -6,13 +6,22 @@ command turns TensorFlow's start-up logging down before it is imported.
 The first public name used imports TensorFlow, if nothing has yet, without
 its start-up lines (`native_stderr.import_tensorflow_quietly`; they go to
 the `tfhub_ft` logger at DEBUG). TF_CPP_MIN_LOG_LEVEL=0 keeps them.
+
+Importing the package sets TF_CPU_ALLOCATOR_USE_BFC=true unless it is set
+(`cpu_memory`): TensorFlow then pools its CPU memory, which made the
+command 1.4-1.8x faster on a 2-core VM, for 43-266 MB more peak memory.
 """
 
 import importlib
 import logging
 import os
 
+from tfhub_ft import cpu_memory
+
 __version__ = "0.1.0"
+
+# Before TensorFlow sets up its devices, or it is too late (see cpu_memory).
+cpu_memory.request_pooling()
 
 # Public name -> the module that defines it: what README documents. The
 # pieces under them (arrays, blocks, data, cache, report, ...) stay
