@@ -190,17 +190,14 @@ def estimate_reserve(frozen_seconds, frozen_images, validation_images, load_seco
     if cached_scoring:
         share, fixed = (config_lib.TIME_BUDGET_CACHED_SCORING_SHARE,
                         config_lib.TIME_BUDGET_CACHED_SCORING_S)
-        how = f"{share:g}x the frozen pass's {per_image * 1000:.1f} ms + {fixed:g} s"
     else:
         share, fixed = 1.0, config_lib.TIME_BUDGET_TRACE_S
-        how = f"the frozen pass's {per_image * 1000:.1f} ms + {fixed:g} s"
     validation = share * per_image * validation_images + fixed
     export = (config_lib.TIME_BUDGET_EXPORT_BASE_S
               + config_lib.TIME_BUDGET_EXPORT_PER_LOAD * load_seconds)
-    reason = (f"{validation:.1f} s for validation ({validation_images} images at {how}), "
-              f"{export:.1f} s for the export ({config_lib.TIME_BUDGET_EXPORT_BASE_S:g} s + "
-              f"{config_lib.TIME_BUDGET_EXPORT_PER_LOAD:g}x the {load_seconds:.1f} s the "
-              "backbone took to load)")
+    # How each was estimated is config.py's; the line says what was kept.
+    reason = (f"{validation:.1f} s for validation ({validation_images} images), "
+              f"{export:.1f} s for the export")
     if extra_s:
         reason += f", {extra_s:.1f} s for what runs after fit"
     return validation + export + extra_s, reason
@@ -291,13 +288,11 @@ def plan_phase_start(phase, config_epochs, budget_s, used_s, reserve_s, used_by,
                    "epoch needs is left)")
     return PhasePlan(
         phase, config_epochs, config_epochs, deadline_s=used_s + phase_s, reason=(
-            f"{_budget_words(budget_s)}: {used_s:.1f} s used by {used_by}, "
-            f"{reserve_s:.1f} s reserved for validation and export, so {name} may "
-            f"take up to {phase_s:.1f} s{why}"))
+            f"{_budget_words(budget_s)}: {used_s:.1f} s used, {reserve_s:.1f} s reserved, "
+            f"so {name} may take up to {phase_s:.1f} s{why}"))
 
 
-def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, step_s,
-                validation_s, used_by):
+def plan_epochs(plan, budget_s, used_s, steps_per_epoch, steps_done, step_s, validation_s):
     """How many of a phase's epochs fit before its deadline, from measured times.
 
     Pure arithmetic (no model). At an epoch's end (`steps_done` a multiple
@@ -315,14 +310,13 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
     Args:
         plan: The phase's current `PhasePlan` (its `deadline_s`,
             `config_epochs`).
-        budget_s, reserve_s: For the reason.
+        budget_s: For the reason.
         used_s: Seconds of the budget used now.
         steps_per_epoch: Training steps of one epoch.
         steps_done: Steps the phase has run.
         step_s: Measured seconds of one step (the traced first step left
             out).
         validation_s: Measured (or estimated) seconds of one validation.
-        used_by: What used `used_s`, for the reason.
 
     Returns:
         The new `PhasePlan`.
@@ -364,21 +358,18 @@ def plan_epochs(plan, budget_s, reserve_s, used_s, steps_per_epoch, steps_done, 
                 epochs, steps = epochs + 1, steps + cut
     timing = (f"{name} epoch ~{epoch_s:.1f} s ({steps_per_epoch} steps of "
               f"{step_s * 1000:.0f} ms + {validation_s:.1f} s validation)")
-    head = (f"{_budget_words(budget_s)}: {used_s:.1f} s used by {used_by}, {timing}, "
-            f"{left:.1f} s left for {name}")
-    reserve = f"(reserving {reserve_s:.1f} s for validation and export)"
+    head = f"{_budget_words(budget_s)}: {used_s:.1f} s used, {timing}, {left:.1f} s left"
     if overrun_s is not None:
         reason = (f"{head}: its first epoch runs to its end anyway, ~{overrun_s:.1f} s past "
                   f"{name}'s deadline (a head cut to a few steps is near chance), and no "
-                  f"other {reserve}")
+                  "other")
     elif cut_extra:
         reason = (f"{head}, so {epochs - 1} of {plan.config_epochs} {epoch_words} and "
-                  f"{cut} of {steps_per_epoch} steps of one more {reserve}")
+                  f"{cut} of {steps_per_epoch} steps of one more")
     elif cut is not None:
-        reason = (f"{head}: epoch {epochs} cut to {cut} of {steps_per_epoch} steps "
-                  f"{reserve}")
+        reason = f"{head}: epoch {epochs} cut to {cut} of {steps_per_epoch} steps"
     else:
-        reason = f"{head}, so {epochs} of {plan.config_epochs} {epoch_words} {reserve}"
+        reason = f"{head}, so {epochs} of {plan.config_epochs} {epoch_words}"
     return dataclasses.replace(plan, epochs=epochs, steps=steps, epoch_seconds=epoch_s,
                                reason=reason,
                                overruns=plan.overruns or overrun_s is not None)
@@ -399,7 +390,6 @@ class PhaseTimer:
         plan: The phase's `PhasePlan` from `plan_phase_start`.
         steps_per_epoch, validation_steps: Batches of one epoch and of one
             validation.
-        used_by: What had used the budget when the phase started.
         validates_at_start: Whether the phase evaluates the validation data
             before its first step (phase 2's early stopping does): that
             time, tracing included, then bounds the validation estimate
@@ -411,13 +401,12 @@ class PhaseTimer:
             by default).
     """
 
-    def __init__(self, budget, plan, steps_per_epoch, validation_steps, used_by,
+    def __init__(self, budget, plan, steps_per_epoch, validation_steps,
                  validates_at_start=False, on_plan=None, log=None, warn=None):
         self.budget = budget
         self.plan = plan
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.validation_steps = int(validation_steps)
-        self.used_by = used_by
         self.validates_at_start = validates_at_start
         self.on_plan = on_plan
         self.log = log or logger.info
@@ -544,20 +533,11 @@ class PhaseTimer:
             estimate = min(estimate, self.start_validation_s)
         return estimate
 
-    def _used_by(self):
-        name = PHASE_NAMES[self.plan.phase][0]
-        if self.epochs_done:
-            done = f"{self.epochs_done} epoch{'s' if self.epochs_done > 1 else ''} of {name}"
-        else:
-            done = f"the first {self.steps_done} steps of {name}"
-        return f"{self.used_by.replace(' and ', ', ')} and {done}"
-
     def _replan(self):
         old = self.plan
         self.plan = plan_epochs(
-            old, self.budget.seconds, self.budget.reserve_s, self.budget.used(),
-            self.steps_per_epoch, self.steps_done, self.step_s(),
-            self.validation_estimate(), self._used_by())
+            old, self.budget.seconds, self.budget.used(), self.steps_per_epoch,
+            self.steps_done, self.step_s(), self.validation_estimate())
         if self.plan.steps != old.steps and self.on_plan is not None:
             self.on_plan(self.plan, self.steps_done)
         if old.steps is None:

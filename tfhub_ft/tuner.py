@@ -571,8 +571,7 @@ class FineTuner:
             return None  # its one epoch is not timed: it runs whatever the clock says
 
         def make_timer(**options):
-            timers[phase] = time_budget_lib.PhaseTimer(time_budget, plans[phase],
-                                                       used_by=used_by, **options)
+            timers[phase] = time_budget_lib.PhaseTimer(time_budget, plans[phase], **options)
             return timers[phase]
         return make_timer
 
