@@ -61,7 +61,9 @@ def test_phase_start_gives_phase_one_half_of_what_is_left_or_what_phase_2_leaves
     ample = time_budget.plan_phase_start("head", 10, budget_s=90, used_s=30, reserve_s=6,
                                          used_by="loading", fine_tune_s=10.0)
     assert ample.epochs == 10 and ample.deadline_s == pytest.approx(30 + 0.5 * 54)
-    assert "(0.5 of the 54.0 s left, the rest for phase 2)" in ample.reason
+    assert ample.reason == (
+        "Time budget 90 s: 30.0 s used by loading, 6.0 s reserved, so phase 1 may take up "
+        "to 27.0 s (0.5 of the 54.0 s left, the rest for phase 2)")
     alone = time_budget.plan_phase_start("head", 10, 90, 30, 6, "loading")
     assert alone.deadline_s == pytest.approx(84)
     # Half would not leave phase 2 its first epoch (54 s left, a 30 s epoch):
@@ -101,13 +103,14 @@ def test_estimate_reserve_from_the_frozen_pass_and_the_load():
     export = config_lib.TIME_BUDGET_EXPORT_BASE_S + config_lib.TIME_BUDGET_EXPORT_PER_LOAD * 3.0
     assert seconds == pytest.approx(validation + export + 0.5)
     assert reason == (f"{validation:.1f} s for validation (100 images), {export:.1f} s for the "
-                      "export, 0.5 s for what runs after fit")
+                      "export (the backbone loaded in 3.0 s), 0.5 s for what runs after fit")
     # Scored from the cached boundary tensors: a share of that, the top only.
     cached, reason = time_budget.estimate_reserve(2.0, 1000, 100, 3.0, cached_scoring=True)
     assert cached == pytest.approx(
         config_lib.TIME_BUDGET_CACHED_SCORING_SHARE * 0.002 * 100
         + config_lib.TIME_BUDGET_CACHED_SCORING_S + export)
-    assert reason.endswith("s for the export")
+    assert reason == (f"{cached - export:.1f} s for validation (100 images), {export:.1f} s "
+                      "for the export (the backbone loaded in 3.0 s)")
 
 
 def test_plan_epochs_ample_tight_and_cut():
@@ -125,7 +128,7 @@ def test_plan_epochs_ample_tight_and_cut():
     assert (tight.epochs, tight.steps, tight.epoch_seconds) == (4, 40, 6.0)
     assert tight.reason == (
         "Time budget 90 s: 60.0 s used, phase 2 epoch ~6.0 s (10 steps of 500 ms + 1.0 s "
-        "validation), 20.0 s left, so 4 of 6 fine-tune epochs")
+        "validation), 20.0 s left for phase 2, so 4 of 6 fine-tune epochs")
     # Mid-epoch (the first plan): finishing the epoch takes 4.5 s, 2.5 s are
     # left: cut it to the 3 more steps that end before its validation.
     cut = plan(used_s=77.5, steps_done=3)
@@ -136,7 +139,7 @@ def test_plan_epochs_ample_tight_and_cut():
     partial = plan(used_s=76.0, steps_done=20)
     assert (partial.epochs, partial.steps) == (3, 26)
     assert partial.reason.endswith(
-        "4.0 s left, so 2 of 6 fine-tune epochs and 6 of 10 steps of one more")
+        "4.0 s left for phase 2, so 2 of 6 fine-tune epochs and 6 of 10 steps of one more")
     assert plan(used_s=78.0, steps_done=20).epochs == 2
     # Whole epochs, then the rest: 15 s after epoch 1 are two epochs (12 s)
     # and 4 steps before a validation. Mid-epoch, 13 s left: the rest of
@@ -247,8 +250,8 @@ def test_phase_timer_finishes_phase_one_first_epoch_past_its_deadline():
     assert timer.plan.overruns  # the phase's last plan (tuner.time_plan) still says so
     assert len(warnings) == 1 and warnings[0].startswith("Time budget 30 s: ")
     assert warnings[0].endswith(
-        "5.4 s left: its first epoch runs to its end anyway, ~4.3 s past phase 1's "
-        "deadline (a head cut to a few steps is near chance), and no other")
+        "5.4 s left for phase 1: its first epoch runs to its end anyway, ~4.3 s past "
+        "phase 1's deadline (a head cut to a few steps is near chance), and no other")
     assert lines[-1].startswith("Time budget: phase 1 ran 1 of 10 epochs (100 steps)")
     assert "(the first, which always ends, ended 4.2 s past the phase's deadline)" in lines[-1]
 
@@ -272,7 +275,7 @@ def test_fit_within_a_budget_on_a_fake_clock(tiny_backbone_path, image_folders, 
     assert 1 <= plan.fine_tune.epochs < 30 and len(history["fine_tune"]["loss"]) \
         == plan.fine_tune.epochs
     assert plan.used_s <= 12 - plan.reserve_s + 1.0
-    assert any("fine-tune epochs" in r.message and "s left, so" in r.message
+    assert any("fine-tune epochs" in r.message and "s left for phase 2, so" in r.message
                for r in caplog.records)
     tuner.report(tmp_path / "report")
     with open(tmp_path / "report" / "summary.json") as f:

@@ -78,8 +78,13 @@ def note_if_unpooled(log):
     up its devices before `tfhub_ft` was imported. Nothing when the
     variable says "false"."""
     global _noted
-    if _noted or not pooling_requested() or is_pooled():
+    if _noted or not pooling_requested():
         return
+    try:
+        if is_pooled():
+            return
+    except ValueError:
+        return  # no CPU device to ask: an advice line is not worth failing for
     _noted = True
     log(f"TensorFlow's CPU memory is not pooled: TensorFlow set up its devices (a tensor, "
         f"an op or a device query) before tfhub_ft was imported, so {POOLING_VARIABLE}=true "

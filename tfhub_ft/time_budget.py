@@ -129,7 +129,8 @@ class TimePlan:
         budget_s: The budget.
         reserve_s: Seconds kept for the final validation scoring, one
             export and `extra_reserve_s`.
-        reserve_reason: How `reserve_s` was estimated.
+        reserve_reason: What `reserve_s` is made of (validation, export,
+            after fit).
         head, fine_tune: The last `PhasePlan` of each phase (None: the
             phase has no epochs in the config).
         epochs_run: {"head": epochs, "fine_tune": epochs} actually run.
@@ -197,7 +198,7 @@ def estimate_reserve(frozen_seconds, frozen_images, validation_images, load_seco
               + config_lib.TIME_BUDGET_EXPORT_PER_LOAD * load_seconds)
     # How each was estimated is config.py's; the line says what was kept.
     reason = (f"{validation:.1f} s for validation ({validation_images} images), "
-              f"{export:.1f} s for the export")
+              f"{export:.1f} s for the export (the backbone loaded in {load_seconds:.1f} s)")
     if extra_s:
         reason += f", {extra_s:.1f} s for what runs after fit"
     return validation + export + extra_s, reason
@@ -288,8 +289,8 @@ def plan_phase_start(phase, config_epochs, budget_s, used_s, reserve_s, used_by,
                    "epoch needs is left)")
     return PhasePlan(
         phase, config_epochs, config_epochs, deadline_s=used_s + phase_s, reason=(
-            f"{_budget_words(budget_s)}: {used_s:.1f} s used, {reserve_s:.1f} s reserved, "
-            f"so {name} may take up to {phase_s:.1f} s{why}"))
+            f"{_budget_words(budget_s)}: {used_s:.1f} s used by {used_by}, {reserve_s:.1f} s "
+            f"reserved, so {name} may take up to {phase_s:.1f} s{why}"))
 
 
 def plan_epochs(plan, budget_s, used_s, steps_per_epoch, steps_done, step_s, validation_s):
@@ -358,7 +359,8 @@ def plan_epochs(plan, budget_s, used_s, steps_per_epoch, steps_done, step_s, val
                 epochs, steps = epochs + 1, steps + cut
     timing = (f"{name} epoch ~{epoch_s:.1f} s ({steps_per_epoch} steps of "
               f"{step_s * 1000:.0f} ms + {validation_s:.1f} s validation)")
-    head = f"{_budget_words(budget_s)}: {used_s:.1f} s used, {timing}, {left:.1f} s left"
+    head = (f"{_budget_words(budget_s)}: {used_s:.1f} s used, {timing}, {left:.1f} s left "
+            f"for {name}")
     if overrun_s is not None:
         reason = (f"{head}: its first epoch runs to its end anyway, ~{overrun_s:.1f} s past "
                   f"{name}'s deadline (a head cut to a few steps is near chance), and no "
