@@ -76,12 +76,14 @@ def note_if_unpooled(log):
     """Calls `log` (e.g. a logger's `warning`) once per process with a line
     saying how to pool, when the pool was requested but TensorFlow had set
     up its devices before `tfhub_ft` was imported. Nothing when the
-    variable says "false"."""
+    variable says "false", or on a machine with a GPU (where the CPU's
+    allocator matters less than the line says)."""
     global _noted
     if _noted or not pooling_requested():
         return
+    import tensorflow as tf
     try:
-        if is_pooled():
+        if is_pooled() or tf.config.list_logical_devices("GPU"):
             return
     except ValueError:
         return  # no CPU device to ask: an advice line is not worth failing for

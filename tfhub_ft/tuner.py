@@ -386,9 +386,7 @@ class FineTuner:
         self.stage_seconds["load"] -= self._decode_seconds
         logger.info("Training on %d images, validating on %d, %d classes",
                     len(train_set), len(validation_set), len(train_set.class_names))
-        if not tf.config.list_logical_devices("GPU"):
-            # On a GPU the CPU's allocator matters less than the note says.
-            cpu_memory.note_if_unpooled(logger.warning)
+        cpu_memory.note_if_unpooled(logger.warning)
         data_lib.check_class_balance(train_set.labels, train_set.class_names,
                                      class_weight=self.config.class_weight)
         if self.config.deterministic:
