@@ -23,6 +23,10 @@ built the way that family of hub modules is:
   layer's statistics).
 - `keras_exported`: a tf_keras model saved with `tf.saved_model.save`, whose
   restored call runs one function per layer.
+- `keras3_export`, `keras3_signature`: the same model in Keras 3, written by
+  `model.export` (a fixed 32-px input) and by `tf.saved_model.save`: no
+  `__call__`, only a `serving_default` signature (and `variables` after
+  `export` only).
 
 Every builder in `BUILDERS` returns (path, expected block names bottom to
 top). Two more shapes are not in it, for their own tests:
@@ -419,26 +423,38 @@ def generic_layer_names(path, seed=0, width=4, layers=4, branches=False):
             ["conv2d"] + [f"conv2d_{n}" for n in range(1, layers)])
 
 
-def keras_exported(path, seed=0, width=4, blocks=3):
-    """A tf_keras (Keras 2) functional model saved with `tf.saved_model.save`."""
-    import tf_keras
+def keras_exported(path, seed=0, width=4, blocks=3, package="tf_keras", save="saved_model",
+                   image_size=None):
+    """A Keras functional model, MobileNetV2's layer names, saved as a SavedModel.
 
-    tf_keras.utils.set_random_seed(seed)
-    inputs = tf_keras.Input([None, None, 3])
-    x = tf_keras.layers.Conv2D(width, 3, 2, padding="same", name="Conv1")(inputs)
-    x = tf_keras.layers.BatchNormalization(name="bn_Conv1")(x)
-    x = tf_keras.layers.ReLU()(x)
+    `package` "tf_keras" (Keras 2) or "keras" (Keras 3). `save`:
+    "saved_model" (`tf.saved_model.save`: a Keras 2 model restores with
+    one function per layer, a Keras 3 one with a `serving_default`
+    signature only) or "export" (Keras 3's `model.export`: a `serve`
+    endpoint, its signature and `variables`, no `__call__`).
+    """
+    import importlib
+
+    k = importlib.import_module(package)
+    k.utils.set_random_seed(seed)
+    inputs = k.Input([image_size, image_size, 3])
+    x = k.layers.Conv2D(width, 3, 2, padding="same", name="Conv1")(inputs)
+    x = k.layers.BatchNormalization(name="bn_Conv1")(x)
+    x = k.layers.ReLU()(x)
     for n in range(1, blocks + 1):
         shortcut = x
-        x = tf_keras.layers.Conv2D(width, 3, padding="same", name=f"block_{n}_conv")(x)
-        x = tf_keras.layers.BatchNormalization(name=f"block_{n}_BN")(x)
-        x = tf_keras.layers.ReLU()(x)
-        x = tf_keras.layers.Add()([x, shortcut])
-    x = tf_keras.layers.Conv2D(2 * width, 1, name="Conv_1")(x)
-    x = tf_keras.layers.BatchNormalization(name="Conv_1_bn")(x)
-    x = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.ReLU()(x))
-    model = tf_keras.Model(inputs, x)
-    tf.saved_model.save(model, str(path))
+        x = k.layers.Conv2D(width, 3, padding="same", name=f"block_{n}_conv")(x)
+        x = k.layers.BatchNormalization(name=f"block_{n}_BN")(x)
+        x = k.layers.ReLU()(x)
+        x = k.layers.Add()([x, shortcut])
+    x = k.layers.Conv2D(2 * width, 1, name="Conv_1")(x)
+    x = k.layers.BatchNormalization(name="Conv_1_bn")(x)
+    x = k.layers.GlobalAveragePooling2D()(k.layers.ReLU()(x))
+    model = k.Model(inputs, x)
+    if save == "export":
+        model.export(str(path), verbose=False)
+    else:
+        tf.saved_model.save(model, str(path))
     return str(path), ["stem"] + [f"block_{n}" for n in range(1, blocks + 1)] + ["top"]
 
 
@@ -472,6 +488,9 @@ def split_and_whole_gradients(backbone, count, size):
 
 BUILDERS = {
     "keras_exported": keras_exported,
+    "keras3_export": lambda path: keras_exported(path, package="keras", save="export",
+                                                 image_size=32),
+    "keras3_signature": lambda path: keras_exported(path, package="keras"),
     "slim_cond_network": lambda path: slim_mobilenet(path, cond="network"),
     "slim_cond_layer": lambda path: slim_mobilenet(path, cond="layer"),
     "slim_python_bool": lambda path: slim_mobilenet(path, cond=None),

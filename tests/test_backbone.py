@@ -1,6 +1,8 @@
+import logging
 import os
 import urllib.error
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -289,3 +291,70 @@ def test_split_gradients_tolerate_a_flipped_clip_not_a_wrong_cut():
                 > backbone_lib.SPLIT_GRADIENT_TOLERANCE)
     # Near-zero gradients compare absolutely.
     assert backbone_lib.gradient_difference(np.full(4, 1e-7), np.zeros(4)) < 1e-3
+
+
+def _keras3_feature_model(image_size=None, height=None):
+    """A Keras 3 model with constant weights up to its pooled features."""
+    inputs = keras.Input([height or image_size, image_size, 3])
+    x = keras.layers.Conv2D(4, 3, strides=2, name="Conv1",
+                            kernel_initializer=keras.initializers.Constant(0.1),
+                            bias_initializer=keras.initializers.Constant(0.2))(inputs)
+    x = keras.layers.BatchNormalization(name="bn_Conv1", moving_mean_initializer="ones")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("save", ["export", "saved_model"])
+def test_a_keras_export_is_loaded_through_its_serving_signature(tmp_path, caplog, save):
+    model = _keras3_feature_model(image_size=16 if save == "export" else None)
+    path = str(tmp_path / "keras")
+    if save == "export":
+        model.export(path, verbose=False)
+    else:
+        tf.saved_model.save(model, path)
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        backbone = HubBackbone(path)
+    images = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+    expected = model(images).numpy()
+    np.testing.assert_allclose(backbone(images).numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(backbone(images, training=True).numpy(), expected,
+                               rtol=1e-6, atol=1e-6)
+    assert backbone.image_size == (16 if save == "export" else None)
+    names = [v.name.split(":")[0] for v in backbone.module.variables]
+    # Keras's own order where the export keeps a variable list; the order the
+    # signature reads them in where it does not.
+    assert (names if save == "export" else sorted(names)) == (
+        [v.path for v in model.weights] if save == "export"
+        else sorted(v.path for v in model.weights))
+    assert len(backbone.module.trainable_variables) == len(model.trainable_weights)
+    assert any("only a `serving_default` signature" in r.getMessage()
+               and "input_range" in r.getMessage() for r in caplog.records)
+
+
+def test_a_signature_that_is_no_feature_vector_is_refused(tmp_path):
+    class TwoInputs(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32),
+                                      tf.TensorSpec([None], tf.float32)])
+        def serve(self, images, scale):
+            return {"output": tf.reduce_mean(images, axis=[1, 2]) * scale[:, None]}
+
+    module = TwoInputs()
+    tf.saved_model.save(module, str(tmp_path / "two"), signatures=module.serve)
+    with pytest.raises(HubModuleError, match=r"nor a `serving_default` signature that maps "
+                                             r"one float32 \[N, H, W, 3\].*model\.export"):
+        HubBackbone(str(tmp_path / "two"))
+
+
+def test_a_keras_export_of_non_square_images_is_refused(tmp_path):
+    _keras3_feature_model(image_size=16, height=8).export(str(tmp_path / "wide"), verbose=False)
+    with pytest.raises(HubModuleError, match=r"takes images of 8 x 16 pixels only; tfhub_ft "
+                                             r"trains on square images"):
+        HubBackbone(str(tmp_path / "wide"))
+
+
+@pytest.mark.parametrize("name, hint", [("model.keras", "keras.saving.load_model"),
+                                        ("saved_model.pb", "Pass the folder that holds it")])
+def test_a_file_handle_is_explained(tmp_path, name, hint):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(HubModuleError, match=rf"is a file; a module is a SavedModel folder.*{hint}"):
+        backbone_lib.resolve_handle(str(tmp_path / name))

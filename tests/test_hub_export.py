@@ -94,3 +94,25 @@ def test_written_atomically_and_errors_are_explained(exported, tmp_path, monkeyp
                                          r"backbone or hub module \(saved_model.pb without"):
         export.check_replaceable(path)
     assert "labels.txt" in os.listdir(classifier) and "labels.txt" not in os.listdir(path)
+
+
+def test_a_keras_export_comes_back_as_a_hub_module(tmp_path):
+    import tensorflow_hub as hub
+    import tf_keras  # noqa: F401  hub.KerasLayer is a tf_keras layer
+
+    from tests import module_shapes
+    source, blocks = module_shapes.keras_exported(tmp_path / "keras", package="keras",
+                                                  save="export", image_size=32)
+    tuner = FineTuner(source)
+    for block in tuner.backbone.unfreeze_top_blocks(2):
+        for variable in tuner.backbone.block_variables(block):
+            variable.assign(variable * 1.5 + 0.05)
+    path = tuner.export_backbone(str(tmp_path / "hub"))
+    expected = tuner.backbone(images()).numpy()
+    again = FineTuner(path)
+    assert [b.name for b in again.backbone.blocks] == blocks
+    assert again.backbone.image_size == 32
+    np.testing.assert_array_equal(again.backbone(images()).numpy(), expected)
+    layer = hub.KerasLayer(path, trainable=True)
+    np.testing.assert_array_equal(layer(tf.constant(images())).numpy(), expected)
+    assert len(layer.trainable_weights) == len(tuner.backbone.module.trainable_variables)

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import tempfile
 from typing import Optional
 
 import keras
@@ -45,8 +46,9 @@ def resolve_handle(handle: str) -> str:
 
     Raises:
         TypeError: if `handle` is not a string or path.
-        HubModuleError: if it cannot be resolved; the message names the
-            handle and says how to work offline.
+        HubModuleError: if it cannot be resolved (the message names the
+            handle and says how to work offline), or if it names a file (a
+            Keras model file: the message says how to export it).
     """
     if isinstance(handle, os.PathLike):
         handle = os.fspath(handle)
@@ -59,6 +61,16 @@ def resolve_handle(handle: str) -> str:
     if os.path.isdir(handle):
         return handle
     is_remote = "://" in handle or _KAGGLE_HANDLE.match(handle)
+    if not is_remote and os.path.isfile(handle):
+        keras_file = handle.lower().endswith((".keras", ".h5", ".hdf5"))
+        raise HubModuleError(
+            f"The hub handle {handle!r} is a file; a module is a SavedModel "
+            "folder (saved_model.pb and variables/). "
+            + ("To start from a Keras model file, load it with "
+               "`keras.saving.load_model`, take the model up to its pooled "
+               "features (without the classification layer) and write it with "
+               "`model.export(folder)`; then pass that folder." if keras_file
+               else "Pass the folder that holds it."))
     if not is_remote:
         raise HubModuleError(
             f"The hub handle {handle!r} is neither a local folder nor a TF Hub "
@@ -86,6 +98,13 @@ def resolve_handle(handle: str) -> str:
 def load_feature_vector_module(path: str):
     """Loads a TF2 SavedModel in the hub image feature-vector convention.
 
+    A SavedModel without `__call__` whose `serving_default` signature maps
+    one float32 `[N, H, W, 3]` batch to `[N, D]` features (Keras 3's
+    `model.export`, `tf.saved_model.save` of a Keras 3 model) is loaded as
+    one (`serving_endpoint`): its batch norm and dropout then run in
+    inference mode in both phases, and it takes the pixel range its model
+    was built for (`input_range`).
+
     Under a `TPUStrategy` the variables are read through the local host
     (`experimental_io_device="/job:localhost"`): the TPU workers cannot see
     a module cached on the VM's local disk. (Only there: in a multi-worker
@@ -97,7 +116,9 @@ def load_feature_vector_module(path: str):
 
     Raises:
         HubModuleError: for a TF1 hub module, a folder without a SavedModel,
-            or a module without `__call__(images, training)`.
+            a module with neither `__call__(images, training)` nor a
+            feature-vector `serving_default` signature, or a signature that
+            fixes a non-square input size.
     """
     if tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb")):
         raise HubModuleError(
@@ -116,12 +137,97 @@ def load_feature_vector_module(path: str):
                   (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
         options = tf.saved_model.LoadOptions(experimental_io_device="/job:localhost")
     module = tf.saved_model.load(path, options=options)
-    if not callable(module) or not hasattr(module, "variables"):
+    if callable(module) and hasattr(module, "variables"):
+        return module
+    endpoint = serving_endpoint(module)
+    if endpoint is None:
         raise HubModuleError(
-            f"The SavedModel at {path!r} has no `__call__` and `variables`: "
-            "it is not in the TF Hub reusable SavedModel format. Image "
-            "feature vectors from tfhub.dev and Kaggle Models have both."
+            f"The SavedModel at {path!r} has no `__call__` and `variables`, "
+            "as the TF Hub reusable SavedModel format has, nor a "
+            "`serving_default` signature that maps one float32 [N, H, W, 3] "
+            "image batch to one [N, D] feature vector. Image feature vectors "
+            "from tfhub.dev and Kaggle Models have the first; a Keras model "
+            "without its classification top, exported with "
+            "`model.export(folder)`, has the second."
         )
+    return _endpoint_as_feature_vector_module(path, endpoint, options)
+
+
+def serving_endpoint(module):
+    """A SavedModel's `serving_default` signature, if it is a feature vector.
+
+    Keras 3's `model.export()` and `tf.saved_model.save(keras_model)` write
+    no `__call__`, only a `serving_default` signature (keyword input, dict
+    output) traced for inference.
+
+    Returns:
+        (function, input_name, output_name, variables, trainable_variables)
+        where the signature takes one float32 `[N, H, W, 3]` input and
+        returns one `[N, D]` floating-point output, else None. The variables
+        are the module's own list where it has one (Keras's order), else
+        those the signature reads.
+    """
+    function = getattr(module, "signatures", {}).get("serving_default")
+    if function is None:
+        return None
+    args, kwargs = function.structured_input_signature
+    outputs = function.structured_outputs
+    if args or len(kwargs) != 1 or not isinstance(outputs, dict) or len(outputs) != 1:
+        return None
+    (input_name, spec), = kwargs.items()
+    (output_name, output), = outputs.items()
+    if (not isinstance(spec, tf.TensorSpec) or spec.dtype != tf.float32
+            or not spec.shape.is_compatible_with([None, None, None, 3])
+            or not isinstance(output, tf.TensorSpec) or not output.dtype.is_floating
+            or output.shape.rank != 2):
+        return None
+    owner = module if hasattr(module, "variables") else function
+    return (function, input_name, output_name, list(owner.variables),
+            list(owner.trainable_variables))
+
+
+def _endpoint_as_feature_vector_module(path, endpoint, options):
+    """A `serving_default` feature vector re-saved and loaded as a hub module.
+
+    The signature becomes `__call__(images, training=False)`, traced for both
+    values of `training` (both run the signature's inference graph), beside
+    `variables`, `trainable_variables` and `regularization_losses`, so that
+    everything downstream (block tracing, the split, TFLite, the backbone
+    export) sees the format it knows. The copy lives in a scratch folder
+    only while it is loaded: a restored SavedModel holds its variables and
+    functions in memory.
+    """
+    function, input_name, output_name, variables, trainable_variables = endpoint
+    spec = function.structured_input_signature[1][input_name]
+    height, width = spec.shape[1], spec.shape[2]
+    if height != width:
+        raise HubModuleError(
+            f"The SavedModel at {path!r} takes images of {height} x {width} "
+            "pixels only; tfhub_ft trains on square images. Export the model "
+            "with a square input size, or with None for any size.")
+
+    @tf.function
+    def call(images, training=False):
+        del training  # The signature was traced for inference only.
+        return function(**{input_name: images})[output_name]
+
+    image_spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+    for training in (False, True):
+        call.get_concrete_function(image_spec, training=training)
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = call
+    root.variables = variables
+    root.trainable_variables = trainable_variables
+    root.regularization_losses = []
+    with tempfile.TemporaryDirectory(prefix="tfhub_ft-module-") as folder:
+        tf.saved_model.save(root, folder)
+        module = tf.saved_model.load(folder, options=options)
+    logger.info(
+        "%s has no `__call__`, only a `serving_default` signature (as Keras's "
+        "`model.export` writes): it is used as the feature vector, with batch norm "
+        "and dropout in inference mode in both phases. Keras applications expect "
+        "their own pixel range (MobileNetV2 (-1, 1), EfficientNet (0, 255)): set "
+        "input_range to match.", path)
     return module
 
 
