@@ -30,6 +30,13 @@ def test_check_positive_number():
             checks.check_positive_number("time_budget_s", value)
 
 
+def test_is_url():
+    for url in ("gs://bucket/run", "s3://b/k", "hdfs://host/p", "https://tfhub.dev/m/1"):
+        assert checks.is_url(url)
+    for path in ("runs/a", "/tmp/x", "C:\\runs", "gs:/bucket", "a:b"):
+        assert not checks.is_url(path)
+
+
 def test_is_within_resolves_links(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "a" / "b")

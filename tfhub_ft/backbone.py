@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfhub_ft import blocks as blocks_lib
 from tfhub_ft import module_graph
+from tfhub_ft.checks import is_url
 from tfhub_ft.config import DEFAULT_IMAGE_SIZE, cache_dir, check_input_range
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def resolve_handle(handle: str) -> str:
         )
     if os.path.isdir(handle):
         return handle
-    is_remote = "://" in handle or _KAGGLE_HANDLE.match(handle)
+    is_remote = is_url(handle) or _KAGGLE_HANDLE.match(handle)
     if not is_remote and os.path.isfile(handle):
         keras_file = handle.lower().endswith((".keras", ".h5", ".hdf5"))
         raise HubModuleError(

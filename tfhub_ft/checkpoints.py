@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_ft import progress
-from tfhub_ft.checks import check_folder_path
+from tfhub_ft.checks import check_folder_path, is_url
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class WorkDirectory:
         final = self._file(name)
         partial = self._file(f".{name}.partial")
         try:
-            if "://" in self.path:
+            if is_url(self.path):
                 with tf.io.gfile.GFile(partial, "wb") as file:
                     file.write(data)
             else:
@@ -337,7 +337,7 @@ def _read_state(state_path):
 
 def _in_folder(path, name):
     """`name` inside the folder `path` (local, or a `tf.io.gfile` URL)."""
-    return os.path.join(path, name) if "://" not in path else path.rstrip("/") + "/" + name
+    return path.rstrip("/") + "/" + name if is_url(path) else os.path.join(path, name)
 
 
 @contextlib.contextmanager
@@ -364,7 +364,7 @@ def work_directory_lock(work_dir, is_chief=True):
         OSError: if the lock file cannot be made.
     """
     path = None if work_dir is None or not is_chief else check_folder_path("work_dir", work_dir)
-    if path is None or "://" in path or os.path.isfile(path):
+    if path is None or is_url(path) or os.path.isfile(path):
         # (A file is refused, with its own message, by `WorkDirectory`.)
         yield
         return

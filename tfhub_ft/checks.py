@@ -43,6 +43,13 @@ def check_positive_number(name, value):
             f"Received: {name}={value!r}")
 
 
+def is_url(path):
+    """Whether `path` (a str) names a file system by its scheme (gs://,
+    s3://, hdfs://, https://): TensorFlow's `tf.io.gfile` reads it, and
+    the local `os.path` functions cannot see it."""
+    return "://" in path
+
+
 def is_within(path, folder):
     """Whether `path` is `folder` or below it, links resolved (local paths)."""
     folder = os.path.realpath(folder)
@@ -66,7 +73,7 @@ def check_outside_image_folder(name, value, folder_name, folder):
     if value is None or not isinstance(value, (str, os.PathLike)):
         return
     value = os.fspath(value)
-    if "://" not in value and is_within(value, folder):
+    if not is_url(value) and is_within(value, folder):
         raise ValueError(
             f"Invalid value for `{name}`. Expected a folder outside {folder_name}: "
             "inside it, the next run on that folder would read it as a class folder. "
@@ -88,7 +95,7 @@ def check_folder_path(name, value):
     if not isinstance(path, str) or not path:
         raise TypeError(
             f"Invalid value for `{name}`. Expected a folder path. Received: {name}={value!r}")
-    if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+    if not is_url(path) and os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(
             f"Invalid value for `{name}`. Expected a folder path. Received: "
             f"{name}={path!r}, which is a file. Choose another path or remove it.")

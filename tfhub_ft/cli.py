@@ -488,7 +488,7 @@ def _check_outside_exports(args):
     export folder after it is fine.)"""
     exports = {name: getattr(args, name)
                for name in ("export_dir", "export_backbone_dir") if getattr(args, name)}
-    local = [("://" not in folder) for folder in exports.values()]
+    local = [not checks.is_url(folder) for folder in exports.values()]
     if len(exports) == 2 and local[0] == local[1] and (
             checks.is_within(args.export_backbone_dir, args.export_dir)
             or checks.is_within(args.export_dir, args.export_backbone_dir)):
@@ -503,7 +503,7 @@ def _check_outside_exports(args):
     for name in ("work_dir", "tensorboard_dir", "image_dir", "validation_dir", "hub_url",
                  "data_dir"):
         value = getattr(args, name, None)
-        if not value or "://" in value:
+        if not value or checks.is_url(value):
             continue
         for export_name, folder in exports.items():
             if checks.is_within(value, folder):
@@ -912,7 +912,7 @@ def _resume_hint(args):
                 "every epoch is saved there)")
     # checkpoints.STATE_FILE, named here without importing TensorFlow; a
     # URL (gs://) cannot be looked at without it.
-    if "://" not in work_dir and not os.path.exists(os.path.join(work_dir, "state.json")):
+    if not checks.is_url(work_dir) and not os.path.exists(os.path.join(work_dir, "state.json")):
         return ("; it had not started training, so there is nothing to resume in "
                 f"--work_dir={shlex.quote(work_dir)}")
     return f"; the same command resumes it from --work_dir={shlex.quote(work_dir)}"
