@@ -1,5 +1,6 @@
 import logging
 import os
+import tempfile
 import urllib.error
 
 import keras
@@ -293,25 +294,40 @@ def test_split_gradients_tolerate_a_flipped_clip_not_a_wrong_cut():
     assert backbone_lib.gradient_difference(np.full(4, 1e-7), np.zeros(4)) < 1e-3
 
 
-def _keras3_feature_model(image_size=None, height=None):
+def _keras3_feature_model(image_size=None, height=None, batch_size=None, top=None,
+                          pool=True):
     """A Keras 3 model with constant weights up to its pooled features."""
-    inputs = keras.Input([height or image_size, image_size, 3])
+    inputs = keras.Input([height or image_size, image_size, 3], batch_size=batch_size)
     x = keras.layers.Conv2D(4, 3, strides=2, name="Conv1",
                             kernel_initializer=keras.initializers.Constant(0.1),
                             bias_initializer=keras.initializers.Constant(0.2))(inputs)
     x = keras.layers.BatchNormalization(name="bn_Conv1", moving_mean_initializer="ones")(x)
-    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    x = keras.layers.ReLU()(x)
+    if pool:
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    if top:
+        x = keras.layers.Dense(top, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, x)
 
 
-@pytest.mark.parametrize("save", ["export", "saved_model"])
-def test_a_keras_export_is_loaded_through_its_serving_signature(tmp_path, caplog, save):
-    model = _keras3_feature_model(image_size=16 if save == "export" else None)
-    path = str(tmp_path / "keras")
+def _save_keras3(model, path, save="export"):
     if save == "export":
-        model.export(path, verbose=False)
+        model.export(str(path), verbose=False)
     else:
-        tf.saved_model.save(model, path)
+        tf.saved_model.save(model, str(path))
+    return str(path)
+
+
+def _module_copies():
+    return [name for name in os.listdir(tempfile.gettempdir())
+            if name.startswith(f"{backbone_lib._MODULE_COPY_KIND}-{os.getpid()}@")]
+
+
+@pytest.mark.parametrize("save", ["export", "saved_model"])
+def test_a_keras_export_is_loaded_through_its_serving_signature(tmp_path, caplog, save,
+                                                                tiny_backbone_path):
+    model = _keras3_feature_model(image_size=16 if save == "export" else None)
+    path = _save_keras3(model, tmp_path / "keras", save)
     with caplog.at_level(logging.INFO, logger="tfhub_ft"):
         backbone = HubBackbone(path)
     images = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
@@ -327,11 +343,75 @@ def test_a_keras_export_is_loaded_through_its_serving_signature(tmp_path, caplog
         [v.path for v in model.weights] if save == "export"
         else sorted(v.path for v in model.weights))
     assert len(backbone.module.trainable_variables) == len(model.trainable_weights)
-    assert any("only a `serving_default` signature" in r.getMessage()
-               and "input_range" in r.getMessage() for r in caplog.records)
+    assert backbone_lib.is_serving_signature_module(backbone.module)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} has no `__call__`, only a `serving_default` signature (as Keras's "
+        "`model.export` writes): it is the feature vector, with batch norm and dropout "
+        "in inference mode in both phases. Keras applications expect their own pixel "
+        "range (MobileNetV2 `--input_range=-1,1`, EfficientNet `0,255`); ResNet50, VGG "
+        "and DenseNet normalise per channel, which must be built into the exported model."]
+    assert not _module_copies()
+    # A range given: no advice about ranges. A hub module is no signature.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        HubBackbone(path, input_range=(-1, 1))
+    assert caplog.records[0].getMessage().endswith("in inference mode in both phases.")
+    assert not backbone_lib.is_serving_signature_module(
+        backbone_lib.load_feature_vector_module(tiny_backbone_path))
 
 
-def test_a_signature_that_is_no_feature_vector_is_refused(tmp_path):
+def test_a_keras_export_cannot_train_its_batch_norm_or_be_frozen(tmp_path):
+    model = _keras3_feature_model(image_size=16)
+    path = _save_keras3(model, tmp_path / "keras")
+    with pytest.raises(ValueError, match=r"Invalid value for `batch_norm_trainable`. Expected "
+                                         r"False: the module .* is a serving signature traced "
+                                         r"for inference.*Received: batch_norm_trainable=True"):
+        HubBackbone(path, batch_norm_trainable=True)
+    model.trainable = False
+    frozen = _save_keras3(model, tmp_path / "frozen")
+    with pytest.raises(HubModuleError, match=r"has no trainable variables.*Set "
+                                             r"`model.trainable = True` before"):
+        HubBackbone(frozen)
+    assert not _module_copies()
+
+
+def test_a_mixed_precision_keras_export_gives_float32_features(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _keras3_feature_model(image_size=16)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    backbone = HubBackbone(_save_keras3(model, tmp_path / "keras"))
+    features = backbone(np.zeros([1, 16, 16, 3], np.float32))
+    assert features.dtype == tf.float32 and backbone.feature_dim == 4
+
+
+def test_a_keras_export_with_one_side_fixed_takes_square_images_of_that_side(tmp_path):
+    backbone = HubBackbone(_save_keras3(_keras3_feature_model(image_size=None, height=16),
+                                        tmp_path / "keras"))
+    assert backbone.image_size == 16
+
+
+@pytest.mark.parametrize("build, save, message", [
+    (lambda: _keras3_feature_model(image_size=16, batch_size=1), "saved_model",
+     r"takes inputs float32 \(1, 16, 16, 3\): a fixed batch of 1 \(leave `batch_size` out"),
+    (lambda: _keras3_feature_model(image_size=16, pool=False), "export",
+     r"returns output_0 float32 \(None, 7, 7, 4\), not \[N, D\] features \(a feature map: "
+     r"pool it"),
+    (lambda: _keras3_feature_model(image_size=16, height=8), "export",
+     r"takes images of 8 x 16 pixels only, and tfhub_ft trains on square images"),
+])
+def test_a_signature_that_is_no_feature_vector_is_refused_saying_why(tmp_path, build, save,
+                                                                      message):
+    path = _save_keras3(build(), tmp_path / "keras", save)
+    with pytest.raises(HubModuleError, match=r"is not an image feature vector: it has no "
+                                             r"`__call__\(images, training\)` with `variables`, "
+                                             rf"as TF Hub modules have, and its `serving_default` "
+                                             rf"{message}.*model\.export\(folder\)"):
+        HubBackbone(path)
+
+
+def test_a_signature_of_two_inputs_is_refused(tmp_path):
     class TwoInputs(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32),
                                       tf.TensorSpec([None], tf.float32)])
@@ -340,20 +420,34 @@ def test_a_signature_that_is_no_feature_vector_is_refused(tmp_path):
 
     module = TwoInputs()
     tf.saved_model.save(module, str(tmp_path / "two"), signatures=module.serve)
-    with pytest.raises(HubModuleError, match=r"nor a `serving_default` signature that maps "
-                                             r"one float32 \[N, H, W, 3\].*model\.export"):
+    with pytest.raises(HubModuleError, match=r"its `serving_default` takes images float32 "
+                                             r"\(None, 8, 8, 3\), scale float32 \(None,\), "
+                                             r"not one image batch"):
         HubBackbone(str(tmp_path / "two"))
 
 
-def test_a_keras_export_of_non_square_images_is_refused(tmp_path):
-    _keras3_feature_model(image_size=16, height=8).export(str(tmp_path / "wide"), verbose=False)
-    with pytest.raises(HubModuleError, match=r"takes images of 8 x 16 pixels only; tfhub_ft "
-                                             r"trains on square images"):
-        HubBackbone(str(tmp_path / "wide"))
+def test_the_copy_of_a_keras_export_is_removed_when_loading_it_fails(tmp_path, monkeypatch):
+    path = _save_keras3(_keras3_feature_model(image_size=16), tmp_path / "keras")
+    load = tf.saved_model.load
+
+    def failing_load(folder, *args, **kwargs):
+        if os.path.basename(folder).startswith(backbone_lib._MODULE_COPY_KIND):
+            raise MemoryError("out of memory")
+        return load(folder, *args, **kwargs)
+
+    monkeypatch.setattr(tf.saved_model, "load", failing_load)
+    with pytest.raises(MemoryError):
+        HubBackbone(path)
+    assert not _module_copies()
 
 
-@pytest.mark.parametrize("name, hint", [("model.keras", "keras.saving.load_model"),
-                                        ("saved_model.pb", "Pass the folder that holds it")])
+@pytest.mark.parametrize("name, hint", [
+    ("model.keras", "keras.saving.load_model"),
+    ("model.h5", "keras.saving.load_model"),
+    ("model.weights.h5", "Weights alone hold no network"),
+    ("model.tflite", "A TFLite model cannot be fine-tuned"),
+    ("mobilenet.tar.gz", "Extract the archive"),
+    ("saved_model.pb", "Pass the folder that holds it")])
 def test_a_file_handle_is_explained(tmp_path, name, hint):
     (tmp_path / name).write_bytes(b"")
     with pytest.raises(HubModuleError, match=rf"is a file; a module is a SavedModel folder.*{hint}"):

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfhub_ft import FineTuner, HubBackbone, export, hub_export
+from tfhub_ft import backbone as backbone_lib
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,10 @@ def test_a_keras_export_comes_back_as_a_hub_module(tmp_path):
     expected = tuner.backbone(images()).numpy()
     again = FineTuner(path)
     assert [b.name for b in again.backbone.blocks] == blocks
+    # Still known for a signature, whose `training` changes nothing.
+    assert backbone_lib.is_serving_signature_module(again.backbone.module)
+    with pytest.raises(ValueError, match="Invalid value for `batch_norm_trainable`"):
+        HubBackbone(path, batch_norm_trainable=True)
     assert again.backbone.image_size == 32
     np.testing.assert_array_equal(again.backbone(images()).numpy(), expected)
     layer = hub.KerasLayer(path, trainable=True)

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
+import shutil
 from typing import Optional
 
 import keras
@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_ft import blocks as blocks_lib
-from tfhub_ft import module_graph
+from tfhub_ft import module_graph, native_stderr, scratch
 from tfhub_ft.checks import is_url
 from tfhub_ft.config import DEFAULT_IMAGE_SIZE, cache_dir, check_input_range
 
@@ -63,15 +63,9 @@ def resolve_handle(handle: str) -> str:
         return handle
     is_remote = is_url(handle) or _KAGGLE_HANDLE.match(handle)
     if not is_remote and os.path.isfile(handle):
-        keras_file = handle.lower().endswith((".keras", ".h5", ".hdf5"))
         raise HubModuleError(
             f"The hub handle {handle!r} is a file; a module is a SavedModel "
-            "folder (saved_model.pb and variables/). "
-            + ("To start from a Keras model file, load it with "
-               "`keras.saving.load_model`, take the model up to its pooled "
-               "features (without the classification layer) and write it with "
-               "`model.export(folder)`; then pass that folder." if keras_file
-               else "Pass the folder that holds it."))
+            f"folder (saved_model.pb and variables/). {_file_handle_advice(handle)}")
     if not is_remote:
         raise HubModuleError(
             f"The hub handle {handle!r} is neither a local folder nor a TF Hub "
@@ -96,6 +90,26 @@ def resolve_handle(handle: str) -> str:
         ) from error
 
 
+def _file_handle_advice(path):
+    """What to do with a file given as a hub handle, by its kind."""
+    name = os.path.basename(path).lower()
+    if name.endswith((".weights.h5", ".ckpt", ".index")) or ".data-" in name:
+        return ("Weights alone hold no network: build the model in Keras, load "
+                "them, and write it with `model.export(folder)`.")
+    if name.endswith((".keras", ".h5", ".hdf5")):
+        return ("To start from a Keras model file, load it with "
+                "`keras.saving.load_model`, take the model up to its pooled "
+                "features (without the classification layer) and write it with "
+                "`model.export(folder)`; then pass that folder.")
+    if name.endswith(".tflite"):
+        return ("A TFLite model cannot be fine-tuned: start from the SavedModel "
+                "or Keras model it was converted from.")
+    if name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+        return ("Extract the archive (tfhub.dev and Kaggle Models downloads are "
+                ".tar.gz) and pass the folder that holds saved_model.pb.")
+    return "Pass the folder that holds it."
+
+
 def load_feature_vector_module(path: str):
     """Loads a TF2 SavedModel in the hub image feature-vector convention.
 
@@ -103,8 +117,9 @@ def load_feature_vector_module(path: str):
     one float32 `[N, H, W, 3]` batch to `[N, D]` features (Keras 3's
     `model.export`, `tf.saved_model.save` of a Keras 3 model) is loaded as
     one (`serving_endpoint`): its batch norm and dropout then run in
-    inference mode in both phases, and it takes the pixel range its model
-    was built for (`input_range`).
+    inference mode in both phases (`HubBackbone` refuses
+    `batch_norm_trainable=True` for it), and it takes the pixel range its
+    model was built for (`input_range`).
 
     Under a `TPUStrategy` the variables are read through the local host
     (`experimental_io_device="/job:localhost"`): the TPU workers cannot see
@@ -118,8 +133,9 @@ def load_feature_vector_module(path: str):
     Raises:
         HubModuleError: for a TF1 hub module, a folder without a SavedModel,
             a module with neither `__call__(images, training)` nor a
-            feature-vector `serving_default` signature, or a signature that
-            fixes a non-square input size.
+            feature-vector `serving_default` signature (the message says
+            what the signature takes and returns instead), or one with no
+            trainable variables.
     """
     if tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb")):
         raise HubModuleError(
@@ -140,18 +156,23 @@ def load_feature_vector_module(path: str):
     module = tf.saved_model.load(path, options=options)
     if callable(module) and hasattr(module, "variables"):
         return module
-    endpoint = serving_endpoint(module)
+    endpoint, problem = serving_endpoint(module)
     if endpoint is None:
         raise HubModuleError(
-            f"The SavedModel at {path!r} has no `__call__` and `variables`, "
-            "as the TF Hub reusable SavedModel format has, nor a "
-            "`serving_default` signature that maps one float32 [N, H, W, 3] "
-            "image batch to one [N, D] feature vector. Image feature vectors "
-            "from tfhub.dev and Kaggle Models have the first; a Keras model "
-            "without its classification top, exported with "
-            "`model.export(folder)`, has the second."
+            f"The SavedModel at {path!r} is not an image feature vector: it has "
+            "no `__call__(images, training)` with `variables`, as TF Hub modules "
+            f"have, and {problem}. A Keras model works when it ends at its pooled "
+            "features (no classification layer; `include_top=False, "
+            "pooling=\"avg\"` for keras.applications) and is written with "
+            "`model.export(folder)`."
         )
     return _endpoint_as_feature_vector_module(path, endpoint, options)
+
+
+# Part of the name of the `__call__` that `_endpoint_as_feature_vector_module`
+# traces: it survives saving and loading (in function names), so a module
+# re-exported from one (`export_backbone`) is still known for one.
+_SIGNATURE_CALL = "tfhub_ft_serving_signature_call"
 
 
 def serving_endpoint(module):
@@ -162,57 +183,95 @@ def serving_endpoint(module):
     output) traced for inference.
 
     Returns:
-        (function, input_name, output_name, variables, trainable_variables)
-        where the signature takes one float32 `[N, H, W, 3]` input and
-        returns one `[N, D]` floating-point output, else None. The variables
-        are the module's own list where it has one (Keras's order), else
-        those the signature reads.
+        ((function, input_name, output_name, image_side, variables,
+        trainable_variables), None) where the signature takes one float32
+        `[N, H, W, 3]` input, N open, and returns one `[N, D]` floating-point
+        output; else (None, what the signature is instead, for a message).
+        `image_side` is the side the signature fixes (a square, or one side
+        with the other open), else None. The variables are the module's own
+        list where it has one (Keras's order), else those the signature reads.
     """
     function = getattr(module, "signatures", {}).get("serving_default")
     if function is None:
-        return None
+        return None, "it has no `serving_default` signature either"
     args, kwargs = function.structured_input_signature
     outputs = function.structured_outputs
-    if args or len(kwargs) != 1 or not isinstance(outputs, dict) or len(outputs) != 1:
-        return None
+
+    def described(specs):
+        return ", ".join(f"{name} {getattr(spec, 'dtype', spec).name} "
+                         f"{getattr(spec, 'shape', '')}" for name, spec in specs)
+    takes = described(kwargs.items())
+    returns = described(outputs.items()) if isinstance(outputs, dict) else repr(outputs)
+    if args or len(kwargs) != 1:
+        return None, f"its `serving_default` takes {takes or 'positional inputs'}, not one image batch"
     (input_name, spec), = kwargs.items()
-    (output_name, output), = outputs.items()
     if (not isinstance(spec, tf.TensorSpec) or spec.dtype != tf.float32
-            or not spec.shape.is_compatible_with([None, None, None, 3])
-            or not isinstance(output, tf.TensorSpec) or not output.dtype.is_floating
+            or not spec.shape.is_compatible_with([None, None, None, 3])):
+        return None, (f"its `serving_default` takes {takes}, not float32 images "
+                      "[N, H, W, 3] (RGB, any batch size)")
+    if spec.shape[0] is not None:
+        return None, (f"its `serving_default` takes {takes}: a fixed batch of "
+                      f"{spec.shape[0]} (leave `batch_size` out of `keras.Input`)")
+    if not isinstance(outputs, dict) or len(outputs) != 1:
+        return None, f"its `serving_default` returns {returns}, not one feature vector"
+    (output_name, output), = outputs.items()
+    if (not isinstance(output, tf.TensorSpec) or not output.dtype.is_floating
             or output.shape.rank != 2):
-        return None
+        kind = (" (a feature map: pool it, e.g. `pooling=\"avg\"` or "
+                "`GlobalAveragePooling2D`)" if output.shape.rank == 4 else "")
+        return None, f"its `serving_default` returns {returns}, not [N, D] features{kind}"
+    height, width = spec.shape[1], spec.shape[2]
+    if height and width and height != width:
+        return None, (f"its `serving_default` takes images of {height} x {width} "
+                      "pixels only, and tfhub_ft trains on square images (export "
+                      "it with a square input size, or None for any size)")
     owner = module if hasattr(module, "variables") else function
-    return (function, input_name, output_name, list(owner.variables),
-            list(owner.trainable_variables))
+    return (function, input_name, output_name, height or width, list(owner.variables),
+            list(owner.trainable_variables)), None
+
+
+def is_serving_signature_module(module) -> bool:
+    """Whether `module` is (a re-export of) a serving signature loaded by
+    `load_feature_vector_module`: its `training` argument changes nothing."""
+    return any(_SIGNATURE_CALL in function.name.decode()
+               for function in getattr(module.__call__, "concrete_functions", []))
 
 
 def _endpoint_as_feature_vector_module(path, endpoint, options):
     """A `serving_default` feature vector re-saved and loaded as a hub module.
 
     The signature becomes `__call__(images, training=False)`, traced for both
-    values of `training` (both run the signature's inference graph), beside
+    values of `training` (both run the signature's inference graph), with
+    float32 features (a mixed-precision model may return float16), beside
     `variables`, `trainable_variables` and `regularization_losses`, so that
     everything downstream (block tracing, the split, TFLite, the backbone
-    export) sees the format it knows. The copy lives in a scratch folder
+    export) sees the format it knows. The copy, about the size of the
+    module's variables, lives in a scratch folder of the temporary folder
     only while it is loaded: a restored SavedModel holds its variables and
-    functions in memory.
-    """
-    function, input_name, output_name, variables, trainable_variables = endpoint
-    spec = function.structured_input_signature[1][input_name]
-    height, width = spec.shape[1], spec.shape[2]
-    if height != width:
-        raise HubModuleError(
-            f"The SavedModel at {path!r} takes images of {height} x {width} "
-            "pixels only; tfhub_ft trains on square images. Export the model "
-            "with a square input size, or with None for any size.")
+    functions in memory. That costs a save and a second load: 3.9 s
+    against 3.3 s for the hub module, for the shared MobileNetV2 0.35
+    exported from Keras; 17 s against 4 s for EfficientNetV2S (78 MB).
 
-    @tf.function
+    Raises:
+        HubModuleError: if no variable of the module is trainable (a Keras
+            model exported with `trainable = False`).
+    """
+    function, input_name, output_name, side, variables, trainable_variables = endpoint
+    if variables and not trainable_variables:
+        raise HubModuleError(
+            f"The SavedModel at {path!r} has no trainable variables, so no block "
+            "of it could be fine-tuned: its Keras model was exported with "
+            "`trainable = False`. Set `model.trainable = True` before "
+            "`model.export(folder)`: tfhub_ft freezes and unfreezes its blocks "
+            "itself (batch norm statistics stay frozen).")
+
     def call(images, training=False):
         del training  # The signature was traced for inference only.
-        return function(**{input_name: images})[output_name]
+        return tf.cast(function(**{input_name: images})[output_name], tf.float32)
 
-    image_spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+    call.__name__ = _SIGNATURE_CALL
+    call = tf.function(call)
+    image_spec = tf.TensorSpec([None, side, side, 3], tf.float32)
     for training in (False, True):
         call.get_concrete_function(image_spec, training=training)
     root = tf.__internal__.tracking.AutoTrackable()
@@ -220,16 +279,21 @@ def _endpoint_as_feature_vector_module(path, endpoint, options):
     root.variables = variables
     root.trainable_variables = trainable_variables
     root.regularization_losses = []
-    with tempfile.TemporaryDirectory(prefix="tfhub_ft-module-") as folder:
-        tf.saved_model.save(root, folder)
-        module = tf.saved_model.load(folder, options=options)
-    logger.info(
-        "%s has no `__call__`, only a `serving_default` signature (as Keras's "
-        "`model.export` writes): it is used as the feature vector, with batch norm "
-        "and dropout in inference mode in both phases. Keras applications expect "
-        "their own pixel range (MobileNetV2 (-1, 1), EfficientNet (0, 255)): set "
-        "input_range to match.", path)
-    return module
+    save_options = (None if options is None else tf.saved_model.SaveOptions(
+        experimental_io_device=options.experimental_io_device))
+    scratch.remove_abandoned(_MODULE_COPY_KIND, what="the copy of a Keras export")
+    folder = scratch.make_folder(_MODULE_COPY_KIND)
+    try:
+        with native_stderr.quiet_saving_logs():
+            tf.saved_model.save(root, folder, options=save_options)
+        return tf.saved_model.load(folder, options=options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# The prefix of the scratch folder `_endpoint_as_feature_vector_module`
+# saves its copy in (`scratch.make_folder`).
+_MODULE_COPY_KIND = "tfhub_ft_module"
 
 
 def declared_image_size(module) -> Optional[int]:
@@ -335,6 +399,8 @@ class HubBackbone(keras.layers.Layer):
         self._module_path = None if module is not None else resolve_handle(hub_handle)
         self._module = module if module is not None else load_feature_vector_module(
             self._module_path)
+        if is_serving_signature_module(self._module):
+            self._note_serving_signature()
         # Tracked, the restored module's own functions (every signature it
         # was saved with) would be re-saved in each export beside the
         # classifier's traced ones, never called: 0.55 s and 1.9 MB of the
@@ -380,6 +446,26 @@ class HubBackbone(keras.layers.Layer):
         )
         self._warn_about_block_order(trace_error)
         self.built = True
+
+    def _note_serving_signature(self):
+        """Refuses trainable batch norm, and logs what a serving signature
+        used as the module means, for a module `is_serving_signature_module`."""
+        if self.batch_norm_trainable:
+            raise ValueError(
+                "Invalid value for `batch_norm_trainable`. Expected False: the module "
+                f"{self.hub_handle!r} is a serving signature traced for inference, so its "
+                "batch norm cannot use batch statistics or update its own. Received: "
+                "batch_norm_trainable=True. Leave it False (the default), which keeps "
+                "batch norm in inference mode as fine-tuning on a small dataset wants.")
+        hint = ("" if self.input_range != (0.0, 1.0) else
+                " Keras applications expect their own pixel range (MobileNetV2 "
+                "`--input_range=-1,1`, EfficientNet `0,255`); ResNet50, VGG and "
+                "DenseNet normalise per channel, which must be built into the "
+                "exported model.")
+        logger.info(
+            "%s has no `__call__`, only a `serving_default` signature (as Keras's "
+            "`model.export` writes): it is the feature vector, with batch norm and "
+            "dropout in inference mode in both phases.%s", self.hub_handle, hint)
 
     def _block_rule(self, names, block_pattern):
         """`block_pattern`, or where the built-in rules know under half of the
@@ -455,11 +541,15 @@ class HubBackbone(keras.layers.Layer):
         dim = int(output.shape[1])
         looks_like = classifier_output_kind(output.numpy())
         if looks_like:
+            instead = ("export the Keras model without its classification layer "
+                       "(`include_top=False, pooling=\"avg\"` for keras.applications)"
+                       if is_serving_signature_module(self._module)
+                       else "prefer its 'feature_vector' version")
             logger.warning(
                 "The module %r returns %d values per image that look like %s: "
                 "it is probably a classifier, not a feature vector. "
-                "Fine-tuning on its outputs works poorly; prefer its "
-                "'feature_vector' version.", self.hub_handle, dim, looks_like)
+                "Fine-tuning on its outputs works poorly; %s.",
+                self.hub_handle, dim, looks_like, instead)
         return dim
 
     def resolve_image_size(self, image_size=None) -> int:

@@ -16,7 +16,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tfhub_ft import preprocessing, scratch
+from tfhub_ft import native_stderr, preprocessing, scratch
 from tfhub_ft.checks import check_folder_path
 from tfhub_ft.data import UNIT_RANGE_TOLERANCE
 
@@ -151,7 +151,7 @@ def export_saved_model(model, class_names, export_dir, image_size, write_extras=
     with atomic_folder(export_dir, "the export") as staging:
         module = _ServingModule(model, class_names, image_size, max_pixels,
                                 exif_orientation)
-        with quiet_saving_logs():
+        with native_stderr.quiet_saving_logs():
             tf.saved_model.save(module, staging, signatures={
                 "serving_default": module.serve_image_bytes,
                 "serving_images": module.serve_images,
@@ -312,30 +312,6 @@ def _ancestors(path):
     while parent != path:
         yield parent
         path, parent = parent, os.path.dirname(parent)
-
-
-@contextlib.contextmanager
-def quiet_saving_logs(absl_level=logging.WARNING):
-    """Hides the INFO lines TensorFlow logs while saving, warnings stay.
-
-    `tf.saved_model.save` logs through absl's logger (the "absl" Python
-    logger, not "tensorflow"): one INFO line per signature listing every
-    captured hub variable it renames (input names that start with a digit),
-    thousands of characters, and lines about untraced functions and
-    fingerprints. Both loggers are held at WARNING for the save, absl's
-    at `absl_level` where that is higher (the TFLite converter's own
-    per-conversion warnings go through it: `tflite.convert`).
-    """
-    loggers = {logging.getLogger("tensorflow"): logging.WARNING,
-               logging.getLogger("absl"): absl_level}
-    levels = [each.level for each in loggers]
-    for (each, quiet), level in zip(loggers.items(), levels):
-        each.setLevel(max(level, quiet))
-    try:
-        yield
-    finally:
-        for each, level in zip(loggers, levels):
-            each.setLevel(level)
 
 
 def _replace_folder(source, destination):

@@ -15,6 +15,7 @@ import os
 import tensorflow as tf
 
 from tfhub_ft import export as export_lib
+from tfhub_ft import native_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def export_backbone(backbone, export_dir):
             "Invalid value for `backbone`. Expected a HubBackbone (e.g. "
             f"`FineTuner.backbone`). Received: backbone of type {type(backbone).__name__}")
     with export_lib.atomic_folder(export_dir, "the backbone", kind="backbone") as staging:
-        with export_lib.quiet_saving_logs():
+        with native_stderr.quiet_saving_logs():
             tf.saved_model.save(backbone.module, staging)
     export_dir = os.path.abspath(os.fspath(export_dir))
     logger.info("Exported the backbone as a TF Hub module to %s", export_dir)

@@ -564,7 +564,33 @@ class ModuleGraph:
                         copy.input.append(input_name)
                 else:
                     copy.input.append(replaced.get(self._canonical(input_name), input_name))
+        _drop_colocation_with_absent_nodes(graph_def)
         return graph_def
+
+
+def _drop_colocation_with_absent_nodes(graph_def):
+    """Drops colocation hints (`_class: loc:@node`) naming nodes a cut left out.
+
+    Inlining a Keras model's call colocates its input placeholder with the
+    call's inlined input node; a part without that node fails to import
+    ("Node 'images' expects to be colocated with unknown node
+    'Func/StatefulPartitionedCall/input/_0'": the top part when every block
+    trains). The hints only place ops; the nodes they name are gone.
+    """
+    present = {node.name for node in graph_def.node}
+    for node in graph_def.node:
+        if "_class" not in node.attr:
+            continue
+        hints = node.attr["_class"].list.s
+        kept = [hint for hint in hints
+                if not hint.startswith(b"loc:@") or hint[len(b"loc:@"):].decode() in present]
+        if len(kept) == len(hints):
+            continue
+        if kept:
+            del hints[:]
+            hints.extend(kept)
+        else:
+            del node.attr["_class"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,9 +10,12 @@ noise, and filters the Python-level `sys.stderr` too (the converter's
 Python code writes a line per op it has no stack trace for), which in a
 notebook or under pytest is not file descriptor 2. `import_tensorflow_quietly`
 uses it around TensorFlow's own import, so TensorFlow is imported only there.
+`quiet_saving_logs` turns down the Python loggers `tf.saved_model.save`
+fills.
 """
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -207,3 +210,27 @@ def _flush():
             sys.stderr.flush()
     except (OSError, ValueError):
         pass
+
+
+@contextlib.contextmanager
+def quiet_saving_logs(absl_level=logging.WARNING):
+    """Hides the INFO lines TensorFlow logs while saving, warnings stay.
+
+    `tf.saved_model.save` logs through absl's logger (the "absl" Python
+    logger, not "tensorflow"): one INFO line per signature listing every
+    captured hub variable it renames (input names that start with a digit),
+    thousands of characters, and lines about untraced functions and
+    fingerprints. Both loggers are held at WARNING for the save, absl's
+    at `absl_level` where that is higher (the TFLite converter's own
+    per-conversion warnings go through it: `tflite.convert`).
+    """
+    loggers = {logging.getLogger("tensorflow"): logging.WARNING,
+               logging.getLogger("absl"): absl_level}
+    levels = [each.level for each in loggers]
+    for (each, quiet), level in zip(loggers.items(), levels):
+        each.setLevel(max(level, quiet))
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)

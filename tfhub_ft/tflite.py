@@ -37,7 +37,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfhub_ft import export as export_lib
 from tfhub_ft import native_stderr, preprocessing, scratch
 
 logger = logging.getLogger(__name__)
@@ -296,7 +295,7 @@ def convert(model, image_size, mode, representative_images=None, correct_bias=Tr
     module = _TFLiteModule(model, image_size, correction)
     # The converter's per-conversion INFO and WARNING lines go through absl;
     # TensorFlow's "Assets written to" as it saves the frozen function.
-    with export_lib.quiet_saving_logs(absl_level=logging.ERROR), native_stderr.filtered(
+    with native_stderr.quiet_saving_logs(absl_level=logging.ERROR), native_stderr.filtered(
             _NATIVE_NOISE, logger.debug), scratch.temporary_folder_for_libraries(
                 CONVERSION_KIND, "the temporary folder of a TFLite conversion"):
         converter = _signature_converter(module.classify.get_concrete_function())
