@@ -39,3 +39,25 @@ def test_augmentation_and_dropout_only_in_training(classifier):
 def test_num_classes_is_checked(tiny_backbone_path):
     with pytest.raises(ValueError, match=r"Expected an integer >= 2.*num_classes=1"):
         build_classifier(HubBackbone(tiny_backbone_path), 1, 32)
+
+
+def test_a_mixed_global_dtype_policy_leaves_the_classifier_and_the_split_in_float32(
+        tiny_backbone_path):
+    import keras
+    images = np.random.default_rng(2).random((2, 32, 32, 3)).astype(np.float32)
+    expected = build_classifier(HubBackbone(tiny_backbone_path), 3, 32, seed=0)(images).numpy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        classifier = build_classifier(HubBackbone(tiny_backbone_path), 3, 32,
+                                      augmentation=("flip",), seed=0)
+        # Under the mixed policy, the split's graph was once fed float16
+        # weights and fell back to the whole module.
+        splits = [classifier.backbone.split_top_blocks(count) for count in (2, 5)]
+        outputs = classifier(images)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(split is not None for split in splits)
+    assert {layer.compute_dtype for layer in [classifier, classifier.backbone, classifier.head,
+                                              classifier.dropout, classifier.flip]} == {"float32"}
+    assert outputs.dtype == tf.float32
+    np.testing.assert_allclose(outputs.numpy(), expected, rtol=1e-6, atol=1e-6)

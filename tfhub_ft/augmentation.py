@@ -26,7 +26,7 @@ def online_layer(augmentation, seed):
         seed: int, seeds the layer's random draws.
     """
     if "flip" in augmentation:
-        return keras.layers.RandomFlip("horizontal", seed=seed)
+        return keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32")
     return None
 
 

@@ -197,9 +197,9 @@ def serving_endpoint(module):
     args, kwargs = function.structured_input_signature
     outputs = function.structured_outputs
 
-    def described(specs):
+    def described(specs):  # By name: TensorFlow's order of keyword inputs varies.
         return ", ".join(f"{name} {getattr(spec, 'dtype', spec).name} "
-                         f"{getattr(spec, 'shape', '')}" for name, spec in specs)
+                         f"{getattr(spec, 'shape', '')}" for name, spec in sorted(specs))
     takes = described(kwargs.items())
     returns = described(outputs.items()) if isinstance(outputs, dict) else repr(outputs)
     if args or len(kwargs) != 1:
@@ -389,6 +389,10 @@ class HubBackbone(keras.layers.Layer):
     def __init__(self, hub_handle, batch_norm_trainable=False,
                  block_pattern=None, module=None, input_range=(0.0, 1.0), **kwargs):
         kwargs.setdefault("name", "hub_backbone")
+        # The module computes in float32 whatever Keras's global dtype policy
+        # says; under a mixed one the layer would hand it (and the split's
+        # graph, which then fails to import) float16 copies of its weights.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.hub_handle = os.fspath(hub_handle) if isinstance(hub_handle, os.PathLike) else hub_handle
         self.batch_norm_trainable = bool(batch_norm_trainable)
@@ -987,6 +991,7 @@ class BackboneTop(keras.layers.Layer):
 
     def __init__(self, backbone, split_graph, **kwargs):
         kwargs.setdefault("name", "hub_backbone_top")
+        kwargs.setdefault("dtype", "float32")  # as HubBackbone's
         super().__init__(**kwargs)
         self._graph = split_graph
         self._variables_in_order = backbone._wrapped

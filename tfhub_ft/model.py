@@ -32,13 +32,19 @@ class ImageClassifier(keras.Model):
     def __init__(self, backbone, num_classes, image_size, dropout_rate=0.2,
                  augmentation=(), seed=0, **kwargs):
         kwargs.setdefault("name", "image_classifier")
+        # float32 whatever Keras's global dtype policy (`HubBackbone` says
+        # why): under a mixed one, float inputs would be cast to float16 on
+        # the way in.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.backbone = backbone
         self.num_classes = num_classes
         self.image_size = image_size
         self.augmentation = tuple(augmentation)
         self.flip = augmentation_lib.online_layer(self.augmentation, seed)
-        self.dropout = keras.layers.Dropout(dropout_rate, seed=seed)
+        # float32 like the backbone and the head, whatever Keras's global
+        # dtype policy: a float16 step between them only loses precision.
+        self.dropout = keras.layers.Dropout(dropout_rate, seed=seed, dtype="float32")
         self.head = keras.layers.Dense(
             num_classes,
             kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
@@ -85,6 +91,7 @@ class CachedInputClassifier(keras.Model):
 
     def __init__(self, classifier, top=None, **kwargs):
         kwargs.setdefault("name", "cached_input_classifier")
+        kwargs.setdefault("dtype", "float32")  # as ImageClassifier's
         super().__init__(**kwargs)
         self.classifier = classifier
         self.top = top
