@@ -230,6 +230,32 @@ def serving_endpoint(module):
             list(owner.trainable_variables)), None
 
 
+def feature_vector_root(call, variables, trainable_variables, image_size=None):
+    """A root object to save as a TF Hub image feature vector.
+
+    Args:
+        call: A `tf.function` of float32 images `[N, S, S, 3]` and a Python
+            bool `training`; traced here for both values of `training`.
+        variables, trainable_variables: What the module exposes, in order.
+        image_size: The fixed side S the module takes, or None for any size.
+
+    Returns:
+        An `AutoTrackable` with `__call__`, `variables`, `trainable_variables`
+        and `regularization_losses` (empty), for `tf.saved_model.save`.
+    """
+    image_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+    for training in (False, True):
+        call.get_concrete_function(image_spec, training=training)
+    # A bare trackable root, because `tf.Module.variables` is a read-only
+    # property and hub consumers read these as plain saved attributes.
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = call
+    root.variables = list(variables)
+    root.trainable_variables = list(trainable_variables)
+    root.regularization_losses = []
+    return root
+
+
 def is_serving_signature_module(module) -> bool:
     """Whether `module` is (a re-export of) a serving signature loaded by
     `load_feature_vector_module`: its `training` argument changes nothing."""
@@ -270,15 +296,7 @@ def _endpoint_as_feature_vector_module(path, endpoint, options):
         return tf.cast(function(**{input_name: images})[output_name], tf.float32)
 
     call.__name__ = _SIGNATURE_CALL
-    call = tf.function(call)
-    image_spec = tf.TensorSpec([None, side, side, 3], tf.float32)
-    for training in (False, True):
-        call.get_concrete_function(image_spec, training=training)
-    root = tf.__internal__.tracking.AutoTrackable()
-    root.__call__ = call
-    root.variables = variables
-    root.trainable_variables = trainable_variables
-    root.regularization_losses = []
+    root = feature_vector_root(tf.function(call), variables, trainable_variables, side)
     save_options = (None if options is None else tf.saved_model.SaveOptions(
         experimental_io_device=options.experimental_io_device))
     scratch.remove_abandoned(_MODULE_COPY_KIND, what="the copy of a Keras export")

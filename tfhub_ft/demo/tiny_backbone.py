@@ -13,6 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfhub_ft.backbone import feature_vector_root
 from tfhub_ft.config import check_integer
 
 # Batch-norm constants match Keras' BatchNormalization defaults.
@@ -226,17 +227,8 @@ def save_feature_vector_function(call, variables, trainable_variables, path,
         `path` as a str.
     """
     path = os.fspath(path)
-    image_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-    for training in (False, True):
-        call.get_concrete_function(image_spec, training=training)
-    # A bare trackable root, because `tf.Module.variables` is a read-only
-    # property and hub consumers read these as plain saved attributes.
-    root = tf.__internal__.tracking.AutoTrackable()
-    root.__call__ = call
-    root.variables = list(variables)
-    root.trainable_variables = list(trainable_variables)
-    root.regularization_losses = []
-    tf.saved_model.save(root, path)
+    tf.saved_model.save(feature_vector_root(call, variables, trainable_variables, image_size),
+                        path)
     return path
 
 
