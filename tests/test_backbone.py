@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from tfhub_ft import backbone as backbone_lib
+from tfhub_ft import hub_format
 from tfhub_ft.backbone import HubBackbone, HubModuleError
 from tfhub_ft.demo import tiny_backbone
 
@@ -320,7 +321,7 @@ def _save_keras3(model, path, save="export"):
 
 def _module_copies():
     return [name for name in os.listdir(tempfile.gettempdir())
-            if name.startswith(f"{backbone_lib._MODULE_COPY_KIND}-{os.getpid()}@")]
+            if name.startswith(f"{hub_format.MODULE_COPY_KIND}-{os.getpid()}@")]
 
 
 @pytest.mark.parametrize("save", ["export", "saved_model"])
@@ -343,7 +344,7 @@ def test_a_keras_export_is_loaded_through_its_serving_signature(tmp_path, caplog
         [v.path for v in model.weights] if save == "export"
         else sorted(v.path for v in model.weights))
     assert len(backbone.module.trainable_variables) == len(model.trainable_weights)
-    assert backbone_lib.is_serving_signature_module(backbone.module)
+    assert hub_format.is_serving_signature_module(backbone.module)
     assert [r.getMessage() for r in caplog.records] == [
         f"{path} has no `__call__`, only a `serving_default` signature (as Keras's "
         "`model.export` writes): it is the feature vector, with batch norm and dropout "
@@ -356,7 +357,7 @@ def test_a_keras_export_is_loaded_through_its_serving_signature(tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="tfhub_ft"):
         HubBackbone(path, input_range=(-1, 1))
     assert caplog.records[0].getMessage().endswith("in inference mode in both phases.")
-    assert not backbone_lib.is_serving_signature_module(
+    assert not hub_format.is_serving_signature_module(
         backbone_lib.load_feature_vector_module(tiny_backbone_path))
 
 
@@ -431,7 +432,7 @@ def test_the_copy_of_a_keras_export_is_removed_when_loading_it_fails(tmp_path, m
     load = tf.saved_model.load
 
     def failing_load(folder, *args, **kwargs):
-        if os.path.basename(folder).startswith(backbone_lib._MODULE_COPY_KIND):
+        if os.path.basename(folder).startswith(hub_format.MODULE_COPY_KIND):
             raise MemoryError("out of memory")
         return load(folder, *args, **kwargs)
 
@@ -447,8 +448,50 @@ def test_the_copy_of_a_keras_export_is_removed_when_loading_it_fails(tmp_path, m
     ("model.weights.h5", "Weights alone hold no network"),
     ("model.tflite", "A TFLite model cannot be fine-tuned"),
     ("mobilenet.tar.gz", "Extract the archive"),
-    ("saved_model.pb", "Pass the folder that holds it")])
+    ("saved_model.pb", "Pass the SavedModel's folder")])
 def test_a_file_handle_is_explained(tmp_path, name, hint):
     (tmp_path / name).write_bytes(b"")
     with pytest.raises(HubModuleError, match=rf"is a file; a module is a SavedModel folder.*{hint}"):
         backbone_lib.resolve_handle(str(tmp_path / name))
+
+
+def test_a_keras_export_with_frozen_layers_names_the_blocks_it_cannot_train(tmp_path, caplog):
+    model = _keras3_feature_model(image_size=16)
+    model.get_layer("Conv1").trainable = False
+    path = _save_keras3(model, tmp_path / "keras")
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        backbone = HubBackbone(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 of the 1 blocks of {path} have no trainable kernels (stem): its Keras model was "
+        "exported with those layers frozen, so fine-tuning cannot train them. Set "
+        "`model.trainable = True` before `model.export` to fine-tune every block."]
+    assert [b.name for b in backbone.blocks] == ["stem"]
+
+
+def test_a_dtype_other_than_float32_is_refused(tiny_backbone_path):
+    with pytest.raises(ValueError, match=r"Invalid value for `dtype`. Expected float32: a hub "
+                                         r"module computes in float32.*Received: "
+                                         r"dtype='mixed_float16'"):
+        HubBackbone(tiny_backbone_path, dtype="mixed_float16")
+    assert HubBackbone(tiny_backbone_path, dtype="float32").compute_dtype == "float32"
+
+
+def test_a_mixed_precision_keras_export_is_split_at_every_depth(tmp_path, caplog):
+    from tests import module_shapes
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        path, blocks = module_shapes.keras_exported(tmp_path / "keras", package="keras",
+                                                    save="export", image_size=32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    backbone = HubBackbone(path)
+    with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
+        # The check inside compares each split's features and gradients with
+        # the whole module's; the boundaries are float16 inside the module.
+        splits = [backbone.split_top_blocks(count) for count in range(1, len(blocks) + 1)]
+    assert all(split is not None for split in splits) and not caplog.records
+    boundary = splits[1].bottom(np.zeros([1, 32, 32, 3], np.float32))
+    assert {t.dtype for t in boundary} == {tf.float32}
+    assert backbone.reduced_precision() == "float16"
+    assert HubBackbone(module_shapes.keras_exported(tmp_path / "float32", package="keras",
+                                                    save="export")[0]).reduced_precision() is None

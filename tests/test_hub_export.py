@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfhub_ft import FineTuner, HubBackbone, export, hub_export
-from tfhub_ft import backbone as backbone_lib
+from tfhub_ft import hub_format
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_a_keras_export_comes_back_as_a_hub_module(tmp_path):
     again = FineTuner(path)
     assert [b.name for b in again.backbone.blocks] == blocks
     # Still known for a signature, whose `training` changes nothing.
-    assert backbone_lib.is_serving_signature_module(again.backbone.module)
+    assert hub_format.is_serving_signature_module(again.backbone.module)
     with pytest.raises(ValueError, match="Invalid value for `batch_norm_trainable`"):
         HubBackbone(path, batch_norm_trainable=True)
     assert again.backbone.image_size == 32

@@ -296,3 +296,20 @@ def test_quantized_modes_are_bias_corrected_and_say_so(trained, caplog):
                                          r"for the bias correction of dynamic-range.*"
                                          r"or None \(no bias correction\)"):
         tflite.convert(trained.model, SIZE, "dynamic", np.zeros((4, 16, 16, 3), np.uint8))
+
+
+def test_a_backbone_that_computes_in_float16_is_refused_before_training(tmp_path):
+    import keras
+
+    from tests import module_shapes
+    from tfhub_ft import FineTuner
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        path, _ = module_shapes.keras_exported(tmp_path / "keras", package="keras",
+                                               save="export", image_size=32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ValueError, match=r"Invalid value for `tflite`. Expected None: the module "
+                                         r".* computes in float16 \(a Keras model built under a "
+                                         r"mixed-precision policy\).*Received: tflite='int8'"):
+        tflite.check_backbone(FineTuner(path).backbone, "int8")

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 from typing import Optional
 
 import keras
@@ -19,9 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_ft import blocks as blocks_lib
-from tfhub_ft import module_graph, native_stderr, scratch
+from tfhub_ft import hub_format, module_graph
 from tfhub_ft.checks import is_url
 from tfhub_ft.config import DEFAULT_IMAGE_SIZE, cache_dir, check_input_range
+from tfhub_ft.hub_format import HubModuleError
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,6 @@ _KAGGLE_HANDLE = re.compile(
     r"[\w.-]+(?:/\d+)?$",
     re.IGNORECASE,
 )
-
-
-class HubModuleError(ValueError):
-    """A handle that cannot be resolved, or a module of the wrong kind."""
 
 
 def resolve_handle(handle: str) -> str:
@@ -95,7 +91,8 @@ def _file_handle_advice(path):
     name = os.path.basename(path).lower()
     if name.endswith((".weights.h5", ".ckpt", ".index")) or ".data-" in name:
         return ("Weights alone hold no network: build the model in Keras, load "
-                "them, and write it with `model.export(folder)`.")
+                "them, take the model up to its pooled features and write it with "
+                "`model.export(folder)`.")
     if name.endswith((".keras", ".h5", ".hdf5")):
         return ("To start from a Keras model file, load it with "
                 "`keras.saving.load_model`, take the model up to its pooled "
@@ -107,7 +104,7 @@ def _file_handle_advice(path):
     if name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
         return ("Extract the archive (tfhub.dev and Kaggle Models downloads are "
                 ".tar.gz) and pass the folder that holds saved_model.pb.")
-    return "Pass the folder that holds it."
+    return "Pass the SavedModel's folder (the one that holds saved_model.pb)."
 
 
 def load_feature_vector_module(path: str):
@@ -116,7 +113,7 @@ def load_feature_vector_module(path: str):
     A SavedModel without `__call__` whose `serving_default` signature maps
     one float32 `[N, H, W, 3]` batch to `[N, D]` features (Keras 3's
     `model.export`, `tf.saved_model.save` of a Keras 3 model) is loaded as
-    one (`serving_endpoint`): its batch norm and dropout then run in
+    one (`hub_format.load_serving_signature_as_module`): its batch norm and dropout then run in
     inference mode in both phases (`HubBackbone` refuses
     `batch_norm_trainable=True` for it), and it takes the pixel range its
     model was built for (`input_range`).
@@ -134,8 +131,8 @@ def load_feature_vector_module(path: str):
         HubModuleError: for a TF1 hub module, a folder without a SavedModel,
             a module with neither `__call__(images, training)` nor a
             feature-vector `serving_default` signature (the message says
-            what the signature takes and returns instead), or one with no
-            trainable variables.
+            what the signature takes and returns instead), or such a
+            signature none of whose variables is trainable.
     """
     if tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb")):
         raise HubModuleError(
@@ -156,162 +153,14 @@ def load_feature_vector_module(path: str):
     module = tf.saved_model.load(path, options=options)
     if callable(module) and hasattr(module, "variables"):
         return module
-    endpoint, problem = serving_endpoint(module)
+    endpoint, problem = hub_format.serving_endpoint(module)
     if endpoint is None:
         raise HubModuleError(
             f"The SavedModel at {path!r} is not an image feature vector: it has "
             "no `__call__(images, training)` with `variables`, as TF Hub modules "
-            f"have, and {problem}. A Keras model works when it ends at its pooled "
-            "features (no classification layer; `include_top=False, "
-            "pooling=\"avg\"` for keras.applications) and is written with "
-            "`model.export(folder)`."
+            f"have, and {problem}. {hub_format.KERAS_EXPORT_ADVICE}"
         )
-    return _endpoint_as_feature_vector_module(path, endpoint, options)
-
-
-# Part of the name of the `__call__` that `_endpoint_as_feature_vector_module`
-# traces: it survives saving and loading (in function names), so a module
-# re-exported from one (`export_backbone`) is still known for one.
-_SIGNATURE_CALL = "tfhub_ft_serving_signature_call"
-
-
-def serving_endpoint(module):
-    """A SavedModel's `serving_default` signature, if it is a feature vector.
-
-    Keras 3's `model.export()` and `tf.saved_model.save(keras_model)` write
-    no `__call__`, only a `serving_default` signature (keyword input, dict
-    output) traced for inference.
-
-    Returns:
-        ((function, input_name, output_name, image_side, variables,
-        trainable_variables), None) where the signature takes one float32
-        `[N, H, W, 3]` input, N open, and returns one `[N, D]` floating-point
-        output; else (None, what the signature is instead, for a message).
-        `image_side` is the side the signature fixes (a square, or one side
-        with the other open), else None. The variables are the module's own
-        list where it has one (Keras's order), else those the signature reads.
-    """
-    function = getattr(module, "signatures", {}).get("serving_default")
-    if function is None:
-        return None, "it has no `serving_default` signature either"
-    args, kwargs = function.structured_input_signature
-    outputs = function.structured_outputs
-
-    def described(specs):  # By name: TensorFlow's order of keyword inputs varies.
-        return ", ".join(f"{name} {getattr(spec, 'dtype', spec).name} "
-                         f"{getattr(spec, 'shape', '')}" for name, spec in sorted(specs))
-    takes = described(kwargs.items())
-    returns = described(outputs.items()) if isinstance(outputs, dict) else repr(outputs)
-    if args or len(kwargs) != 1:
-        return None, f"its `serving_default` takes {takes or 'positional inputs'}, not one image batch"
-    (input_name, spec), = kwargs.items()
-    if (not isinstance(spec, tf.TensorSpec) or spec.dtype != tf.float32
-            or not spec.shape.is_compatible_with([None, None, None, 3])):
-        return None, (f"its `serving_default` takes {takes}, not float32 images "
-                      "[N, H, W, 3] (RGB, any batch size)")
-    if spec.shape[0] is not None:
-        return None, (f"its `serving_default` takes {takes}: a fixed batch of "
-                      f"{spec.shape[0]} (leave `batch_size` out of `keras.Input`)")
-    if not isinstance(outputs, dict) or len(outputs) != 1:
-        return None, f"its `serving_default` returns {returns}, not one feature vector"
-    (output_name, output), = outputs.items()
-    if (not isinstance(output, tf.TensorSpec) or not output.dtype.is_floating
-            or output.shape.rank != 2):
-        kind = (" (a feature map: pool it, e.g. `pooling=\"avg\"` or "
-                "`GlobalAveragePooling2D`)" if output.shape.rank == 4 else "")
-        return None, f"its `serving_default` returns {returns}, not [N, D] features{kind}"
-    height, width = spec.shape[1], spec.shape[2]
-    if height and width and height != width:
-        return None, (f"its `serving_default` takes images of {height} x {width} "
-                      "pixels only, and tfhub_ft trains on square images (export "
-                      "it with a square input size, or None for any size)")
-    owner = module if hasattr(module, "variables") else function
-    return (function, input_name, output_name, height or width, list(owner.variables),
-            list(owner.trainable_variables)), None
-
-
-def feature_vector_root(call, variables, trainable_variables, image_size=None):
-    """A root object to save as a TF Hub image feature vector.
-
-    Args:
-        call: A `tf.function` of float32 images `[N, S, S, 3]` and a Python
-            bool `training`; traced here for both values of `training`.
-        variables, trainable_variables: What the module exposes, in order.
-        image_size: The fixed side S the module takes, or None for any size.
-
-    Returns:
-        An `AutoTrackable` with `__call__`, `variables`, `trainable_variables`
-        and `regularization_losses` (empty), for `tf.saved_model.save`.
-    """
-    image_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-    for training in (False, True):
-        call.get_concrete_function(image_spec, training=training)
-    # A bare trackable root, because `tf.Module.variables` is a read-only
-    # property and hub consumers read these as plain saved attributes.
-    root = tf.__internal__.tracking.AutoTrackable()
-    root.__call__ = call
-    root.variables = list(variables)
-    root.trainable_variables = list(trainable_variables)
-    root.regularization_losses = []
-    return root
-
-
-def is_serving_signature_module(module) -> bool:
-    """Whether `module` is (a re-export of) a serving signature loaded by
-    `load_feature_vector_module`: its `training` argument changes nothing."""
-    return any(_SIGNATURE_CALL in function.name.decode()
-               for function in getattr(module.__call__, "concrete_functions", []))
-
-
-def _endpoint_as_feature_vector_module(path, endpoint, options):
-    """A `serving_default` feature vector re-saved and loaded as a hub module.
-
-    The signature becomes `__call__(images, training=False)`, traced for both
-    values of `training` (both run the signature's inference graph), with
-    float32 features (a mixed-precision model may return float16), beside
-    `variables`, `trainable_variables` and `regularization_losses`, so that
-    everything downstream (block tracing, the split, TFLite, the backbone
-    export) sees the format it knows. The copy, about the size of the
-    module's variables, lives in a scratch folder of the temporary folder
-    only while it is loaded: a restored SavedModel holds its variables and
-    functions in memory. That costs a save and a second load: 3.9 s
-    against 3.3 s for the hub module, for the shared MobileNetV2 0.35
-    exported from Keras; 17 s against 4 s for EfficientNetV2S (78 MB).
-
-    Raises:
-        HubModuleError: if no variable of the module is trainable (a Keras
-            model exported with `trainable = False`).
-    """
-    function, input_name, output_name, side, variables, trainable_variables = endpoint
-    if variables and not trainable_variables:
-        raise HubModuleError(
-            f"The SavedModel at {path!r} has no trainable variables, so no block "
-            "of it could be fine-tuned: its Keras model was exported with "
-            "`trainable = False`. Set `model.trainable = True` before "
-            "`model.export(folder)`: tfhub_ft freezes and unfreezes its blocks "
-            "itself (batch norm statistics stay frozen).")
-
-    def call(images, training=False):
-        del training  # The signature was traced for inference only.
-        return tf.cast(function(**{input_name: images})[output_name], tf.float32)
-
-    call.__name__ = _SIGNATURE_CALL
-    root = feature_vector_root(tf.function(call), variables, trainable_variables, side)
-    save_options = (None if options is None else tf.saved_model.SaveOptions(
-        experimental_io_device=options.experimental_io_device))
-    scratch.remove_abandoned(_MODULE_COPY_KIND, what="the copy of a Keras export")
-    folder = scratch.make_folder(_MODULE_COPY_KIND)
-    try:
-        with native_stderr.quiet_saving_logs():
-            tf.saved_model.save(root, folder, options=save_options)
-        return tf.saved_model.load(folder, options=options)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-# The prefix of the scratch folder `_endpoint_as_feature_vector_module`
-# saves its copy in (`scratch.make_folder`).
-_MODULE_COPY_KIND = "tfhub_ft_module"
+    return hub_format.load_serving_signature_as_module(path, endpoint, options)
 
 
 def declared_image_size(module) -> Optional[int]:
@@ -402,6 +251,15 @@ class HubBackbone(keras.layers.Layer):
             layer maps its [0, 1] input linearly onto it. (0, 1) is the TF
             Hub convention; some modules scale inside and expect (0, 255)
             or (-1, 1).
+        **kwargs: Keras layer arguments. `dtype` is float32 whatever Keras's
+            global dtype policy.
+
+    Raises:
+        HubModuleError: for a handle or module `resolve_handle` and
+            `load_feature_vector_module` refuse.
+        ValueError: for `dtype` other than float32, and for
+            `batch_norm_trainable=True` on a Keras export's serving signature
+            (traced for inference: its batch norm cannot train).
     """
 
     def __init__(self, hub_handle, batch_norm_trainable=False,
@@ -410,7 +268,11 @@ class HubBackbone(keras.layers.Layer):
         # The module computes in float32 whatever Keras's global dtype policy
         # says; under a mixed one the layer would hand it (and the split's
         # graph, which then fails to import) float16 copies of its weights.
-        kwargs.setdefault("dtype", "float32")
+        dtype = kwargs.setdefault("dtype", "float32")
+        if keras.dtype_policies.get(dtype).name != "float32":
+            raise ValueError(
+                "Invalid value for `dtype`. Expected float32: a hub module computes in "
+                f"float32, and its weights are float32. Received: dtype={dtype!r}")
         super().__init__(**kwargs)
         self.hub_handle = os.fspath(hub_handle) if isinstance(hub_handle, os.PathLike) else hub_handle
         self.batch_norm_trainable = bool(batch_norm_trainable)
@@ -421,7 +283,7 @@ class HubBackbone(keras.layers.Layer):
         self._module_path = None if module is not None else resolve_handle(hub_handle)
         self._module = module if module is not None else load_feature_vector_module(
             self._module_path)
-        if is_serving_signature_module(self._module):
+        if hub_format.is_serving_signature_module(self._module):
             self._note_serving_signature()
         # Tracked, the restored module's own functions (every signature it
         # was saved with) would be re-saved in each export beside the
@@ -467,6 +329,8 @@ class HubBackbone(keras.layers.Layer):
             rule=self._block_rule(names, block_pattern),
         )
         self._warn_about_block_order(trace_error)
+        if hub_format.is_serving_signature_module(self._module):
+            self._warn_about_frozen_blocks()
         self.built = True
 
     def _note_serving_signature(self):
@@ -488,6 +352,35 @@ class HubBackbone(keras.layers.Layer):
             "%s has no `__call__`, only a `serving_default` signature (as Keras's "
             "`model.export` writes): it is the feature vector, with batch norm and "
             "dropout in inference mode in both phases.%s", self.hub_handle, hint)
+
+    def reduced_precision(self) -> Optional[str]:
+        """"float16" or "bfloat16" where the module's traced inference graph
+        computes in it (a Keras model built under a mixed-precision policy),
+        else None (also where the graph could not be traced)."""
+        reduced = {tf.float16.as_datatype_enum, tf.bfloat16.as_datatype_enum}
+        for node in [] if self._graph is None else self._graph.graph_def.node:
+            for key in ("T", "DstT", "dtype"):
+                if key in node.attr and node.attr[key].type in reduced:
+                    return tf.as_dtype(node.attr[key].type).name
+        return None
+
+    def _warn_about_frozen_blocks(self):
+        """Names the blocks of a Keras export whose kernels no fine-tuning can
+        train: layers frozen (`layer.trainable = False`) when it was exported."""
+        def kernels(block):
+            return [i for i in block.variable_indices
+                    if self._module_variables[i].dtype.is_floating
+                    and self._module_variables[i].shape.rank >= 2]
+
+        frozen = [block.name for block in self.blocks if kernels(block)
+                  and not any(self._module_trainable[i] for i in kernels(block))]
+        if frozen:
+            logger.warning(
+                "%d of the %d blocks of %s have no trainable kernels (%s): its Keras "
+                "model was exported with those layers frozen, so fine-tuning cannot "
+                "train them. Set `model.trainable = True` before `model.export` to "
+                "fine-tune every block.", len(frozen), len(self.blocks), self.hub_handle,
+                ", ".join(frozen))
 
     def _block_rule(self, names, block_pattern):
         """`block_pattern`, or where the built-in rules know under half of the
@@ -565,7 +458,7 @@ class HubBackbone(keras.layers.Layer):
         if looks_like:
             instead = ("export the Keras model without its classification layer "
                        "(`include_top=False, pooling=\"avg\"` for keras.applications)"
-                       if is_serving_signature_module(self._module)
+                       if hub_format.is_serving_signature_module(self._module)
                        else "prefer its 'feature_vector' version")
             logger.warning(
                 "The module %r returns %d values per image that look like %s: "

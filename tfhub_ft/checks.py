@@ -44,9 +44,9 @@ def check_positive_number(name, value):
 
 
 def is_url(path):
-    """Whether `path` (a str) names a file system by its scheme (gs://,
-    s3://, hdfs://, https://): TensorFlow's `tf.io.gfile` reads it, and
-    the local `os.path` functions cannot see it."""
+    """Whether `path` (a str) has a scheme: a file system `tf.io.gfile`
+    reads (gs://, s3://, hdfs://), which the local `os.path` functions
+    cannot see, or, for a hub handle, a URL `tensorflow_hub` resolves."""
     return "://" in path
 
 

@@ -259,7 +259,9 @@ def _add_data_flags(parser, tfds_default="tf_flowers"):
     group = parser.add_argument_group("data and backbone")
     group.add_argument("--hub_url", default=config_lib.DEFAULT_HUB_URL, metavar="HANDLE",
                        help="TF Hub or Kaggle Models URL or handle, or a local SavedModel "
-                            "folder of an image feature vector (default: MobileNetV2 1.0 224).")
+                            "folder of an image feature vector, a Keras model's "
+                            "`model.export` included (see --input_range) (default: "
+                            "MobileNetV2 1.0 224).")
     group.add_argument("--image_dir", metavar="DIR",
                        help="Folder with one subfolder of images per class.")
     group.add_argument("--validation_dir", metavar="DIR",
@@ -569,6 +571,10 @@ def _train(args):
     tuner = tfhub_ft.FineTuner(args.hub_url, config=config, strategy=strategy,
                                block_pattern=args.block_pattern,
                                start_time=getattr(args, "start_time", None))
+    if args.export_dir and args.tflite != "none":
+        from tfhub_ft import tflite
+
+        tflite.check_backbone(tuner.backbone, args.tflite)  # Refused after training would waste it.
     # The budget's reserve covers the final validation and the export; the
     # command adds its process's exit (TensorFlow's teardown).
     options = dict(work_dir=args.work_dir, tensorboard_dir=args.tensorboard_dir,

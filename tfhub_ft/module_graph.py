@@ -508,9 +508,21 @@ class ModuleGraph:
         graph_def = tf.compat.v1.GraphDef()
         graph_def.versions.CopyFrom(self.graph_def.versions)
         graph_def.library.CopyFrom(self.graph_def.library)
+        feeds = dict(replaced)
         for tensor, placeholder in replaced.items():
             node = graph_def.node.add(name=placeholder, op="Placeholder")
             node.attr["dtype"].type = tf.float32.as_datatype_enum
+            dtype = _output_dtype(self.nodes[_source(tensor)], _port(tensor))
+            if dtype is not None and dtype.is_floating and dtype != tf.float32:
+                # Boundaries cross as float32 (`_import_graph` casts the
+                # bottom's outputs): a mixed-precision Keras model computes in
+                # float16 inside, and the top takes float32 like its layer.
+                cast = graph_def.node.add(name=f"{placeholder}/cast", op="Cast",
+                                          input=[placeholder])
+                cast.attr["SrcT"].type = tf.float32.as_datatype_enum
+                cast.attr["DstT"].type = dtype.as_datatype_enum
+                cast.attr["Truncate"].b = False
+                feeds[tensor] = cast.name
         needed, frontier = set(), [_source(t) for t in outputs]
         while frontier:
             name = frontier.pop()
@@ -563,9 +575,28 @@ class ModuleGraph:
                     if _source(input_name) in needed:
                         copy.input.append(input_name)
                 else:
-                    copy.input.append(replaced.get(self._canonical(input_name), input_name))
+                    copy.input.append(feeds.get(self._canonical(input_name), input_name))
         _drop_colocation_with_absent_nodes(graph_def)
         return graph_def
+
+
+def _output_dtype(node, port):
+    """The dtype of a NodeDef's output `port`, from its op's registered
+    definition, or None where that cannot tell (an unregistered op)."""
+    # TensorFlow's registry of op definitions, which `import_graph_def` reads.
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(node.op)
+    if op_def is None:
+        return None
+    types = []
+    for arg in op_def.output_arg:
+        if arg.type_list_attr:
+            types.extend(node.attr[arg.type_list_attr].list.type)
+            continue
+        dtype = arg.type or node.attr[arg.type_attr].type
+        types.extend([dtype] * (node.attr[arg.number_attr].i if arg.number_attr else 1))
+    return tf.as_dtype(types[port]) if port < len(types) and types[port] else None
 
 
 def _drop_colocation_with_absent_nodes(graph_def):
@@ -735,8 +766,12 @@ def _graph_function(graph_def, feed_names, outputs, used_reads):
 def _import_graph(graph_def, feed_names, outputs, read_names, feeds, read_values):
     input_map = {f"{name}:0": value for name, value in zip(feed_names, feeds)}
     input_map.update({f"{name}:0": value for name, value in zip(read_names, read_values)})
-    return tf.graph_util.import_graph_def(
+    tensors = tf.graph_util.import_graph_def(
         graph_def, input_map=input_map, return_elements=list(outputs))
+    # A mixed-precision module's boundaries are float16 inside; they leave as
+    # float32, which the top's placeholders take (`ModuleGraph._subgraph`).
+    return [tf.cast(t, tf.float32) if t.dtype.is_floating and t.dtype != tf.float32 else t
+            for t in tensors]
 
 
 def _make_constant(node, value):

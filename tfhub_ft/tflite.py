@@ -210,6 +210,24 @@ def check_mode(mode):
     return mode
 
 
+def check_backbone(backbone, mode):
+    """Refuses a TFLite export of a backbone that computes in float16 or
+    bfloat16, which TFLite's built-in ops do not run (the converter fails
+    on its Conv2D), before anything is trained or written.
+
+    Raises:
+        ValueError: naming the precision and the way to a float32 module.
+    """
+    precision = backbone.reduced_precision()
+    if precision:
+        raise ValueError(
+            f"Invalid value for `tflite`. Expected None: the module {backbone.hub_handle!r} "
+            f"computes in {precision} (a Keras model built under a mixed-precision policy), "
+            f"which TFLite's built-in ops cannot run. Received: tflite={mode!r}. Leave "
+            "tflite out, or build the Keras model again under the float32 policy, copy "
+            "the weights into it (`set_weights`) and `model.export` that.")
+
+
 def sample_rows(length, count, seed=0):
     """Seeded sorted row indices: `count` of range(length), or all of them.
 

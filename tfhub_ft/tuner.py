@@ -828,14 +828,17 @@ class FineTuner:
             The export folder path; None on a non-chief worker.
 
         Raises:
-            ValueError: for an unknown `tflite` mode, before `fit`, or for an
-                `export_dir` inside the last fit's image folders.
+            ValueError: for an unknown `tflite` mode, a `tflite` mode for a
+                backbone that computes in float16 (`tflite.check_backbone`),
+                before `fit`, or for an `export_dir` inside the last fit's
+                image folders.
         """
         self._require_model()
         self._check_outside_image_folders("export_dir", export_dir)
         write_extras = None
         if tflite is not None:
             tflite_lib.check_mode(tflite)
+            tflite_lib.check_backbone(self.backbone, tflite)
             validation_images, validation_labels = self._parity_data or (None, None)
 
             def write_extras(folder):

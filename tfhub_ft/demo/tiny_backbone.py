@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfhub_ft.backbone import feature_vector_root
+from tfhub_ft.hub_format import feature_vector_root
 from tfhub_ft.config import check_integer
 
 # Batch-norm constants match Keras' BatchNormalization defaults.
