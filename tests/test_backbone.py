@@ -495,3 +495,14 @@ def test_a_mixed_precision_keras_export_is_split_at_every_depth(tmp_path, caplog
     assert backbone.reduced_precision() == "float16"
     assert HubBackbone(module_shapes.keras_exported(tmp_path / "float32", package="keras",
                                                     save="export")[0]).reduced_precision() is None
+
+
+def test_the_config_rebuilds_the_same_layer(tiny_backbone_path):
+    pattern = r"^(\w+?)_(?:conv|bn)/"  # "head" where the built-in rules say "top"
+    backbone = HubBackbone(tiny_backbone_path, block_pattern=pattern, input_range=(-1, 1),
+                           name="bb")
+    again = HubBackbone.from_config(backbone.get_config())
+    assert [b.name for b in again.blocks] == [b.name for b in backbone.blocks] == [
+        "stem", "block_1", "block_2", "block_3", "head"]
+    assert (again.block_pattern, again.input_range, again.name, again.compute_dtype) == (
+        pattern, (-1.0, 1.0), "bb", "float32")

@@ -113,10 +113,10 @@ def load_feature_vector_module(path: str):
     A SavedModel without `__call__` whose `serving_default` signature maps
     one float32 `[N, H, W, 3]` batch to `[N, D]` features (Keras 3's
     `model.export`, `tf.saved_model.save` of a Keras 3 model) is loaded as
-    one (`hub_format.load_serving_signature_as_module`): its batch norm and dropout then run in
-    inference mode in both phases (`HubBackbone` refuses
-    `batch_norm_trainable=True` for it), and it takes the pixel range its
-    model was built for (`input_range`).
+    one (`hub_format.load_serving_signature_as_module`): its batch norm and
+    dropout then run in inference mode in both phases (`HubBackbone`
+    refuses `batch_norm_trainable=True` for it), and it takes the pixel
+    range its model was built for (`input_range`).
 
     Under a `TPUStrategy` the variables are read through the local host
     (`experimental_io_device="/job:localhost"`): the TPU workers cannot see
@@ -283,7 +283,8 @@ class HubBackbone(keras.layers.Layer):
         self._module_path = None if module is not None else resolve_handle(hub_handle)
         self._module = module if module is not None else load_feature_vector_module(
             self._module_path)
-        if hub_format.is_serving_signature_module(self._module):
+        self._from_serving_signature = hub_format.is_serving_signature_module(self._module)
+        if self._from_serving_signature:
             self._note_serving_signature()
         # Tracked, the restored module's own functions (every signature it
         # was saved with) would be re-saved in each export beside the
@@ -329,13 +330,13 @@ class HubBackbone(keras.layers.Layer):
             rule=self._block_rule(names, block_pattern),
         )
         self._warn_about_block_order(trace_error)
-        if hub_format.is_serving_signature_module(self._module):
+        if self._from_serving_signature:
             self._warn_about_frozen_blocks()
         self.built = True
 
     def _note_serving_signature(self):
         """Refuses trainable batch norm, and logs what a serving signature
-        used as the module means, for a module `is_serving_signature_module`."""
+        used as the module means (`hub_format.is_serving_signature_module`)."""
         if self.batch_norm_trainable:
             raise ValueError(
                 "Invalid value for `batch_norm_trainable`. Expected False: the module "
@@ -458,7 +459,7 @@ class HubBackbone(keras.layers.Layer):
         if looks_like:
             instead = ("export the Keras model without its classification layer "
                        "(`include_top=False, pooling=\"avg\"` for keras.applications)"
-                       if hub_format.is_serving_signature_module(self._module)
+                       if self._from_serving_signature
                        else "prefer its 'feature_vector' version")
             logger.warning(
                 "The module %r returns %d values per image that look like %s: "
@@ -789,8 +790,11 @@ class HubBackbone(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        # block_pattern too: without it a layer rebuilt from its config
+        # groups the variables into other blocks.
         config.update(hub_handle=self.hub_handle,
                       batch_norm_trainable=self.batch_norm_trainable,
+                      block_pattern=self.block_pattern,
                       input_range=list(self.input_range))
         return config
 
