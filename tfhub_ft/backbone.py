@@ -791,10 +791,12 @@ class HubBackbone(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         # block_pattern too: without it a layer rebuilt from its config
-        # groups the variables into other blocks.
+        # groups the variables into other blocks. (A function given as the
+        # rule cannot be serialised; its config falls back to the rules.)
         config.update(hub_handle=self.hub_handle,
                       batch_norm_trainable=self.batch_norm_trainable,
-                      block_pattern=self.block_pattern,
+                      block_pattern=(None if callable(self.block_pattern)
+                                     else self.block_pattern),
                       input_range=list(self.input_range))
         return config
 
