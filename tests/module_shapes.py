@@ -424,18 +424,26 @@ def generic_layer_names(path, seed=0, width=4, layers=4, branches=False):
 
 
 def keras_exported(path, seed=0, width=4, blocks=3, package="tf_keras", save="saved_model",
-                   image_size=None):
+                   image_size=None, policy=None):
     """A Keras functional model, MobileNetV2's layer names, saved as a SavedModel.
 
     `package` "tf_keras" (Keras 2) or "keras" (Keras 3). `save`:
     "saved_model" (`tf.saved_model.save`: a Keras 2 model restores with
     one function per layer, a Keras 3 one with a `serving_default`
     signature only) or "export" (Keras 3's `model.export`: a `serve`
-    endpoint, its signature and `variables`, no `__call__`).
+    endpoint, its signature and `variables`, no `__call__`). `policy`: a
+    Keras 3 dtype policy to build it under ("mixed_float16": it computes
+    in float16 inside), restored to float32 after.
     """
     import importlib
 
     k = importlib.import_module(package)
+    if policy is not None:
+        k.mixed_precision.set_global_policy(policy)
+        try:
+            return keras_exported(path, seed, width, blocks, package, save, image_size)
+        finally:
+            k.mixed_precision.set_global_policy("float32")
     k.utils.set_random_seed(seed)
     inputs = k.Input([image_size, image_size, 3])
     x = k.layers.Conv2D(width, 3, 2, padding="same", name="Conv1")(inputs)

@@ -478,12 +478,9 @@ def test_a_dtype_other_than_float32_is_refused(tiny_backbone_path):
 
 def test_a_mixed_precision_keras_export_is_split_at_every_depth(tmp_path, caplog):
     from tests import module_shapes
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        path, blocks = module_shapes.keras_exported(tmp_path / "keras", package="keras",
-                                                    save="export", image_size=32)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    path, blocks = module_shapes.keras_exported(tmp_path / "keras", package="keras",
+                                                save="export", image_size=32,
+                                                policy="mixed_float16")
     backbone = HubBackbone(path)
     with caplog.at_level(logging.WARNING, logger="tfhub_ft"):
         # The check inside compares each split's features and gradients with

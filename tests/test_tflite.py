@@ -299,16 +299,9 @@ def test_quantized_modes_are_bias_corrected_and_say_so(trained, caplog):
 
 
 def test_a_backbone_that_computes_in_float16_is_refused_before_training(tmp_path):
-    import keras
-
     from tests import module_shapes
-    from tfhub_ft import FineTuner
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        path, _ = module_shapes.keras_exported(tmp_path / "keras", package="keras",
-                                               save="export", image_size=32)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    path, _ = module_shapes.keras_exported(tmp_path / "keras", package="keras", save="export",
+                                           image_size=32, policy="mixed_float16")
     with pytest.raises(ValueError, match=r"Invalid value for `tflite`. Expected None: the module "
                                          r".* computes in float16 \(a Keras model built under a "
                                          r"mixed-precision policy\).*Received: tflite='int8'"):
