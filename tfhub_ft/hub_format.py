@@ -15,7 +15,6 @@ folder and loads that back, so that everything downstream (block tracing,
 the split, TFLite, the backbone export) reads the one format it knows.
 """
 
-import shutil
 from typing import List, NamedTuple, Optional
 
 import tensorflow as tf
@@ -201,11 +200,7 @@ def load_serving_signature_as_module(path, endpoint, options=None):
                                endpoint.trainable_variables, endpoint.image_size)
     save_options = (None if options is None else tf.saved_model.SaveOptions(
         experimental_io_device=options.experimental_io_device))
-    scratch.remove_abandoned(MODULE_COPY_KIND, what="the copy of a Keras export")
-    folder = scratch.make_folder(MODULE_COPY_KIND)
-    try:
+    with scratch.scratch_folder(MODULE_COPY_KIND, "the copy of a Keras export") as folder:
         with native_stderr.quiet_saving_logs():
             tf.saved_model.save(root, folder, options=save_options)
         return tf.saved_model.load(folder, options=options)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

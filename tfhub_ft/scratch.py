@@ -76,6 +76,23 @@ def remove_abandoned(kind, parent=None, what="scratch folder"):
 
 
 @contextlib.contextmanager
+def scratch_folder(kind, what):
+    """A `make_folder` folder for the block, removed after it, however it
+    ends; folders of `kind` that ended processes left are removed first
+    (`remove_abandoned`, naming `what`), so a kill's leftovers do not stay.
+
+    Yields:
+        The folder's path.
+    """
+    remove_abandoned(kind, what=what)
+    folder = make_folder(kind)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def temporary_folder_for_libraries(kind, what):
     """Points Python's temporary folder (`tempfile.tempdir`) at a folder of
     its own while the block runs, for libraries that make temporary files
@@ -88,20 +105,19 @@ def temporary_folder_for_libraries(kind, what):
     removed first (`remove_abandoned`, naming `what`).
 
     Yields:
-        The folder's path; it is removed, with what is in it, after.
+        The folder's path (a `scratch_folder`); it is removed, with what is
+        in it, after.
     """
-    remove_abandoned(kind, what=what)
-    folder = make_folder(kind)
-    previous = tempfile.tempdir
-    tempfile.tempdir = folder
-    try:
-        yield folder
-    finally:
-        # Only where it is still this block's: a thread that set its own
-        # meanwhile keeps it.
-        if tempfile.tempdir == folder:
-            tempfile.tempdir = previous
-        shutil.rmtree(folder, ignore_errors=True)
+    with scratch_folder(kind, what) as folder:
+        previous = tempfile.tempdir
+        tempfile.tempdir = folder
+        try:
+            yield folder
+        finally:
+            # Only where it is still this block's: a thread that set its own
+            # meanwhile keeps it.
+            if tempfile.tempdir == folder:
+                tempfile.tempdir = previous
 
 
 def _process_exists(pid):
