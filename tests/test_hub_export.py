@@ -121,3 +121,30 @@ def test_a_keras_export_comes_back_as_a_hub_module(tmp_path):
     layer = hub.KerasLayer(path, trainable=True)
     np.testing.assert_array_equal(layer(tf.constant(images())).numpy(), expected)
     assert len(layer.trainable_weights) == len(tuner.backbone.module.trainable_variables)
+
+
+def test_a_backbone_fine_tuned_through_the_split_exports_what_the_classifier_uses(
+        tiny_backbone_path, image_folders, small_config, tmp_path, caplog):
+    import logging
+
+    import tensorflow_hub as hub
+    import tf_keras  # noqa: F401  hub.KerasLayer is a tf_keras layer
+    train, validation, _, _ = image_folders
+    # Without phase 1 an epoch of phase 2 is always kept (the untrained
+    # head's start does not compete), so the backbone is sure to change.
+    tuner = FineTuner(tiny_backbone_path, config=small_config.replace(head_epochs=0))
+    with caplog.at_level(logging.INFO, logger="tfhub_ft"):
+        tuner.fit(train, validation, verbose=0)
+    assert "(split backbone)" in caplog.text  # phase 2 trained the split's top
+    assert tuner.kept_epoch[0] == "fine_tune" and tuner.kept_epoch[1] >= 1
+    path = tuner.export_backbone(str(tmp_path / "hub"))
+    batch = images(6)
+    expected = tuner.backbone(batch).numpy()
+    pretrained = HubBackbone(tiny_backbone_path)(batch).numpy()
+    assert np.abs(expected - pretrained).max() > 1e-4  # phase 2 changed the backbone
+    for features in (HubBackbone(path)(batch).numpy(),
+                     hub.KerasLayer(path)(tf.constant(batch)).numpy()):
+        np.testing.assert_array_equal(features, expected)
+        # The fine-tuned classifier is this module under its head.
+        probabilities = tf.nn.softmax(tuner.model.classify_features(features)).numpy()
+        np.testing.assert_allclose(probabilities, tuner.predict(batch), rtol=1e-5, atol=1e-6)
