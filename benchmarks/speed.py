@@ -1,7 +1,7 @@
 """Speed of tfhub_ft against the old recipe, side by side in one run.
 
     python benchmarks/speed.py [--hub_url=DIR --train_dir=DIR --validation_dir=DIR]
-        [--sections=frozen,split,overhead,recipe]
+        [--sections=frozen,split,overhead,recipe,decode]
 
 Prints, from one process on one machine (ratios, as these machines are
 noisy):
@@ -13,11 +13,17 @@ noisy):
   overhead  images/s of a tfhub_ft fine-tune step against a hand-written
             Keras 3 keras.applications.MobileNetV2(alpha=0.35) carrying the
             same weights;
-  recipe    the whole default recipe on the folders: wall time, accuracy.
+  recipe    the whole default recipe on the folders: wall time, accuracy;
+  decode    JPEG decoding at reduced scale (`decode_image`'s `ratio`) against
+            full size, on validation photos enlarged to a phone camera's
+            size (`--photo_side`): milliseconds per photo, and how far the
+            224-px images and the backbone's features move (not in the
+            default sections: the shared photos are too small for it).
 Images are decoded once up front for every section but `recipe` (which
 times the whole command's work, decoding included).
 """
 
+import io
 import time
 
 import numpy as np
@@ -37,6 +43,9 @@ flags.DEFINE_string("validation_dir", common.VALIDATION_DIR, "Validation image f
 flags.DEFINE_list("sections", ["frozen", "split", "overhead", "recipe"], "What to measure.")
 flags.DEFINE_integer("head_epochs", 10, "Epochs of the frozen-phase comparison.")
 flags.DEFINE_integer("steps", 30, "Timed steps per configuration (split, overhead).")
+flags.DEFINE_integer("photo_side", 3024, "Short side of the enlarged photos (decode); "
+                     "3024 is a 12-megapixel phone photo's.")
+flags.DEFINE_integer("photos", 60, "Validation photos enlarged (decode).")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -180,6 +189,52 @@ def overhead(train):
     print(f"\ntfhub_ft / hand-written: {ours_rate / hand_rate:.3f}", flush=True)
 
 
+def reduced_scale_decoding():
+    """Decode time and fidelity of JPEGs decoded at reduced scale."""
+    from PIL import Image
+    paths = data.list_image_folder(FLAGS.validation_dir)[0]
+    paths = paths[::max(1, len(paths) // FLAGS.photos)][:FLAGS.photos]  # every class
+    encoded = []
+    for path in paths:
+        with Image.open(path) as photo:
+            photo = photo.convert("RGB")
+            scale = FLAGS.photo_side / min(photo.size)
+            photo = photo.resize((round(photo.width * scale), round(photo.height * scale)),
+                                 Image.BICUBIC)
+            buffer = io.BytesIO()
+            photo.save(buffer, "JPEG", quality=90)
+            encoded.append(tf.constant(buffer.getvalue()))
+    size = 224
+    # image_size=None in `decode_image` turns the reduced scale off.
+    decoders = {
+        "full size": tf.function(lambda e: preprocessing.resize_images(
+            preprocessing.decode_image(e, None), size)),
+        "reduced scale (the library's)": tf.function(
+            lambda e: preprocessing.decode_and_resize(e, size)),
+    }
+    images, milliseconds = {}, {}
+    for name, decode in decoders.items():
+        decode(encoded[0])  # trace
+        start = time.perf_counter()
+        images[name] = np.stack([decode(e).numpy() for e in encoded])
+        milliseconds[name] = 1000 * (time.perf_counter() - start) / len(encoded)
+    full, reduced = images.values()
+    backbone = tfhub_ft.HubBackbone(FLAGS.hub_url)
+    features = [backbone(x.astype(np.float32) / 255).numpy() for x in (full, reduced)]
+    cosine = np.sum(features[0] * features[1], -1) / (
+        np.linalg.norm(features[0], axis=-1) * np.linalg.norm(features[1], axis=-1))
+    print(f"\n## JPEG decoding at reduced scale, {len(encoded)} validation photos enlarged to "
+          f"a {FLAGS.photo_side}-px short side (JPEG quality 90), resized to {size} px\n")
+    print("| decode | ms per photo |\n|---|---|")
+    for name, ms in milliseconds.items():
+        print(f"| {name} | {ms:.1f} |")
+    difference = np.abs(full.astype(np.int16) - reduced.astype(np.int16))
+    print(f"\nfull / reduced: {milliseconds['full size'] / milliseconds[list(decoders)[1]]:.1f}x; "
+          f"224-px images differ by {difference.mean():.2f} on average (0-255; largest "
+          f"{difference.max()}); backbone features' cosine similarity: mean "
+          f"{cosine.mean():.5f}, lowest {cosine.min():.5f}", flush=True)
+
+
 def whole_recipe():
     with common.Timer() as timer:
         tuner = tfhub_ft.FineTuner(FLAGS.hub_url)
@@ -194,7 +249,7 @@ def main(argv):
     del argv
     common.require(FLAGS.hub_url, FLAGS.train_dir, FLAGS.validation_dir)
     print(f"machine: {common.machine()}")
-    if set(FLAGS.sections) - {"recipe"}:
+    if set(FLAGS.sections) - {"recipe", "decode"}:
         probe = tfhub_ft.FineTuner(FLAGS.hub_url)
         with common.Timer() as decode:
             train, validation = probe.load_data(FLAGS.train_dir, FLAGS.validation_dir)
@@ -206,6 +261,8 @@ def main(argv):
         overhead(train)
     if "recipe" in FLAGS.sections:
         whole_recipe()
+    if "decode" in FLAGS.sections:
+        reduced_scale_decoding()
 
 
 if __name__ == "__main__":
