@@ -50,6 +50,9 @@ def main(argv):
     if old is not None:
         print(f"old tool: {old:.4f}; +10 points: {old + 0.10:.4f}", flush=True)
 
+    # Imported after the old tool has run: importing tfhub_ft sets
+    # TF_CPU_ALLOCATOR_USE_BFC, which the old tool's process would inherit
+    # (it runs with TensorFlow's own allocator, as its users ran it).
     import numpy as np
     import tensorflow as tf
     import keras
