@@ -12,9 +12,7 @@ run, for the target. Prints the validation accuracy after every epoch.
     python benchmarks/ceiling.py [--blocks=19 --epochs=8 --learning_rate=3e-4]
 """
 
-import os
 import subprocess
-import sys
 import tempfile
 
 from absl import app, flags, logging
@@ -36,11 +34,10 @@ flags.DEFINE_bool("old_tool", True, "Run the old tool's recipe first, for the ta
 def old_tool_accuracy():
     with tempfile.TemporaryDirectory() as export_dir:
         output = subprocess.run(
-            [sys.executable, os.path.join(common.HERE, "old_tool.py"),
-             f"--hub_url={FLAGS.hub_url}", f"--image_dir={FLAGS.train_dir}",
-             f"--validation_dir={FLAGS.validation_dir}", f"--export_dir={export_dir}"],
+            common.old_tool_command(FLAGS.hub_url, FLAGS.train_dir, FLAGS.validation_dir,
+                                    export_dir),
             check=True, capture_output=True, text=True).stdout
-    return float(output.rsplit("validation_accuracy=", 1)[1].split()[0])
+    return float(common.ACCURACY.findall(output)[-1])
 
 
 def main(argv):

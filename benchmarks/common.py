@@ -1,6 +1,8 @@
 """Shared helpers of the benchmark scripts: where the shared data lives."""
 
 import os
+import re
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -9,6 +11,8 @@ SHARED = os.environ.get("TFHUB_FT_SHARED",
 BACKBONE = os.path.join(SHARED, "models", "mobilenet_v2_035_feature_vector")
 TRAIN_DIR = os.path.join(SHARED, "data", "clothing-small", "train")
 VALIDATION_DIR = os.path.join(SHARED, "data", "clothing-small", "validation")
+# What old_tool.py and `tfhub_ft train --verbosity=-1` print last.
+ACCURACY = re.compile(r"validation_accuracy=([0-9.]+)")
 
 
 def require(*paths):
@@ -18,6 +22,13 @@ def require(*paths):
         raise SystemExit(
             f"Benchmark data not found: {missing}. Pass the paths as flags or "
             "set TFHUB_FT_SHARED to the shared/ folder.")
+
+
+def old_tool_command(hub_url, train_dir, validation_dir, export_dir):
+    """The command line of old_tool.py: make_image_classifier's recipe."""
+    return [sys.executable, os.path.join(HERE, "old_tool.py"), f"--hub_url={hub_url}",
+            f"--image_dir={train_dir}", f"--validation_dir={validation_dir}",
+            f"--export_dir={export_dir}"]
 
 
 class Timer:

@@ -45,16 +45,13 @@ flags.DEFINE_string(
     "Semicolon-separated `name:flags` variants.")
 flags.DEFINE_integer("repeats", 1, "Runs of each variant (rows alternate between variants).")
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ACCURACY = re.compile(r"validation_accuracy=([0-9.]+)")
 ENVIRONMENT_WORD = re.compile(r"^[A-Z][A-Z0-9_]*=")
 
 
 def command(name, variant_flags, train_dir, validation_dir, export_dir):
     if name == "old_tool":
-        return [sys.executable, os.path.join(HERE, "old_tool.py"), f"--hub_url={FLAGS.hub_url}",
-                f"--image_dir={train_dir}", f"--validation_dir={validation_dir}",
-                f"--export_dir={export_dir}", *variant_flags]
+        return [*common.old_tool_command(FLAGS.hub_url, train_dir, validation_dir, export_dir),
+                *variant_flags]
     return [sys.executable, "-m", "tfhub_ft", "train", f"--hub_url={FLAGS.hub_url}",
             f"--image_dir={train_dir}", f"--validation_dir={validation_dir}",
             f"--export_dir={export_dir}", "--verbosity=-1", *variant_flags]
@@ -81,7 +78,7 @@ def run(argv, environment):
         stdout.seek(0)
         stderr.seek(0)
         output, errors = stdout.read(), stderr.read()
-    found = ACCURACY.findall(output)
+    found = common.ACCURACY.findall(output)
     if process.returncode or not found:
         sys.exit(f"{' '.join(argv)} failed ({process.returncode}):\n"
                  f"{output[-2000:]}\n{errors[-4000:]}")
