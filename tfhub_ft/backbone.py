@@ -368,13 +368,13 @@ class HubBackbone(keras.layers.Layer):
     def _warn_about_frozen_blocks(self):
         """Names the blocks of a Keras export whose kernels no fine-tuning can
         train: layers frozen (`layer.trainable = False`) when it was exported."""
-        def kernels(block):
-            return [i for i in block.variable_indices
-                    if self._module_variables[i].dtype.is_floating
-                    and self._module_variables[i].shape.rank >= 2]
-
-        frozen = [block.name for block in self.blocks if kernels(block)
-                  and not any(self._module_trainable[i] for i in kernels(block))]
+        frozen = []
+        for block in self.blocks:
+            kernels = [i for i in block.variable_indices
+                       if self._module_variables[i].dtype.is_floating
+                       and self._module_variables[i].shape.rank >= 2]
+            if kernels and not any(self._module_trainable[i] for i in kernels):
+                frozen.append(block.name)
         if frozen:
             logger.warning(
                 "%d of the %d blocks of %s have no trainable kernels (%s): its Keras "
